@@ -1,0 +1,62 @@
+"""Model cards rendered from the templates in `model_cards/` (one per family)."""
+
+import os
+from pathlib import Path
+from string import Template
+
+# model_cards/ sits beside the package in a source checkout (and editable installs); wheels carry it inside.
+TEMPLATE_DIRS = [Path(__file__).parent / "model_cards", Path(__file__).parent.parent / "model_cards"]
+
+
+def read_template(model_type: str) -> str:
+    for directory in TEMPLATE_DIRS:
+        if (directory / f"{model_type}.md").is_file():
+            return (directory / f"{model_type}.md").read_text()
+    raise FileNotFoundError(f"No model card template {model_type}.md in {[str(d) for d in TEMPLATE_DIRS]}")
+
+
+def training_summary(training_args, log_history) -> str:
+    """The hyperparameters that shaped the run, as a Markdown list."""
+    if training_args is None:
+        return "Not trained by hf_vit: converted weights, see the source above."
+    world = training_args.world_size
+    lines = [
+        f"- epochs: {training_args.num_train_epochs:g}",
+        f"- global batch size: {training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world}"
+        f" ({world} process{'es' if world > 1 else ''})",
+        f"- optimizer: {training_args.optim}, learning rate {training_args.learning_rate:g}, weight decay "
+        f"{training_args.weight_decay:g}, {training_args.lr_scheduler_type} schedule, warmup {training_args.warmup_steps:g}",
+        f"- seed: {training_args.seed}",
+    ]
+    evals = [entry for entry in log_history or [] if "eval_accuracy" in entry]
+    if evals:
+        curve = ", ".join(f"{entry['eval_accuracy']:.3f}" for entry in evals)
+        lines.append(f"- eval accuracy after each evaluation: {curve}")
+    return "\n".join(lines)
+
+
+def render_model_card(model, dataset=None, training_args=None, log_history=None, load_id=None, source=None) -> str:
+    config = model.config
+    template = read_template(config.model_type)
+    evals = [entry["eval_accuracy"] for entry in log_history or [] if "eval_accuracy" in entry]
+    labels = list((config.id2label or {}).values())
+    fields = {key: value for key, value in config.to_dict().items() if isinstance(value, (int, float, str, list))}
+    fields.update(
+        model_name=os.path.basename(str(load_id or getattr(config, "_name_or_path", "")).rstrip("/")) or config.model_type,
+        num_parameters=f"{sum(p.numel() for p in model.parameters()):,}",
+        labels=", ".join(map(str, labels[:20])) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else ""),
+        dataset=dataset or "unknown",
+        eval_accuracy=f"{evals[-1]:.4f}" if evals else "not evaluated",
+        source=source or ("trained from scratch" if training_args is not None else "-"),
+        hyperparameters=training_summary(training_args, log_history),
+        load_id=load_id or "path/to/this/checkpoint",
+    )
+    return Template(template).safe_substitute(fields)
+
+
+def write_model_card(output_dir, model, **kwargs) -> str:
+    """Render the card of `model` into `output_dir/README.md` and return its path."""
+    path = os.path.join(output_dir, "README.md")
+    with open(path, "w") as f:
+        f.write(render_model_card(model, **kwargs))
+    return path

@@ -1,0 +1,136 @@
+"""Configuration of the plain Vision Transformer (model_type `hf_vit`)."""
+
+from transformers import PreTrainedConfig
+
+from .layers import to_2tuple
+
+
+def check_positive(config, *names: str) -> None:
+    """Raise a ValueError naming the first of `names` whose value is not a positive number (or pair of them)."""
+    for name in names:
+        value = getattr(config, name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in values):
+            raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def check_probability(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def check_choice(config, name: str, choices) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_vit_fields(config) -> None:
+    """The checks every ViT-style encoder (ViT, DeiT, hybrid) shares."""
+    check_positive(
+        config, "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
+        "num_attention_heads", "intermediate_size", "layer_norm_eps", "initializer_range",
+    )  # fmt: skip
+    check_probability(config, "hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(
+            f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
+            f"({config.num_attention_heads})"
+        )
+    check_choice(config, "pooling", ("cls", "mean"))
+
+
+class HfViTConfig(PreTrainedConfig):
+    r"""Configuration of [`HfViTModel`] and [`HfViTForImageClassification`]. Defaults give ViT-B/16 at 224 px.
+
+    Args:
+        image_size (`int` or `(int, int)`, defaults to 224): training resolution; the position embeddings are
+            sized for it.
+        patch_size (`int` or `(int, int)`, defaults to 16): side of the square patches; must divide image_size.
+        num_channels (`int`, defaults to 3): input channels.
+        hidden_size (`int`, defaults to 768): token width (d_model).
+        num_hidden_layers (`int`, defaults to 12): encoder blocks.
+        num_attention_heads (`int`, defaults to 12): heads per block; must divide hidden_size.
+        intermediate_size (`int`, defaults to 3072): MLP hidden width (d_ff).
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation.
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout on embeddings and residual branches.
+        attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on attention weights.
+        drop_path_rate (`float`, defaults to 0.0): stochastic depth of the last block; block i gets
+            `drop_path_rate * i / (num_hidden_layers - 1)`.
+        layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon.
+        qkv_bias (`bool`, defaults to `True`): bias in the query/key/value projection.
+        initializer_range (`float`, defaults to 0.02): std of the truncated-normal initialisation.
+        pooling (`str`, defaults to `"cls"`): `"cls"` classifies the CLS token, `"mean"` the average of the patch
+            tokens (normalised after pooling, as timm's `global_pool="avg"`).
+        patch_embedding_type (`str`, defaults to `"patch"`): `"patch"` is one Conv2d with kernel = stride =
+            patch_size; `"conv_stem"` a stack of 3x3 stride-2 convolutions (Xiao et al. 2021) with the same output
+            grid, needing a power-of-two patch_size.
+        interpolation_antialias (`bool`, defaults to `False`): resample position embeddings for other image sizes
+            with antialiased bicubic interpolation, as timm does, instead of plain bicubic, as transformers does
+            (PyTorch's two bicubic kernels differ, so a converted model keeps its source's choice).
+    """
+
+    model_type = "hf_vit"
+
+    image_size: int | list[int] | tuple[int, int] = 224
+    patch_size: int | list[int] | tuple[int, int] = 16
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    drop_path_rate: float = 0.0
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    initializer_range: float = 0.02
+    pooling: str = "cls"
+    patch_embedding_type: str = "patch"
+    interpolation_antialias: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        check_vit_fields(self)
+        check_choice(self, "patch_embedding_type", ("patch", "conv_stem"))
+        for image, patch in zip(to_2tuple(self.image_size), to_2tuple(self.patch_size)):
+            if image % patch:
+                raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(rows, columns) of patches at `image_size`."""
+        return tuple(i // p for i, p in zip(to_2tuple(self.image_size), to_2tuple(self.patch_size)))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "HfViTConfig":
+        """A named architecture (see `VIT_PRESETS`), with any field overridden."""
+        return cls(**{**preset_fields(VIT_PRESETS, name), **overrides})
+
+
+def preset_fields(presets: dict, name: str) -> dict:
+    if name not in presets:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(presets)}")
+    return dict(presets[name])
+
+
+def _vit(hidden_size, depth, heads, image_size=224, patch_size=16, mlp_ratio=4):
+    return dict(
+        hidden_size=hidden_size, num_hidden_layers=depth, num_attention_heads=heads,
+        intermediate_size=hidden_size * mlp_ratio, image_size=image_size, patch_size=patch_size,
+    )  # fmt: skip
+
+
+VIT_PRESETS = {
+    "vit-tiny-patch16-224": _vit(192, 12, 3),
+    "vit-small-patch16-224": _vit(384, 12, 6),
+    "vit-base-patch16-224": _vit(768, 12, 12),
+    "vit-large-patch16-224": _vit(1024, 24, 16),
+    # The article's CIFAR-10 model: 32 px, 4 px patches (64 tokens + CLS), d_model 128, 4 heads, 4 layers, d_ff 512.
+    "vit-cifar-patch4-32": _vit(128, 4, 4, image_size=32, patch_size=4),
+}
+
+__all__ = ["HfViTConfig", "VIT_PRESETS"]

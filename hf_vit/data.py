@@ -1,0 +1,205 @@
+"""Datasets and on-the-fly transforms for the training scripts.
+
+    load_splits(...)          -> DatasetDict(train, validation) with an image column and a ClassLabel column
+    make_image_processor(...) -> the ViTImageProcessor saved with every checkpoint (size, mean, std)
+    set_transforms(...)       -> torchvision v2 pipelines applied lazily with `Dataset.set_transform`
+"""
+
+import io
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from PIL import Image as PILImage
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+from transformers import ViTImageProcessor
+
+DIGITS = "digits"
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they are prepared."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A Hub dataset id or a local dataset directory. Default: the embedded `digits` data."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the dataset."})
+    train_dir: str | None = field(default=None, metadata={"help": "An imagefolder directory for training."})
+    validation_dir: str | None = field(default=None, metadata={"help": "An imagefolder directory for evaluation."})
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no validation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation images."})
+    image_size: int | None = field(
+        default=None, metadata={"help": "Train and evaluate at this size (default: the model's image_size)."}
+    )
+    crop_scale_min: float = field(
+        default=0.8, metadata={"help": "Smallest area fraction kept by RandomResizedCrop during training."}
+    )
+    hflip_prob: float | None = field(
+        default=None,
+        metadata={"help": "Probability of a horizontal flip in training (default 0.5; 0 for `digits`, whose "
+                  "mirror images are not digits)."},
+    )  # fmt: skip
+
+
+def load_digits_splits(seed: int = 0) -> DatasetDict:
+    """scikit-learn's 1,797 real 8x8 handwritten digits (shipped inside scikit-learn) as a DatasetDict.
+
+    A fixed stratified 80 / 20 split: 1,437 training and 360 validation images, grayscale PIL, labels "0".."9".
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    train_idx, val_idx = train_test_split(
+        np.arange(len(pixels)), test_size=0.2, stratify=digits.target, random_state=seed
+    )
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
+
+    def split(indices):
+        images = [PILImage.fromarray(pixels[i], mode="L") for i in indices]
+        return Dataset.from_dict({"image": images, "label": digits.target[indices].tolist()}, features=features)
+
+    return DatasetDict(train=split(train_idx), validation=split(val_idx))
+
+
+def load_splits(args: DataArguments, seed: int = 0) -> DatasetDict:
+    """Train and validation splits with `args.image_column_name` and a ClassLabel `args.label_column_name`.
+
+    Sources, by precedence: `dataset_name` (Hub id or local dir), `train_dir`/`validation_dir` (imagefolder),
+    else the embedded digits. Raises ValueError naming a missing path or column.
+    """
+    if args.dataset_name is not None:
+        if os.path.sep in args.dataset_name and not os.path.exists(args.dataset_name):
+            raise FileNotFoundError(f"Dataset directory {args.dataset_name!r} does not exist")
+        splits = load_dataset(args.dataset_name, args.dataset_config_name)
+    elif args.train_dir is not None or args.validation_dir is not None:
+        data_files = {}
+        for split, directory in (("train", args.train_dir), ("validation", args.validation_dir)):
+            if directory is None:
+                continue
+            if not os.path.isdir(directory):
+                raise FileNotFoundError(f"--{split if split == 'train' else 'validation'}_dir {directory!r} is not a directory")
+            data_files[split] = os.path.join(directory, "**")
+        splits = load_dataset("imagefolder", data_files=data_files)
+    else:
+        splits = load_digits_splits(seed)
+
+    if "train" not in splits:
+        raise ValueError(f"The dataset has no 'train' split; it has {list(splits)}")
+    for split in splits.values():
+        for column in (args.image_column_name, args.label_column_name):
+            if column not in split.column_names:
+                raise ValueError(
+                    f"Column {column!r} not found in the dataset; its columns are {split.column_names}. "
+                    "Choose others with --image_column_name / --label_column_name."
+                )
+    validation = next((splits[name] for name in ("validation", "val", "valid", "test") if name in splits), None)
+    train = splits["train"]
+    if validation is None:
+        parts = train.train_test_split(test_size=args.train_val_split, seed=seed)
+        train, validation = parts["train"], parts["test"]
+    splits = DatasetDict(train=train, validation=validation)
+
+    if not isinstance(train.features[args.label_column_name], ClassLabel):
+        splits = splits.class_encode_column(args.label_column_name)
+    if args.max_train_samples is not None:
+        splits["train"] = splits["train"].shuffle(seed=seed).select(range(min(args.max_train_samples, len(train))))
+    if args.max_eval_samples is not None:
+        count = min(args.max_eval_samples, len(splits["validation"]))
+        splits["validation"] = splits["validation"].select(range(count))
+    splits = splits.cast_column(args.image_column_name, Image(decode=False))
+    for name, split in splits.items():
+        check_images_readable(split, args.image_column_name, name)
+    return splits
+
+
+def open_image(value) -> PILImage.Image:
+    """Decode one undecoded `datasets.Image` value ({"bytes", "path"}), naming the file if it can't be read."""
+    name = value.get("path") or "<in-memory image>"
+    try:
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+        image = PILImage.open(source)
+        image.load()
+        return image
+    except Exception as error:
+        raise ValueError(f"Cannot read image {name}: {error}") from error
+
+
+def check_images_readable(split: Dataset, column: str, split_name: str) -> None:
+    """Open every image once before training starts, so a bad file fails fast and nothing is half-written."""
+    for value in tqdm(split[column], desc=f"Checking {split_name} images", leave=False, disable=len(split) < 5000):
+        open_image(value)
+
+
+def make_image_processor(image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> ViTImageProcessor:
+    """The processor saved with every checkpoint: resize to image_size, scale to [0, 1], normalise."""
+    return ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=list(mean), image_std=list(std))
+
+
+def processor_size(image_processor) -> tuple[int, int]:
+    size = getattr(image_processor, "crop_size", None) if getattr(image_processor, "do_center_crop", False) else None
+    size = size or image_processor.size
+    if "height" in size:
+        return size["height"], size["width"]
+    return size["shortest_edge"], size["shortest_edge"]
+
+
+def build_transforms(image_processor, num_channels: int, train: bool, crop_scale_min=0.8, hflip_prob=0.5):
+    """torchvision v2 pipeline from the processor's size, mean and std: PIL image -> (C, H, W) float tensor.
+
+    Training: RandomResizedCrop + horizontal flip. Evaluation: what the processor itself does (resize, then
+    center-crop when the processor crops), so eval accuracy matches `pipeline()`.
+    """
+    height, width = processor_size(image_processor)
+    if train:
+        geometry = [v2.RandomResizedCrop((height, width), scale=(crop_scale_min, 1.0), antialias=True)]
+        if hflip_prob > 0:
+            geometry.append(v2.RandomHorizontalFlip(hflip_prob))
+    elif getattr(image_processor, "do_center_crop", False):
+        resize = image_processor.size
+        resize = resize.get("shortest_edge") or (resize["height"], resize["width"])
+        geometry = [v2.Resize(resize, antialias=True), v2.CenterCrop((height, width))]
+    else:
+        geometry = [v2.Resize((height, width), antialias=True)]
+    mean, std = image_processor.image_mean, image_processor.image_std
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            *geometry,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean[:num_channels], std[:num_channels]),
+        ]
+    )
+
+
+def set_transforms(splits: DatasetDict, image_processor, num_channels: int, args: DataArguments) -> None:
+    """Attach the training / evaluation transforms: each batch becomes `pixel_values` and `labels`."""
+    is_digits = args.dataset_name is None and args.train_dir is None and args.validation_dir is None
+    hflip_prob = args.hflip_prob if args.hflip_prob is not None else (0.0 if is_digits else 0.5)
+    mode = "RGB" if num_channels == 3 else "L"
+    for name, split in splits.items():
+        transform = build_transforms(image_processor, num_channels, name == "train", args.crop_scale_min, hflip_prob)
+
+        def apply(batch, transform=transform):
+            images = [open_image(value).convert(mode) for value in batch[args.image_column_name]]
+            return {"pixel_values": [transform(image) for image in images], "labels": batch[args.label_column_name]}
+
+        split.set_transform(apply)
+
+
+def collate(examples) -> dict:
+    return {
+        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+        "labels": torch.tensor([example["labels"] for example in examples]),
+    }

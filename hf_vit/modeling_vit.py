@@ -1,0 +1,157 @@
+"""The Vision Transformer (Dosovitskiy et al. 2020, "An Image Is Worth 16x16 Words").
+
+Image -> patch embedding -> [CLS] + patches + learned 1D position embeddings -> pre-norm encoder -> LayerNorm
+-> linear head on the CLS token (or on the mean of the patch tokens).
+"""
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+from .configuration_vit import HfViTConfig
+from .layers import (
+    ConvStemPatchEmbedding,
+    Encoder,
+    PatchEmbedding,
+    TokenEmbeddings,
+    check_pixel_values,
+    image_classification_loss,
+    init_transformer_weights,
+    to_2tuple,
+)
+
+
+def check_output_attentions(config, output_attentions: bool) -> None:
+    if output_attentions and config._attn_implementation != "eager":
+        raise ValueError(
+            f"output_attentions=True needs attn_implementation='eager' (this model uses "
+            f"{config._attn_implementation!r}); load it with attn_implementation='eager' or call "
+            "model.set_attn_implementation('eager')"
+        )
+
+
+class HfViTPreTrainedModel(PreTrainedModel):
+    config: HfViTConfig
+    config_class = HfViTConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TokenEmbeddings", "EncoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module):
+        init_transformer_weights(module, self.config.initializer_range)
+
+    def set_image_size(self, image_size: int) -> None:
+        """Run at a new resolution from now on: the position embeddings are resampled (bicubic) to the new patch
+        grid and saved at that size, and `config.image_size` follows."""
+        for size, patch in zip(to_2tuple(image_size), to_2tuple(self.config.patch_size)):
+            if size <= 0 or size % patch:
+                raise ValueError(f"image_size {image_size} must be a positive multiple of patch_size {self.config.patch_size}")
+        self.config.image_size = image_size
+        self.base_model.embeddings.resize_grid(self.config.grid_size)
+
+
+class HfViTModel(HfViTPreTrainedModel):
+    """ViT encoder. `forward` returns `last_hidden_state` (B, 1 + N, C) and `pooler_output` (B, C)."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self, config: HfViTConfig):
+        super().__init__(config)
+        patch_embedding = ConvStemPatchEmbedding if config.patch_embedding_type == "conv_stem" else PatchEmbedding
+        self.patch_embeddings = patch_embedding(config.patch_size, config.num_channels, config.hidden_size)
+        self.embeddings = TokenEmbeddings(
+            config.hidden_size,
+            config.grid_size,
+            config.hidden_dropout_prob,
+            distillation_token=self.num_prefix_tokens == 2,
+            antialias=config.interpolation_antialias,
+        )
+        self.encoder = Encoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """pixel_values: (B, num_channels, H, W), H x W = image_size unless `interpolate_pos_encoding`."""
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        check_output_attentions(config, output_attentions)
+        check_pixel_values(
+            pixel_values, config.num_channels, config.image_size, config.patch_size, bool(interpolate_pos_encoding)
+        )
+
+        pixel_values = pixel_values.to(self.dtype)
+        patch_grid = self.patch_embeddings(pixel_values)
+        hidden_states = self.embeddings(patch_grid, bool(interpolate_pos_encoding))
+        encoded = self.encoder(hidden_states, output_attentions, output_hidden_states)
+        last_hidden_state = self.layernorm(encoded.last_hidden_state)
+        if config.pooling == "mean":
+            # timm's global_pool="avg": average the un-normalised patch tokens, then normalise.
+            pooled = self.layernorm(encoded.last_hidden_state[:, self.num_prefix_tokens :].mean(dim=1))
+        else:
+            pooled = last_hidden_state[:, 0]
+
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class HfViTForImageClassification(HfViTPreTrainedModel):
+    """ViT with a linear head on the pooled token: (B, C, H, W) -> logits (B, num_labels)."""
+
+    def __init__(self, config: HfViTConfig):
+        super().__init__(config)
+        self.vit = HfViTModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ImageClassifierOutput | tuple:
+        """labels: (B,) class ids, or (B, num_labels) float targets (soft labels, multi-label, regression)."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        features = self.vit(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(features.pooler_output)
+        loss = None if labels is None else image_classification_loss(logits, labels, self.config)
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=features.hidden_states, attentions=features.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["HfViTForImageClassification", "HfViTModel", "HfViTPreTrainedModel"]

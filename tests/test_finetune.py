@@ -1,0 +1,186 @@
+"""The main job, end to end: scripts/finetune.py through the Trainer, accelerate and the (loopback) Hub."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
+
+from conftest import HUB_TOKEN, REPO_ROOT
+from hf_vit.data import DataArguments, load_digits_splits
+from hf_vit.finetune import ModelArguments, finetune, parse_args, parse_config_overrides
+from test_ecosystem import run_without_hf_vit
+
+SCRIPT = str(REPO_ROOT / "scripts" / "finetune.py")
+TINY = "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64"
+FAST = ["--max_train_samples", "128", "--max_eval_samples", "64", "--per_device_train_batch_size", "64", "--config_overrides", TINY, "--disable_tqdm", "true"]
+
+
+def run_script(args, *, launcher=(sys.executable,), env=None, expect_success=True):
+    result = subprocess.run(
+        [*launcher, SCRIPT, *args], capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}
+    )
+    if expect_success:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def make_imagefolder(root, classes=("cat", "dog"), per_class=12, size=(20, 24), corrupt=None):
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.full((*size, 3), 60 + 120 * index, dtype=np.uint8) + rng.integers(0, 40, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    if corrupt is not None:
+        (root / classes[0] / corrupt).write_bytes(b"this is not a png")
+    return root
+
+
+def test_digits_are_real_and_split_the_same_way_every_time():
+    splits = load_digits_splits()
+    assert (len(splits["train"]), len(splits["validation"])) == (1437, 360)
+    assert splits["train"].features["label"].names == [str(d) for d in range(10)]
+    image = splits["train"][0]["image"]
+    assert image.size == (8, 8) and image.mode == "L"
+    assert load_digits_splits()["validation"]["label"] == splits["validation"]["label"]
+    assert np.bincount(splits["validation"]["label"]).min() >= 35  # stratified
+
+
+def test_config_overrides_parse_literals_and_lists():
+    assert parse_config_overrides("hidden_size=64,hidden_act=gelu,depths=[2, 2],qkv_bias=False") == {
+        "hidden_size": 64, "hidden_act": "gelu", "depths": [2, 2], "qkv_bias": False,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_config_overrides("hidden_size")
+
+
+def test_short_run_writes_a_complete_checkpoint_that_resumes_and_serves(tmp_path):
+    output_dir = tmp_path / "run"
+    args = ["--output_dir", str(output_dir), "--num_train_epochs", "1", *FAST]
+    model_args, data_args, training_args = parse_args(args)
+    metrics = finetune(model_args, data_args, training_args)
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and "eval_top5_accuracy" in metrics
+
+    files = set(os.listdir(output_dir))
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= files
+    assert {"modeling_vit.py", "configuration_vit.py", "layers.py", "eval_results.json", "all_results.json"} <= files
+    assert json.loads((output_dir / "eval_results.json").read_text())["eval_accuracy"] == metrics["eval_accuracy"]
+    card = (output_dir / "README.md").read_text()
+    assert "digits" in card and f"{metrics['eval_accuracy']:.4f}" in card and "hf_vit" in card
+    assert "$" not in card.replace("${", "")  # every template field was filled
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["id2label"] == {str(d): str(d) for d in range(10)} and config["image_size"] == 32
+
+    classifier = pipeline("image-classification", model=str(output_dir))
+    image = load_digits_splits()["validation"][0]["image"]
+    assert len(classifier(image)) == 5
+
+    resumed_args = parse_args(["--output_dir", str(output_dir), "--num_train_epochs", "2", *FAST,
+                               "--resume_from_checkpoint", str(output_dir / "checkpoint-2")])  # fmt: skip
+    finetune(*resumed_args)
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and state["epoch"] == 2.0
+
+
+def test_imagefolder_data_trains_at_a_requested_size(tmp_path):
+    make_imagefolder(tmp_path / "train")
+    make_imagefolder(tmp_path / "val", per_class=4)
+    output_dir = tmp_path / "out"
+    args = ["--output_dir", str(output_dir), "--train_dir", str(tmp_path / "train"), "--validation_dir",
+            str(tmp_path / "val"), "--image_size", "24", "--num_train_epochs", "1", "--config_overrides", TINY,
+            "--disable_tqdm", "true"]  # fmt: skip
+    metrics = finetune(*parse_args(args))
+    assert metrics["eval_samples_per_second"] > 0
+    model = AutoModelForImageClassification.from_pretrained(output_dir)
+    assert model.config.id2label == {0: "cat", 1: "dog"} and model.config.image_size == 24
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_dataset", "Dataset directory '/no/such/dataset' does not exist"),
+        ("missing_column", r"Column 'species' not found in the dataset; its columns are \['image', 'label'\]"),
+        ("unreadable_image", r"Cannot read image .*broken\.png"),
+        ("bad_image_size", "image_size 30 must be divisible by patch_size 4"),
+    ],
+)
+def test_bad_input_fails_with_a_clear_error_and_writes_nothing(tmp_path, case, message):
+    output_dir = tmp_path / "out"
+    args = ["--output_dir", str(output_dir), "--num_train_epochs", "1", "--config_overrides", TINY]
+    if case == "missing_dataset":
+        args += ["--dataset_name", "/no/such/dataset"]
+    elif case == "missing_column":
+        args += ["--train_dir", str(make_imagefolder(tmp_path / "train")), "--label_column_name", "species"]
+    elif case == "unreadable_image":
+        args += ["--train_dir", str(make_imagefolder(tmp_path / "train", corrupt="broken.png"))]
+    else:
+        args += ["--image_size", "30"]
+    result = run_script(args, expect_success=False)
+    assert result.returncode != 0
+    assert __import__("re").search(message, result.stderr), result.stderr[-3000:]
+    assert not output_dir.exists() or not any(output_dir.iterdir())
+
+
+def test_two_processes_under_accelerate_launch_train_one_model(tmp_path):
+    output_dir = tmp_path / "ddp"
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")  # fmt: skip
+    result = run_script(["--output_dir", str(output_dir), "--num_train_epochs", "1", *FAST], launcher=launcher)
+    assert result.stdout.count("eval: accuracy") == 1  # only the main process reports
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 1  # 128 images / (64 per process x 2 processes): one data-parallel step
+    saved = [p for p in output_dir.rglob("model.safetensors") if "checkpoint-" not in str(p)]
+    assert saved == [output_dir / "model.safetensors"]
+    AutoModelForImageClassification.from_pretrained(output_dir)
+
+
+def test_push_to_hub_and_load_back_with_a_fresh_cache(tmp_path, hub):
+    output_dir = tmp_path / "pushed"
+    args = ["--output_dir", str(output_dir), "--num_train_epochs", "1", *FAST, "--push_to_hub",
+            "--hub_model_id", "user/digits-vit", "--save_strategy", "no"]  # fmt: skip
+    run_script(args, env={"HF_TOKEN": HUB_TOKEN})
+    pushed = set(hub.repos["user/digits-vit"].files())
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_vit.py",
+            "configuration_vit.py", "layers.py"} <= pushed  # fmt: skip
+    assert "hf_vit" in hub.repos["user/digits-vit"].files()["README.md"].decode()
+
+    pixels = torch.randn(2, 3, 32, 32)
+    local = AutoModelForImageClassification.from_pretrained(output_dir).eval()
+    from_hub = AutoModelForImageClassification.from_pretrained("user/digits-vit", cache_dir=tmp_path / "cache").eval()
+    torch.testing.assert_close(from_hub(pixels).logits, local(pixels).logits)
+
+    torch.save({"pixels": pixels, "logits": local(pixels).logits.detach()}, tmp_path / "expected.pt")
+    run_without_hf_vit(
+        f"""
+        import os, torch
+        os.environ["HF_HOME"] = {str(tmp_path / "fresh_home")!r}
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained("user/digits-vit", trust_remote_code=True).eval()
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        torch.testing.assert_close(model(expected["pixels"]).logits, expected["logits"])
+        """,
+        cwd=tmp_path,
+    )
+
+
+def test_push_with_a_wrong_token_fails_clearly(tmp_path, hub):
+    args = ["--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1", *FAST, "--push_to_hub",
+            "--hub_model_id", "user/never-created"]  # fmt: skip
+    result = run_script(args, env={"HF_TOKEN": "hf_wrong"}, expect_success=False)
+    assert result.returncode != 0
+    assert "401" in result.stderr and "Invalid credentials" in result.stderr, result.stderr[-3000:]
+    assert "user/never-created" not in hub.repos
+
+
+@pytest.mark.slow
+def test_default_run_reaches_95_percent_on_digits(tmp_path):
+    """The README's quick start: the article's ViT on the embedded digits, defaults only."""
+    result = run_script(["--output_dir", str(tmp_path / "default")])
+    metrics = json.loads((tmp_path / "default" / "eval_results.json").read_text())
+    assert metrics["eval_accuracy"] >= 0.95, result.stdout[-2000:]

@@ -1,0 +1,153 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoModelForImageClassification
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+from conftest import randomize
+from hf_vit import HfViTConfig, HfViTForImageClassification, HfViTModel
+from hf_vit.layers import DropPath
+
+
+def test_base_model_outputs_and_shapes(tiny_vit_config):
+    model = AutoModel.from_config(tiny_vit_config, attn_implementation="eager").eval()
+    assert isinstance(model, HfViTModel)
+    out = model(torch.randn(2, 3, 32, 32), output_hidden_states=True, output_attentions=True)
+    assert isinstance(out, BaseModelOutputWithPooling)
+    assert out.last_hidden_state.shape == (2, 1 + 16, 32)  # CLS + (32 / 8) ** 2 patches
+    assert out.pooler_output.shape == (2, 32)
+    assert torch.equal(out.pooler_output, out.last_hidden_state[:, 0])
+    assert len(out.hidden_states) == 3 and len(out.attentions) == 2  # embeddings + 2 blocks
+    assert out.attentions[0].shape == (2, 4, 17, 17)
+    torch.testing.assert_close(out.attentions[1].sum(-1), torch.ones(2, 4, 17))
+
+
+def test_classifier_output_loss_and_tuple_return(tiny_vit_config):
+    model = AutoModelForImageClassification.from_config(tiny_vit_config).eval()
+    assert isinstance(model, HfViTForImageClassification)
+    pixels, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 4, 2])
+    out = model(pixels, labels=labels)
+    assert isinstance(out, ImageClassifierOutput) and out.logits.shape == (3, 5)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+    loss, logits = model(pixels, labels=labels, return_dict=False)
+    torch.testing.assert_close(logits, out.logits)
+
+
+def test_soft_label_distributions_give_soft_target_cross_entropy(tiny_vit_config):
+    model = randomize(HfViTForImageClassification(tiny_vit_config))
+    pixels = torch.randn(4, 3, 32, 32)
+    soft = torch.softmax(torch.randn(4, 5), dim=-1)
+    out = model(pixels, labels=soft)
+    expected = -(soft * torch.log_softmax(out.logits, -1)).sum(-1).mean()
+    torch.testing.assert_close(out.loss, expected)
+    one_hot = F.one_hot(torch.tensor([1, 0, 3, 2]), 5).float()
+    torch.testing.assert_close(model(pixels, labels=one_hot).loss, model(pixels, labels=one_hot.argmax(-1)).loss)
+
+
+def test_multi_label_and_regression_follow_problem_type(tiny_vit_config):
+    tiny_vit_config.problem_type = "multi_label_classification"
+    model = randomize(HfViTForImageClassification(tiny_vit_config))
+    pixels, targets = torch.randn(2, 3, 32, 32), torch.tensor([[1.0, 0, 1, 0, 0], [0, 1, 0, 0, 1]])
+    out = model(pixels, labels=targets)
+    torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, targets))
+    regression = HfViTForImageClassification(HfViTConfig(**{**tiny_vit_config.to_dict(), "num_labels": 1,
+                                                            "problem_type": "regression", "id2label": None}))  # fmt: skip
+    out = regression.eval()(pixels, labels=torch.tensor([0.5, -1.0]))
+    torch.testing.assert_close(out.loss, F.mse_loss(out.logits.squeeze(), torch.tensor([0.5, -1.0])))
+
+
+def test_eager_and_sdpa_agree_and_sdpa_refuses_attention_maps(tiny_vit_config):
+    eager = randomize(HfViTForImageClassification._from_config(tiny_vit_config, attn_implementation="eager"))
+    sdpa = HfViTForImageClassification._from_config(tiny_vit_config, attn_implementation="sdpa").eval()
+    sdpa.load_state_dict(eager.state_dict())
+    pixels = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(eager(pixels).logits, sdpa(pixels).logits, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        sdpa(pixels, output_attentions=True)
+
+
+def test_wrong_size_or_channels_name_expected_and_received_shapes(tiny_vit_config):
+    model = HfViTModel(tiny_vit_config).eval()
+    with pytest.raises(ValueError, match=r"48x48 doesn't match the model's 32x32.*\(1, 3, 32, 32\).*\(1, 3, 48, 48\)"):
+        model(torch.randn(1, 3, 48, 48))
+    with pytest.raises(ValueError, match=r"1 channels, the model expects num_channels=3"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        model(torch.randn(1, 3, 36, 36), interpolate_pos_encoding=True)
+    with pytest.raises(ValueError, match=r"shape \(batch, channels, height, width\)"):
+        model(torch.randn(3, 32, 32))
+
+
+def test_interpolate_pos_encoding_runs_other_sizes_and_keeps_the_trained_grid_exact(tiny_vit_config):
+    model = randomize(HfViTModel(tiny_vit_config))
+    out = model(torch.randn(2, 3, 64, 40), interpolate_pos_encoding=True)
+    assert out.last_hidden_state.shape == (2, 1 + 8 * 5, 32)
+    pixels = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(pixels).last_hidden_state, model(pixels, interpolate_pos_encoding=True).last_hidden_state)
+
+
+def test_set_image_size_resamples_position_embeddings_for_good(tiny_vit_config, tmp_path):
+    model = randomize(HfViTForImageClassification(tiny_vit_config))
+    pixels = torch.randn(1, 3, 48, 48)
+    expected = model(pixels, interpolate_pos_encoding=True).logits
+    model.set_image_size(48)
+    assert model.config.image_size == 48 and model.vit.embeddings.position_embeddings.shape == (1, 1 + 36, 32)
+    torch.testing.assert_close(model(pixels).logits, expected)
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(HfViTForImageClassification.from_pretrained(tmp_path).eval()(pixels).logits, expected)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        model.set_image_size(50)
+
+
+def test_mean_pooling_normalises_the_average_of_patch_tokens(tiny_vit_config):
+    tiny_vit_config.pooling = "mean"
+    model = randomize(HfViTModel(tiny_vit_config))
+    out = model(torch.randn(2, 3, 32, 32), output_hidden_states=True)
+    expected = model.layernorm(out.hidden_states[-1][:, 1:].mean(1))
+    torch.testing.assert_close(out.pooler_output, expected)
+
+
+def test_conv_stem_keeps_the_sequence_length(tiny_vit_config):
+    tiny_vit_config.patch_embedding_type = "conv_stem"
+    model = HfViTModel(tiny_vit_config).eval()
+    assert len([m for m in model.patch_embeddings.stem if isinstance(m, torch.nn.Conv2d)]) == 3  # 2 ** 3 = 8
+    assert model(torch.randn(2, 3, 32, 32)).last_hidden_state.shape == (2, 17, 32)
+
+
+def test_stochastic_depth_grows_linearly_and_is_off_in_eval(tiny_vit_config):
+    tiny_vit_config.num_hidden_layers, tiny_vit_config.drop_path_rate = 5, 0.2
+    model = HfViTModel(tiny_vit_config)
+    rates = [layer.drop_path.drop_prob for layer in model.encoder.layers]
+    assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+    drop = DropPath(0.5).train()
+    out = drop(torch.ones(4000, 3))
+    kept = out[:, 0] != 0
+    assert 0.4 < kept.float().mean() < 0.6 and torch.all(out[kept] == 2.0)
+    assert torch.equal(drop.eval()(torch.ones(5, 3)), torch.ones(5, 3))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_vit_config):
+    reference = randomize(HfViTForImageClassification(tiny_vit_config)).train()
+    checkpointed = HfViTForImageClassification(tiny_vit_config).train()
+    checkpointed.load_state_dict(reference.state_dict())
+    checkpointed.gradient_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in checkpointed.vit.encoder.layers)
+    pixels, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
+    for model in (reference, checkpointed):
+        model(pixels, labels=labels).loss.backward()
+    for (name, a), b in zip(reference.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_initialisation_uses_truncated_normal_position_embeddings(tiny_vit_config):
+    tiny_vit_config.hidden_size, tiny_vit_config.num_attention_heads = 256, 4
+    model = HfViTModel(tiny_vit_config)
+    positions = model.embeddings.position_embeddings
+    assert positions.std().item() == pytest.approx(0.88 * 0.02, rel=0.1)  # std of a normal cut at +-2 sigma
+    assert positions.abs().max().item() <= 2 * 0.02 + 1e-6  # truncated at two standard deviations
+
+
+def test_torch_compile_has_no_graph_breaks_in_the_encoder(tiny_vit_config):
+    model = HfViTForImageClassification(tiny_vit_config).eval()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
