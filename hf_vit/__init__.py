@@ -13,7 +13,9 @@ from transformers import (
     ViTImageProcessor,
 )
 
+from .configuration_deit import DEIT_PRESETS, HfDeiTConfig
 from .configuration_vit import VIT_PRESETS, HfViTConfig
+from .modeling_deit import HfDeiTForImageClassification, HfDeiTModel
 from .modeling_vit import HfViTForImageClassification, HfViTModel, HfViTPreTrainedModel
 
 __version__ = "0.1.0"
@@ -21,6 +23,7 @@ __version__ = "0.1.0"
 FAMILIES = {
     # model_type: (config, base model, classifier)
     "hf_vit": (HfViTConfig, HfViTModel, HfViTForImageClassification),
+    "hf_deit": (HfDeiTConfig, HfDeiTModel, HfDeiTForImageClassification),
 }
 
 
@@ -38,7 +41,11 @@ for _classes in FAMILIES.values():
     _register(*_classes)
 
 __all__ = [
+    "DEIT_PRESETS",
     "FAMILIES",
+    "HfDeiTConfig",
+    "HfDeiTForImageClassification",
+    "HfDeiTModel",
     "VIT_PRESETS",
     "HfViTConfig",
     "HfViTForImageClassification",

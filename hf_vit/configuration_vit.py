@@ -1,5 +1,7 @@
 """Configuration of the plain Vision Transformer (model_type `hf_vit`)."""
 
+from typing import ClassVar
+
 from transformers import PreTrainedConfig
 
 from .layers import to_2tuple
@@ -42,6 +44,23 @@ def check_vit_fields(config) -> None:
     check_choice(config, "pooling", ("cls", "mean"))
 
 
+def _vit(hidden_size, depth, heads, image_size=224, patch_size=16, mlp_ratio=4):
+    return dict(
+        hidden_size=hidden_size, num_hidden_layers=depth, num_attention_heads=heads,
+        intermediate_size=hidden_size * mlp_ratio, image_size=image_size, patch_size=patch_size,
+    )  # fmt: skip
+
+
+VIT_PRESETS = {
+    "vit-tiny-patch16-224": _vit(192, 12, 3),
+    "vit-small-patch16-224": _vit(384, 12, 6),
+    "vit-base-patch16-224": _vit(768, 12, 12),
+    "vit-large-patch16-224": _vit(1024, 24, 16),
+    # The article's CIFAR-10 model: 32 px, 4 px patches (64 tokens + CLS), d_model 128, 4 heads, 4 layers, d_ff 512.
+    "vit-cifar-patch4-32": _vit(128, 4, 4, image_size=32, patch_size=4),
+}
+
+
 class HfViTConfig(PreTrainedConfig):
     r"""Configuration of [`HfViTModel`] and [`HfViTForImageClassification`]. Defaults give ViT-B/16 at 224 px.
 
@@ -73,6 +92,7 @@ class HfViTConfig(PreTrainedConfig):
     """
 
     model_type = "hf_vit"
+    presets: ClassVar[dict] = VIT_PRESETS
 
     image_size: int | list[int] | tuple[int, int] = 224
     patch_size: int | list[int] | tuple[int, int] = 16
@@ -107,30 +127,10 @@ class HfViTConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "HfViTConfig":
-        """A named architecture (see `VIT_PRESETS`), with any field overridden."""
-        return cls(**{**preset_fields(VIT_PRESETS, name), **overrides})
+        """A named architecture (one of `cls.presets`), with any field overridden."""
+        if name not in cls.presets:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(cls.presets)}")
+        return cls(**{**cls.presets[name], **overrides})
 
-
-def preset_fields(presets: dict, name: str) -> dict:
-    if name not in presets:
-        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(presets)}")
-    return dict(presets[name])
-
-
-def _vit(hidden_size, depth, heads, image_size=224, patch_size=16, mlp_ratio=4):
-    return dict(
-        hidden_size=hidden_size, num_hidden_layers=depth, num_attention_heads=heads,
-        intermediate_size=hidden_size * mlp_ratio, image_size=image_size, patch_size=patch_size,
-    )  # fmt: skip
-
-
-VIT_PRESETS = {
-    "vit-tiny-patch16-224": _vit(192, 12, 3),
-    "vit-small-patch16-224": _vit(384, 12, 6),
-    "vit-base-patch16-224": _vit(768, 12, 12),
-    "vit-large-patch16-224": _vit(1024, 24, 16),
-    # The article's CIFAR-10 model: 32 px, 4 px patches (64 tokens + CLS), d_model 128, 4 heads, 4 layers, d_ff 512.
-    "vit-cifar-patch4-32": _vit(128, 4, 4, image_size=32, patch_size=4),
-}
 
 __all__ = ["HfViTConfig", "VIT_PRESETS"]

@@ -44,6 +44,10 @@ class DataArguments:
     crop_scale_min: float = field(
         default=0.8, metadata={"help": "Smallest area fraction kept by RandomResizedCrop during training."}
     )
+    rand_augment_magnitude: int | None = field(
+        default=None, metadata={"help": "RandAugment (2 ops) at this magnitude in training; off when unset."}
+    )
+    random_erasing_prob: float = field(default=0.0, metadata={"help": "RandomErasing probability in training."})
     hflip_prob: float | None = field(
         default=None,
         metadata={"help": "Probability of a horizontal flip in training (default 0.5; 0 for `digits`, whose "
@@ -155,17 +159,26 @@ def processor_size(image_processor) -> tuple[int, int]:
     return size["shortest_edge"], size["shortest_edge"]
 
 
-def build_transforms(image_processor, num_channels: int, train: bool, crop_scale_min=0.8, hflip_prob=0.5):
+def build_transforms(
+    image_processor, num_channels: int, train: bool, crop_scale_min=0.8, hflip_prob=0.5,
+    rand_augment_magnitude=None, random_erasing_prob=0.0,
+):  # fmt: skip
     """torchvision v2 pipeline from the processor's size, mean and std: PIL image -> (C, H, W) float tensor.
 
-    Training: RandomResizedCrop + horizontal flip. Evaluation: what the processor itself does (resize, then
-    center-crop when the processor crops), so eval accuracy matches `pipeline()`.
+    Training: RandomResizedCrop + horizontal flip (+ RandAugment, + RandomErasing after normalisation).
+    Evaluation: what the processor itself does (resize, then center-crop when the processor crops), so eval
+    accuracy matches `pipeline()`.
     """
     height, width = processor_size(image_processor)
+    erasing = []
     if train:
         geometry = [v2.RandomResizedCrop((height, width), scale=(crop_scale_min, 1.0), antialias=True)]
         if hflip_prob > 0:
             geometry.append(v2.RandomHorizontalFlip(hflip_prob))
+        if rand_augment_magnitude is not None:
+            geometry.append(v2.RandAugment(num_ops=2, magnitude=rand_augment_magnitude))
+        if random_erasing_prob > 0:
+            erasing.append(v2.RandomErasing(p=random_erasing_prob))
     elif getattr(image_processor, "do_center_crop", False):
         resize = image_processor.size
         resize = resize.get("shortest_edge") or (resize["height"], resize["width"])
@@ -179,6 +192,7 @@ def build_transforms(image_processor, num_channels: int, train: bool, crop_scale
             *geometry,
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean[:num_channels], std[:num_channels]),
+            *erasing,
         ]
     )
 
@@ -189,7 +203,10 @@ def set_transforms(splits: DatasetDict, image_processor, num_channels: int, args
     hflip_prob = args.hflip_prob if args.hflip_prob is not None else (0.0 if is_digits else 0.5)
     mode = "RGB" if num_channels == 3 else "L"
     for name, split in splits.items():
-        transform = build_transforms(image_processor, num_channels, name == "train", args.crop_scale_min, hflip_prob)
+        transform = build_transforms(
+            image_processor, num_channels, name == "train", args.crop_scale_min, hflip_prob,
+            args.rand_augment_magnitude, args.random_erasing_prob,
+        )  # fmt: skip
 
         def apply(batch, transform=transform):
             images = [open_image(value).convert(mode) for value in batch[args.image_column_name]]

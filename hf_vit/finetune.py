@@ -1,12 +1,15 @@
 """The main job: fine-tune (or train from scratch) an hf_vit classifier with the `Trainer`.
 
-    parse_args(argv) -> (ModelArguments, DataArguments, FinetuneTrainingArguments)
-    finetune(model_args, data_args, training_args) -> eval metrics
+    parse_args(argv) -> (ModelArguments, DataArguments, FinetuneTrainingArguments, RecipeArguments)
+    finetune(model_args, data_args, training_args, recipe_args) -> eval metrics
 
 `scripts/finetune.py` is the command-line layer; run it with `accelerate launch` for one or many processes.
 """
 
 import ast
+import inspect
+import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -14,11 +17,22 @@ from dataclasses import dataclass, field
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
 
 from . import FAMILIES
-from .data import DIGITS, DataArguments, collate, load_splits, make_image_processor, set_transforms
-from .training import FinetuneTrainingArguments, ImageClassificationTrainer, compute_metrics
+from .data import DIGITS, DataArguments, collate, load_splits, make_image_processor, processor_size, set_transforms
+from .training import (
+    DEIT_DROP_PATH_RATE,
+    DEIT_RECIPE,
+    BatchMixer,
+    FinetuneTrainingArguments,
+    ImageClassificationTrainer,
+    RecipeArguments,
+    TeacherInputs,
+    compute_metrics,
+    deit_ema_decay,
+    deit_learning_rate,
+)
 
 # What `--model_type X` trains when no checkpoint or preset is named.
-DEFAULT_PRESETS = {"hf_vit": "vit-cifar-patch4-32"}
+DEFAULT_PRESETS = {"hf_vit": "vit-cifar-patch4-32", "hf_deit": "deit-cifar-patch4-32"}
 
 
 @dataclass
@@ -37,6 +51,10 @@ class ModelArguments:
     )
     attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flash_attention_2, ..."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the checkpoint."})
+    teacher_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "An image classifier (checkpoint dir or Hub id) to distill from; needs --model_type hf_deit."},
+    )
 
 
 def parse_config_overrides(text: str | None) -> dict:
@@ -70,10 +88,37 @@ def _split_top_level(text: str) -> list[str]:
 
 
 def parse_args(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, FinetuneTrainingArguments))
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(sys.argv[1]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    """Command line (or one JSON file) -> the four argument dataclasses, with `--recipe` defaults applied."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, FinetuneTrainingArguments, RecipeArguments))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        path = os.path.abspath(argv[0])
+        args = parser.parse_json_file(path)
+        with open(path) as f:
+            given = set(json.load(f))
+    else:
+        args = parser.parse_args_into_dataclasses(args=argv)
+        given = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
+    apply_recipe(*args, given=given)
+    return args
+
+
+def apply_recipe(model_args, data_args, training_args, recipe_args, given: set) -> None:
+    """`--recipe deit`: DeiT's value for every recipe flag the command line did not set."""
+    if recipe_args.recipe is None:
+        return
+    if recipe_args.recipe != "deit":
+        raise ValueError(f"Unknown --recipe {recipe_args.recipe!r}; the recipe hf_vit knows is 'deit'")
+    for name, value in DEIT_RECIPE.items():
+        if name not in given:
+            target = next(args for args in (data_args, training_args, recipe_args) if hasattr(args, name))
+            setattr(target, name, value)
+    if "learning_rate" not in given:
+        global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+        training_args.learning_rate = deit_learning_rate(global_batch * training_args.world_size)
+    if "drop_path_rate" not in (model_args.config_overrides or ""):
+        overrides = [model_args.config_overrides] if model_args.config_overrides else []
+        model_args.config_overrides = ",".join(overrides + [f"drop_path_rate={DEIT_DROP_PATH_RATE}"])
 
 
 def build_model(model_args: ModelArguments, labels: list[str], image_size: int | None):
@@ -115,15 +160,40 @@ def build_image_processor(model_args: ModelArguments, model):
     return processor
 
 
-def finetune(model_args: ModelArguments, data_args: DataArguments, training_args) -> dict:
+def load_teacher(model_args: ModelArguments, model, image_processor):
+    """The frozen teacher and the function that turns student batches into its inputs (its size, mean, std)."""
+    if "teacher_logits" not in inspect.signature(model.forward).parameters:
+        raise ValueError(f"--teacher_name_or_path needs a model that distills (--model_type hf_deit), not {model.config.model_type}")
+    teacher = AutoModelForImageClassification.from_pretrained(
+        model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code
+    )
+    teacher_processor = AutoImageProcessor.from_pretrained(model_args.teacher_name_or_path)
+    channels = model.config.num_channels
+    teacher_inputs = TeacherInputs(
+        image_processor.image_mean[:channels], image_processor.image_std[:channels], processor_size(teacher_processor),
+        teacher_processor.image_mean[:channels], teacher_processor.image_std[:channels],
+    )  # fmt: skip
+    return teacher, teacher_inputs
+
+
+def finetune(model_args: ModelArguments, data_args: DataArguments, training_args, recipe_args=None) -> dict:
     """Train, evaluate, save the model + processor + code + card, push when asked. Returns the eval metrics."""
+    recipe_args = recipe_args or RecipeArguments()
     set_seed(training_args.seed)
     splits = load_splits(data_args, seed=training_args.seed)
     labels = splits["train"].features[data_args.label_column_name].names
     model = build_model(model_args, labels, data_args.image_size)
     image_processor = build_image_processor(model_args, model)
+    teacher, teacher_inputs = None, None
+    if model_args.teacher_name_or_path is not None:
+        teacher, teacher_inputs = load_teacher(model_args, model, image_processor)
     set_transforms(splits, image_processor, model.config.num_channels, data_args)
 
+    ema_decay = recipe_args.ema_decay
+    if ema_decay is None and recipe_args.recipe == "deit":
+        global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+        steps = math.ceil(len(splits["train"]) / (global_batch * training_args.world_size))
+        ema_decay = deit_ema_decay(int(steps * training_args.num_train_epochs))
     trainer = ImageClassificationTrainer(
         model=model,
         args=training_args,
@@ -132,6 +202,14 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
         data_collator=collate,
         processing_class=image_processor,
         compute_metrics=compute_metrics,
+        teacher=teacher,
+        teacher_inputs=teacher_inputs,
+        batch_mixer=BatchMixer(
+            len(labels), recipe_args.mixup_alpha, recipe_args.cutmix_alpha, recipe_args.mixup_switch_prob,
+            recipe_args.label_smoothing,
+        ),  # fmt: skip
+        repeated_augmentation=recipe_args.repeated_augmentation,
+        ema_decay=ema_decay,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
@@ -157,8 +235,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
 
 
 def main(argv=None) -> int:
-    model_args, data_args, training_args = parse_args(argv)
-    finetune(model_args, data_args, training_args)
+    finetune(*parse_args(argv))
     return 0
 
 

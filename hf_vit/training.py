@@ -1,27 +1,40 @@
-"""Trainer pieces: metrics, the model card hook, and the training-argument defaults of hf_vit's recipes."""
+"""Trainer pieces: training-argument defaults, metrics, and the DeiT recipe's training-side ingredients.
 
+    FinetuneTrainingArguments      TrainingArguments with defaults for small ViTs trained from scratch
+    RecipeArguments                Mixup / CutMix, label smoothing, repeated augmentation, EMA, the `deit` recipe
+    ImageClassificationTrainer     Trainer + teacher distillation, batch mixing, EMA, ViT weight-decay groups
+"""
+
+import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments
-from transformers.utils import logging
+import torch.nn.functional as F
+from torchvision.transforms import v2
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
+from transformers.utils import logging
 
 from .cards import write_model_card
 from .metrics import load_metric
 
 logger = logging.get_logger(__name__)
 
+# Parameters that weight decay would only pull towards zero for no benefit (DeiT's and timm's no_weight_decay).
+NO_WEIGHT_DECAY = ("position_embeddings", "cls_token", "distillation_token")
+
 
 @dataclass
 class FinetuneTrainingArguments(TrainingArguments):
     """`TrainingArguments` with defaults that train a small ViT from scratch well; every flag still works."""
 
-    num_train_epochs: float = field(default=12.0, metadata={"help": "Total number of training epochs."})
+    num_train_epochs: float = field(default=15.0, metadata={"help": "Total number of training epochs."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases, norms, "
+                                                                "position embeddings or prefix tokens)."})  # fmt: skip
     warmup_steps: float = field(
         default=0.02, metadata={"help": "Linear warmup: a step count, or a float in [0, 1) for a fraction of all steps."}
     )
@@ -63,6 +76,45 @@ def has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
+@dataclass
+class RecipeArguments:
+    """Training-recipe ingredients, each its own flag; `--recipe deit` sets DeiT's values for the ones not given."""
+
+    recipe: str | None = field(default=None, metadata={"help": "`deit`: the data-efficient training recipe."})
+    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup Beta(alpha, alpha); 0 disables it."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix Beta(alpha, alpha); 0 disables it."})
+    mixup_switch_prob: float = field(default=0.5, metadata={"help": "Chance of CutMix rather than Mixup when both are on."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing, folded into the soft targets."})
+    repeated_augmentation: int = field(
+        default=1, metadata={"help": "Repeat each image this many times per epoch, each with its own augmentation."}
+    )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={"help": "Keep an EMA of the weights with this decay; it is evaluated and saved (`--recipe deit`: "
+                  "scaled so it averages the last ~1/15 of the run, as DeiT's 0.99996 does over 300 epochs)."},
+    )  # fmt: skip
+
+
+# DeiT's recipe (Touvron et al. 2021, table 9): each value is the default of the flag of that name when
+# `--recipe deit` is given and the flag is not. The learning rate and the EMA decay are scaled to the run.
+DEIT_RECIPE = dict(
+    mixup_alpha=0.8, cutmix_alpha=1.0, mixup_switch_prob=0.5, label_smoothing=0.1, repeated_augmentation=3,
+    rand_augment_magnitude=9, random_erasing_prob=0.25,
+    weight_decay=0.05, lr_scheduler_type="cosine", warmup_steps=0.05,
+)  # fmt: skip
+DEIT_DROP_PATH_RATE = 0.1
+
+
+def deit_learning_rate(global_batch_size: int) -> float:
+    """DeiT's linear scaling rule: 5e-4 for a global batch of 512."""
+    return 5e-4 * global_batch_size / 512
+
+
+def deit_ema_decay(total_steps: int) -> float:
+    """DeiT's EMA (0.99996 over ~375k steps) averages over the last ~1/15 of training; keep that fraction."""
+    return 1.0 - 15.0 / max(total_steps, 15)
+
+
 def compute_metrics(eval_prediction) -> dict:
     """Top-1 and top-5 accuracy through hf_vit's local `evaluate` modules."""
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
@@ -73,8 +125,183 @@ def compute_metrics(eval_prediction) -> dict:
     return {**accuracy, **top5}
 
 
+class BatchMixer:
+    """Mixup / CutMix on a training batch (torchvision v2), then label smoothing: ids -> (B, C) soft targets."""
+
+    def __init__(self, num_classes: int, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, label_smoothing=0.0):
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        mixers, weights = [], []
+        if mixup_alpha > 0:
+            mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+            weights.append(1 - switch_prob if cutmix_alpha > 0 else 1.0)
+        if cutmix_alpha > 0:
+            mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+            weights.append(switch_prob if mixup_alpha > 0 else 1.0)
+        self.mix = v2.RandomChoice(mixers, p=weights) if mixers else None
+
+    @property
+    def active(self) -> bool:
+        return self.mix is not None or self.label_smoothing > 0
+
+    def __call__(self, pixel_values: torch.Tensor, labels: torch.Tensor):
+        if self.mix is not None:
+            pixel_values, labels = self.mix(pixel_values, labels)
+        elif not labels.is_floating_point():
+            labels = F.one_hot(labels, self.num_classes).float()
+        if self.label_smoothing > 0:
+            labels = labels * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
+        return pixel_values, labels
+
+
+class RepeatedAugmentationSampler(torch.utils.data.Sampler):
+    """Repeated augmentation (Hoffer et al. 2020, DeiT): each epoch draws ceil(n / repeats) images and yields each
+    `repeats` times in a row, trimmed to n indices, so the epoch keeps its length and the copies, each augmented
+    on its own, land in the same global batch.
+
+    Every process draws the same order (seeded by seed + epoch); accelerate then hands each process disjoint
+    batches of it.
+    """
+
+    def __init__(self, num_samples: int, repeats: int = 3, seed: int = 0):
+        self.num_samples, self.repeats, self.seed, self.epoch = num_samples, repeats, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        chosen = torch.randperm(self.num_samples, generator=generator)[: math.ceil(self.num_samples / self.repeats)]
+        return iter(chosen.repeat_interleave(self.repeats)[: self.num_samples].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights: `ema = decay * ema + (1 - decay) * weights` per step."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for name, tensor in model.state_dict().items():
+            if tensor.dtype.is_floating_point:
+                self.shadow[name].lerp_(tensor.detach(), 1 - self.decay)
+            else:
+                self.shadow[name].copy_(tensor)
+
+    @contextmanager
+    def applied_to(self, model: torch.nn.Module):
+        """Swap the averaged weights in for the duration of the block."""
+        trained = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(trained)
+
+
+class EMACallback(TrainerCallback):
+    def __init__(self, ema: ModelEMA):
+        self.ema = ema
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.ema.update(model)
+
+
+class TeacherInputs:
+    """Re-express a student batch for a teacher with another size or normalisation: (B, C, H, W) -> (B, C, h, w)."""
+
+    def __init__(self, student_mean, student_std, teacher_size, teacher_mean, teacher_std):
+        as_column = lambda values: torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)  # noqa: E731
+        self.student_mean, self.student_std = as_column(student_mean), as_column(student_std)
+        self.teacher_mean, self.teacher_std = as_column(teacher_mean), as_column(teacher_std)
+        self.teacher_size = tuple(teacher_size)
+        self.identity = torch.equal(self.student_mean, self.teacher_mean) and torch.equal(self.student_std, self.teacher_std)
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.identity and tuple(pixel_values.shape[-2:]) == self.teacher_size:
+            return pixel_values
+        device = pixel_values.device
+        images = pixel_values * self.student_std.to(device) + self.student_mean.to(device)
+        if tuple(images.shape[-2:]) != self.teacher_size:
+            images = F.interpolate(images, size=self.teacher_size, mode="bilinear", align_corners=False, antialias=True)
+        return (images - self.teacher_mean.to(device)) / self.teacher_std.to(device)
+
+
+def check_teacher_labels(teacher_config, student_config) -> None:
+    """The teacher's classes must be the student's, in the same order."""
+    teacher = [teacher_config.id2label[i] for i in range(teacher_config.num_labels)]
+    student = [student_config.id2label[i] for i in range(student_config.num_labels)]
+    if teacher != student:
+        raise ValueError(f"The teacher's labels {teacher} differ from the student's {student}; distill from a "
+                         "teacher trained on the same classes in the same order")  # fmt: skip
+
+
 class ImageClassificationTrainer(Trainer):
-    """`Trainer` whose model card (also the one `push_to_hub` uploads) is rendered from hf_vit's templates."""
+    """`Trainer` for hf_vit classifiers.
+
+    - a frozen `teacher` (any image classifier) adds `teacher_logits` to every training batch, computed on the
+      same (augmented, mixed) images after `teacher_inputs` re-expresses them for it;
+    - `batch_mixer` applies Mixup / CutMix / label smoothing to training batches only;
+    - `repeated_augmentation` > 1 uses `RepeatedAugmentationSampler`;
+    - with an `ema`, evaluation and the saved model use the averaged weights;
+    - weight decay skips biases, norms, position embeddings and prefix tokens;
+    - the model card (also the one `push_to_hub` uploads) comes from hf_vit's templates.
+    """
+
+    def __init__(self, *args, teacher=None, teacher_inputs=None, batch_mixer=None, repeated_augmentation=1,
+                 ema_decay=None, **kwargs):  # fmt: skip
+        super().__init__(*args, **kwargs)
+        self.teacher = None
+        if teacher is not None:
+            check_teacher_labels(teacher.config, self.model.config)
+            self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self.teacher_inputs = teacher_inputs or (lambda pixel_values: pixel_values)
+        self.batch_mixer = batch_mixer if batch_mixer is not None and batch_mixer.active else None
+        self.repeated_augmentation = repeated_augmentation
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = ModelEMA(self.model, ema_decay)
+            self.add_callback(EMACallback(self.ema))
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.repeated_augmentation > 1:
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return RepeatedAugmentationSampler(len(dataset), self.repeated_augmentation, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        parameters = dict(model.named_parameters())
+        return [
+            name for name in super().get_decay_parameter_names(model)
+            if parameters[name].ndim > 1 and not name.endswith(NO_WEIGHT_DECAY)
+        ]  # fmt: skip
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            inputs = dict(inputs)
+            if self.batch_mixer is not None:
+                inputs["pixel_values"], inputs["labels"] = self.batch_mixer(inputs["pixel_values"], inputs["labels"])
+            if self.teacher is not None:
+                with torch.no_grad():
+                    inputs["teacher_logits"] = self.teacher(self.teacher_inputs(inputs["pixel_values"])).logits
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def evaluate(self, *args, **kwargs):
+        if self.ema is None:
+            return super().evaluate(*args, **kwargs)
+        with self.ema.applied_to(self.model):
+            return super().evaluate(*args, **kwargs)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        final = output_dir is None or os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)
+        if self.ema is None or not final:  # checkpoints keep the trained weights, for resuming
+            return super().save_model(output_dir, _internal_call)
+        with self.ema.applied_to(self.model):
+            return super().save_model(output_dir, _internal_call)
 
     def create_model_card(self, dataset: str | None = None, **kwargs) -> None:
         if self.is_world_process_zero():

@@ -63,8 +63,7 @@ def test_config_overrides_parse_literals_and_lists():
 def test_short_run_writes_a_complete_checkpoint_that_resumes_and_serves(tmp_path):
     output_dir = tmp_path / "run"
     args = ["--output_dir", str(output_dir), "--num_train_epochs", "1", *FAST]
-    model_args, data_args, training_args = parse_args(args)
-    metrics = finetune(model_args, data_args, training_args)
+    metrics = finetune(*parse_args(args))
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and "eval_top5_accuracy" in metrics
 
     files = set(os.listdir(output_dir))
