@@ -41,13 +41,15 @@ def render_model_card(model, dataset=None, training_args=None, log_history=None,
     evals = [entry["eval_accuracy"] for entry in log_history or [] if "eval_accuracy" in entry]
     labels = list((config.id2label or {}).values())
     fields = {key: value for key, value in config.to_dict().items() if isinstance(value, (int, float, str, list))}
+    started_from = getattr(config, "_name_or_path", "")  # set by from_pretrained, empty for fresh models
+    title = load_id or (training_args.hub_model_id or training_args.output_dir if training_args else started_from)
     fields.update(
-        model_name=os.path.basename(str(load_id or getattr(config, "_name_or_path", "")).rstrip("/")) or config.model_type,
+        model_name=os.path.basename(str(title or config.model_type).rstrip("/")),
         num_parameters=f"{sum(p.numel() for p in model.parameters()):,}",
         labels=", ".join(map(str, labels[:20])) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else ""),
         dataset=dataset or "unknown",
         eval_accuracy=f"{evals[-1]:.4f}" if evals else "not evaluated",
-        source=source or ("trained from scratch" if training_args is not None else "-"),
+        source=source or (f"fine-tuned from {started_from}" if started_from else "trained from scratch"),
         hyperparameters=training_summary(training_args, log_history),
         load_id=load_id or "path/to/this/checkpoint",
     )

@@ -305,5 +305,6 @@ class ImageClassificationTrainer(Trainer):
 
     def create_model_card(self, dataset: str | None = None, **kwargs) -> None:
         if self.is_world_process_zero():
+            load_id = (self.args.hub_model_id if self.args.push_to_hub else None) or self.args.output_dir
             write_model_card(self.args.output_dir, self.model, dataset=dataset, training_args=self.args,
-                             log_history=self.state.log_history)  # fmt: skip
+                             log_history=self.state.log_history, load_id=load_id)  # fmt: skip

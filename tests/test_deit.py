@@ -286,3 +286,19 @@ def test_teacher_needs_a_distilling_student(tmp_path):
     result = run_script(["--output_dir", str(tmp_path / "out"), "--teacher_name_or_path", str(teacher),
                          "--config_overrides", TINY], expect_success=False)  # fmt: skip
     assert result.returncode != 0 and "needs a model that distills (--model_type hf_deit)" in result.stderr
+
+
+def test_recipe_comparison_writes_its_table_and_plot(tmp_path):
+    from hf_vit.experiments import compare_recipes
+
+    rows = compare_recipes(str(tmp_path), epochs=1, batch_size=32, max_train_samples=64)
+    assert [row["run"] for row in rows] == [
+        "CNN teacher (ResNet, 3 stages)", "ViT, naive recipe", "DeiT recipe", "DeiT recipe + hard distillation",
+    ]  # fmt: skip
+    assert all(0 <= row["eval_accuracy"] <= 1 and row["seconds"] > 0 for row in rows)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["curves"]) == {row["run"] for row in rows[1:]}
+    assert (tmp_path / "results.csv").read_text().startswith("run,eval_accuracy")
+    assert (tmp_path / "eval_curves.png").read_bytes()[:4] == b"\x89PNG"
+    distilled = json.loads((tmp_path / "deit_recipe_hard_distillation" / "config.json").read_text())
+    assert distilled["distillation_type"] == "hard" and distilled["drop_path_rate"] == 0.1

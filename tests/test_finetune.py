@@ -35,7 +35,7 @@ def make_imagefolder(root, classes=("cat", "dog"), per_class=12, size=(20, 24), 
     for index, name in enumerate(classes):
         (root / name).mkdir(parents=True)
         for i in range(per_class):
-            pixels = np.full((*size, 3), 60 + 120 * index, dtype=np.uint8) + rng.integers(0, 40, (*size, 3), dtype=np.uint8)
+            pixels = np.full((*size, 3), 40 + 60 * index, dtype=np.uint8) + rng.integers(0, 40, (*size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     if corrupt is not None:
         (root / classes[0] / corrupt).write_bytes(b"this is not a png")
@@ -98,6 +98,40 @@ def test_imagefolder_data_trains_at_a_requested_size(tmp_path):
     assert metrics["eval_samples_per_second"] > 0
     model = AutoModelForImageClassification.from_pretrained(output_dir)
     assert model.config.id2label == {0: "cat", 1: "dog"} and model.config.image_size == 24
+
+
+def test_checkpoint_fine_tunes_on_new_labels_at_a_new_size(tmp_path, tiny_vit_config):
+    from conftest import randomize
+    from hf_vit import HfViTForImageClassification
+    from hf_vit.data import make_image_processor
+
+    source = randomize(HfViTForImageClassification(tiny_vit_config))  # 5 labels, 32 px, patch 8
+    source.save_pretrained(tmp_path / "source")
+    make_image_processor(32).save_pretrained(tmp_path / "source")
+    make_imagefolder(tmp_path / "train", classes=("ant", "bee", "wasp"), per_class=6)
+    output_dir = tmp_path / "tuned"
+    args = ["--output_dir", str(output_dir), "--model_name_or_path", str(tmp_path / "source"), "--train_dir",
+            str(tmp_path / "train"), "--image_size", "48", "--num_train_epochs", "1", "--learning_rate", "5e-5",
+            "--disable_tqdm", "true", "--train_val_split", "0.25"]  # fmt: skip
+    finetune(*parse_args(args))
+    tuned = AutoModelForImageClassification.from_pretrained(output_dir)
+    assert tuned.config.id2label == {0: "ant", 1: "bee", 2: "wasp"} and tuned.classifier.weight.shape == (3, 32)
+    assert tuned.config.image_size == 48 and tuned.vit.embeddings.position_embeddings.shape == (1, 1 + 36, 32)
+    assert json.loads((output_dir / "preprocessor_config.json").read_text())["size"] == {"height": 48, "width": 48}
+    card = (output_dir / "README.md").read_text()
+    assert f"fine-tuned from {tmp_path / 'source'}" in card and card.startswith("---") and "# tuned" in card
+
+
+def test_a_local_dataset_directory_works_as_dataset_name(tmp_path):
+    splits = load_digits_splits()
+    (tmp_path / "digits").mkdir()
+    splits["train"].select(range(100)).to_parquet(tmp_path / "digits" / "train.parquet")
+    splits["validation"].select(range(40)).to_parquet(tmp_path / "digits" / "validation.parquet")
+    args = ["--output_dir", str(tmp_path / "out"), "--dataset_name", str(tmp_path / "digits"), "--num_train_epochs",
+            "1", "--config_overrides", TINY, "--disable_tqdm", "true"]  # fmt: skip
+    metrics = finetune(*parse_args(args))
+    assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["eval_samples_per_second"] > 0
+    assert metrics["epoch"] == 1.0
 
 
 @pytest.mark.parametrize(
