@@ -1,5 +1,6 @@
 """DeiT: the distillation token and losses, teacher distillation through the Trainer, the data-efficient recipe."""
 
+import copy
 import json
 import math
 import sys
@@ -302,3 +303,19 @@ def test_recipe_comparison_writes_its_table_and_plot(tmp_path):
     assert (tmp_path / "eval_curves.png").read_bytes()[:4] == b"\x89PNG"
     distilled = json.loads((tmp_path / "deit_recipe_hard_distillation" / "config.json").read_text())
     assert distilled["distillation_type"] == "hard" and distilled["drop_path_rate"] == 0.1
+
+
+def test_deit_attention_implementations_agree_and_checkpointing_matches(tiny_deit_config):
+    eager = randomize(HfDeiTForImageClassification._from_config(copy.deepcopy(tiny_deit_config), attn_implementation="eager"))
+    sdpa = HfDeiTForImageClassification._from_config(copy.deepcopy(tiny_deit_config), attn_implementation="sdpa").eval()
+    sdpa.load_state_dict(eager.state_dict())
+    pixels, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 4])
+    torch.testing.assert_close(eager(pixels).logits, sdpa(pixels).logits, atol=1e-5, rtol=1e-5)
+    assert eager(pixels, output_attentions=True).attentions[0].shape == (2, 4, 18, 18)
+    checkpointed = HfDeiTForImageClassification(tiny_deit_config).train()
+    checkpointed.load_state_dict(eager.state_dict())
+    checkpointed.gradient_checkpointing_enable()
+    for model in (eager.train(), checkpointed):
+        model(pixels, labels=labels, teacher_logits=torch.randn(2, 5, generator=torch.Generator().manual_seed(0))).loss.backward()
+    for (name, a), b in zip(eager.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)

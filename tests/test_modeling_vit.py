@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,11 +59,13 @@ def test_multi_label_and_regression_follow_problem_type(tiny_vit_config):
 
 
 def test_eager_and_sdpa_agree_and_sdpa_refuses_attention_maps(tiny_vit_config):
-    eager = randomize(HfViTForImageClassification._from_config(tiny_vit_config, attn_implementation="eager"))
-    sdpa = HfViTForImageClassification._from_config(tiny_vit_config, attn_implementation="sdpa").eval()
+    eager = randomize(HfViTForImageClassification._from_config(copy.deepcopy(tiny_vit_config), attn_implementation="eager"))
+    sdpa = HfViTForImageClassification._from_config(copy.deepcopy(tiny_vit_config), attn_implementation="sdpa").eval()
     sdpa.load_state_dict(eager.state_dict())
+    assert (eager.config._attn_implementation, sdpa.config._attn_implementation) == ("eager", "sdpa")
     pixels = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(eager(pixels).logits, sdpa(pixels).logits, atol=1e-5, rtol=1e-5)
+    assert len(eager(pixels, output_attentions=True).attentions) == 2
     with pytest.raises(ValueError, match="attn_implementation='eager'"):
         sdpa(pixels, output_attentions=True)
 
