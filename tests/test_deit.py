@@ -8,7 +8,6 @@ import sys
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from accelerate.data_loader import BatchSamplerShard
 from safetensors.torch import load_file
 from transformers import (
@@ -21,10 +20,10 @@ from transformers import (
 )
 
 from conftest import randomize
-from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfDeiTModel, HfViTConfig, HfViTForImageClassification
+from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfDeiTModel
 from hf_vit.convert import TIMM_VIT_RULES, TRANSFORMERS_VIT_RULES, load_converted_state_dict, rename_keys
-from hf_vit.data import load_digits_splits, make_image_processor, set_transforms, DataArguments, collate
-from hf_vit.finetune import parse_args, finetune
+from hf_vit.data import DataArguments, collate, load_splits, make_image_processor, set_transforms
+from hf_vit.finetune import parse_args
 from hf_vit.training import (
     BatchMixer,
     FinetuneTrainingArguments,
@@ -224,12 +223,9 @@ def test_trainer_keeps_the_teacher_frozen_and_out_of_the_checkpoint(tmp_path, ti
     tiny_deit_config.num_labels, tiny_deit_config.id2label = 10, dict(enumerate(labels))
     tiny_deit_config.label2id = {l: i for i, l in enumerate(labels)}
     student = HfDeiTForImageClassification(tiny_deit_config)
-    splits = load_digits_splits()
-    splits["train"] = splits["train"].select(range(64))
+    data_args = DataArguments(max_train_samples=64)
+    splits = load_splits(data_args)
     processor = make_image_processor(32)
-    data_args = DataArguments()
-    from datasets import Image as ImageFeature
-    splits = splits.cast_column("image", ImageFeature(decode=False))
     set_transforms(splits, processor, 3, data_args)
     args = FinetuneTrainingArguments(output_dir=str(tmp_path / "student"), num_train_epochs=1, eval_strategy="no",
                                      save_strategy="no", disable_tqdm=True)  # fmt: skip

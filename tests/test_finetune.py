@@ -12,8 +12,8 @@ from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
 from conftest import HUB_TOKEN, REPO_ROOT
-from hf_vit.data import DataArguments, load_digits_splits
-from hf_vit.finetune import ModelArguments, finetune, parse_args, parse_config_overrides
+from hf_vit.data import load_digits_splits
+from hf_vit.finetune import finetune, parse_args, parse_config_overrides
 from test_ecosystem import run_without_hf_vit
 
 SCRIPT = str(REPO_ROOT / "scripts" / "finetune.py")
