@@ -29,6 +29,7 @@ from .training import (
     compute_metrics,
     deit_ema_decay,
     deit_learning_rate,
+    global_batch_size,
 )
 
 # What `--model_type X` trains when no checkpoint or preset is named.
@@ -114,9 +115,8 @@ def apply_recipe(model_args, data_args, training_args, recipe_args, given: set) 
             target = next(args for args in (data_args, training_args, recipe_args) if hasattr(args, name))
             setattr(target, name, value)
     if "learning_rate" not in given:
-        global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-        training_args.learning_rate = deit_learning_rate(global_batch * training_args.world_size)
-    if "drop_path_rate" not in (model_args.config_overrides or ""):
+        training_args.learning_rate = deit_learning_rate(global_batch_size(training_args))
+    if "drop_path_rate" not in parse_config_overrides(model_args.config_overrides):
         overrides = [model_args.config_overrides] if model_args.config_overrides else []
         model_args.config_overrides = ",".join(overrides + [f"drop_path_rate={DEIT_DROP_PATH_RATE}"])
 
@@ -191,8 +191,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
 
     ema_decay = recipe_args.ema_decay
     if ema_decay is None and recipe_args.recipe == "deit":
-        global_batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-        steps = math.ceil(len(splits["train"]) / (global_batch * training_args.world_size))
+        steps = math.ceil(len(splits["train"]) / global_batch_size(training_args))
         ema_decay = deit_ema_decay(int(steps * training_args.num_train_epochs))
     trainer = ImageClassificationTrainer(
         model=model,

@@ -72,6 +72,12 @@ class FinetuneTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
+def global_batch_size(training_args) -> int:
+    """Images per optimizer step over all processes."""
+    return (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+            * training_args.world_size)  # fmt: skip
+
+
 def has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
