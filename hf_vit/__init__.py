@@ -1,11 +1,13 @@
 """hf_vit: Vision Transformers as first-class Hugging Face transformers models.
 
 Importing the package registers every family with the Auto classes, so `AutoConfig`, `AutoModel`,
-`AutoModelForImageClassification` and `AutoImageProcessor` resolve the `hf_*` model types, and marks the classes
+`AutoModelForImageClassification`, `AutoImageProcessor` (and `AutoBackbone` for Swin) resolve the `hf_*` model
+types, and marks the classes
 for remote code so that `save_pretrained` writes `auto_map` and copies the modeling files into the checkpoint.
 """
 
 from transformers import (
+    AutoBackbone,
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
@@ -14,8 +16,10 @@ from transformers import (
 )
 
 from .configuration_deit import DEIT_PRESETS, HfDeiTConfig
+from .configuration_swin import SWIN_PRESETS, HfSwinConfig
 from .configuration_vit import VIT_PRESETS, HfViTConfig
 from .modeling_deit import HfDeiTForImageClassification, HfDeiTModel
+from .modeling_swin import HfSwinBackbone, HfSwinForImageClassification, HfSwinModel
 from .modeling_vit import HfViTForImageClassification, HfViTModel, HfViTPreTrainedModel
 
 __version__ = "0.1.0"
@@ -24,6 +28,7 @@ FAMILIES = {
     # model_type: (config, base model, classifier)
     "hf_vit": (HfViTConfig, HfViTModel, HfViTForImageClassification),
     "hf_deit": (HfDeiTConfig, HfDeiTModel, HfDeiTForImageClassification),
+    "hf_swin": (HfSwinConfig, HfSwinModel, HfSwinForImageClassification),
 }
 
 
@@ -39,6 +44,8 @@ def _register(config_class, base_model_class, classifier_class) -> None:
 
 for _classes in FAMILIES.values():
     _register(*_classes)
+AutoBackbone.register(HfSwinConfig, HfSwinBackbone, exist_ok=True)
+HfSwinBackbone.register_for_auto_class("AutoBackbone")
 
 __all__ = [
     "DEIT_PRESETS",
@@ -46,6 +53,11 @@ __all__ = [
     "HfDeiTConfig",
     "HfDeiTForImageClassification",
     "HfDeiTModel",
+    "HfSwinBackbone",
+    "HfSwinConfig",
+    "HfSwinForImageClassification",
+    "HfSwinModel",
+    "SWIN_PRESETS",
     "VIT_PRESETS",
     "HfViTConfig",
     "HfViTForImageClassification",

@@ -42,6 +42,20 @@ def check_vit_fields(config) -> None:
             f"({config.num_attention_heads})"
         )
     check_choice(config, "pooling", ("cls", "mean"))
+    if not config.class_token and config.pooling != "mean":
+        raise ValueError(f"class_token=False needs pooling='mean' (there is no CLS token to pool), got {config.pooling!r}")
+
+
+class PresetsMixin:
+    """`from_preset(name, **overrides)` for configs with a `presets` table of named architectures."""
+
+    presets: ClassVar[dict] = {}
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides):
+        if name not in cls.presets:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(cls.presets)}")
+        return cls(**{**cls.presets[name], **overrides})
 
 
 def _vit(hidden_size, depth, heads, image_size=224, patch_size=16, mlp_ratio=4):
@@ -61,7 +75,7 @@ VIT_PRESETS = {
 }
 
 
-class HfViTConfig(PreTrainedConfig):
+class HfViTConfig(PresetsMixin, PreTrainedConfig):
     r"""Configuration of [`HfViTModel`] and [`HfViTForImageClassification`]. Defaults give ViT-B/16 at 224 px.
 
     Args:
@@ -83,6 +97,8 @@ class HfViTConfig(PreTrainedConfig):
         initializer_range (`float`, defaults to 0.02): std of the truncated-normal initialisation.
         pooling (`str`, defaults to `"cls"`): `"cls"` classifies the CLS token, `"mean"` the average of the patch
             tokens (normalised after pooling, as timm's `global_pool="avg"`).
+        class_token (`bool`, defaults to `True`): prepend a learnable CLS token; without it pooling must be
+            `"mean"` (timm's `class_token=False` models).
         patch_embedding_type (`str`, defaults to `"patch"`): `"patch"` is one Conv2d with kernel = stride =
             patch_size; `"conv_stem"` a stack of 3x3 stride-2 convolutions (Xiao et al. 2021) with the same output
             grid, needing a power-of-two patch_size.
@@ -109,6 +125,7 @@ class HfViTConfig(PreTrainedConfig):
     qkv_bias: bool = True
     initializer_range: float = 0.02
     pooling: str = "cls"
+    class_token: bool = True
     patch_embedding_type: str = "patch"
     interpolation_antialias: bool = False
 
@@ -125,12 +142,5 @@ class HfViTConfig(PreTrainedConfig):
         """(rows, columns) of patches at `image_size`."""
         return tuple(i // p for i, p in zip(to_2tuple(self.image_size), to_2tuple(self.patch_size)))
 
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> "HfViTConfig":
-        """A named architecture (one of `cls.presets`), with any field overridden."""
-        if name not in cls.presets:
-            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(cls.presets)}")
-        return cls(**{**cls.presets[name], **overrides})
 
-
-__all__ = ["HfViTConfig", "VIT_PRESETS"]
+__all__ = ["HfViTConfig", "PresetsMixin", "VIT_PRESETS"]

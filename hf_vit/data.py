@@ -151,6 +151,19 @@ def make_image_processor(image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0
     return ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=list(mean), image_std=list(std))
 
 
+def set_processor_size(image_processor, image_size: int) -> None:
+    """Make `image_processor` produce image_size x image_size inputs; a center-cropping processor keeps its crop
+    fraction (it resizes to image_size / crop fraction first)."""
+    if getattr(image_processor, "do_center_crop", False):
+        size = image_processor.size
+        resized = size.get("shortest_edge") or size["height"]
+        crop_fraction = image_processor.crop_size["height"] / resized
+        image_processor.size = {"shortest_edge": int(image_size / crop_fraction)}
+        image_processor.crop_size = {"height": image_size, "width": image_size}
+    else:
+        image_processor.size = {"height": image_size, "width": image_size}
+
+
 def processor_size(image_processor) -> tuple[int, int]:
     size = getattr(image_processor, "crop_size", None) if getattr(image_processor, "do_center_crop", False) else None
     size = size or image_processor.size

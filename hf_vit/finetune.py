@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
 
 from . import FAMILIES
-from .data import DIGITS, DataArguments, collate, load_splits, make_image_processor, processor_size, set_transforms
+from .data import (
+    DIGITS,
+    DataArguments,
+    collate,
+    load_splits,
+    make_image_processor,
+    processor_size,
+    set_processor_size,
+    set_transforms,
+)
 from .training import (
     DEIT_DROP_PATH_RATE,
     DEIT_RECIPE,
@@ -33,7 +42,11 @@ from .training import (
 )
 
 # What `--model_type X` trains when no checkpoint or preset is named.
-DEFAULT_PRESETS = {"hf_vit": "vit-cifar-patch4-32", "hf_deit": "deit-cifar-patch4-32"}
+DEFAULT_PRESETS = {
+    "hf_vit": "vit-cifar-patch4-32",
+    "hf_deit": "deit-cifar-patch4-32",
+    "hf_swin": "swin-cifar-patch2-window4-32",
+}
 
 
 @dataclass
@@ -156,7 +169,7 @@ def build_image_processor(model_args: ModelArguments, model):
     if model_args.model_name_or_path is None:
         return make_image_processor(size)
     processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
-    processor.size = {"height": size, "width": size}
+    set_processor_size(processor, size)
     return processor
 
 

@@ -81,9 +81,14 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None):
         batch_size, seq_len, dim = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attn_output, attn_weights = self.attend(*qkv.permute(2, 0, 3, 1, 4).unbind(0), attention_mask)
+        attn_output = self.proj_dropout(self.proj(attn_output.reshape(batch_size, seq_len, dim)))
+        return attn_output, attn_weights
+
+    def attend(self, query, key, value, attention_mask=None):
+        """(B, heads, N, head_dim) each -> (B, N, heads, head_dim) output and the weights (eager only)."""
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        attn_output, attn_weights = attention(
+        return attention(
             self,
             query,
             key,
@@ -92,8 +97,6 @@ class MultiHeadSelfAttention(nn.Module):
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
         )
-        attn_output = self.proj_dropout(self.proj(attn_output.reshape(batch_size, seq_len, dim)))
-        return attn_output, attn_weights
 
 
 class Mlp(nn.Module):
@@ -110,15 +113,18 @@ class Mlp(nn.Module):
         return self.dropout(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
 
 
-class EncoderLayer(GradientCheckpointingLayer):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), each branch with stochastic depth."""
+class PreNormBlock(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x)), each branch with stochastic depth.
 
-    def __init__(self, config, drop_path_rate: float = 0.0):
+    Works on any (..., dim) layout the attention accepts: (B, N, C) for ViT, (B, H, W, C) for Swin's windows.
+    """
+
+    def __init__(self, config, dim: int, attention: nn.Module, mlp_dim: int, drop_path_rate: float = 0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attention = MultiHeadSelfAttention(config, config.hidden_size, config.num_attention_heads)
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = Mlp(config.hidden_size, config.intermediate_size, config.hidden_act, config.hidden_dropout_prob)
+        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.attention = attention
+        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp = Mlp(dim, mlp_dim, config.hidden_act, config.hidden_dropout_prob)
         self.drop_path = DropPath(drop_path_rate)
 
     def forward(self, hidden_states: torch.Tensor):
@@ -126,6 +132,14 @@ class EncoderLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + self.drop_path(attn_output)
         hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
         return hidden_states, attn_weights
+
+
+class EncoderLayer(PreNormBlock):
+    """The ViT block: global multi-head self-attention over all tokens, (B, N, C) -> (B, N, C)."""
+
+    def __init__(self, config, drop_path_rate: float = 0.0):
+        attention = MultiHeadSelfAttention(config, config.hidden_size, config.num_attention_heads)
+        super().__init__(config, config.hidden_size, attention, config.intermediate_size, drop_path_rate)
 
 
 class Encoder(nn.Module):
@@ -243,19 +257,22 @@ def resample_position_embeddings(
 
 
 class TokenEmbeddings(nn.Module):
-    """Prepends the learnable CLS token (and DeiT's distillation token) and adds learned 1D position embeddings.
+    """Prepends the learnable CLS token (unless `class_token=False`) and DeiT's distillation token (if asked), and
+    adds learned 1D position embeddings.
 
     (B, C, gh, gw) feature grid -> (B, prefix + gh * gw, C). A grid other than the trained one needs
     `interpolate_pos_encoding=True` (bicubic resampling of the grid part).
     """
 
-    def __init__(self, hidden_size: int, grid_size, dropout: float, distillation_token=False, antialias=False):
+    def __init__(
+        self, hidden_size: int, grid_size, dropout: float, class_token=True, distillation_token=False, antialias=False
+    ):
         super().__init__()
         self.grid_size = tuple(grid_size)
         self.antialias = antialias
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if class_token else None
         self.distillation_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if distillation_token else None
-        self.num_prefix_tokens = 2 if distillation_token else 1
+        self.num_prefix_tokens = int(class_token) + int(distillation_token)
         num_positions = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
         self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, hidden_size))
         self.dropout = nn.Dropout(dropout)
@@ -276,7 +293,7 @@ class TokenEmbeddings(nn.Module):
                 f"The input gives a {grid_h}x{grid_w} token grid but the position embeddings are for "
                 f"{self.grid_size[0]}x{self.grid_size[1]}; pass interpolate_pos_encoding=True to resample them"
             )
-        prefix = [self.cls_token] if self.distillation_token is None else [self.cls_token, self.distillation_token]
+        prefix = [token for token in (self.cls_token, self.distillation_token) if token is not None]
         tokens = torch.cat([t.expand(batch_size, -1, -1) for t in prefix] + [feature_grid.flatten(2).transpose(1, 2)], 1)
         position_embeddings = resample_position_embeddings(
             self.position_embeddings, self.num_prefix_tokens, self.grid_size, (grid_h, grid_w), self.antialias

@@ -61,7 +61,7 @@ class HfDeiTModel(HfViTModel):
     config: HfDeiTConfig
     config_class = HfDeiTConfig
     base_model_prefix = "deit"
-    num_prefix_tokens = 2
+    has_distillation_token = True
 
 
 class HfDeiTForImageClassification(HfViTPreTrainedModel):

@@ -59,9 +59,10 @@ class HfViTPreTrainedModel(PreTrainedModel):
 
 
 class HfViTModel(HfViTPreTrainedModel):
-    """ViT encoder. `forward` returns `last_hidden_state` (B, 1 + N, C) and `pooler_output` (B, C)."""
+    """ViT encoder. `forward` returns `last_hidden_state` (B, prefix + N, C) and `pooler_output` (B, C); the prefix is
+    the CLS token (none with `class_token=False`)."""
 
-    num_prefix_tokens = 1
+    has_distillation_token = False
 
     def __init__(self, config: HfViTConfig):
         super().__init__(config)
@@ -71,9 +72,11 @@ class HfViTModel(HfViTPreTrainedModel):
             config.hidden_size,
             config.grid_size,
             config.hidden_dropout_prob,
-            distillation_token=self.num_prefix_tokens == 2,
+            class_token=config.class_token,
+            distillation_token=self.has_distillation_token,
             antialias=config.interpolation_antialias,
         )
+        self.num_prefix_tokens = self.embeddings.num_prefix_tokens
         self.encoder = Encoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()

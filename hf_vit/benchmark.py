@@ -1,0 +1,239 @@
+"""Speed and memory of hf_vit against timm and transformers, measured in one process (used by scripts/benchmark.py).
+
+Every comparison builds the same architecture three ways with random weights, warms each up, then times them in
+interleaved rounds (A, B, C, A, B, C, ...) so that a machine slowing down mid-run hurts all alike, and reports
+medians and ratios. Peak memory of a training step is measured in a fresh subprocess per model (peak resident
+memory on CPU, `max_memory_allocated` on CUDA).
+"""
+
+import contextlib
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import timm
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import (
+    DeiTConfig,
+    DeiTForImageClassificationWithTeacher,
+    SwinConfig,
+    SwinForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from .configuration_deit import HfDeiTConfig
+from .configuration_swin import HfSwinConfig
+from .configuration_vit import HfViTConfig
+from .modeling_deit import HfDeiTForImageClassification
+from .modeling_swin import HfSwinForImageClassification
+from .modeling_vit import HfViTForImageClassification
+
+# name: (image size, {implementation: builder}); every builder returns a module whose output has the logits.
+_VIT_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536)
+_VIT_B = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+_CIFAR = dict(image_size=32, patch_size=4, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)
+_CIFAR_TIMM = dict(img_size=32, patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4)
+MODELS = {
+    "vit_s16": (224, {
+        "hf_vit": lambda: HfViTForImageClassification(HfViTConfig.from_preset("vit-small-patch16-224", num_labels=1000)),
+        "timm": lambda: timm.create_model("vit_small_patch16_224"),
+        "transformers": lambda: ViTForImageClassification(ViTConfig(**_VIT_S, num_labels=1000, attn_implementation="sdpa")),
+        "transformers_eager": lambda: ViTForImageClassification(ViTConfig(**_VIT_S, num_labels=1000, attn_implementation="eager")),
+    }),
+    "vit_b16": (224, {
+        "hf_vit": lambda: HfViTForImageClassification(HfViTConfig.from_preset("vit-base-patch16-224", num_labels=1000)),
+        "timm": lambda: timm.create_model("vit_base_patch16_224"),
+        "transformers": lambda: ViTForImageClassification(ViTConfig(**_VIT_B, num_labels=1000, attn_implementation="sdpa")),
+    }),
+    "vit_cifar": (32, {
+        "hf_vit": lambda: HfViTForImageClassification(HfViTConfig(**_CIFAR, num_labels=10)),
+        "timm": lambda: timm.models.vision_transformer.VisionTransformer(**_CIFAR_TIMM, num_classes=10),
+        "transformers": lambda: ViTForImageClassification(ViTConfig(**_CIFAR, num_labels=10, attn_implementation="sdpa")),
+    }),
+    "deit_s_distilled": (224, {
+        "hf_deit": lambda: HfDeiTForImageClassification(HfDeiTConfig.from_preset("deit-small-patch16-224", num_labels=1000)),
+        "timm": lambda: timm.create_model("deit_small_distilled_patch16_224"),
+        "transformers": lambda: DeiTForImageClassificationWithTeacher(DeiTConfig(**_VIT_S, num_labels=1000, attn_implementation="sdpa")),
+    }),
+    "swin_t": (224, {
+        "hf_swin": lambda: HfSwinForImageClassification(HfSwinConfig(num_labels=1000)),
+        "timm": lambda: timm.create_model("swin_tiny_patch4_window7_224"),
+        "transformers": lambda: SwinForImageClassification(SwinConfig(num_labels=1000, attn_implementation="sdpa")),
+    }),
+}  # fmt: skip
+
+
+def logits_of(output) -> torch.Tensor:
+    """timm returns the logits (in training a distilled DeiT returns both heads); transformers an output object."""
+    if isinstance(output, tuple):
+        return (output[0] + output[1]) / 2
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def build(family: str, implementation: str, device="cpu") -> torch.nn.Module:
+    torch.manual_seed(0)
+    return MODELS[family][1][implementation]().to(device)
+
+
+def autocast(device: str, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def inference_step(model, batch_size: int, image_size: int, device="cpu", amp=None) -> Callable[[], None]:
+    model.eval()
+    pixels = torch.randn(batch_size, 3, image_size, image_size, device=device)
+
+    def step():
+        with torch.inference_mode(), autocast(device, amp):
+            logits_of(model(pixels))
+        synchronize(device)
+
+    return step
+
+
+def training_step(model, batch_size: int, image_size: int, device="cpu", amp=None) -> Callable[[], None]:
+    """One AdamW step on cross-entropy: forward, backward, update."""
+    model.train()
+    pixels = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    with torch.no_grad():
+        num_labels = logits_of(model.eval()(pixels[:1])).shape[-1]
+    model.train()
+    labels = torch.randint(0, num_labels, (batch_size,), device=device)
+
+    def step():
+        with autocast(device, amp):
+            loss = F.cross_entropy(logits_of(model(pixels)).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+
+    return step
+
+
+def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 1, desc: str = "") -> dict:
+    """Median seconds per call of each step, timed in interleaved rounds after `warmup` calls each."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {name: [] for name in steps}
+    for _ in tqdm(range(repeats), desc=desc, leave=False):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def compare_speed(family, implementations, mode, batch_size, repeats, device="cpu", amp=None, compile_ours=False) -> list[dict]:
+    """Images/s of each implementation of `family` (inference or training); rows with ratios to every peer."""
+    image_size = MODELS[family][0]
+    make_step = inference_step if mode == "inference" else training_step
+    steps = {}
+    for name in implementations:
+        model = build(family, name, device)
+        steps[name] = make_step(model, batch_size, image_size, device, amp)
+        if compile_ours and name.startswith("hf_"):
+            steps[f"{name}+compile"] = make_step(torch.compile(model), batch_size, image_size, device, amp)
+    seconds = interleaved_medians(steps, repeats, desc=f"{family} {mode} b{batch_size}")
+    rows = []
+    for name, value in seconds.items():
+        row = dict(family=family, mode=mode, batch_size=batch_size, device=device, amp=amp or "fp32",
+                   implementation=name, images_per_s=batch_size / value)  # fmt: skip
+        rows.append(row)
+    ours = next(row for row in rows if row["implementation"].startswith("hf_"))
+    for row in rows:
+        row["hf_vit_ratio"] = ours["images_per_s"] / row["images_per_s"]  # > 1: hf_vit is faster than this peer
+    return rows
+
+
+SWIN_AT_SIZE = {
+    "hf_swin": lambda size: HfSwinForImageClassification(HfSwinConfig(num_labels=1000)),
+    "timm": lambda size: timm.create_model("swin_tiny_patch4_window7_224", img_size=size),
+    # transformers' Swin keeps the window clamps of the first size it runs, so one model per size.
+    "transformers": lambda size: SwinForImageClassification(SwinConfig(image_size=size, num_labels=1000)),
+}
+
+
+def swin_resolution_growth(implementations, sizes=(224, 448), batch_size=4, repeats=5) -> dict:
+    """Per-image Swin-T inference seconds at each size, and the growth from the first size to the last (4x the
+    pixels: 4x is linear cost, 16x quadratic)."""
+    steps = {}
+    for name in implementations:
+        for size in sizes:
+            torch.manual_seed(0)
+            steps[(name, size)] = inference_step(SWIN_AT_SIZE[name](size), batch_size, size)
+    seconds = interleaved_medians(steps, repeats, desc=f"swin_t at {sizes}")
+    return {
+        name: {f"seconds_per_image_{size}": seconds[(name, size)] / batch_size for size in sizes}
+        | {"growth": seconds[(name, sizes[-1])] / seconds[(name, sizes[0])]}
+        for name in implementations
+    }
+
+
+def peak_training_memory(family: str, implementation: str, batch_size: int, gradient_checkpointing: bool, device="cpu") -> float:
+    """Peak memory (MiB) a training step adds on top of the model, measured in a fresh subprocess."""
+    code = (
+        "from hf_vit.benchmark import memory_probe; "
+        f"memory_probe({family!r}, {implementation!r}, {batch_size}, {gradient_checkpointing}, {device!r})"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory probe for {implementation} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def enable_gradient_checkpointing(model) -> None:
+    if hasattr(model, "set_grad_checkpointing"):  # timm
+        model.set_grad_checkpointing(True)
+    else:
+        model.gradient_checkpointing_enable()
+
+
+def memory_probe(family, implementation, batch_size, gradient_checkpointing, device="cpu") -> None:
+    """Print {"peak_mib": ...}: the peak of one training step above the memory held before it."""
+    model = build(family, implementation, device)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    step = training_step(model, batch_size, MODELS[family][0], device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        step()
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # ru_maxrss is in KiB
+    print(json.dumps({"peak_mib": peak / 2**20}))
+
+
+def graph_breaks(family: str, implementation: str) -> int:
+    """Graph breaks `torch._dynamo.explain` finds in one inference forward (0: the whole model is one graph)."""
+    model = build(family, implementation).eval()
+    pixels = torch.randn(1, 3, MODELS[family][0], MODELS[family][0])
+    with torch.no_grad():
+        return torch._dynamo.explain(model)(pixels).graph_break_count
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

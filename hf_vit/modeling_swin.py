@@ -1,0 +1,392 @@
+"""The Swin Transformer (Liu et al. 2021, "Hierarchical Vision Transformer using Shifted Windows").
+
+Image -> 4x4 patches + LayerNorm -> stages of pre-norm blocks attending inside 7x7 windows (every second block
+shifts the windows by half a window, so information crosses window borders) with a learned relative position
+bias, 2x2 patch merging between stages (strides 4, 8, 16, 32) -> LayerNorm -> average pool -> linear head.
+Attention cost is linear in the number of pixels instead of quadratic.
+"""
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_swin import HfSwinConfig
+from .layers import (
+    MultiHeadSelfAttention,
+    PatchEmbedding,
+    PreNormBlock,
+    check_pixel_values,
+    drop_path_rates,
+    image_classification_loss,
+    init_transformer_weights,
+    resample_position_embeddings,
+)
+from .modeling_vit import check_output_attentions
+
+# What the reference implementations add to the logits of pairs that the shifted windows must not connect.
+MASKED = -100.0
+
+
+def window_and_shift(height: int, width: int, window_size: int, shift_size: int) -> tuple[int, int]:
+    """The window and shift a (height x width) map uses: a map no larger than the window is one unshifted window."""
+    if min(height, width) <= window_size:
+        return min(height, width), 0
+    return window_size, shift_size
+
+
+# Orders, masks and indices depend only on the geometry, so each is built once per resolution and kept here
+# (outside the modules, so never in a checkpoint). inference_mode(False): tensors first built under a pipeline's
+# inference mode must still be usable for training later.
+@functools.lru_cache(maxsize=128)
+@torch.inference_mode(False)
+def window_order(height: int, width: int, window: int, shift: int, device: torch.device):
+    """Where each window token comes from: flat (H * W,) positions of the map, cyclically shifted by `shift`, read
+    window by window (row-major), row-major inside each window; and the inverse permutation."""
+    positions = torch.roll(torch.arange(height * width).view(height, width), shifts=(-shift, -shift), dims=(0, 1))
+    positions = positions.view(height // window, window, width // window, window).permute(0, 2, 1, 3).flatten()
+    return positions.to(device), torch.argsort(positions).to(device)
+
+
+def window_partition(hidden_states: torch.Tensor, window: int, shift: int = 0) -> torch.Tensor:
+    """(B, H, W, C) -> (B, H / w * W / w, w * w, C): the cyclic shift and the cut into windows in one gather."""
+    batch_size, height, width, channels = hidden_states.shape
+    order, _ = window_order(height, width, window, shift, hidden_states.device)
+    windows = hidden_states.reshape(batch_size, height * width, channels).index_select(1, order)
+    return windows.view(batch_size, -1, window * window, channels)
+
+
+def window_reverse(windows: torch.Tensor, height: int, width: int, window: int, shift: int = 0) -> torch.Tensor:
+    """Inverse of `window_partition`: (B, num_windows, w * w, C) -> (B, H, W, C)."""
+    batch_size, _, _, channels = windows.shape
+    _, inverse = window_order(height, width, window, shift, windows.device)
+    return windows.reshape(batch_size, -1, channels).index_select(1, inverse).view(batch_size, height, width, channels)
+
+
+@functools.lru_cache(maxsize=128)
+@torch.inference_mode(False)
+def relative_position_index(window: int, table_window: int, device: torch.device) -> torch.Tensor:
+    """(w * w * w * w,) indices into a (2 * table_window - 1)**2 bias table for every (query, key) pair of a w x w
+    window; a window smaller than the table's uses the table's central offsets."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    offsets = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + table_window - 1
+    return (offsets[..., 0] * (2 * table_window - 1) + offsets[..., 1]).flatten().to(device)
+
+
+@functools.lru_cache(maxsize=128)
+@torch.inference_mode(False)
+def shifted_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """(num_windows, w * w, w * w) additive mask: after the cyclic shift by `shift`, windows on the bottom and right
+    edges hold pixels from distant regions of the image; pairs from different regions get MASKED, the rest 0."""
+    region = torch.zeros(1, height, width, 1)
+    bands = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    for label, (rows, cols) in enumerate((r, c) for r in bands for c in bands):
+        region[:, rows, cols, :] = label
+    region = window_partition(region, window).view(-1, window * window)
+    different = region[:, :, None] != region[:, None, :]
+    return torch.zeros(different.shape).masked_fill(different, MASKED).to(device)
+
+
+class WindowAttention(MultiHeadSelfAttention):
+    """(Shifted) window multi-head self-attention with a relative position bias: (B, H, W, C) -> (B, H, W, C).
+
+    The map is padded to whole windows, cyclically shifted by `shift_size` (0 for regular windows) and cut into
+    windows in one gather; the windows all attend at once (windows are folded into the heads dimension, so one (windows x heads, N, N)
+    bias + mask broadcasts over the batch), then put back together.
+    """
+
+    def __init__(self, config, dim: int, num_heads: int, window_size: int, shift_size: int):
+        super().__init__(config, dim, num_heads)
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+
+    def attention_bias(self, height: int, width: int, window: int, shift: int) -> torch.Tensor:
+        """(1, num_windows * heads, N, N): relative position bias, plus the shift mask for shifted windows."""
+        tokens = window * window
+        index = relative_position_index(window, self.window_size, self.relative_position_bias_table.device)
+        bias = self.relative_position_bias_table[index].view(tokens, tokens, -1).permute(2, 0, 1)
+        num_windows = (height // window) * (width // window)
+        if shift:
+            mask = shifted_window_mask(height, width, window, shift, bias.device)
+            bias = mask[:, None].to(bias.dtype) + bias[None]
+        else:
+            bias = bias[None].expand(num_windows, -1, -1, -1)
+        return bias.reshape(1, num_windows * self.num_heads, tokens, tokens)
+
+    def forward(self, hidden_states: torch.Tensor):
+        batch_size, height, width, channels = hidden_states.shape
+        window, shift = window_and_shift(height, width, self.window_size, self.shift_size)
+        pad_h, pad_w = -height % window, -width % window
+        if pad_h or pad_w:
+            hidden_states = F.pad(hidden_states, (0, 0, 0, pad_w, 0, pad_h))
+        padded_h, padded_w = height + pad_h, width + pad_w
+
+        windows = window_partition(hidden_states, window, shift)  # (B, nW, N, C)
+        num_windows, tokens = windows.shape[1:3]
+        qkv = self.qkv(windows).view(batch_size, num_windows, tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, batch_size, -1, tokens, self.head_dim)
+        bias = self.attention_bias(padded_h, padded_w, window, shift)
+        attn_output, attn_weights = self.attend(query, key, value, bias)  # (B, N, nW * heads, head_dim)
+        attn_output = attn_output.reshape(batch_size, tokens, num_windows, channels).transpose(1, 2).contiguous()
+        hidden_states = window_reverse(self.proj(attn_output), padded_h, padded_w, window, shift)
+
+        hidden_states = self.proj_dropout(hidden_states[:, :height, :width])
+        if attn_weights is not None:  # (B * nW, heads, N, N), the layout of the reference implementations
+            attn_weights = attn_weights.reshape(-1, self.num_heads, tokens, tokens)
+        return hidden_states, attn_weights
+
+
+class PatchMerging(nn.Module):
+    """Concatenates each 2x2 neighbourhood and halves the channels: (B, H, W, C) -> (B, H / 2, W / 2, 2C).
+
+    Odd maps are padded by one row / column first.
+    """
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim, eps=eps)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch_size, height, width, channels = hidden_states.shape
+        hidden_states = F.pad(hidden_states, (0, 0, 0, width % 2, 0, height % 2))
+        height, width = hidden_states.shape[1:3]
+        # Concatenation order (0,0), (1,0), (0,1), (1,1) as the original code, so its weights load unchanged.
+        hidden_states = hidden_states.view(batch_size, height // 2, 2, width // 2, 2, channels)
+        hidden_states = hidden_states.permute(0, 1, 3, 4, 2, 5).reshape(batch_size, height // 2, width // 2, 4 * channels)
+        return self.reduction(self.norm(hidden_states))
+
+
+class SwinEmbeddings(nn.Module):
+    """Patch embedding (padded to whole patches) + LayerNorm (+ absolute positions): (B, C, H, W) -> (B, h, w, D)."""
+
+    def __init__(self, config: HfSwinConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.patch_embeddings = PatchEmbedding(config.patch_size, config.num_channels, config.embed_dim)
+        self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps) if config.patch_norm else nn.Identity()
+        self.grid_size = (config.image_size // config.patch_size,) * 2
+        self.position_embeddings = None
+        if config.use_absolute_embeddings:
+            num_positions = self.grid_size[0] * self.grid_size[1]
+            self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, config.embed_dim))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        height, width = pixel_values.shape[-2:]
+        pixel_values = F.pad(pixel_values, (0, -width % self.patch_size, 0, -height % self.patch_size))
+        embeddings = self.norm(self.patch_embeddings(pixel_values).permute(0, 2, 3, 1))
+        if self.position_embeddings is not None:
+            batch_size, grid_h, grid_w, channels = embeddings.shape
+            positions = resample_position_embeddings(self.position_embeddings, 0, self.grid_size, (grid_h, grid_w))
+            embeddings = embeddings + positions.view(1, grid_h, grid_w, channels)
+        return self.dropout(embeddings)
+
+
+class SwinStage(nn.Module):
+    """Optional 2x2 patch merging, then blocks alternating regular and shifted windows: (B, H, W, C) maps."""
+
+    def __init__(self, config: HfSwinConfig, stage: int, drop_path_rates: list[float]):
+        super().__init__()
+        dim, heads = config.stage_dims[stage], config.num_heads[stage]
+        self.downsample = PatchMerging(dim // 2, config.layer_norm_eps) if stage > 0 else None
+        shifts = [0 if i % 2 == 0 else config.window_size // 2 for i in range(config.depths[stage])]
+        self.blocks = nn.ModuleList([
+            PreNormBlock(config, dim, WindowAttention(config, dim, heads, config.window_size, shift), int(dim * config.mlp_ratio), rate)
+            for shift, rate in zip(shifts, drop_path_rates)
+        ])  # fmt: skip
+
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
+        if self.downsample is not None:
+            hidden_states = self.downsample(hidden_states)
+        attentions = ()
+        for block in self.blocks:
+            hidden_states, attn_weights = block(hidden_states)
+            attentions += (attn_weights,) if output_attentions else ()
+        return hidden_states, attentions
+
+
+@dataclass
+class HfSwinModelOutput(ModelOutput):
+    """Swin's outputs.
+
+    last_hidden_state: (B, h * w, C) normalised tokens of the last stage; pooler_output: (B, C) their average;
+    hidden_states: the embeddings and each stage's output (before the next merging), as (B, h * w, C) sequences;
+    reshaped_hidden_states: the same as (B, C, h, w) maps (strides 4, 8, 16, 32); attentions: per block,
+    (B * windows, heads, N, N) (eager only).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    reshaped_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class HfSwinPreTrainedModel(PreTrainedModel):
+    config: HfSwinConfig
+    config_class = HfSwinConfig
+    base_model_prefix = "swin"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SwinEmbeddings", "PreNormBlock", "PatchMerging"]
+    # The windows are folded into the heads dimension, which SDPA and eager treat as a batch; kernels that lay
+    # out heads themselves (flash, flex) are not wired up.
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        init_transformer_weights(module, std)
+        if isinstance(module, WindowAttention):
+            init.trunc_normal_(module.relative_position_bias_table, std=std, a=-2 * std, b=2 * std)
+        elif isinstance(module, SwinEmbeddings) and module.position_embeddings is not None:
+            init.trunc_normal_(module.position_embeddings, std=std, a=-2 * std, b=2 * std)
+
+    def set_image_size(self, image_size: int) -> None:
+        """Prepare images of a new size from now on (windows adapt by themselves); absolute position embeddings,
+        if any, are resampled and saved at the new grid."""
+        if image_size <= 0 or image_size % self.config.size_multiple:
+            raise ValueError(f"image_size {image_size} must be a positive multiple of {self.config.size_multiple}")
+        self.config.image_size = image_size
+        embeddings = self.base_model.embeddings
+        new_grid = (image_size // self.config.patch_size,) * 2
+        if embeddings.position_embeddings is not None:
+            with torch.no_grad():
+                resampled = resample_position_embeddings(embeddings.position_embeddings, 0, embeddings.grid_size, new_grid)
+            embeddings.position_embeddings = nn.Parameter(resampled.contiguous())
+        embeddings.grid_size = new_grid
+
+
+class HfSwinModel(HfSwinPreTrainedModel):
+    """Swin encoder: (B, C, H, W), any H and W -> `HfSwinModelOutput`."""
+
+    def __init__(self, config: HfSwinConfig):
+        super().__init__(config)
+        self.embeddings = SwinEmbeddings(config)
+        rates = drop_path_rates(config.drop_path_rate, sum(config.depths))
+        starts = [sum(config.depths[:stage]) for stage in range(len(config.depths))]
+        self.stages = nn.ModuleList([
+            SwinStage(config, stage, rates[start : start + depth])
+            for stage, (start, depth) in enumerate(zip(starts, config.depths))
+        ])  # fmt: skip
+        self.layernorm = nn.LayerNorm(config.stage_dims[-1], eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> HfSwinModelOutput | tuple:
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        check_output_attentions(config, output_attentions)
+        check_pixel_values(pixel_values, config.num_channels, config.image_size, 1, any_size=True)
+
+        hidden_states = self.embeddings(pixel_values.to(self.dtype))
+        maps, attentions = [hidden_states], ()
+        for stage in self.stages:
+            hidden_states, stage_attentions = stage(hidden_states, output_attentions)
+            maps.append(hidden_states)
+            attentions += stage_attentions
+        normed = self.layernorm(hidden_states)
+
+        output = HfSwinModelOutput(
+            last_hidden_state=normed.flatten(1, 2),
+            pooler_output=normed.mean(dim=(1, 2)),
+            hidden_states=tuple(m.flatten(1, 2) for m in maps) if output_hidden_states else None,
+            reshaped_hidden_states=tuple(m.permute(0, 3, 1, 2) for m in maps) if output_hidden_states else None,
+            attentions=attentions if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class HfSwinForImageClassification(HfSwinPreTrainedModel):
+    """Swin with a linear head on the average-pooled last stage: (B, C, H, W) -> logits (B, num_labels)."""
+
+    def __init__(self, config: HfSwinConfig):
+        super().__init__(config)
+        self.swin = HfSwinModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ImageClassifierOutput | tuple:
+        """labels: (B,) class ids, or (B, num_labels) float targets (soft labels, multi-label, regression)."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        features = self.swin(
+            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True
+        )
+        logits = self.classifier(features.pooler_output)
+        loss = None if labels is None else image_classification_loss(logits, labels, self.config)
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=features.hidden_states, attentions=features.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class HfSwinBackbone(BackboneMixin, HfSwinPreTrainedModel):
+    """Dense-prediction backbone: normalised (B, C, H / s, W / s) maps of `config.out_features` (stem and stage1:
+    s = 4, stage2: 8, stage3: 16, stage4: 32) for detection and segmentation heads."""
+
+    def __init__(self, config: HfSwinConfig):
+        super().__init__(config)
+        self.num_features = [config.embed_dim] + config.stage_dims
+        self.swin = HfSwinModel(config)
+        self.hidden_states_norms = nn.ModuleDict(
+            {stage: nn.LayerNorm(channels, eps=config.layer_norm_eps) for stage, channels in zip(self.out_features, self.channels)}
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BackboneOutput | tuple:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        outputs = self.swin(pixel_values, output_attentions=output_attentions, output_hidden_states=True, return_dict=True)
+        feature_maps = tuple(
+            self.hidden_states_norms[stage](hidden_state.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+            for stage, hidden_state in zip(self.stage_names, outputs.reshaped_hidden_states)
+            if stage in self.out_features
+        )
+        output = BackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=outputs.reshaped_hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "HfSwinBackbone",
+    "HfSwinForImageClassification",
+    "HfSwinModel",
+    "HfSwinModelOutput",
+    "HfSwinPreTrainedModel",
+]

@@ -1,0 +1,71 @@
+"""Benchmark hf_vit against timm and transformers: images/s (inference and training), the Swin resolution growth,
+training-step peak memory with and without gradient checkpointing, and torch.compile.
+
+    python scripts/benchmark.py                       # CPU fp32, every suite but compile
+    python scripts/benchmark.py --suite compile       # torch.compile speed and graph breaks
+    python scripts/benchmark.py --device cuda --amp bf16 --suite inference train compile --json gpu.json
+"""
+
+import argparse
+import json
+import platform
+
+import torch
+
+from hf_vit import benchmark
+
+SUITES = ("inference", "train", "swin", "memory", "compile")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", nargs="+", choices=SUITES, default=[s for s in SUITES if s != "compile"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype (default: fp32)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved timed rounds; medians are reported")
+    parser.add_argument("--json", default=None, help="also write every figure to this file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    speed = dict(repeats=args.repeats, device=args.device, amp=args.amp)
+    results = dict(torch=torch.__version__, machine=platform.processor() or platform.machine(),
+                   threads=torch.get_num_threads(), device=args.device, amp=args.amp or "fp32")  # fmt: skip
+    rows = []
+    if "inference" in args.suite:
+        for family, ours in (("vit_s16", "hf_vit"), ("deit_s_distilled", "hf_deit"), ("swin_t", "hf_swin")):
+            for batch_size in (1, 8):
+                implementations = [name for name in benchmark.MODELS[family][1]]
+                rows += benchmark.compare_speed(family, implementations, "inference", batch_size, **speed)
+    if "train" in args.suite:
+        rows += benchmark.compare_speed("vit_cifar", ["hf_vit", "timm", "transformers"], "train", 128, **speed)
+        rows += benchmark.compare_speed("vit_s16", ["hf_vit", "timm", "transformers"], "train", 16, **speed)
+    if "compile" in args.suite:
+        rows += benchmark.compare_speed("vit_s16", ["hf_vit", "timm"], "inference", 8, compile_ours=True, **speed)
+        results["graph_breaks"] = {family: benchmark.graph_breaks(family, ours)
+                                   for family, ours in (("vit_s16", "hf_vit"), ("swin_t", "hf_swin"))}  # fmt: skip
+        print("graph breaks (torch._dynamo.explain):", results["graph_breaks"])
+    results["speed"] = rows
+    if rows:
+        print(benchmark.markdown(rows, ["family", "mode", "batch_size", "implementation", "images_per_s", "hf_vit_ratio"]))
+    if "swin" in args.suite:
+        results["swin_growth"] = benchmark.swin_resolution_growth(["hf_swin", "timm"], repeats=max(3, args.repeats // 2))
+        for name, figures in results["swin_growth"].items():
+            print(f"swin_t {name}: " + ", ".join(f"{key} {value:.3f}" for key, value in figures.items()))
+    if "memory" in args.suite:
+        memory = []
+        for implementation in ("hf_vit", "timm", "transformers"):
+            figures = {checkpointing: benchmark.peak_training_memory("vit_b16", implementation, 32, checkpointing, args.device)
+                       for checkpointing in (False, True)}  # fmt: skip
+            memory.append(dict(implementation=implementation, peak_mib=figures[False], checkpointed_peak_mib=figures[True],
+                               reduction=1 - figures[True] / figures[False]))  # fmt: skip
+        results["memory_vit_b16_batch32"] = memory
+        print(benchmark.markdown(memory, ["implementation", "peak_mib", "checkpointed_peak_mib", "reduction"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""Convert a transformers (vit, deit, swin) or timm (vit_*, deit_*, swin_*) checkpoint into an hf_vit checkpoint.
+
+    python scripts/convert_checkpoint.py --source google/vit-base-patch16-224 --output_dir vit-base
+    python scripts/convert_checkpoint.py --source timm/swin_tiny_patch4_window7_224.ms_in1k --output_dir swin-t \
+        --push_to_hub --hub_model_id me/swin-t-hf-vit
+"""
+
+import argparse
+
+from hf_vit.convert import convert_checkpoint
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, help="a local directory or a Hub repo id")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--image_size", type=int, default=None, help="resample position embeddings to this size")
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", default=None)
+    parser.add_argument("--hub_token", default=None, help="default: HF_TOKEN or the cached login")
+    args = parser.parse_args(argv)
+    model = convert_checkpoint(args.source, args.output_dir, args.image_size, args.push_to_hub, args.hub_model_id, args.hub_token)
+    print(f"{args.source} -> {args.output_dir}: {model.config.model_type}, {model.num_parameters():,} parameters, "
+          f"{model.config.num_labels} labels" + (f", pushed to {args.hub_model_id}" if args.push_to_hub else ""))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
