@@ -118,7 +118,7 @@ def save_results(rows: list[dict], curves: dict[str, list[float]], output_dir: s
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def cell(value):
-        return f"{value:.4f}" if isinstance(value, float) and value <= 1 else str(value if value is not None else "")
+        return f"{value:.4f}" if isinstance(value, float) else str(value if value is not None else "")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]

@@ -1,0 +1,76 @@
+"""The learner scripts: the article's three exercises and attention rollout, on the embedded digits."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from conftest import REPO_ROOT, randomize
+from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfViTConfig, HfViTForImageClassification
+from hf_vit.data import make_image_processor
+from hf_vit.learn import attention_cost, attention_cost_sweep, attention_rollout
+
+
+def run(script, *args):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / script), *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def save_article_vit(path):
+    model = randomize(HfViTForImageClassification(HfViTConfig.from_preset("vit-cifar-patch4-32", num_labels=10)), std=0.05)
+    model.config.id2label = {i: str(i) for i in range(10)}
+    model.save_pretrained(path)
+    make_image_processor(32).save_pretrained(path)
+    return model
+
+
+def test_compare_vit_cnn_prints_epochs_and_saves_curves_and_table(tmp_path):
+    out = run("compare_vit_cnn.py", "--epochs", "2", "--max_train_samples", "128", "--output_dir", str(tmp_path))
+    for name in ("vit", "cnn", "vit +aug", "cnn +aug"):
+        assert f"{name:>14} epoch   2: train loss" in out
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [row["model"] for row in rows] == ["vit", "cnn", "vit +aug", "cnn +aug"]
+    assert all(0 <= row["final_test_accuracy"] <= 1 for row in rows)
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    assert curves["train_samples"] == 128 and curves["test_samples"] == 360 and len(curves["curves"]["cnn"]) == 2
+    assert (tmp_path / "training_curves.png").stat().st_size > 10_000
+
+
+def test_visualize_patches_verifies_every_patch_and_saves_the_similarity(tmp_path):
+    save_article_vit(tmp_path / "trained")
+    out = run("visualize_patches.py", "--model_name_or_path", str(tmp_path / "trained"), "--output_dir", str(tmp_path / "out"))
+    assert "[random] (a) image: [3, 32, 32]" in out
+    assert "(b) 64 patches of [3, 4, 4]" in out
+    assert "(c) verified: every patch block matches the patch embedding input; reconstruction exact: True" in out
+    assert "[trained] (d) [65, 65] cosine similarity; most similar pairs:" in out
+    similarity = np.load(tmp_path / "out" / "position_similarity_random.npy")
+    assert similarity.shape == (65, 65) and np.allclose(np.diag(similarity), 1, atol=1e-5)
+    for picture in ("patches_reconstruction", "position_similarity_random", "position_similarity_grid_trained"):
+        assert (tmp_path / "out" / f"{picture}.png").exists()
+
+
+def test_attention_cost_reports_the_theoretical_and_measured_speedup(tmp_path):
+    figures = attention_cost(14, 14, runs=1)
+    assert figures["tokens"] == 196 and figures["num_windows"] == 4
+    assert figures["theoretical_speedup"] == 196 / 49
+    out = run("attention_cost.py", "--runs", "2", "--output_dir", str(tmp_path))
+    assert "full attention over 3136 tokens" in out and "64 windows of 49 tokens" in out
+    assert "theoretical speedup (N^2 d / (windows w^2 w^2 d)): 64.0x; measured:" in out
+    rows = attention_cost_sweep(sides=(14, 28), output_dir=str(tmp_path), runs=1)
+    assert [row["tokens"] for row in rows] == [196, 784]
+    assert (tmp_path / "attention_cost.png").exists()
+
+
+def test_attention_rollout_script_and_distillation_prefix(tmp_path):
+    save_article_vit(tmp_path / "vit")
+    out = run("attention_maps.py", "--model_name_or_path", str(tmp_path / "vit"), "--output_dir", str(tmp_path / "maps"))
+    assert "4 layers; the rollout peaks at patch (row, col)" in out
+    maps = np.load(tmp_path / "maps" / "attention_rollout.npy")
+    assert maps.shape == (5, 8, 8) and (tmp_path / "maps" / "attention_maps.png").exists()
+    deit = HfDeiTForImageClassification(HfDeiTConfig.from_preset("deit-cifar-patch4-32", num_labels=10)).eval()
+    per_layer, rollout = attention_rollout(deit, torch.randn(1, 3, 32, 32))
+    assert per_layer.shape == (4, 8, 8) and rollout.shape == (8, 8)
+    assert 0 < rollout.sum() < 1  # the CLS row minus what stays on the two prefix tokens
