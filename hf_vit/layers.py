@@ -11,7 +11,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_outputs import BaseModelOutput, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
@@ -332,3 +332,13 @@ def image_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config
     if soft_targets and config.problem_type in (None, "single_label_classification"):
         return torch.sum(-labels.to(logits.device) * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
     return ForSequenceClassificationLoss(labels, logits, config)
+
+
+def classifier_output(logits, labels, features, config, return_dict: bool):
+    """The `ImageClassifierOutput` (or tuple) of a single-head classifier: logits, loss from `labels` if given, and
+    the encoder's hidden states and attentions."""
+    loss = None if labels is None else image_classification_loss(logits, labels, config)
+    output = ImageClassifierOutput(
+        loss=loss, logits=logits, hidden_states=features.hidden_states, attentions=features.attentions
+    )
+    return output if return_dict else output.to_tuple()

@@ -24,8 +24,8 @@ from .layers import (
     PatchEmbedding,
     PreNormBlock,
     check_pixel_values,
+    classifier_output,
     drop_path_rates,
-    image_classification_loss,
     init_transformer_weights,
     resample_position_embeddings,
 )
@@ -339,12 +339,7 @@ class HfSwinForImageClassification(HfSwinPreTrainedModel):
         features = self.swin(
             pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True
         )
-        logits = self.classifier(features.pooler_output)
-        loss = None if labels is None else image_classification_loss(logits, labels, self.config)
-        output = ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=features.hidden_states, attentions=features.attentions
-        )
-        return output if return_dict else output.to_tuple()
+        return classifier_output(self.classifier(features.pooler_output), labels, features, self.config, return_dict)
 
 
 class HfSwinBackbone(BackboneMixin, HfSwinPreTrainedModel):

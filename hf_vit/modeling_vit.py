@@ -16,7 +16,7 @@ from .layers import (
     PatchEmbedding,
     TokenEmbeddings,
     check_pixel_values,
-    image_classification_loss,
+    classifier_output,
     init_transformer_weights,
     to_2tuple,
 )
@@ -149,12 +149,7 @@ class HfViTForImageClassification(HfViTPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        logits = self.classifier(features.pooler_output)
-        loss = None if labels is None else image_classification_loss(logits, labels, self.config)
-        output = ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=features.hidden_states, attentions=features.attentions
-        )
-        return output if return_dict else output.to_tuple()
+        return classifier_output(self.classifier(features.pooler_output), labels, features, self.config, return_dict)
 
 
 __all__ = ["HfViTForImageClassification", "HfViTModel", "HfViTPreTrainedModel"]
