@@ -229,11 +229,3 @@ def graph_breaks(family: str, implementation: str) -> int:
     pixels = torch.randn(1, 3, MODELS[family][0], MODELS[family][0])
     with torch.no_grad():
         return torch._dynamo.explain(model)(pixels).graph_break_count
-
-
-def markdown(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

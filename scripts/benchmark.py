@@ -13,6 +13,7 @@ import platform
 import torch
 
 from hf_vit import benchmark
+from hf_vit.experiments import markdown_table
 
 SUITES = ("inference", "train", "swin", "memory", "compile")
 
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
         print("graph breaks (torch._dynamo.explain):", results["graph_breaks"])
     results["speed"] = rows
     if rows:
-        print(benchmark.markdown(rows, ["family", "mode", "batch_size", "implementation", "images_per_s", "hf_vit_ratio"]))
+        print(markdown_table(rows, ["family", "mode", "batch_size", "implementation", "images_per_s", "hf_vit_ratio"]))
     if "swin" in args.suite:
         results["swin_growth"] = benchmark.swin_resolution_growth(["hf_swin", "timm"], repeats=max(3, args.repeats // 2))
         for name, figures in results["swin_growth"].items():
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
             memory.append(dict(implementation=implementation, peak_mib=figures[False], checkpointed_peak_mib=figures[True],
                                reduction=1 - figures[True] / figures[False]))  # fmt: skip
         results["memory_vit_b16_batch32"] = memory
-        print(benchmark.markdown(memory, ["implementation", "peak_mib", "checkpointed_peak_mib", "reduction"]))
+        print(markdown_table(memory, ["implementation", "peak_mib", "checkpointed_peak_mib", "reduction"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
