@@ -16,9 +16,11 @@ from transformers import (
 )
 
 from .configuration_deit import DEIT_PRESETS, HfDeiTConfig
+from .configuration_hybrid import HYBRID_PRESETS, HfViTHybridConfig
 from .configuration_swin import SWIN_PRESETS, HfSwinConfig
 from .configuration_vit import VIT_PRESETS, HfViTConfig
 from .modeling_deit import HfDeiTForImageClassification, HfDeiTModel
+from .modeling_hybrid import HfViTHybridForImageClassification, HfViTHybridModel
 from .modeling_swin import HfSwinBackbone, HfSwinForImageClassification, HfSwinModel
 from .modeling_vit import HfViTForImageClassification, HfViTModel, HfViTPreTrainedModel
 
@@ -28,6 +30,7 @@ FAMILIES = {
     # model_type: (config, base model, classifier)
     "hf_vit": (HfViTConfig, HfViTModel, HfViTForImageClassification),
     "hf_deit": (HfDeiTConfig, HfDeiTModel, HfDeiTForImageClassification),
+    "hf_vit_hybrid": (HfViTHybridConfig, HfViTHybridModel, HfViTHybridForImageClassification),
     "hf_swin": (HfSwinConfig, HfSwinModel, HfSwinForImageClassification),
 }
 
@@ -53,6 +56,10 @@ __all__ = [
     "HfDeiTConfig",
     "HfDeiTForImageClassification",
     "HfDeiTModel",
+    "HYBRID_PRESETS",
+    "HfViTHybridConfig",
+    "HfViTHybridForImageClassification",
+    "HfViTHybridModel",
     "HfSwinBackbone",
     "HfSwinConfig",
     "HfSwinForImageClassification",

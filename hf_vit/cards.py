@@ -28,6 +28,8 @@ def training_summary(training_args, log_history) -> str:
         f"{training_args.weight_decay:g}, {training_args.lr_scheduler_type} schedule, warmup {training_args.warmup_steps:g}",
         f"- seed: {training_args.seed}",
     ]
+    if getattr(training_args, "backbone_learning_rate", None) is not None:
+        lines.insert(3, f"- backbone learning rate: {training_args.backbone_learning_rate:g}")
     evals = [entry for entry in log_history or [] if "eval_accuracy" in entry]
     if evals:
         curve = ", ".join(f"{entry['eval_accuracy']:.3f}" for entry in evals)
@@ -53,6 +55,9 @@ def render_model_card(model, dataset=None, training_args=None, log_history=None,
         hyperparameters=training_summary(training_args, log_history),
         load_id=load_id or "path/to/this/checkpoint",
     )
+    backbone_config = getattr(config, "backbone_config", None)
+    if backbone_config is not None:
+        fields.update(backbone_type=backbone_config.model_type, backbone_stage=backbone_config.out_features[0])
     return Template(template).safe_substitute(fields)
 
 

@@ -1,5 +1,6 @@
 """Configuration of the plain Vision Transformer (model_type `hf_vit`)."""
 
+import copy
 from typing import ClassVar
 
 from transformers import PreTrainedConfig
@@ -29,23 +30,6 @@ def check_choice(config, name: str, choices) -> None:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-def check_vit_fields(config) -> None:
-    """The checks every ViT-style encoder (ViT, DeiT, hybrid) shares."""
-    check_positive(
-        config, "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
-        "num_attention_heads", "intermediate_size", "layer_norm_eps", "initializer_range",
-    )  # fmt: skip
-    check_probability(config, "hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
-    if config.hidden_size % config.num_attention_heads:
-        raise ValueError(
-            f"hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
-            f"({config.num_attention_heads})"
-        )
-    check_choice(config, "pooling", ("cls", "mean"))
-    if not config.class_token and config.pooling != "mean":
-        raise ValueError(f"class_token=False needs pooling='mean' (there is no CLS token to pool), got {config.pooling!r}")
-
-
 class PresetsMixin:
     """`from_preset(name, **overrides)` for configs with a `presets` table of named architectures."""
 
@@ -55,7 +39,7 @@ class PresetsMixin:
     def from_preset(cls, name: str, **overrides):
         if name not in cls.presets:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(cls.presets)}")
-        return cls(**{**cls.presets[name], **overrides})
+        return cls(**{**copy.deepcopy(cls.presets[name]), **overrides})
 
 
 def _vit(hidden_size, depth, heads, image_size=224, patch_size=16, mlp_ratio=4):
@@ -75,13 +59,13 @@ VIT_PRESETS = {
 }
 
 
-class HfViTConfig(PresetsMixin, PreTrainedConfig):
-    r"""Configuration of [`HfViTModel`] and [`HfViTForImageClassification`]. Defaults give ViT-B/16 at 224 px.
+class ViTEncoderConfig(PreTrainedConfig):
+    r"""The fields of the ViT token encoder that every ViT-style family (ViT, DeiT, hybrid) shares; not a model type
+    of its own.
 
     Args:
         image_size (`int` or `(int, int)`, defaults to 224): training resolution; the position embeddings are
-            sized for it.
-        patch_size (`int` or `(int, int)`, defaults to 16): side of the square patches; must divide image_size.
+            sized for its token grid.
         num_channels (`int`, defaults to 3): input channels.
         hidden_size (`int`, defaults to 768): token width (d_model).
         num_hidden_layers (`int`, defaults to 12): encoder blocks.
@@ -95,23 +79,16 @@ class HfViTConfig(PresetsMixin, PreTrainedConfig):
         layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon.
         qkv_bias (`bool`, defaults to `True`): bias in the query/key/value projection.
         initializer_range (`float`, defaults to 0.02): std of the truncated-normal initialisation.
-        pooling (`str`, defaults to `"cls"`): `"cls"` classifies the CLS token, `"mean"` the average of the patch
+        pooling (`str`, defaults to `"cls"`): `"cls"` classifies the CLS token, `"mean"` the average of the grid
             tokens (normalised after pooling, as timm's `global_pool="avg"`).
         class_token (`bool`, defaults to `True`): prepend a learnable CLS token; without it pooling must be
             `"mean"` (timm's `class_token=False` models).
-        patch_embedding_type (`str`, defaults to `"patch"`): `"patch"` is one Conv2d with kernel = stride =
-            patch_size; `"conv_stem"` a stack of 3x3 stride-2 convolutions (Xiao et al. 2021) with the same output
-            grid, needing a power-of-two patch_size.
         interpolation_antialias (`bool`, defaults to `False`): resample position embeddings for other image sizes
             with antialiased bicubic interpolation, as timm does, instead of plain bicubic, as transformers does
             (PyTorch's two bicubic kernels differ, so a converted model keeps its source's choice).
     """
 
-    model_type = "hf_vit"
-    presets: ClassVar[dict] = VIT_PRESETS
-
     image_size: int | list[int] | tuple[int, int] = 224
-    patch_size: int | list[int] | tuple[int, int] = 16
     num_channels: int = 3
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -126,12 +103,45 @@ class HfViTConfig(PresetsMixin, PreTrainedConfig):
     initializer_range: float = 0.02
     pooling: str = "cls"
     class_token: bool = True
-    patch_embedding_type: str = "patch"
     interpolation_antialias: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        check_vit_fields(self)
+        check_positive(
+            self, "image_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "layer_norm_eps", "initializer_range",
+        )  # fmt: skip
+        check_probability(self, "hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        check_choice(self, "pooling", ("cls", "mean"))
+        if not self.class_token and self.pooling != "mean":
+            raise ValueError(f"class_token=False needs pooling='mean' (there is no CLS token to pool), got {self.pooling!r}")
+
+
+class HfViTConfig(PresetsMixin, ViTEncoderConfig):
+    r"""Configuration of [`HfViTModel`] and [`HfViTForImageClassification`]: every `ViTEncoderConfig` field (image
+    size, encoder width and depth, pooling, ...), plus the patch embedding. Defaults give ViT-B/16 at 224 px.
+
+    Args:
+        patch_size (`int` or `(int, int)`, defaults to 16): side of the square patches; must divide image_size.
+        patch_embedding_type (`str`, defaults to `"patch"`): `"patch"` is one Conv2d with kernel = stride =
+            patch_size; `"conv_stem"` a stack of 3x3 stride-2 convolutions (Xiao et al. 2021) with the same output
+            grid, needing a power-of-two patch_size.
+    """
+
+    model_type = "hf_vit"
+    presets: ClassVar[dict] = VIT_PRESETS
+
+    patch_size: int | list[int] | tuple[int, int] = 16
+    patch_embedding_type: str = "patch"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        check_positive(self, "patch_size")
         check_choice(self, "patch_embedding_type", ("patch", "conv_stem"))
         for image, patch in zip(to_2tuple(self.image_size), to_2tuple(self.patch_size)):
             if image % patch:
@@ -143,4 +153,4 @@ class HfViTConfig(PresetsMixin, PreTrainedConfig):
         return tuple(i // p for i, p in zip(to_2tuple(self.image_size), to_2tuple(self.patch_size)))
 
 
-__all__ = ["HfViTConfig", "PresetsMixin", "VIT_PRESETS"]
+__all__ = ["HfViTConfig", "PresetsMixin", "VIT_PRESETS", "ViTEncoderConfig"]

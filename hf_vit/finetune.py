@@ -45,6 +45,7 @@ from .training import (
 DEFAULT_PRESETS = {
     "hf_vit": "vit-cifar-patch4-32",
     "hf_deit": "deit-cifar-patch4-32",
+    "hf_vit_hybrid": "vit-hybrid-resnet-tiny-32",
     "hf_swin": "swin-cifar-patch2-window4-32",
 }
 

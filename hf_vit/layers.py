@@ -21,7 +21,7 @@ def to_2tuple(value) -> tuple[int, int]:
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
     """Stochastic-depth rates growing linearly from 0 at the first block to `drop_path_rate` at the last."""
-    return [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+    return torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # cpu: also while building on meta
 
 
 class DropPath(nn.Module):
@@ -164,6 +164,21 @@ class Encoder(nn.Module):
         )
 
 
+def resolve_output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+    """A forward call's (output_attentions, output_hidden_states, return_dict): the call's values, else the
+    config's. Attention maps only exist under the eager kernel, so asking for them otherwise is an error."""
+    output_attentions = config.output_attentions if output_attentions is None else output_attentions
+    output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+    return_dict = config.return_dict if return_dict is None else return_dict
+    if output_attentions and config._attn_implementation != "eager":
+        raise ValueError(
+            f"output_attentions=True needs attn_implementation='eager' (this model uses "
+            f"{config._attn_implementation!r}); load it with attn_implementation='eager' or call "
+            "model.set_attn_implementation('eager')"
+        )
+    return output_attentions, output_hidden_states, return_dict
+
+
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size, multiple_of, any_size: bool):
     """Raise a ValueError naming expected and received shapes unless `pixel_values` fits the model.
 
@@ -195,7 +210,19 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size
         )
 
 
-class PatchEmbedding(nn.Module):
+class GridEmbedding(nn.Module):
+    """Base of the modules that turn (B, C, H, W) images into a (B, hidden, gh, gw) token grid.
+
+    `size_multiple`: (h, w) the image sides must be multiples of; `grid_size(image_size)`: the grid it gives.
+    """
+
+    size_multiple: tuple[int, int] = (1, 1)
+
+    def grid_size(self, image_size) -> tuple[int, int]:
+        return tuple(size // step for size, step in zip(to_2tuple(image_size), self.size_multiple))
+
+
+class PatchEmbedding(GridEmbedding):
     """Cuts the image into non-overlapping patches and projects each to `hidden_size`.
 
     A Conv2d with kernel = stride = patch_size is exactly "flatten each patch, multiply by one matrix".
@@ -204,14 +231,14 @@ class PatchEmbedding(nn.Module):
 
     def __init__(self, patch_size, num_channels: int, hidden_size: int):
         super().__init__()
-        patch_size = to_2tuple(patch_size)
-        self.projection = nn.Conv2d(num_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        self.size_multiple = to_2tuple(patch_size)
+        self.projection = nn.Conv2d(num_channels, hidden_size, kernel_size=self.size_multiple, stride=self.size_multiple)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.projection(pixel_values)
 
 
-class ConvStemPatchEmbedding(nn.Module):
+class ConvStemPatchEmbedding(GridEmbedding):
     """Convolutional stem (Xiao et al. 2021): 3x3 stride-2 conv + BatchNorm + ReLU blocks, then a 1x1 projection.
 
     The strides multiply to `patch_size`, so the token grid equals the plain patch embedding's.
@@ -220,10 +247,13 @@ class ConvStemPatchEmbedding(nn.Module):
 
     def __init__(self, patch_size, num_channels: int, hidden_size: int):
         super().__init__()
-        patch_size = to_2tuple(patch_size)
-        if patch_size[0] != patch_size[1] or patch_size[0] & (patch_size[0] - 1):
-            raise ValueError(f"patch_embedding_type='conv_stem' needs a square power-of-two patch_size, got {patch_size}")
-        num_blocks = patch_size[0].bit_length() - 1
+        self.size_multiple = to_2tuple(patch_size)
+        side = self.size_multiple[0]
+        if self.size_multiple[1] != side or side & (side - 1):
+            raise ValueError(
+                f"patch_embedding_type='conv_stem' needs a square power-of-two patch_size, got {self.size_multiple}"
+            )
+        num_blocks = side.bit_length() - 1
         channels = [num_channels] + [max(hidden_size // 2 ** (num_blocks - i), 16) for i in range(num_blocks)]
         blocks = []
         for in_channels, out_channels in zip(channels[:-1], channels[1:]):

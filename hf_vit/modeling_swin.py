@@ -28,8 +28,8 @@ from .layers import (
     drop_path_rates,
     init_transformer_weights,
     resample_position_embeddings,
+    resolve_output_flags,
 )
-from .modeling_vit import check_output_attentions
 
 # What the reference implementations add to the logits of pairs that the shifted windows must not connect.
 MASKED = -100.0
@@ -293,10 +293,9 @@ class HfSwinModel(HfSwinPreTrainedModel):
         return_dict: bool | None = None,
     ) -> HfSwinModelOutput | tuple:
         config = self.config
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = config.return_dict if return_dict is None else return_dict
-        check_output_attentions(config, output_attentions)
+        output_attentions, output_hidden_states, return_dict = resolve_output_flags(
+            config, output_attentions, output_hidden_states, return_dict
+        )
         check_pixel_values(pixel_values, config.num_channels, config.image_size, 1, any_size=True)
 
         hidden_states = self.embeddings(pixel_values.to(self.dtype))

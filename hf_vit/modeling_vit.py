@@ -13,22 +13,15 @@ from .configuration_vit import HfViTConfig
 from .layers import (
     ConvStemPatchEmbedding,
     Encoder,
+    GridEmbedding,
     PatchEmbedding,
     TokenEmbeddings,
     check_pixel_values,
     classifier_output,
     init_transformer_weights,
+    resolve_output_flags,
     to_2tuple,
 )
-
-
-def check_output_attentions(config, output_attentions: bool) -> None:
-    if output_attentions and config._attn_implementation != "eager":
-        raise ValueError(
-            f"output_attentions=True needs attn_implementation='eager' (this model uses "
-            f"{config._attn_implementation!r}); load it with attn_implementation='eager' or call "
-            "model.set_attn_implementation('eager')"
-        )
 
 
 class HfViTPreTrainedModel(PreTrainedModel):
@@ -48,14 +41,15 @@ class HfViTPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         init_transformer_weights(module, self.config.initializer_range)
 
-    def set_image_size(self, image_size: int) -> None:
-        """Run at a new resolution from now on: the position embeddings are resampled (bicubic) to the new patch
+    def set_image_size(self, image_size) -> None:
+        """Run at a new resolution from now on: the position embeddings are resampled (bicubic) to the new token
         grid and saved at that size, and `config.image_size` follows."""
-        for size, patch in zip(to_2tuple(image_size), to_2tuple(self.config.patch_size)):
-            if size <= 0 or size % patch:
-                raise ValueError(f"image_size {image_size} must be a positive multiple of patch_size {self.config.patch_size}")
+        patch_embeddings = self.base_model.patch_embeddings
+        for size, step in zip(to_2tuple(image_size), patch_embeddings.size_multiple):
+            if size <= 0 or size % step:
+                raise ValueError(f"image_size {image_size} must be a positive multiple of patch_size {patch_embeddings.size_multiple}")
         self.config.image_size = image_size
-        self.base_model.embeddings.resize_grid(self.config.grid_size)
+        self.base_model.embeddings.resize_grid(patch_embeddings.grid_size(image_size))
 
 
 class HfViTModel(HfViTPreTrainedModel):
@@ -66,11 +60,10 @@ class HfViTModel(HfViTPreTrainedModel):
 
     def __init__(self, config: HfViTConfig):
         super().__init__(config)
-        patch_embedding = ConvStemPatchEmbedding if config.patch_embedding_type == "conv_stem" else PatchEmbedding
-        self.patch_embeddings = patch_embedding(config.patch_size, config.num_channels, config.hidden_size)
+        self.patch_embeddings = self.make_patch_embeddings(config)
         self.embeddings = TokenEmbeddings(
             config.hidden_size,
-            config.grid_size,
+            self.patch_embeddings.grid_size(config.image_size),
             config.hidden_dropout_prob,
             class_token=config.class_token,
             distillation_token=self.has_distillation_token,
@@ -80,6 +73,11 @@ class HfViTModel(HfViTPreTrainedModel):
         self.encoder = Encoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
+
+    def make_patch_embeddings(self, config) -> GridEmbedding:
+        """The module that turns images into the (B, hidden, gh, gw) token grid."""
+        patch_embedding = ConvStemPatchEmbedding if config.patch_embedding_type == "conv_stem" else PatchEmbedding
+        return patch_embedding(config.patch_size, config.num_channels, config.hidden_size)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.patch_embeddings
@@ -94,12 +92,15 @@ class HfViTModel(HfViTPreTrainedModel):
     ) -> BaseModelOutputWithPooling | tuple:
         """pixel_values: (B, num_channels, H, W), H x W = image_size unless `interpolate_pos_encoding`."""
         config = self.config
-        output_attentions = config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        return_dict = config.return_dict if return_dict is None else return_dict
-        check_output_attentions(config, output_attentions)
+        output_attentions, output_hidden_states, return_dict = resolve_output_flags(
+            config, output_attentions, output_hidden_states, return_dict
+        )
         check_pixel_values(
-            pixel_values, config.num_channels, config.image_size, config.patch_size, bool(interpolate_pos_encoding)
+            pixel_values,
+            config.num_channels,
+            config.image_size,
+            self.patch_embeddings.size_multiple,
+            bool(interpolate_pos_encoding),
         )
 
         pixel_values = pixel_values.to(self.dtype)
@@ -125,9 +126,11 @@ class HfViTModel(HfViTPreTrainedModel):
 class HfViTForImageClassification(HfViTPreTrainedModel):
     """ViT with a linear head on the pooled token: (B, C, H, W) -> logits (B, num_labels)."""
 
+    base_model_class = HfViTModel
+
     def __init__(self, config: HfViTConfig):
         super().__init__(config)
-        self.vit = HfViTModel(config)
+        self.vit = self.base_model_class(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 

@@ -51,6 +51,11 @@ class FinetuneTrainingArguments(TrainingArguments):
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
     dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin batches in memory (GPU only)."})
+    backbone_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate of a hybrid's CNN backbone (default: --learning_rate); lower it to "
+                  "keep pretrained features (or freeze them: --config_overrides freeze_backbone=True)."},
+    )  # fmt: skip
     cpu_threads_per_process: int | None = field(
         default=None,
         metadata={"help": "Torch threads per process when training on CPU (default: the cores split evenly "
@@ -255,6 +260,7 @@ class ImageClassificationTrainer(Trainer):
     - `repeated_augmentation` > 1 uses `RepeatedAugmentationSampler`;
     - with an `ema`, evaluation and the saved model use the averaged weights;
     - weight decay skips biases, norms, position embeddings and prefix tokens;
+    - `args.backbone_learning_rate` gives a hybrid's backbone its own learning rate;
     - the model card (also the one `push_to_hub` uploads) comes from hf_vit's templates.
     """
 
@@ -285,6 +291,24 @@ class ImageClassificationTrainer(Trainer):
             name for name in super().get_decay_parameter_names(model)
             if parameters[name].ndim > 1 and not name.endswith(NO_WEIGHT_DECAY)
         ]  # fmt: skip
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer; with `backbone_learning_rate`, a hybrid's backbone parameters move to groups of
+        their own with that learning rate (the scheduler scales every group alike)."""
+        if self.optimizer is not None or self.args.backbone_learning_rate is None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        backbone = getattr(getattr(model.base_model, "patch_embeddings", None), "backbone", None)
+        if backbone is None:
+            raise ValueError(f"--backbone_learning_rate needs a model with a CNN backbone (hf_vit_hybrid), not {model.config.model_type}")
+        optimizer = super().create_optimizer(model)
+        backbone_ids = {id(param) for param in backbone.parameters()}
+        for group in list(optimizer.param_groups):
+            backbone_params = [param for param in group["params"] if id(param) in backbone_ids]
+            if backbone_params:
+                group["params"] = [param for param in group["params"] if id(param) not in backbone_ids]
+                optimizer.add_param_group({**group, "params": backbone_params, "lr": self.args.backbone_learning_rate})
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:

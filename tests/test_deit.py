@@ -33,7 +33,7 @@ from hf_vit.training import (
     TeacherInputs,
     deit_ema_decay,
 )
-from test_ecosystem import run_without_hf_vit
+from test_ecosystem import assert_loads_as_remote_code
 from test_finetune import TINY, run_script
 
 SMALL = dict(hidden_size=192, num_hidden_layers=2, num_attention_heads=3, intermediate_size=768, num_labels=10)
@@ -137,19 +137,7 @@ def test_timm_distilled_deit_parity():
 
 def test_deit_checkpoint_loads_as_remote_code(tmp_path, tiny_deit_config):
     model = randomize(HfDeiTForImageClassification(tiny_deit_config))
-    model.save_pretrained(tmp_path / "deit")
-    pixels = torch.randn(2, 3, 32, 32)
-    torch.save({"pixels": pixels, "logits": model(pixels).logits.detach()}, tmp_path / "expected.pt")
-    run_without_hf_vit(
-        f"""
-        import torch
-        from transformers import AutoModelForImageClassification
-        model = AutoModelForImageClassification.from_pretrained({str(tmp_path / "deit")!r}, trust_remote_code=True)
-        expected = torch.load({str(tmp_path / "expected.pt")!r})
-        torch.testing.assert_close(model.eval()(expected["pixels"]).logits, expected["logits"])
-        """,
-        cwd=tmp_path,
-    )
+    assert_loads_as_remote_code(model, tmp_path / "deit", torch.randn(2, 3, 32, 32))
 
 
 def test_repeated_augmentation_sampler_repeats_keeps_length_and_shards_disjointly():

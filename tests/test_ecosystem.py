@@ -37,6 +37,25 @@ def run_without_hf_vit(code: str, cwd) -> subprocess.CompletedProcess:
     return result
 
 
+def assert_loads_as_remote_code(model, directory, pixels) -> None:
+    """Save `model` to `directory`, load it with `trust_remote_code=True` in a Python that cannot import hf_vit,
+    and get the same logits on `pixels`."""
+    model.eval().save_pretrained(directory)
+    expected = directory.parent / f"{directory.name}_expected.pt"
+    torch.save({"pixels": pixels, "logits": model(pixels).logits.detach()}, expected)
+    run_without_hf_vit(
+        f"""
+        import torch
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained({str(directory)!r}, trust_remote_code=True).eval()
+        expected = torch.load({str(expected)!r})
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        torch.testing.assert_close(model(expected["pixels"]).logits, expected["logits"])
+        """,
+        cwd=directory.parent,
+    )
+
+
 @pytest.fixture
 def saved_classifier(tmp_path, tiny_vit_config):
     tiny_vit_config.id2label = {i: f"class_{i}" for i in range(5)}

@@ -19,7 +19,7 @@ from hf_vit.modeling_swin import (
     window_partition,
     window_reverse,
 )
-from test_ecosystem import run_without_hf_vit
+from test_ecosystem import assert_loads_as_remote_code
 
 TINY_SWIN = dict(image_size=64, patch_size=4, embed_dim=16, depths=[2, 2, 2], num_heads=[1, 2, 4], window_size=4, num_labels=5)
 # Large enough to mean something, small enough that float32 rounding over 12 blocks stays far below 1e-4.
@@ -219,18 +219,5 @@ def test_timm_swin_tiny_parity_at_224_and_448():
 
 def test_swin_checkpoint_loads_as_remote_code(tmp_path, tiny_swin_config):
     model = randomize(HfSwinForImageClassification(tiny_swin_config), std=PARITY_STD)
-    model.save_pretrained(tmp_path / "swin")
+    assert_loads_as_remote_code(model, tmp_path / "swin", torch.randn(2, 3, 72, 60))
     assert type(AutoModelForImageClassification.from_pretrained(tmp_path / "swin")) is HfSwinForImageClassification
-    pixels = torch.randn(2, 3, 72, 60)
-    torch.save({"pixels": pixels, "logits": model(pixels).logits.detach()}, tmp_path / "expected.pt")
-    run_without_hf_vit(
-        f"""
-        import torch
-        from transformers import AutoModelForImageClassification
-        model = AutoModelForImageClassification.from_pretrained({str(tmp_path / "swin")!r}, trust_remote_code=True)
-        expected = torch.load({str(tmp_path / "expected.pt")!r})
-        assert type(model).__module__.startswith("transformers_modules")
-        torch.testing.assert_close(model.eval()(expected["pixels"]).logits, expected["logits"])
-        """,
-        cwd=tmp_path,
-    )

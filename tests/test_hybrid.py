@@ -1,0 +1,213 @@
+"""The hybrid (a transformers backbone under the ViT encoder) and the convolutional patch embedding."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, BitConfig, ConvNextConfig, ResNetConfig, ResNetModel
+
+from conftest import randomize
+from hf_vit import (
+    HfDeiTConfig,
+    HfDeiTModel,
+    HfSwinConfig,
+    HfViTHybridConfig,
+    HfViTHybridForImageClassification,
+    HfViTHybridModel,
+)
+from hf_vit.finetune import finetune, parse_args
+from hf_vit.training import FinetuneTrainingArguments, ImageClassificationTrainer
+from test_ecosystem import assert_loads_as_remote_code
+
+ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=3)
+TINY_RESNET = dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+
+
+def tiny_hybrid_config(**overrides) -> HfViTHybridConfig:
+    return HfViTHybridConfig(**{**ENCODER, "image_size": 64, "backbone_config": {**TINY_RESNET, "out_features": ["stage2"]}, **overrides})
+
+
+@pytest.mark.parametrize(
+    "backbone_config, image_size, grid, other_size, other_grid",
+    [
+        # ResNet-50 to its last stage, as the article: stride 32, 7x7 + CLS = 50 tokens at 224 px.
+        (ResNetConfig(out_features=["stage4"]), 224, (7, 7), (160, 96), (5, 3)),
+        # ResNet-18's first three stages: stride 16.
+        (ResNetConfig(layer_type="basic", depths=[2, 2, 2], hidden_sizes=[64, 128, 256], out_features=["stage3"]),
+         224, (14, 14), (96, 64), (6, 4)),  # fmt: skip
+        # BiT (ResNetV2) to stage 2: stem stride 4, then one stride-2 stage.
+        (BitConfig(embedding_size=32, hidden_sizes=[32, 64], depths=[1, 1], num_groups=8, out_features=["stage2"]), 64, (8, 8), (48, 80), (6, 10)),
+        # ConvNeXt to stage 3: the 4x4 patchify stem, then two stride-2 stages.
+        (ConvNextConfig(num_stages=3, hidden_sizes=[16, 32, 64], depths=[1, 1, 1], out_features=["stage3"]), 64, (4, 4), (96, 32), (6, 2)),
+        # hf_swin's own backbone to stage 2: patch 4, one merge.
+        (HfSwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, image_size=64, out_features=["stage2"]),
+         64, (8, 8), (80, 48), (10, 6)),  # fmt: skip
+    ],
+    ids=["resnet50", "resnet18", "bit", "convnext", "hf_swin"],
+)
+def test_tokens_follow_the_backbone_stride_at_any_size(backbone_config, image_size, grid, other_size, other_grid):
+    config = HfViTHybridConfig(**ENCODER, image_size=image_size, backbone_config=backbone_config)
+    model = HfViTHybridModel(config).eval()
+    assert model.embeddings.position_embeddings.shape == (1, 1 + grid[0] * grid[1], 32)
+    with torch.no_grad():
+        output = model(torch.randn(2, 3, image_size, image_size))
+        assert output.last_hidden_state.shape == (2, 1 + grid[0] * grid[1], 32) and output.pooler_output.shape == (2, 32)
+        other = model(torch.randn(1, 3, *other_size), interpolate_pos_encoding=True)
+    assert other.last_hidden_state.shape == (1, 1 + other_grid[0] * other_grid[1], 32)
+    with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
+        model(torch.randn(1, 3, *other_size))
+
+
+def test_default_is_the_articles_resnet50_hybrid_with_the_expected_parameter_count():
+    config = HfViTHybridConfig(hidden_size=192, num_attention_heads=3, num_hidden_layers=2, intermediate_size=768, num_labels=10)
+    model = HfViTHybridForImageClassification(config)
+    resnet50_without_head = 23_508_032  # torchvision's resnet50 (25,557,032) minus its 2048 -> 1000 fc layer
+    assert sum(p.numel() for p in model.vit.patch_embeddings.backbone.parameters()) == resnet50_without_head
+    d, blocks = 192, 2
+    block = (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 4 * d  # qkv, proj, MLP, 2 norms
+    expected = resnet50_without_head + (2048 * d + d) + d + 50 * d + blocks * block + 2 * d + (d * 10 + 10)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_frozen_backbone_gets_no_gradients_and_keeps_its_statistics():
+    model = HfViTHybridForImageClassification(tiny_hybrid_config(freeze_backbone=True)).train()
+    backbone = model.vit.patch_embeddings.backbone
+    assert not backbone.training and model.vit.encoder.training
+    before = {name: value.clone() for name, value in backbone.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        loss = model(torch.randn(4, 3, 64, 64), labels=torch.tensor([0, 1, 2, 0])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(p.grad is None for p in backbone.parameters())
+    assert model.vit.patch_embeddings.projection.weight.grad.abs().sum() > 0
+    for name, value in backbone.state_dict().items():  # weights and BatchNorm running statistics
+        torch.testing.assert_close(value, before[name], msg=name)
+
+    trainable = HfViTHybridForImageClassification(tiny_hybrid_config()).train()
+    trainable(torch.randn(4, 3, 64, 64), labels=torch.tensor([0, 1, 2, 0])).loss.backward()
+    assert all(p.grad is not None for p in trainable.vit.patch_embeddings.backbone.parameters())
+
+
+def test_backbone_learning_rate_gets_its_own_parameter_groups(tmp_path):
+    model = HfViTHybridForImageClassification(tiny_hybrid_config())
+    args = FinetuneTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, backbone_learning_rate=1e-5, eval_strategy="no")
+    optimizer = ImageClassificationTrainer(model=model, args=args).create_optimizer()
+    backbone_ids = {id(p) for p in model.vit.patch_embeddings.backbone.parameters()}
+    learning_rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(learning_rates) == sum(1 for _ in model.parameters())  # every parameter, once
+    assert all(lr == (1e-5 if key in backbone_ids else 1e-3) for key, lr in learning_rates.items())
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    conv = model.vit.patch_embeddings.backbone.embedder.embedder.convolution.weight
+    norm = model.vit.patch_embeddings.backbone.embedder.embedder.normalization.weight
+    assert decay[id(conv)] == args.weight_decay and decay[id(norm)] == 0.0
+
+
+def test_backbone_learning_rate_needs_a_backbone(tmp_path, tiny_vit_config):
+    from hf_vit import HfViTForImageClassification
+
+    args = FinetuneTrainingArguments(output_dir=str(tmp_path), backbone_learning_rate=1e-5, eval_strategy="no")
+    with pytest.raises(ValueError, match="backbone_learning_rate needs a model with a CNN backbone"):
+        ImageClassificationTrainer(model=HfViTForImageClassification(tiny_vit_config), args=args).create_optimizer()
+
+
+def test_pretrained_backbone_initialises_a_fresh_model_and_is_not_refetched(tmp_path):
+    resnet = randomize(ResNetModel(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"})))
+    resnet.save_pretrained(tmp_path / "resnet")
+    # Without backbone_config the checkpoint's own configuration is used, tapping its last stage.
+    config = HfViTHybridConfig(**ENCODER, image_size=64, backbone=str(tmp_path / "resnet"), use_pretrained_backbone=True)
+    assert config.backbone_config.out_features == ["stage2"] and config.backbone_config.hidden_sizes == [8, 16]
+    model = HfViTHybridForImageClassification(config).eval()
+    for name, value in resnet.state_dict().items():
+        torch.testing.assert_close(model.vit.patch_embeddings.backbone.state_dict()[name], value, msg=name)
+    model.save_pretrained(tmp_path / "hybrid")
+    (tmp_path / "resnet" / "model.safetensors").unlink()  # the saved hybrid holds the backbone weights itself
+    reloaded = HfViTHybridForImageClassification.from_pretrained(tmp_path / "hybrid").eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(reloaded(pixels).logits, model(pixels).logits)
+
+
+def test_pretrained_backbone_that_does_not_fit_is_an_error(tmp_path):
+    small = {k: v for k, v in TINY_RESNET.items() if k != "model_type"}
+    ResNetModel(ResNetConfig(**{**small, "depths": [1], "hidden_sizes": [8]})).save_pretrained(tmp_path / "resnet")
+    config = tiny_hybrid_config(backbone=str(tmp_path / "resnet"), use_pretrained_backbone=True)
+    with pytest.raises(ValueError, match="does not fit backbone_config: missing"):
+        HfViTHybridForImageClassification(config)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(backbone_config={**TINY_RESNET, "out_features": ["stage1", "stage2"]}), "exactly one stage"),
+        (dict(backbone_config={"model_type": "bert"}), "has no AutoBackbone class"),
+        (dict(num_channels=1), "num_channels"),
+        (dict(use_pretrained_backbone=True), "needs `backbone`"),
+        (dict(num_attention_heads=5), "hidden_size"),
+        (dict(pooling="max"), "pooling"),
+    ],
+)
+def test_bad_config_values_name_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_hybrid_config(**overrides)
+
+
+def test_wrong_channels_or_size_name_expected_and_received_shapes():
+    model = HfViTHybridModel(tiny_hybrid_config())
+    with pytest.raises(ValueError, match="1 channels, the model expects num_channels=3"):
+        model(torch.randn(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="doesn't match the model's 64x64"):
+        model(torch.randn(1, 3, 48, 64))
+
+
+def test_auto_classes_save_load_and_remote_code(tmp_path):
+    config = AutoConfig.for_model("hf_vit_hybrid", **ENCODER, image_size=64, backbone_config={**TINY_RESNET, "out_features": ["stage2"]})
+    assert isinstance(AutoModel.from_config(config), HfViTHybridModel)
+    model = randomize(HfViTHybridForImageClassification(config), std=0.05)
+    pixels = torch.randn(2, 3, 64, 64)
+    assert_loads_as_remote_code(model, tmp_path / "hybrid", pixels)
+    loaded = AutoModel.from_pretrained(tmp_path / "hybrid").eval()
+    assert type(loaded) is HfViTHybridModel
+    torch.testing.assert_close(loaded(pixels).pooler_output, model.vit(pixels).pooler_output)
+
+
+def test_eager_and_sdpa_agree_and_eager_returns_attention_maps():
+    model = randomize(HfViTHybridForImageClassification(tiny_hybrid_config()), std=0.05)
+    pixels = torch.randn(2, 3, 64, 64)
+    sdpa = model(pixels).logits
+    model.set_attn_implementation("eager")
+    eager = model(pixels, output_attentions=True)
+    torch.testing.assert_close(eager.logits, sdpa, atol=1e-5, rtol=1e-5)
+    assert len(eager.attentions) == 2 and eager.attentions[0].shape == (2, 4, 65, 65)  # 8x8 grid + CLS
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    pixels, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 2])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = HfViTHybridForImageClassification(tiny_hybrid_config()).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(pixels, labels=labels).loss.backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)
+
+
+def test_conv_stem_on_deit_keeps_the_sequence_length():
+    plain = HfDeiTModel(HfDeiTConfig(**ENCODER, image_size=32, patch_size=8))
+    stem = HfDeiTModel(HfDeiTConfig(**ENCODER, image_size=32, patch_size=8, patch_embedding_type="conv_stem"))
+    pixels = torch.randn(2, 3, 32, 32)
+    assert stem(pixels).last_hidden_state.shape == plain(pixels).last_hidden_state.shape == (2, 2 + 16, 32)
+    assert [type(m).__name__ for m in stem.patch_embeddings.stem][:3] == ["Conv2d", "BatchNorm2d", "ReLU"]
+
+
+def test_finetune_trains_a_hybrid_with_a_lower_backbone_learning_rate(tmp_path):
+    args = ["--model_type", "hf_vit_hybrid", "--output_dir", str(tmp_path / "run"), "--num_train_epochs", "1",
+            "--max_train_samples", "128", "--max_eval_samples", "64", "--per_device_train_batch_size", "64",
+            "--backbone_learning_rate", "1e-4", "--disable_tqdm", "true"]  # fmt: skip
+    metrics = finetune(*parse_args(args))
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    model = HfViTHybridForImageClassification.from_pretrained(tmp_path / "run")
+    assert model.config.backbone_config.model_type == "resnet" and model.config.image_size == 32
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "resnet to stage1" in card and "backbone learning rate: 0.0001" in card and "$" not in card.replace("${", "")
