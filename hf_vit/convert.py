@@ -52,6 +52,26 @@ def _next_stage(match: re.Match) -> str:
     return f"swin.stages.{int(match.group(1)) + 1}.downsample."
 
 
+def _resnet_block(match: re.Match) -> str:
+    """timm / torchvision `layer{L}.{j}.conv{k}` / `bn{k}` / `downsample.{0,1}` -> transformers ResNet
+    `stages.{L-1}.layers.{j}.layer.{k-1}` / `shortcut`."""
+    stage, block, kind, index = int(match.group(1)) - 1, match.group(2), match.group(3), int(match.group(4))
+    prefix = f"vit.patch_embeddings.backbone.encoder.stages.{stage}.layers.{block}."
+    if kind == "downsample.":  # the projection shortcut: 0 is its convolution, 1 its norm
+        return prefix + ("shortcut.convolution." if index == 0 else "shortcut.normalization.")
+    return prefix + f"layer.{index - 1}." + ("convolution." if kind == "conv" else "normalization.")
+
+
+# timm's hybrid VisionTransformer on a timm / torchvision ResNet (`HybridEmbed(backbone=resnet features)`): the
+# ResNet becomes a transformers ResNet backbone (same architecture, v1.5 bottlenecks), the rest is timm's ViT.
+_TIMM_RESNET = r"^patch_embed\.backbone\."
+TIMM_VIT_HYBRID_RULES = [
+    (_TIMM_RESNET + r"conv1\.", r"{base}.patch_embeddings.backbone.embedder.embedder.convolution."),
+    (_TIMM_RESNET + r"bn1\.", r"{base}.patch_embeddings.backbone.embedder.embedder.normalization."),
+    (_TIMM_RESNET + r"layer(\d)\.(\d+)\.(conv|bn|downsample\.)(\d)\.", _resnet_block),
+    *TIMM_VIT_RULES,
+]
+
 # timm's SwinTransformer (swin_* models).
 TIMM_SWIN_RULES = [
     (r"^patch_embed\.proj\.", r"{base}.embeddings.patch_embeddings.projection."),

@@ -1,6 +1,7 @@
 """The article's exercises and pictures, as functions the learner scripts (and tests) call.
 
     compare_vit_cnn(...)        exercise 1: the article's ViT against a 3-layer ConvNet, with and without augmentation
+    data_efficiency(...)        ViT, conv-stem ViT, hybrid and CNN trained on growing fractions of the data
     check_patches(...)          exercise 2: patches, their reconstruction, position-embedding similarity
     attention_cost(...)         exercise 3: full vs window attention, measured and theoretical
     attention_rollout(...)      where the CLS token looks, per layer and rolled out
@@ -17,9 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .configuration_hybrid import HfViTHybridConfig
 from .configuration_vit import HfViTConfig
 from .data import DataArguments, load_splits, open_image
 from .experiments import markdown_table
+from .modeling_hybrid import HfViTHybridForImageClassification
 from .modeling_vit import HfViTForImageClassification
 
 matplotlib.use("Agg")
@@ -116,12 +119,7 @@ def compare_vit_cnn(output_dir: str, data_args: DataArguments | None = None, epo
                              best_test_accuracy=max(h["test_accuracy"] for h in curves[name])))  # fmt: skip
     with open(os.path.join(output_dir, "curves.json"), "w") as f:
         json.dump(dict(train_samples=len(train[0]), test_samples=len(test[0]), epochs=epochs, curves=curves), f, indent=2)
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    table = markdown_table(rows, list(rows[0]))
-    print(table)
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(table + "\n")
+    save_results(rows, output_dir)
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4))
     for name, history in curves.items():
         style = "--" if "aug" in name else "-"
@@ -135,6 +133,69 @@ def compare_vit_cnn(output_dir: str, data_args: DataArguments | None = None, epo
         axes.legend()
     figure.tight_layout()
     figure.savefig(os.path.join(output_dir, "training_curves.png"), dpi=110)
+    plt.close(figure)
+    return rows
+
+
+def save_results(rows: list[dict], output_dir: str, columns=None) -> None:
+    """Print the rows as a Markdown table and write results.json and results.md."""
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    table = markdown_table(rows, columns or list(rows[0]))
+    print(table)
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(table + "\n")
+
+
+# The models of the data-efficiency comparison: the article's 32 px ViT, the same with a convolutional stem, the
+# same encoder on a small ResNet (64 tokens each), and exercise 1's CNN.
+DATA_EFFICIENCY_MODELS = {
+    "vit": lambda n: HfViTForImageClassification(HfViTConfig.from_preset("vit-cifar-patch4-32", num_labels=n)),
+    "vit conv-stem": lambda n: HfViTForImageClassification(
+        HfViTConfig.from_preset("vit-cifar-patch4-32", num_labels=n, patch_embedding_type="conv_stem")
+    ),
+    "hybrid resnet": lambda n: HfViTHybridForImageClassification(
+        HfViTHybridConfig.from_preset("vit-hybrid-resnet-tiny-32", num_labels=n)
+    ),
+    "cnn": ConvNet,
+}
+
+
+def data_efficiency(output_dir: str, data_args: DataArguments | None = None, fractions=(0.1, 0.3, 1.0),
+                    models=tuple(DATA_EFFICIENCY_MODELS), epochs: int = 30, batch_size: int = 32,
+                    learning_rate: float = 1e-3, device: str = "cpu", seed: int = 0) -> list[dict]:  # fmt: skip
+    """Every model on the first `fraction` of a fixed shuffle of the training split (same epochs, Adam, no
+    augmentation), evaluated on the whole test split. Writes results.json/.md and data_efficiency.png."""
+    data_args = data_args or DataArguments()
+    splits = load_splits(data_args, seed=seed)
+    labels = splits["train"].features[data_args.label_column_name].names
+    columns = (data_args.image_column_name, data_args.label_column_name)
+    (train_x, train_y), test = image_tensors(splits["train"], *columns), image_tensors(splits["validation"], *columns)
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
+    os.makedirs(output_dir, exist_ok=True)
+    rows = []
+    for fraction in fractions:
+        subset = order[: max(1, round(fraction * len(order)))]
+        for name in models:
+            torch.manual_seed(seed)
+            model = DATA_EFFICIENCY_MODELS[name](len(labels))
+            run = f"{name} {fraction:.0%}"
+            history = train_and_evaluate(model, (train_x[subset], train_y[subset]), test, epochs, batch_size,
+                                         learning_rate, False, device, seed, run)  # fmt: skip
+            rows.append(dict(model=name, parameters=sum(p.numel() for p in model.parameters()), train_fraction=fraction,
+                             train_images=len(subset), final_test_accuracy=history[-1]["test_accuracy"],
+                             best_test_accuracy=max(h["test_accuracy"] for h in history)))  # fmt: skip
+    save_results(rows, output_dir)
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for name in models:
+        points = [row for row in rows if row["model"] == name]
+        axes.plot([r["train_images"] for r in points], [r["final_test_accuracy"] for r in points], "o-", label=name)
+    axes.set(xscale="log", xlabel="training images", ylabel="test accuracy", ylim=(0, 1),
+             title=f"accuracy against training-set size ({epochs} epochs)")  # fmt: skip
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(os.path.join(output_dir, "data_efficiency.png"), dpi=110)
     plt.close(figure)
     return rows
 

@@ -34,10 +34,9 @@ def main(argv=None) -> int:
                    threads=torch.get_num_threads(), device=args.device, amp=args.amp or "fp32")  # fmt: skip
     rows = []
     if "inference" in args.suite:
-        for family, ours in (("vit_s16", "hf_vit"), ("deit_s_distilled", "hf_deit"), ("swin_t", "hf_swin")):
+        for family in ("vit_s16", "deit_s_distilled", "swin_t", "hybrid_r50"):
             for batch_size in (1, 8):
-                implementations = [name for name in benchmark.MODELS[family][1]]
-                rows += benchmark.compare_speed(family, implementations, "inference", batch_size, **speed)
+                rows += benchmark.compare_speed(family, list(benchmark.MODELS[family][1]), "inference", batch_size, **speed)
     if "train" in args.suite:
         rows += benchmark.compare_speed("vit_cifar", ["hf_vit", "timm", "transformers"], "train", 128, **speed)
         rows += benchmark.compare_speed("vit_s16", ["hf_vit", "timm", "transformers"], "train", 16, **speed)

@@ -1,7 +1,12 @@
 """The hybrid (a transformers backbone under the ViT encoder) and the convolutional patch embedding."""
 
+from functools import partial
+
 import pytest
+import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer_hybrid import HybridEmbed
 from transformers import AutoConfig, AutoModel, BitConfig, ConvNextConfig, ResNetConfig, ResNetModel
 
 from conftest import randomize
@@ -13,6 +18,7 @@ from hf_vit import (
     HfViTHybridForImageClassification,
     HfViTHybridModel,
 )
+from hf_vit.convert import TIMM_VIT_HYBRID_RULES, load_converted_state_dict, rename_keys
 from hf_vit.finetune import finetune, parse_args
 from hf_vit.training import FinetuneTrainingArguments, ImageClassificationTrainer
 from test_ecosystem import assert_loads_as_remote_code
@@ -65,6 +71,34 @@ def test_default_is_the_articles_resnet50_hybrid_with_the_expected_parameter_cou
     block = (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d) + 4 * d  # qkv, proj, MLP, 2 norms
     expected = resnet50_without_head + (2048 * d + d) + d + 50 * d + blocks * block + 2 * d + (d * 10 + 10)
     assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize(
+    "timm_resnet, out_index, backbone_config",
+    [
+        ("resnet18", 2, ResNetConfig(layer_type="basic", depths=[2, 2], hidden_sizes=[64, 128], out_features=["stage2"])),
+        ("resnet50", 4, ResNetConfig(out_features=["stage4"])),  # bottlenecks, projection shortcuts in every stage
+    ],
+)
+def test_parity_with_timms_hybrid_vision_transformer(timm_resnet, out_index, backbone_config):
+    torch.manual_seed(0)
+    backbone = timm.create_model(timm_resnet, features_only=True, out_indices=(out_index,))
+    reference = VisionTransformer(img_size=64, patch_size=1, embed_dim=64, depth=2, num_heads=4, num_classes=7,
+                                  embed_layer=partial(HybridEmbed, backbone=backbone))  # fmt: skip
+    randomize(reference, std=0.05)
+    for module in reference.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    config = HfViTHybridConfig(image_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=256, num_labels=7, backbone_config=backbone_config)  # fmt: skip
+    ours = HfViTHybridForImageClassification(config).eval()
+    load_converted_state_dict(ours, rename_keys(reference.state_dict(), TIMM_VIT_HYBRID_RULES))
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = reference(pixels)
+        assert expected.std() > 0.1
+        torch.testing.assert_close(ours(pixels).logits, expected, atol=1e-4, rtol=0)
 
 
 def test_frozen_backbone_gets_no_gradients_and_keeps_its_statistics():

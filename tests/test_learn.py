@@ -39,6 +39,16 @@ def test_compare_vit_cnn_prints_epochs_and_saves_curves_and_table(tmp_path):
     assert (tmp_path / "training_curves.png").stat().st_size > 10_000
 
 
+def test_data_efficiency_trains_every_model_on_each_fraction_and_plots(tmp_path):
+    out = run("data_efficiency.py", "--epochs", "1", "--fractions", "0.05", "0.1", "--output_dir", str(tmp_path))
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [(row["model"], row["train_images"]) for row in rows] == [
+        (name, images) for images in (72, 144) for name in ("vit", "vit conv-stem", "hybrid resnet", "cnn")
+    ]
+    assert all(0 <= row["final_test_accuracy"] <= 1 for row in rows) and "| hybrid resnet |" in out
+    assert (tmp_path / "data_efficiency.png").stat().st_size > 10_000
+
+
 def test_visualize_patches_verifies_every_patch_and_saves_the_similarity(tmp_path):
     save_article_vit(tmp_path / "trained")
     out = run("visualize_patches.py", "--model_name_or_path", str(tmp_path / "trained"), "--output_dir", str(tmp_path / "out"))
