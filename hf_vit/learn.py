@@ -128,13 +128,18 @@ def compare_vit_cnn(output_dir: str, data_args: DataArguments | None = None, epo
         accuracy_axes.plot(epochs_axis, [h["test_accuracy"] for h in history], style, label=name)
     loss_axes.set(xlabel="epoch", ylabel="train loss", title="training loss")
     accuracy_axes.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy", ylim=(0, 1))
-    for axes in (loss_axes, accuracy_axes):
+    save_plot(figure, os.path.join(output_dir, "training_curves.png"), loss_axes, accuracy_axes)
+    return rows
+
+
+def save_plot(figure, path: str, *all_axes) -> None:
+    """Grid and legend on each of `all_axes`, then save the figure to `path` and close it."""
+    for axes in all_axes:
         axes.grid(alpha=0.3)
         axes.legend()
     figure.tight_layout()
-    figure.savefig(os.path.join(output_dir, "training_curves.png"), dpi=110)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
-    return rows
 
 
 def save_results(rows: list[dict], output_dir: str, columns=None) -> None:
@@ -192,11 +197,7 @@ def data_efficiency(output_dir: str, data_args: DataArguments | None = None, fra
         axes.plot([r["train_images"] for r in points], [r["final_test_accuracy"] for r in points], "o-", label=name)
     axes.set(xscale="log", xlabel="training images", ylabel="test accuracy", ylim=(0, 1),
              title=f"accuracy against training-set size ({epochs} epochs)")  # fmt: skip
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(os.path.join(output_dir, "data_efficiency.png"), dpi=110)
-    plt.close(figure)
+    save_plot(figure, os.path.join(output_dir, "data_efficiency.png"), axes)
     return rows
 
 
