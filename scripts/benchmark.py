@@ -33,21 +33,25 @@ def main(argv=None) -> int:
     results = dict(torch=torch.__version__, machine=platform.processor() or platform.machine(),
                    threads=torch.get_num_threads(), device=args.device, amp=args.amp or "fp32")  # fmt: skip
     rows = []
+
+    def add(suite: str, new_rows: list[dict]) -> None:
+        rows.extend(dict(row, suite=suite) for row in new_rows)
+
     if "inference" in args.suite:
         for family in ("vit_s16", "deit_s_distilled", "swin_t", "hybrid_r50"):
             for batch_size in (1, 8):
-                rows += benchmark.compare_speed(family, list(benchmark.MODELS[family][1]), "inference", batch_size, **speed)
+                add("inference", benchmark.compare_speed(family, list(benchmark.MODELS[family][1]), "inference", batch_size, **speed))
     if "train" in args.suite:
-        rows += benchmark.compare_speed("vit_cifar", ["hf_vit", "timm", "transformers"], "train", 128, **speed)
-        rows += benchmark.compare_speed("vit_s16", ["hf_vit", "timm", "transformers"], "train", 16, **speed)
+        add("train", benchmark.compare_speed("vit_cifar", ["hf_vit", "timm", "transformers"], "train", 128, **speed))
+        add("train", benchmark.compare_speed("vit_s16", ["hf_vit", "timm", "transformers"], "train", 16, **speed))
     if "compile" in args.suite:
-        rows += benchmark.compare_speed("vit_s16", ["hf_vit", "timm"], "inference", 8, compile_ours=True, **speed)
+        add("compile", benchmark.compare_speed("vit_s16", ["hf_vit", "timm"], "inference", 8, compile_ours=True, **speed))
         results["graph_breaks"] = {family: benchmark.graph_breaks(family, ours)
                                    for family, ours in (("vit_s16", "hf_vit"), ("swin_t", "hf_swin"))}  # fmt: skip
         print("graph breaks (torch._dynamo.explain):", results["graph_breaks"])
     results["speed"] = rows
     if rows:
-        print(markdown_table(rows, ["family", "mode", "batch_size", "implementation", "images_per_s", "hf_vit_ratio"]))
+        print(markdown_table(rows, ["suite", "family", "mode", "batch_size", "implementation", "images_per_s", "hf_vit_ratio"]))
     if "swin" in args.suite:
         results["swin_growth"] = benchmark.swin_resolution_growth(["hf_swin", "timm"], repeats=max(3, args.repeats // 2))
         for name, figures in results["swin_growth"].items():

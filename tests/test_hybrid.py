@@ -7,7 +7,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_hybrid import HybridEmbed
-from transformers import AutoConfig, AutoModel, BitConfig, ConvNextConfig, ResNetConfig, ResNetModel
+from transformers import AutoConfig, AutoModel, BitConfig, ConvNextConfig, ResNetConfig, ResNetModel, pipeline
 
 from conftest import randomize
 from hf_vit import (
@@ -19,6 +19,7 @@ from hf_vit import (
     HfViTHybridModel,
 )
 from hf_vit.convert import TIMM_VIT_HYBRID_RULES, load_converted_state_dict, rename_keys
+from hf_vit.data import load_digits_splits
 from hf_vit.finetune import finetune, parse_args
 from hf_vit.training import FinetuneTrainingArguments, ImageClassificationTrainer
 from test_ecosystem import assert_loads_as_remote_code
@@ -60,6 +61,17 @@ def test_tokens_follow_the_backbone_stride_at_any_size(backbone_config, image_si
     assert other.last_hidden_state.shape == (1, 1 + other_grid[0] * other_grid[1], 32)
     with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
         model(torch.randn(1, 3, *other_size))
+
+
+def test_set_image_size_resamples_the_grid_for_good(tmp_path):
+    model = randomize(HfViTHybridForImageClassification(tiny_hybrid_config()), std=0.05)
+    pixels = torch.randn(1, 3, 48, 48)
+    expected = model(pixels, interpolate_pos_encoding=True).logits
+    model.set_image_size(48)  # stride 8: a 6x6 grid
+    assert model.config.image_size == 48 and model.vit.embeddings.position_embeddings.shape == (1, 1 + 36, 32)
+    torch.testing.assert_close(model(pixels).logits, expected)
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(HfViTHybridForImageClassification.from_pretrained(tmp_path).eval()(pixels).logits, expected)
 
 
 def test_default_is_the_articles_resnet50_hybrid_with_the_expected_parameter_count():
@@ -243,5 +255,7 @@ def test_finetune_trains_a_hybrid_with_a_lower_backbone_learning_rate(tmp_path):
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     model = HfViTHybridForImageClassification.from_pretrained(tmp_path / "run")
     assert model.config.backbone_config.model_type == "resnet" and model.config.image_size == 32
+    classifier = pipeline("image-classification", model=str(tmp_path / "run"))
+    assert len(classifier(load_digits_splits()["validation"][0]["image"])) == 5
     card = (tmp_path / "run" / "README.md").read_text()
     assert "resnet to stage1" in card and "backbone learning rate: 0.0001" in card and "$" not in card.replace("${", "")
