@@ -36,6 +36,7 @@ from .configuration_deit import HfDeiTConfig
 from .configuration_hybrid import HfViTHybridConfig
 from .configuration_swin import HfSwinConfig
 from .configuration_vit import HfViTConfig
+from .learn import logits_of
 from .modeling_deit import HfDeiTForImageClassification
 from .modeling_hybrid import HfViTHybridForImageClassification
 from .modeling_swin import HfSwinForImageClassification
@@ -83,13 +84,6 @@ MODELS = {
         "transformers": lambda: SwinForImageClassification(SwinConfig(num_labels=1000, attn_implementation="sdpa")),
     }),
 }  # fmt: skip
-
-
-def logits_of(output) -> torch.Tensor:
-    """timm returns the logits (in training a distilled DeiT returns both heads); transformers an output object."""
-    if isinstance(output, tuple):
-        return (output[0] + output[1]) / 2
-    return output if isinstance(output, torch.Tensor) else output.logits
 
 
 def build(family: str, implementation: str, device="cpu") -> torch.nn.Module:

@@ -91,7 +91,11 @@ def train_and_evaluate(model, train, test, epochs, batch_size, learning_rate, au
     return history
 
 
-def logits_of(output):
+def logits_of(output) -> torch.Tensor:
+    """The logits of any classifier's output: a transformers output object, a tensor (timm, plain modules), or
+    the (class head, distillation head) pair a distilled timm DeiT returns in training (averaged)."""
+    if isinstance(output, tuple):
+        return (output[0] + output[1]) / 2
     return output if isinstance(output, torch.Tensor) else output.logits
 
 

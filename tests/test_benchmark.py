@@ -1,0 +1,22 @@
+"""The benchmark's machinery (never its timings): interleaved comparisons, the memory probe, graph breaks."""
+
+import pytest
+
+from hf_vit import benchmark
+
+
+def test_compare_speed_gives_one_row_per_implementation_with_ratios():
+    rows = benchmark.compare_speed("vit_cifar", ["hf_vit", "timm", "transformers"], "train", 8, repeats=2)
+    assert [row["implementation"] for row in rows] == ["hf_vit", "timm", "transformers"]
+    ours = rows[0]["images_per_s"]
+    assert all(row["images_per_s"] > 0 for row in rows)
+    assert [row["hf_vit_ratio"] for row in rows] == pytest.approx([1.0] + [ours / row["images_per_s"] for row in rows[1:]])
+
+
+def test_memory_probe_sees_gradient_checkpointing_shrink_the_step():
+    plain, checkpointed = (benchmark.peak_training_memory("vit_cifar", "hf_vit", 128, gc) for gc in (False, True))
+    assert 0 < checkpointed < plain
+
+
+def test_the_vit_compiles_as_one_graph():
+    assert benchmark.graph_breaks("vit_cifar", "hf_vit") == 0
