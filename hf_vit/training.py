@@ -251,6 +251,11 @@ def check_teacher_labels(teacher_config, student_config) -> None:
                          "teacher trained on the same classes in the same order")  # fmt: skip
 
 
+def backbone_of(model) -> torch.nn.Module | None:
+    """A hybrid's CNN backbone (None for models without one)."""
+    return getattr(getattr(model.base_model, "patch_embeddings", None), "backbone", None)
+
+
 class ImageClassificationTrainer(Trainer):
     """`Trainer` for hf_vit classifiers.
 
@@ -274,6 +279,10 @@ class ImageClassificationTrainer(Trainer):
         self.teacher_inputs = teacher_inputs or (lambda pixel_values: pixel_values)
         self.batch_mixer = batch_mixer if batch_mixer is not None and batch_mixer.active else None
         self.repeated_augmentation = repeated_augmentation
+        if self.args.backbone_learning_rate is not None and backbone_of(self.model) is None:
+            raise ValueError(
+                f"--backbone_learning_rate needs a model with a CNN backbone (hf_vit_hybrid), not {self.model.config.model_type}"
+            )
         self.ema = None
         if ema_decay is not None:
             self.ema = ModelEMA(self.model, ema_decay)
@@ -298,11 +307,8 @@ class ImageClassificationTrainer(Trainer):
         if self.optimizer is not None or self.args.backbone_learning_rate is None:
             return super().create_optimizer(model)
         model = self.model if model is None else model
-        backbone = getattr(getattr(model.base_model, "patch_embeddings", None), "backbone", None)
-        if backbone is None:
-            raise ValueError(f"--backbone_learning_rate needs a model with a CNN backbone (hf_vit_hybrid), not {model.config.model_type}")
         optimizer = super().create_optimizer(model)
-        backbone_ids = {id(param) for param in backbone.parameters()}
+        backbone_ids = {id(param) for param in backbone_of(model).parameters()}
         for group in list(optimizer.param_groups):
             backbone_params = [param for param in group["params"] if id(param) in backbone_ids]
             if backbone_params:

@@ -259,3 +259,10 @@ def test_finetune_trains_a_hybrid_with_a_lower_backbone_learning_rate(tmp_path):
     assert len(classifier(load_digits_splits()["validation"][0]["image"])) == 5
     card = (tmp_path / "run" / "README.md").read_text()
     assert "resnet to stage1" in card and "backbone learning rate: 0.0001" in card and "$" not in card.replace("${", "")
+
+
+def test_stages_after_the_tapped_one_are_reported(caplog):
+    config = tiny_hybrid_config(backbone_config={**TINY_RESNET, "out_features": ["stage1"]})
+    with caplog.at_level("WARNING", logger="hf_vit.modeling_hybrid"):
+        HfViTHybridModel(config)
+    assert "runs stages ['stage2'] after the tapped stage1" in caplog.text
