@@ -19,9 +19,9 @@ from collections.abc import Callable
 from functools import partial
 
 import timm
-from timm.models.vision_transformer_hybrid import HybridEmbed
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer_hybrid import HybridEmbed
 from tqdm.auto import tqdm
 from transformers import (
     DeiTConfig,

@@ -9,10 +9,22 @@ is strict: every missing, unexpected or misshapen key is named.
 """
 
 import json
+import os
 import re
 
 import torch
+from huggingface_hub import HfApi, snapshot_download
 from safetensors.torch import load_file
+from transformers import AutoImageProcessor, BitImageProcessor, PreTrainedConfig
+
+from .cards import write_model_card
+from .configuration_deit import HfDeiTConfig
+from .configuration_swin import HfSwinConfig
+from .configuration_vit import HfViTConfig
+from .data import set_processor_size
+from .modeling_deit import HfDeiTForImageClassification
+from .modeling_swin import HfSwinForImageClassification
+from .modeling_vit import HfViTForImageClassification
 
 # timm's VisionTransformer / deit_* models, as `timm.create_model(...).state_dict()` names them.
 TIMM_VIT_RULES = [
@@ -179,10 +191,6 @@ _TIMM_INTERPOLATION = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1} 
 
 def read_source(source: str) -> tuple[dict, dict, str]:
     """(config.json as a dict, state dict, local directory) of a local directory or a Hub repo id."""
-    import os
-
-    from huggingface_hub import snapshot_download
-
     directory = source if os.path.isdir(source) else snapshot_download(
         source, allow_patterns=["*.json", *WEIGHT_FILES]
     )  # fmt: skip
@@ -212,15 +220,6 @@ def _labels(config: dict, num_labels: int) -> dict:
 
 def from_transformers(config: dict, state_dict: dict):
     """An hf_vit model holding the weights of a transformers vit / deit / swin checkpoint (classifier or base)."""
-    from transformers import PreTrainedConfig
-
-    from .configuration_deit import HfDeiTConfig
-    from .configuration_swin import HfSwinConfig
-    from .configuration_vit import HfViTConfig
-    from .modeling_deit import HfDeiTForImageClassification
-    from .modeling_swin import HfSwinForImageClassification
-    from .modeling_vit import HfViTForImageClassification
-
     model_type = config.get("model_type")
     families = {
         "vit": (HfViTConfig, HfViTForImageClassification, TRANSFORMERS_VIT_RULES, "vit"),
@@ -287,13 +286,6 @@ def from_timm(config: dict, state_dict: dict):
         from timm.models import SwinTransformer, VisionTransformer, VisionTransformerDistilled
     except ImportError as error:
         raise ImportError("Converting timm checkpoints needs timm: pip install timm") from error
-    from .configuration_deit import HfDeiTConfig
-    from .configuration_swin import HfSwinConfig
-    from .configuration_vit import HfViTConfig
-    from .modeling_deit import HfDeiTForImageClassification
-    from .modeling_swin import HfSwinForImageClassification
-    from .modeling_vit import HfViTForImageClassification
-
     architecture = config.get("architecture")
     num_labels = config.get("num_classes", 1000)
     kwargs = dict(config.get("model_args") or {}, num_classes=num_labels)
@@ -323,8 +315,6 @@ def from_timm(config: dict, state_dict: dict):
 def timm_image_processor(pretrained_cfg: dict):
     """timm's evaluation transform as a transformers processor: resize the short side to size / crop_pct,
     center-crop, normalise with the source's mean and std."""
-    from transformers import BitImageProcessor
-
     size = pretrained_cfg.get("input_size", (3, 224, 224))[-1]
     crop_pct = pretrained_cfg.get("crop_pct") or 0.875
     return BitImageProcessor(
@@ -343,11 +333,8 @@ def convert_checkpoint(source: str, output_dir: str, image_size: int | None = No
 
     `image_size` resamples the position embeddings to a new resolution for good (and sizes the processor).
     """
-    from transformers import AutoImageProcessor
-
-    from .cards import write_model_card
-    from .data import set_processor_size
-
+    if push_to_hub and hub_model_id is None:
+        raise ValueError("push_to_hub needs hub_model_id")
     config, state_dict, directory = read_source(source)
     if "architecture" in config:
         model = from_timm(config, state_dict)
@@ -364,10 +351,6 @@ def convert_checkpoint(source: str, output_dir: str, image_size: int | None = No
     processor.save_pretrained(output_dir)
     write_model_card(output_dir, model, source=f"converted from `{source}`", load_id=hub_model_id)
     if push_to_hub:
-        from huggingface_hub import HfApi
-
-        if hub_model_id is None:
-            raise ValueError("push_to_hub needs hub_model_id")
         api = HfApi(token=token)
         api.create_repo(hub_model_id, exist_ok=True)
         api.upload_folder(folder_path=output_dir, repo_id=hub_model_id, commit_message=f"Convert {source} with hf_vit")

@@ -38,6 +38,14 @@ def image_tensors(split, image_column="image", label_column="label", size=32):
     return (pixels - MEAN) / STD, torch.tensor(split[label_column])
 
 
+def split_tensors(data_args: DataArguments, seed: int):
+    """(label names, (train pixels, labels), (test pixels, labels)) of the dataset `data_args` names."""
+    splits = load_splits(data_args, seed=seed)
+    columns = (data_args.image_column_name, data_args.label_column_name)
+    labels = splits["train"].features[data_args.label_column_name].names
+    return labels, image_tensors(splits["train"], *columns), image_tensors(splits["validation"], *columns)
+
+
 class ConvNet(nn.Module):
     """The article's CNN baseline: (Conv 3x3 -> ReLU -> MaxPool 2) x 3, then a linear head. (B, 3, 32, 32) -> logits."""
 
@@ -102,11 +110,7 @@ def logits_of(output) -> torch.Tensor:
 def compare_vit_cnn(output_dir: str, data_args: DataArguments | None = None, epochs: int = 20, batch_size: int = 128,
                     learning_rate: float = 1e-3, device: str = "cpu", seed: int = 0) -> list[dict]:  # fmt: skip
     """Exercise 1. Writes curves.json, results.csv/.json and training_curves.png; returns the final table."""
-    data_args = data_args or DataArguments()
-    splits = load_splits(data_args, seed=seed)
-    labels = splits["train"].features[data_args.label_column_name].names
-    columns = (data_args.image_column_name, data_args.label_column_name)
-    train, test = image_tensors(splits["train"], *columns), image_tensors(splits["validation"], *columns)
+    labels, train, test = split_tensors(data_args or DataArguments(), seed)
     os.makedirs(output_dir, exist_ok=True)
     curves, rows = {}, []
     for augmented in (False, True):
@@ -175,11 +179,7 @@ def data_efficiency(output_dir: str, data_args: DataArguments | None = None, fra
                     learning_rate: float = 1e-3, device: str = "cpu", seed: int = 0) -> list[dict]:  # fmt: skip
     """Every model on the first `fraction` of a fixed shuffle of the training split (same epochs, Adam, no
     augmentation), evaluated on the whole test split. Writes results.json/.md and data_efficiency.png."""
-    data_args = data_args or DataArguments()
-    splits = load_splits(data_args, seed=seed)
-    labels = splits["train"].features[data_args.label_column_name].names
-    columns = (data_args.image_column_name, data_args.label_column_name)
-    (train_x, train_y), test = image_tensors(splits["train"], *columns), image_tensors(splits["validation"], *columns)
+    labels, (train_x, train_y), test = split_tensors(data_args or DataArguments(), seed)
     order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
     os.makedirs(output_dir, exist_ok=True)
     rows = []

@@ -141,6 +141,9 @@ def test_bad_sources_fail_loudly(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"missing keys \(4\): vit\.encoder\.layers\.1\.mlp\.fc1\.bias.*unexpected keys \(1\): vit\.encoder\.layers\.0\.extra\.weight"):
         convert_checkpoint(source, str(tmp_path / "out2"))
     assert not (tmp_path / "out2").exists()
+    with pytest.raises(ValueError, match="push_to_hub needs hub_model_id"):
+        convert_checkpoint(str(tmp_path / "unknown"), str(tmp_path / "out3"), push_to_hub=True)
+    assert not (tmp_path / "out3").exists()
 
 
 def test_converted_checkpoint_fine_tunes_on_new_labels_and_size_and_goes_through_the_hub(tmp_path, hub):
