@@ -1,7 +1,8 @@
 """Speed and memory of hf_vit against timm and transformers, measured in one process (used by scripts/benchmark.py).
 
 Every comparison builds the same architecture three ways with random weights, warms each up, then times them in
-interleaved rounds (A, B, C, A, B, C, ...) so that a machine slowing down mid-run hurts all alike, and reports
+interleaved rounds (A, B, C, then B, C, A, ...) so that a machine slowing down mid-run hurts all alike and none
+always runs right after the same peer (their allocations shape the heap the next one finds), and reports
 medians and ratios. Peak memory of a training step is measured in a fresh subprocess per model, above what the
 model and optimizer hold (on CPU the resident set's high-water mark, reset just before the step; on CUDA
 `max_memory_allocated`).
@@ -42,6 +43,18 @@ from .modeling_hybrid import HfViTHybridForImageClassification
 from .modeling_swin import HfSwinForImageClassification
 from .modeling_vit import HfViTForImageClassification
 
+class EveryToken(torch.nn.Module):
+    """An hf_vit classifier made to compute every token of its last block, as timm and transformers do (by default
+    it computes only the CLS row there, all its head reads): the like-for-like row of the table."""
+
+    def __init__(self, classifier: torch.nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pixel_values: torch.Tensor):
+        return self.classifier(pixel_values, output_hidden_states=True)
+
+
 # name: (image size, {implementation: builder}); every builder returns a module whose output has the logits.
 _VIT_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536)
 _VIT_B = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
@@ -50,6 +63,7 @@ _CIFAR_TIMM = dict(img_size=32, patch_size=4, embed_dim=128, depth=4, num_heads=
 MODELS = {
     "vit_s16": (224, {
         "hf_vit": lambda: HfViTForImageClassification(HfViTConfig.from_preset("vit-small-patch16-224", num_labels=1000)),
+        "hf_vit_every_token": lambda: EveryToken(MODELS["vit_s16"][1]["hf_vit"]()),
         "timm": lambda: timm.create_model("vit_small_patch16_224"),
         "transformers": lambda: ViTForImageClassification(ViTConfig(**_VIT_S, num_labels=1000, attn_implementation="sdpa")),
         "transformers_eager": lambda: ViTForImageClassification(ViTConfig(**_VIT_S, num_labels=1000, attn_implementation="eager")),
@@ -61,6 +75,7 @@ MODELS = {
     }),
     "vit_cifar": (32, {
         "hf_vit": lambda: HfViTForImageClassification(HfViTConfig(**_CIFAR, num_labels=10)),
+        "hf_vit_every_token": lambda: EveryToken(MODELS["vit_cifar"][1]["hf_vit"]()),
         "timm": lambda: timm.models.vision_transformer.VisionTransformer(**_CIFAR_TIMM, num_classes=10),
         "transformers": lambda: ViTForImageClassification(ViTConfig(**_CIFAR, num_labels=10, attn_implementation="sdpa")),
     }),
@@ -136,15 +151,18 @@ def training_step(model, batch_size: int, image_size: int, device="cpu", amp=Non
 
 
 def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 1, desc: str = "") -> dict:
-    """Median seconds per call of each step, timed in interleaved rounds after `warmup` calls each."""
+    """Median seconds per call of each step, timed in interleaved rounds (each starting one step further along)
+    after `warmup` calls each."""
     for step in steps.values():
         for _ in range(warmup):
             step()
-    times = {name: [] for name in steps}
-    for _ in tqdm(range(repeats), desc=desc, leave=False):
-        for name, step in steps.items():
+    names = list(steps)
+    times = {name: [] for name in names}
+    for round_index in tqdm(range(repeats), desc=desc, leave=False):
+        first = round_index % len(names)
+        for name in names[first:] + names[:first]:
             start = time.perf_counter()
-            step()
+            steps[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 

@@ -63,7 +63,8 @@ class MultiHeadSelfAttention(nn.Module):
 
     The kernel comes from transformers' attention interface (`config._attn_implementation`: eager, sdpa, flash,
     flex). `attention_mask` is additive and broadcastable to (B, heads, N, N); Swin passes its relative position
-    bias plus shift mask there.
+    bias plus shift mask there. With `num_queries`, every token still serves as key and value but only the first
+    `num_queries` ask: (B, N, dim) -> (B, num_queries, dim).
     """
 
     def __init__(self, config, dim: int, num_heads: int):
@@ -78,11 +79,12 @@ class MultiHeadSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, num_queries: int | None = None):
         batch_size, seq_len, dim = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
-        attn_output, attn_weights = self.attend(*qkv.permute(2, 0, 3, 1, 4).unbind(0), attention_mask)
-        attn_output = self.proj_dropout(self.proj(attn_output.reshape(batch_size, seq_len, dim)))
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attn_output, attn_weights = self.attend(query[:, :, :num_queries], key, value, attention_mask)
+        attn_output = self.proj_dropout(self.proj(attn_output.reshape(batch_size, -1, dim)))
         return attn_output, attn_weights
 
     def attend(self, query, key, value, attention_mask=None):
@@ -117,6 +119,7 @@ class PreNormBlock(GradientCheckpointingLayer):
     """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x)), each branch with stochastic depth.
 
     Works on any (..., dim) layout the attention accepts: (B, N, C) for ViT, (B, H, W, C) for Swin's windows.
+    `attention_kwargs` go to the attention (ViT's `num_queries`).
     """
 
     def __init__(self, config, dim: int, attention: nn.Module, mlp_dim: int, drop_path_rate: float = 0.0):
@@ -127,9 +130,11 @@ class PreNormBlock(GradientCheckpointingLayer):
         self.mlp = Mlp(dim, mlp_dim, config.hidden_act, config.hidden_dropout_prob)
         self.drop_path = DropPath(drop_path_rate)
 
-    def forward(self, hidden_states: torch.Tensor):
-        attn_output, attn_weights = self.attention(self.norm1(hidden_states))
-        hidden_states = hidden_states + self.drop_path(attn_output)
+    def forward(self, hidden_states: torch.Tensor, **attention_kwargs):
+        branch, attn_weights = self.attention(self.norm1(hidden_states), **attention_kwargs)
+        # The attention may answer for a prefix of the tokens only (`num_queries`); the residual keeps those.
+        hidden_states = hidden_states[:, : branch.shape[1]] + self.drop_path(branch)
+        del branch  # frees the attention output before the MLP allocates its buffers
         hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
         return hidden_states, attn_weights
 
@@ -150,11 +155,16 @@ class Encoder(nn.Module):
         rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
         self.layers = nn.ModuleList([EncoderLayer(config, rate) for rate in rates])
 
-    def forward(self, hidden_states, output_attentions=False, output_hidden_states=False) -> BaseModelOutput:
+    def forward(
+        self, hidden_states, output_attentions=False, output_hidden_states=False, last_layer_queries: int | None = None
+    ) -> BaseModelOutput:
+        """`last_layer_queries`: the last layer computes only the first this many tokens, so `last_hidden_state` is
+        (B, last_layer_queries, C); for heads that read nothing else."""
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states)
+            num_queries = last_layer_queries if layer is self.layers[-1] else None
+            hidden_states, attn_weights = layer(hidden_states, num_queries=num_queries)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:

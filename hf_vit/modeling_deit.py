@@ -98,6 +98,7 @@ class HfDeiTForImageClassification(HfViTPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            prefix_tokens_only=self.head_reads_prefix_only(output_attentions, output_hidden_states),
         )
         cls_logits = self.classifier(features.last_hidden_state[:, 0])
         distillation_logits = self.distillation_classifier(features.last_hidden_state[:, 1])

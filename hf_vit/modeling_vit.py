@@ -41,6 +41,14 @@ class HfViTPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         init_transformer_weights(module, self.config.initializer_range)
 
+    def head_reads_prefix_only(self, output_attentions: bool | None, output_hidden_states: bool | None) -> bool:
+        """Whether a classifier call needs the prefix tokens only from the last block (`prefix_tokens_only`): CLS
+        pooling, and no per-token output asked for by the call or the config."""
+        output_attentions, output_hidden_states, _ = resolve_output_flags(
+            self.config, output_attentions, output_hidden_states, None
+        )
+        return self.config.pooling == "cls" and not (output_attentions or output_hidden_states)
+
     def set_image_size(self, image_size) -> None:
         """Run at a new resolution from now on: the position embeddings are resampled (bicubic) to the new token
         grid and saved at that size, and `config.image_size` follows."""
@@ -89,12 +97,23 @@ class HfViTModel(HfViTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        prefix_tokens_only: bool = False,
     ) -> BaseModelOutputWithPooling | tuple:
-        """pixel_values: (B, num_channels, H, W), H x W = image_size unless `interpolate_pos_encoding`."""
+        """pixel_values: (B, num_channels, H, W), H x W = image_size unless `interpolate_pos_encoding`.
+
+        `prefix_tokens_only`: the last block computes only the prefix tokens (CLS, distillation), all a CLS-pooling
+        head reads, so `last_hidden_state` is (B, prefix, C); it skips most of that block's work.
+        """
         config = self.config
         output_attentions, output_hidden_states, return_dict = resolve_output_flags(
             config, output_attentions, output_hidden_states, return_dict
         )
+        if prefix_tokens_only and (config.pooling != "cls" or output_attentions or output_hidden_states):
+            raise ValueError(
+                "prefix_tokens_only needs pooling='cls' and no output_attentions / output_hidden_states (they need "
+                f"every token of the last block); got pooling={config.pooling!r}, output_attentions="
+                f"{output_attentions}, output_hidden_states={output_hidden_states}"
+            )
         check_pixel_values(
             pixel_values,
             config.num_channels,
@@ -106,7 +125,8 @@ class HfViTModel(HfViTPreTrainedModel):
         pixel_values = pixel_values.to(self.dtype)
         patch_grid = self.patch_embeddings(pixel_values)
         hidden_states = self.embeddings(patch_grid, bool(interpolate_pos_encoding))
-        encoded = self.encoder(hidden_states, output_attentions, output_hidden_states)
+        last_layer_queries = self.num_prefix_tokens if prefix_tokens_only else None
+        encoded = self.encoder(hidden_states, output_attentions, output_hidden_states, last_layer_queries)
         last_hidden_state = self.layernorm(encoded.last_hidden_state)
         if config.pooling == "mean":
             # timm's global_pool="avg": average the un-normalised patch tokens, then normalise.
@@ -151,6 +171,7 @@ class HfViTForImageClassification(HfViTPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            prefix_tokens_only=self.head_reads_prefix_only(output_attentions, output_hidden_states),
         )
         return classifier_output(self.classifier(features.pooler_output), labels, features, self.config, return_dict)
 

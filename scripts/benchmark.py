@@ -42,8 +42,9 @@ def main(argv=None) -> int:
             for batch_size in (1, 8):
                 add("inference", benchmark.compare_speed(family, list(benchmark.MODELS[family][1]), "inference", batch_size, **speed))
     if "train" in args.suite:
-        add("train", benchmark.compare_speed("vit_cifar", ["hf_vit", "timm", "transformers"], "train", 128, **speed))
-        add("train", benchmark.compare_speed("vit_s16", ["hf_vit", "timm", "transformers"], "train", 16, **speed))
+        implementations = ["hf_vit", "hf_vit_every_token", "timm", "transformers"]
+        add("train", benchmark.compare_speed("vit_cifar", implementations, "train", 128, **speed))
+        add("train", benchmark.compare_speed("vit_s16", implementations, "train", 16, **speed))
     if "compile" in args.suite:
         add("compile", benchmark.compare_speed("vit_s16", ["hf_vit", "timm"], "inference", 8, compile_ours=True, **speed))
         results["graph_breaks"] = {family: benchmark.graph_breaks(family, ours)

@@ -4,11 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoModelForImageClassification
+from torch.utils.flop_counter import FlopCounterMode
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
 from conftest import randomize
-from hf_vit import HfViTConfig, HfViTForImageClassification, HfViTModel
+from hf_vit import HfDeiTForImageClassification, HfViTConfig, HfViTForImageClassification, HfViTModel
 from hf_vit.layers import DropPath
+
+TINY_FIELDS = ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_labels")
 
 
 def test_base_model_outputs_and_shapes(tiny_vit_config):
@@ -155,3 +158,40 @@ def test_torch_compile_has_no_graph_breaks_in_the_encoder(tiny_vit_config):
     model = HfViTForImageClassification(tiny_vit_config).eval()
     explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize("model_class", [HfViTForImageClassification, HfDeiTForImageClassification])
+def test_classifiers_compute_the_last_block_for_the_prefix_tokens_only(tiny_vit_config, model_class):
+    config = model_class.config_class(**{key: getattr(tiny_vit_config, key) for key in TINY_FIELDS})
+    model = randomize(model_class(config)).train()  # dropout is 0; train mode checks the gradients too
+    pixels, labels = torch.randn(3, 3, 32, 32), torch.tensor([1, 4, 0])
+    results = []
+    for everything in (False, True):  # asking for the hidden states makes the last block compute every token
+        model.zero_grad()
+        with FlopCounterMode(display=False) as flops:
+            out = model(pixels, labels=labels, output_hidden_states=everything)
+        out.loss.backward()
+        results.append((flops.get_total_flops(), out.logits, [p.grad.clone() for p in model.parameters()]))
+    (fast_flops, fast_logits, fast_grads), (full_flops, full_logits, full_grads) = results
+    assert fast_flops < 0.8 * full_flops  # 2 blocks: the last one shrinks to its prefix rows
+    torch.testing.assert_close(fast_logits, full_logits)
+    for fast, full in zip(fast_grads, full_grads):
+        torch.testing.assert_close(fast, full)
+
+    encoder = model.base_model
+    full = encoder(pixels).last_hidden_state
+    prefix = encoder(pixels, prefix_tokens_only=True).last_hidden_state
+    assert prefix.shape == (3, encoder.num_prefix_tokens, 32)
+    torch.testing.assert_close(prefix, full[:, : encoder.num_prefix_tokens])
+    with pytest.raises(ValueError, match="prefix_tokens_only needs pooling='cls' and no output_attentions"):
+        encoder(pixels, prefix_tokens_only=True, output_hidden_states=True)
+
+
+def test_mean_pooling_classifier_keeps_every_token(tiny_vit_config):
+    tiny_vit_config.pooling = "mean"
+    model = randomize(HfViTForImageClassification(tiny_vit_config)).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    expected = model.classifier(model.vit(pixels).pooler_output)
+    torch.testing.assert_close(model(pixels).logits, expected)
+    with pytest.raises(ValueError, match="got pooling='mean'"):
+        model.vit(pixels, prefix_tokens_only=True)
