@@ -58,12 +58,7 @@ def main(argv=None) -> int:
         for name, figures in results["swin_growth"].items():
             print(f"swin_t {name}: " + ", ".join(f"{key} {value:.3f}" for key, value in figures.items()))
     if "memory" in args.suite:
-        memory = []
-        for implementation in ("hf_vit", "timm", "transformers"):
-            figures = {checkpointing: benchmark.peak_training_memory("vit_b16", implementation, 32, checkpointing, args.device)
-                       for checkpointing in (False, True)}  # fmt: skip
-            memory.append(dict(implementation=implementation, peak_mib=figures[False], checkpointed_peak_mib=figures[True],
-                               reduction=1 - figures[True] / figures[False]))  # fmt: skip
+        memory = benchmark.checkpointing_memory("vit_b16", ["hf_vit", "timm", "transformers"], 32, args.device)
         results["memory_vit_b16_batch32"] = memory
         print(markdown_table(memory, ["implementation", "peak_mib", "checkpointed_peak_mib", "reduction"]))
     if args.json:
