@@ -44,6 +44,7 @@ from .modeling_hybrid import HfViTHybridForImageClassification
 from .modeling_swin import HfSwinForImageClassification
 from .modeling_vit import HfViTForImageClassification
 
+
 class EveryToken(torch.nn.Module):
     """An hf_vit classifier made to compute every token of its last block, as timm and transformers do (by default
     it computes only the CLS row there, all its head reads): the like-for-like row of the table."""

@@ -108,7 +108,7 @@ class HfViTModel(HfViTPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = resolve_output_flags(
             config, output_attentions, output_hidden_states, return_dict
         )
-        if prefix_tokens_only and (config.pooling != "cls" or output_attentions or output_hidden_states):
+        if prefix_tokens_only and not self.head_reads_prefix_only(output_attentions, output_hidden_states):
             raise ValueError(
                 "prefix_tokens_only needs pooling='cls' and no output_attentions / output_hidden_states (they need "
                 f"every token of the last block); got pooling={config.pooling!r}, output_attentions="
