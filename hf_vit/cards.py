@@ -1,4 +1,4 @@
-"""Model cards rendered from the templates in `model_cards/` (one per family)."""
+"""Model cards rendered from the templates in `model_cards/` (each family names its own in the registry)."""
 
 import os
 from pathlib import Path
@@ -8,11 +8,11 @@ from string import Template
 TEMPLATE_DIRS = [Path(__file__).parent / "model_cards", Path(__file__).parent.parent / "model_cards"]
 
 
-def read_template(model_type: str) -> str:
+def read_template(name: str) -> str:
     for directory in TEMPLATE_DIRS:
-        if (directory / f"{model_type}.md").is_file():
-            return (directory / f"{model_type}.md").read_text()
-    raise FileNotFoundError(f"No model card template {model_type}.md in {[str(d) for d in TEMPLATE_DIRS]}")
+        if (directory / name).is_file():
+            return (directory / name).read_text()
+    raise FileNotFoundError(f"No model card template {name} in {[str(d) for d in TEMPLATE_DIRS]}")
 
 
 def training_summary(training_args, log_history) -> str:
@@ -37,9 +37,11 @@ def training_summary(training_args, log_history) -> str:
     return "\n".join(lines)
 
 
-def render_model_card(model, dataset=None, training_args=None, log_history=None, load_id=None, source=None) -> str:
+def render_model_card(model, template: str, dataset=None, training_args=None, log_history=None, load_id=None,
+                      source=None) -> str:  # fmt: skip
+    """The card of `model` from the template file named `template` (`Family.card_template`)."""
     config = model.config
-    template = read_template(config.model_type)
+    template = read_template(template)
     evals = [entry["eval_accuracy"] for entry in log_history or [] if "eval_accuracy" in entry]
     labels = list((config.id2label or {}).values())
     fields = {key: value for key, value in config.to_dict().items() if isinstance(value, (int, float, str, list))}
@@ -61,9 +63,9 @@ def render_model_card(model, dataset=None, training_args=None, log_history=None,
     return Template(template).safe_substitute(fields)
 
 
-def write_model_card(output_dir, model, **kwargs) -> str:
-    """Render the card of `model` into `output_dir/README.md` and return its path."""
+def write_model_card(output_dir, model, template: str, **kwargs) -> str:
+    """Render the card of `model` from `template` into `output_dir/README.md` and return its path."""
     path = os.path.join(output_dir, "README.md")
     with open(path, "w") as f:
-        f.write(render_model_card(model, **kwargs))
+        f.write(render_model_card(model, template, **kwargs))
     return path

@@ -2,7 +2,8 @@
 
 from typing import ClassVar
 
-from .configuration_vit import VIT_PRESETS, HfViTConfig, check_choice, check_positive
+from .configuration_utils import check_choice, check_positive
+from .configuration_vit import VIT_PRESETS, HfViTConfig
 
 DEIT_PRESETS = {
     "deit-tiny-patch16-224": VIT_PRESETS["vit-tiny-patch16-224"],

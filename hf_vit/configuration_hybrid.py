@@ -6,7 +6,8 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
-from .configuration_vit import PresetsMixin, ViTEncoderConfig
+from .configuration_utils import PresetsMixin
+from .configuration_vit import ViTEncoderConfig
 
 # A small basic-block ResNet for 32 px images: the stem (stride 4) and one stage leave an 8x8 grid, the same 64
 # tokens as the 32 px ViT's 4 px patches. Backbones end at the tapped stage: later stages would run for nothing.

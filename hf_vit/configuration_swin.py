@@ -5,7 +5,7 @@ from typing import ClassVar
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .configuration_vit import PresetsMixin, check_positive, check_probability
+from .configuration_utils import PresetsMixin, check_positive, check_probability
 
 
 def _swin(embed_dim, depths, num_heads, image_size=224, patch_size=4, window_size=7):
@@ -96,9 +96,9 @@ class HfSwinConfig(PresetsMixin, BackboneConfigMixin, PreTrainedConfig):
                     f"num_heads[{stage}] = {heads} must divide stage {stage + 1}'s width "
                     f"embed_dim * 2**{stage} = {self.stage_dims[stage]}"
                 )
-        if self.image_size % self.size_multiple:
+        if self.image_size % self.total_stride:
             raise ValueError(
-                f"image_size {self.image_size} must be a multiple of patch_size * 2**(stages - 1) = {self.size_multiple}"
+                f"image_size {self.image_size} must be a multiple of patch_size * 2**(stages - 1) = {self.total_stride}"
                 " so that training images need no padding (the model itself accepts any size at inference)"
             )
         # The width of the last stage, under the name other transformers code looks for.
@@ -110,13 +110,15 @@ class HfSwinConfig(PresetsMixin, BackboneConfigMixin, PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     @property
-    def size_multiple(self) -> int:
-        """Image sides that are multiples of this go through every stage without padding."""
+    def total_stride(self) -> int:
+        """Pixels per token of the last stage, patch_size * 2**(stages - 1): image sides that are multiples of it
+        go through every stage without padding."""
         return self.patch_size * 2 ** (len(self.depths) - 1)
 
     @property
     def stage_dims(self) -> list[int]:
         """Channels of each stage: embed_dim, 2 * embed_dim, 4 * embed_dim, ..."""
         return [self.embed_dim * 2**i for i in range(len(self.depths))]
+
 
 __all__ = ["HfSwinConfig", "SWIN_PRESETS"]

@@ -1,45 +1,10 @@
 """Configuration of the plain Vision Transformer (model_type `hf_vit`)."""
 
-import copy
 from typing import ClassVar
 
 from transformers import PreTrainedConfig
 
-from .layers import to_2tuple
-
-
-def check_positive(config, *names: str) -> None:
-    """Raise a ValueError naming the first of `names` whose value is not a positive number (or pair of them)."""
-    for name in names:
-        value = getattr(config, name)
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in values):
-            raise ValueError(f"{name} must be positive, got {value!r}")
-
-
-def check_probability(config, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-
-
-def check_choice(config, name: str, choices) -> None:
-    value = getattr(config, name)
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-class PresetsMixin:
-    """`from_preset(name, **overrides)` for configs with a `presets` table of named architectures."""
-
-    presets: ClassVar[dict] = {}
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides):
-        if name not in cls.presets:
-            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(cls.presets)}")
-        return cls(**{**copy.deepcopy(cls.presets[name]), **overrides})
+from .configuration_utils import PresetsMixin, check_choice, check_positive, check_probability, to_2tuple
 
 
 def _vit(hidden_size, depth, heads, image_size=224, patch_size=16, mlp_ratio=4):
@@ -153,4 +118,4 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
         return tuple(i // p for i, p in zip(to_2tuple(self.image_size), to_2tuple(self.patch_size)))
 
 
-__all__ = ["HfViTConfig", "PresetsMixin", "VIT_PRESETS", "ViTEncoderConfig"]
+__all__ = ["HfViTConfig", "VIT_PRESETS", "ViTEncoderConfig"]

@@ -3,6 +3,8 @@
     load_splits(...)          -> DatasetDict(train, validation) with an image column and a ClassLabel column
     make_image_processor(...) -> the ViTImageProcessor saved with every checkpoint (size, mean, std)
     set_transforms(...)       -> torchvision v2 pipelines applied lazily with `Dataset.set_transform`
+
+How strongly training images are augmented is the recipe's choice (`recipes.py`); this module applies it.
 """
 
 import io
@@ -41,18 +43,11 @@ class DataArguments:
     image_size: int | None = field(
         default=None, metadata={"help": "Train and evaluate at this size (default: the model's image_size)."}
     )
-    crop_scale_min: float = field(
-        default=0.8, metadata={"help": "Smallest area fraction kept by RandomResizedCrop during training."}
-    )
-    rand_augment_magnitude: int | None = field(
-        default=None, metadata={"help": "RandAugment (2 ops) at this magnitude in training; off when unset."}
-    )
-    random_erasing_prob: float = field(default=0.0, metadata={"help": "RandomErasing probability in training."})
-    hflip_prob: float | None = field(
-        default=None,
-        metadata={"help": "Probability of a horizontal flip in training (default 0.5; 0 for `digits`, whose "
-                  "mirror images are not digits)."},
-    )  # fmt: skip
+
+    @property
+    def uses_embedded_digits(self) -> bool:
+        """No dataset named: the embedded digits (whose mirror images are not digits)."""
+        return self.dataset_name is None and self.train_dir is None and self.validation_dir is None
 
 
 def load_digits_splits(seed: int = 0) -> DatasetDict:
@@ -97,7 +92,7 @@ def load_splits(args: DataArguments, seed: int = 0) -> DatasetDict:
             data_files[split] = os.path.join(directory, "**")
         splits = load_dataset("imagefolder", data_files=data_files)
     else:
-        splits = load_digits_splits(seed)
+        splits = load_digits_splits(seed)  # args.uses_embedded_digits
 
     if "train" not in splits:
         raise ValueError(f"The dataset has no 'train' split; it has {list(splits)}")
@@ -173,12 +168,13 @@ def processor_size(image_processor) -> tuple[int, int]:
 
 
 def build_transforms(
-    image_processor, num_channels: int, train: bool, crop_scale_min=0.8, hflip_prob=0.5,
-    rand_augment_magnitude=None, random_erasing_prob=0.0,
+    image_processor, num_channels: int, train: bool, crop_scale_min=0.8, hflip_prob=0.5, rand_augment_magnitude=0,
+    random_erasing_prob=0.0,
 ):  # fmt: skip
     """torchvision v2 pipeline from the processor's size, mean and std: PIL image -> (C, H, W) float tensor.
 
-    Training: RandomResizedCrop + horizontal flip (+ RandAugment, + RandomErasing after normalisation).
+    Training: RandomResizedCrop + horizontal flip (+ RandAugment when its magnitude is above 0, + RandomErasing
+    after normalisation).
     Evaluation: what the processor itself does (resize, then center-crop when the processor crops), so eval
     accuracy matches `pipeline()`.
     """
@@ -188,7 +184,7 @@ def build_transforms(
         geometry = [v2.RandomResizedCrop((height, width), scale=(crop_scale_min, 1.0), antialias=True)]
         if hflip_prob > 0:
             geometry.append(v2.RandomHorizontalFlip(hflip_prob))
-        if rand_augment_magnitude is not None:
+        if rand_augment_magnitude > 0:
             geometry.append(v2.RandAugment(num_ops=2, magnitude=rand_augment_magnitude))
         if random_erasing_prob > 0:
             erasing.append(v2.RandomErasing(p=random_erasing_prob))
@@ -210,16 +206,14 @@ def build_transforms(
     )
 
 
-def set_transforms(splits: DatasetDict, image_processor, num_channels: int, args: DataArguments) -> None:
-    """Attach the training / evaluation transforms: each batch becomes `pixel_values` and `labels`."""
-    is_digits = args.dataset_name is None and args.train_dir is None and args.validation_dir is None
-    hflip_prob = args.hflip_prob if args.hflip_prob is not None else (0.0 if is_digits else 0.5)
+def set_transforms(splits: DatasetDict, image_processor, num_channels: int, args: DataArguments, **augmentation) -> None:
+    """Attach the training / evaluation transforms: each batch becomes `pixel_values` and `labels`.
+
+    `augmentation`: `build_transforms`' training arguments (`Ingredients.augmentation`), for the train split only.
+    """
     mode = "RGB" if num_channels == 3 else "L"
     for name, split in splits.items():
-        transform = build_transforms(
-            image_processor, num_channels, name == "train", args.crop_scale_min, hflip_prob,
-            args.rand_augment_magnitude, args.random_erasing_prob,
-        )  # fmt: skip
+        transform = build_transforms(image_processor, num_channels, name == "train", **augmentation)
 
         def apply(batch, transform=transform):
             images = [open_image(value).convert(mode) for value in batch[args.image_column_name]]

@@ -3,51 +3,24 @@
     parse_args(argv) -> (ModelArguments, DataArguments, FinetuneTrainingArguments, RecipeArguments)
     finetune(model_args, data_args, training_args, recipe_args) -> eval metrics
 
-`scripts/finetune.py` is the command-line layer; run it with `accelerate launch` for one or many processes.
+Arguments -> data -> recipe (every ingredient decided, printed with its reason) -> config and model -> Trainer
+-> save / card / push. `scripts/finetune.py` is the command-line layer; run it with `accelerate launch` for one or
+many processes.
 """
 
 import ast
 import inspect
-import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
 
-from . import FAMILIES
-from .data import (
-    DIGITS,
-    DataArguments,
-    collate,
-    load_splits,
-    make_image_processor,
-    processor_size,
-    set_processor_size,
-    set_transforms,
-)
-from .training import (
-    DEIT_DROP_PATH_RATE,
-    DEIT_RECIPE,
-    BatchMixer,
-    FinetuneTrainingArguments,
-    ImageClassificationTrainer,
-    RecipeArguments,
-    TeacherInputs,
-    compute_metrics,
-    deit_ema_decay,
-    deit_learning_rate,
-    global_batch_size,
-)
-
-# What `--model_type X` trains when no checkpoint or preset is named.
-DEFAULT_PRESETS = {
-    "hf_vit": "vit-cifar-patch4-32",
-    "hf_deit": "deit-cifar-patch4-32",
-    "hf_vit_hybrid": "vit-hybrid-resnet-tiny-32",
-    "hf_swin": "swin-cifar-patch2-window4-32",
-}
+from .data import DIGITS, DataArguments, collate, load_splits, make_image_processor, processor_size, set_processor_size, set_transforms
+from .families import FAMILIES, Family, family_of
+from .metrics import compute_metrics
+from .recipes import RecipeArguments, RunFacts, apply_to_training, check_recipe_name, resolve_recipe
+from .trainer import BatchMixer, FinetuneTrainingArguments, ImageClassificationTrainer, TeacherInputAdapter, global_batch_size
 
 
 @dataclass
@@ -59,8 +32,10 @@ class ModelArguments:
         default=None, metadata={"help": "A checkpoint directory or Hub id to start from (else: random weights)."}
     )
     preset: str | None = field(
-        default=None, metadata={"help": f"Named architecture for a fresh model (default: {DEFAULT_PRESETS})."}
-    )
+        default=None,
+        metadata={"help": "Named architecture for a fresh model (default: "
+                  f"{ {name: family.default_preset for name, family in FAMILIES.items()} })."},
+    )  # fmt: skip
     config_overrides: str | None = field(
         default=None, metadata={"help": "Comma-separated config fields, e.g. 'hidden_size=64,drop_path_rate=0.1'."}
     )
@@ -103,66 +78,58 @@ def _split_top_level(text: str) -> list[str]:
 
 
 def parse_args(argv=None):
-    """Command line (or one JSON file) -> the four argument dataclasses, with `--recipe` defaults applied."""
+    """Command line (or one JSON file) -> the four argument dataclasses."""
     parser = HfArgumentParser((ModelArguments, DataArguments, FinetuneTrainingArguments, RecipeArguments))
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        path = os.path.abspath(argv[0])
-        args = parser.parse_json_file(path)
-        with open(path) as f:
-            given = set(json.load(f))
-    else:
-        args = parser.parse_args_into_dataclasses(args=argv)
-        given = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
-    apply_recipe(*args, given=given)
-    return args
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
 
 
-def apply_recipe(model_args, data_args, training_args, recipe_args, given: set) -> None:
-    """`--recipe deit`: DeiT's value for every recipe flag the command line did not set."""
-    if recipe_args.recipe is None:
-        return
-    if recipe_args.recipe != "deit":
-        raise ValueError(f"Unknown --recipe {recipe_args.recipe!r}; the recipe hf_vit knows is 'deit'")
-    for name, value in DEIT_RECIPE.items():
-        if name not in given:
-            target = next(args for args in (data_args, training_args, recipe_args) if hasattr(args, name))
-            setattr(target, name, value)
-    if "learning_rate" not in given:
-        training_args.learning_rate = deit_learning_rate(global_batch_size(training_args))
-    if "drop_path_rate" not in parse_config_overrides(model_args.config_overrides):
-        overrides = [model_args.config_overrides] if model_args.config_overrides else []
-        model_args.config_overrides = ",".join(overrides + [f"drop_path_rate={DEIT_DROP_PATH_RATE}"])
+def check_arguments(model_args: ModelArguments, recipe_args: RecipeArguments) -> Family:
+    """Fail on a bad model type, preset or recipe before any data is touched; returns the family to train."""
+    family = family_of(model_args.model_type)
+    if model_args.preset is not None and model_args.preset not in family.config_class.presets:
+        raise ValueError(f"Unknown --preset {model_args.preset!r} for {family.model_type}; choose one of "
+                         f"{sorted(family.config_class.presets)}")  # fmt: skip
+    check_recipe_name(recipe_args.recipe)
+    return family
 
 
-def build_model(model_args: ModelArguments, labels: list[str], image_size: int | None):
-    """A classifier for `labels`: from a checkpoint (head re-initialised if the label set differs) or fresh."""
-    if model_args.model_type not in FAMILIES:
-        raise ValueError(f"Unknown --model_type {model_args.model_type!r}; choose one of {sorted(FAMILIES)}")
-    label_kwargs = dict(
-        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}
-    )
-    overrides = parse_config_overrides(model_args.config_overrides)
+def label_fields(labels: list[str]) -> dict:
+    return dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+
+
+def build_config(model_args: ModelArguments, family: Family, labels: list[str], image_size: int | None, overrides: dict):
+    """The classifier's config for `labels`: a checkpoint's (at its own image size, resized after loading) or the
+    preset's."""
     if model_args.model_name_or_path is not None:
-        model = AutoModelForImageClassification.from_pretrained(
-            model_args.model_name_or_path,
-            **label_kwargs,
-            **overrides,
-            ignore_mismatched_sizes=True,
-            attn_implementation=model_args.attn_implementation,
-            trust_remote_code=model_args.trust_remote_code,
+        return AutoConfig.from_pretrained(
+            model_args.model_name_or_path, **label_fields(labels), **overrides, trust_remote_code=model_args.trust_remote_code
         )
-        if image_size is not None and image_size != model.config.image_size:
-            model.set_image_size(image_size)
-        return model
-    config_class, _, classifier_class = FAMILIES[model_args.model_type]
     if image_size is not None:
-        overrides["image_size"] = image_size
-    preset = model_args.preset or DEFAULT_PRESETS[model_args.model_type]
-    config = config_class.from_preset(preset, **label_kwargs, **overrides)
+        overrides = {**overrides, "image_size": image_size}
+    config = family.config(model_args.preset, **label_fields(labels), **overrides)
     if model_args.attn_implementation is not None:
         config._attn_implementation = model_args.attn_implementation
-    return classifier_class(config)
+    return config
+
+
+def build_model(model_args: ModelArguments, family: Family, config, image_size: int | None):
+    """A classifier from `config`: a checkpoint's weights (head re-initialised if the label set differs, position
+    embeddings resampled to `image_size`) or fresh ones."""
+    if model_args.model_name_or_path is None:
+        return family.classifier_class(config)
+    model = AutoModelForImageClassification.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        ignore_mismatched_sizes=True,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    if image_size is not None and image_size != model.config.image_size:
+        model.set_image_size(image_size)
+    return model
 
 
 def build_image_processor(model_args: ModelArguments, model):
@@ -175,7 +142,7 @@ def build_image_processor(model_args: ModelArguments, model):
 
 
 def load_teacher(model_args: ModelArguments, model, image_processor):
-    """The frozen teacher and the function that turns student batches into its inputs (its size, mean, std)."""
+    """The frozen teacher and the adapter that turns student batches into its inputs (its size, mean, std)."""
     if "teacher_logits" not in inspect.signature(model.forward).parameters:
         raise ValueError(f"--teacher_name_or_path needs a model that distills (--model_type hf_deit), not {model.config.model_type}")
     teacher = AutoModelForImageClassification.from_pretrained(
@@ -183,7 +150,7 @@ def load_teacher(model_args: ModelArguments, model, image_processor):
     )
     teacher_processor = AutoImageProcessor.from_pretrained(model_args.teacher_name_or_path)
     channels = model.config.num_channels
-    teacher_inputs = TeacherInputs(
+    teacher_inputs = TeacherInputAdapter(
         image_processor.image_mean[:channels], image_processor.image_std[:channels], processor_size(teacher_processor),
         teacher_processor.image_mean[:channels], teacher_processor.image_std[:channels],
     )  # fmt: skip
@@ -193,20 +160,35 @@ def load_teacher(model_args: ModelArguments, model, image_processor):
 def finetune(model_args: ModelArguments, data_args: DataArguments, training_args, recipe_args=None) -> dict:
     """Train, evaluate, save the model + processor + code + card, push when asked. Returns the eval metrics."""
     recipe_args = recipe_args or RecipeArguments()
+    family = check_arguments(model_args, recipe_args)
     set_seed(training_args.seed)
     splits = load_splits(data_args, seed=training_args.seed)
     labels = splits["train"].features[data_args.label_column_name].names
-    model = build_model(model_args, labels, data_args.image_size)
+    overrides = parse_config_overrides(model_args.config_overrides)
+    config = build_config(model_args, family, labels, data_args.image_size, overrides)
+    if model_args.model_name_or_path is not None:
+        family = family_of(config.model_type)
+    facts = RunFacts(
+        num_train_images=len(splits["train"]), num_labels=len(labels), image_size=data_args.image_size or config.image_size,
+        model_type=family.model_type, from_checkpoint=model_args.model_name_or_path is not None,
+        has_teacher=model_args.teacher_name_or_path is not None, num_train_epochs=training_args.num_train_epochs,
+        global_batch_size=global_batch_size(training_args), flips_keep_labels=not data_args.uses_embedded_digits,
+    )  # fmt: skip
+    ingredients = resolve_recipe(recipe_args, training_args, overrides, facts)
+    apply_to_training(ingredients, training_args)
+    if ingredients.drop_path_rate is not None:
+        config.drop_path_rate = ingredients.drop_path_rate
+    if training_args.should_log:
+        print(f"recipe {recipe_args.recipe!r} for {facts.num_train_images} training images:")
+        print("\n".join(f"  {line}" for line in ingredients.describe()))
+
+    model = build_model(model_args, family, config, data_args.image_size)
     image_processor = build_image_processor(model_args, model)
     teacher, teacher_inputs = None, None
     if model_args.teacher_name_or_path is not None:
         teacher, teacher_inputs = load_teacher(model_args, model, image_processor)
-    set_transforms(splits, image_processor, model.config.num_channels, data_args)
+    set_transforms(splits, image_processor, model.config.num_channels, data_args, **ingredients.augmentation)
 
-    ema_decay = recipe_args.ema_decay
-    if ema_decay is None and recipe_args.recipe == "deit":
-        steps = math.ceil(len(splits["train"]) / global_batch_size(training_args))
-        ema_decay = deit_ema_decay(int(steps * training_args.num_train_epochs))
     trainer = ImageClassificationTrainer(
         model=model,
         args=training_args,
@@ -218,11 +200,12 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
         teacher=teacher,
         teacher_inputs=teacher_inputs,
         batch_mixer=BatchMixer(
-            len(labels), recipe_args.mixup_alpha, recipe_args.cutmix_alpha, recipe_args.mixup_switch_prob,
-            recipe_args.label_smoothing,
+            len(labels), ingredients.mixup_alpha, ingredients.cutmix_alpha, recipe_args.mixup_switch_prob,
+            ingredients.label_smoothing,
         ),  # fmt: skip
-        repeated_augmentation=recipe_args.repeated_augmentation,
-        ema_decay=ema_decay,
+        repeated_augmentation=ingredients.repeated_augmentation,
+        ema_decay=ingredients.ema_decay,
+        card_template=family.card_template,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()

@@ -1,7 +1,8 @@
-"""Building blocks shared by every hf_vit family.
+"""Building blocks that ViT and Swin share: attention through transformers' attention interface, MLP, stochastic
+depth, the pre-norm block, the patch embedding, position-embedding resampling and the ViT initialisation.
 
-Checkpoints carry this file next to their modeling file (``trust_remote_code``), so it imports only torch and
-transformers, never the rest of hf_vit.
+Checkpoints carry this file next to their modeling file (``trust_remote_code``), so it imports only torch,
+transformers and the configuration helpers, never the rest of hf_vit.
 """
 
 import torch
@@ -9,14 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.loss.loss_utils import ForSequenceClassificationLoss
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-
-def to_2tuple(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+from .configuration_utils import to_2tuple
 
 
 def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
@@ -139,97 +136,16 @@ class PreNormBlock(GradientCheckpointingLayer):
         return hidden_states, attn_weights
 
 
-class EncoderLayer(PreNormBlock):
-    """The ViT block: global multi-head self-attention over all tokens, (B, N, C) -> (B, N, C)."""
-
-    def __init__(self, config, drop_path_rate: float = 0.0):
-        attention = MultiHeadSelfAttention(config, config.hidden_size, config.num_attention_heads)
-        super().__init__(config, config.hidden_size, attention, config.intermediate_size, drop_path_rate)
-
-
-class Encoder(nn.Module):
-    """A stack of `EncoderLayer`s with linearly growing stochastic depth: (B, N, C) -> (B, N, C)."""
-
-    def __init__(self, config):
-        super().__init__()
-        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
-        self.layers = nn.ModuleList([EncoderLayer(config, rate) for rate in rates])
-
-    def forward(
-        self, hidden_states, output_attentions=False, output_hidden_states=False, last_layer_queries: int | None = None
-    ) -> BaseModelOutput:
-        """`last_layer_queries`: the last layer computes only the first this many tokens, so `last_hidden_state` is
-        (B, last_layer_queries, C); for heads that read nothing else."""
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            num_queries = last_layer_queries if layer is self.layers[-1] else None
-            hidden_states, attn_weights = layer(hidden_states, num_queries=num_queries)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-        return BaseModelOutput(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
-        )
-
-
-def resolve_output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
-    """A forward call's (output_attentions, output_hidden_states, return_dict): the call's values, else the
-    config's. Attention maps only exist under the eager kernel, so asking for them otherwise is an error."""
-    output_attentions = config.output_attentions if output_attentions is None else output_attentions
-    output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-    return_dict = config.return_dict if return_dict is None else return_dict
-    if output_attentions and config._attn_implementation != "eager":
-        raise ValueError(
-            f"output_attentions=True needs attn_implementation='eager' (this model uses "
-            f"{config._attn_implementation!r}); load it with attn_implementation='eager' or call "
-            "model.set_attn_implementation('eager')"
-        )
-    return output_attentions, output_hidden_states, return_dict
-
-
-def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size, multiple_of, any_size: bool):
-    """Raise a ValueError naming expected and received shapes unless `pixel_values` fits the model.
-
-    With `any_size` the height and width only need to be multiples of `multiple_of` (the patch size).
-    """
-    if pixel_values.ndim != 4:
-        raise ValueError(
-            f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}"
-        )
-    batch_size, channels, height, width = pixel_values.shape
-    if channels != num_channels:
-        raise ValueError(
-            f"pixel_values has {channels} channels, the model expects num_channels={num_channels} "
-            f"(got shape {tuple(pixel_values.shape)})"
-        )
-    image_height, image_width = to_2tuple(image_size)
-    if any_size:
-        step_h, step_w = to_2tuple(multiple_of)
-        if height % step_h or width % step_w:
-            raise ValueError(
-                f"Image size {height}x{width} is not a multiple of the patch size {step_h}x{step_w}; "
-                "resize or pad the images first"
-            )
-    elif (height, width) != (image_height, image_width):
-        raise ValueError(
-            f"Input image size {height}x{width} doesn't match the model's {image_height}x{image_width}: expected "
-            f"pixel_values of shape ({batch_size}, {num_channels}, {image_height}, {image_width}), got "
-            f"{tuple(pixel_values.shape)}. Pass interpolate_pos_encoding=True to run other sizes."
-        )
-
-
 class GridEmbedding(nn.Module):
     """Base of the modules that turn (B, C, H, W) images into a (B, hidden, gh, gw) token grid.
 
-    `size_multiple`: (h, w) the image sides must be multiples of; `grid_size(image_size)`: the grid it gives.
+    `input_multiple`: (h, w) the image sides must be multiples of; `grid_size(image_size)`: the grid it gives.
     """
 
-    size_multiple: tuple[int, int] = (1, 1)
+    input_multiple: tuple[int, int] = (1, 1)
 
     def grid_size(self, image_size) -> tuple[int, int]:
-        return tuple(size // step for size, step in zip(to_2tuple(image_size), self.size_multiple))
+        return tuple(size // step for size, step in zip(to_2tuple(image_size), self.input_multiple))
 
 
 class PatchEmbedding(GridEmbedding):
@@ -241,42 +157,11 @@ class PatchEmbedding(GridEmbedding):
 
     def __init__(self, patch_size, num_channels: int, hidden_size: int):
         super().__init__()
-        self.size_multiple = to_2tuple(patch_size)
-        self.projection = nn.Conv2d(num_channels, hidden_size, kernel_size=self.size_multiple, stride=self.size_multiple)
+        self.input_multiple = to_2tuple(patch_size)
+        self.projection = nn.Conv2d(num_channels, hidden_size, kernel_size=self.input_multiple, stride=self.input_multiple)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.projection(pixel_values)
-
-
-class ConvStemPatchEmbedding(GridEmbedding):
-    """Convolutional stem (Xiao et al. 2021): 3x3 stride-2 conv + BatchNorm + ReLU blocks, then a 1x1 projection.
-
-    The strides multiply to `patch_size`, so the token grid equals the plain patch embedding's.
-    (B, C, H, W) -> (B, hidden, H / p, W / p).
-    """
-
-    def __init__(self, patch_size, num_channels: int, hidden_size: int):
-        super().__init__()
-        self.size_multiple = to_2tuple(patch_size)
-        side = self.size_multiple[0]
-        if self.size_multiple[1] != side or side & (side - 1):
-            raise ValueError(
-                f"patch_embedding_type='conv_stem' needs a square power-of-two patch_size, got {self.size_multiple}"
-            )
-        num_blocks = side.bit_length() - 1
-        channels = [num_channels] + [max(hidden_size // 2 ** (num_blocks - i), 16) for i in range(num_blocks)]
-        blocks = []
-        for in_channels, out_channels in zip(channels[:-1], channels[1:]):
-            blocks += [
-                nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(out_channels),
-                nn.ReLU(inplace=True),
-            ]
-        self.stem = nn.Sequential(*blocks)
-        self.projection = nn.Conv2d(channels[-1], hidden_size, kernel_size=1)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.stem(pixel_values))
 
 
 def resample_position_embeddings(
@@ -296,51 +181,6 @@ def resample_position_embeddings(
     return torch.cat([prefix, grid], dim=1)
 
 
-class TokenEmbeddings(nn.Module):
-    """Prepends the learnable CLS token (unless `class_token=False`) and DeiT's distillation token (if asked), and
-    adds learned 1D position embeddings.
-
-    (B, C, gh, gw) feature grid -> (B, prefix + gh * gw, C). A grid other than the trained one needs
-    `interpolate_pos_encoding=True` (bicubic resampling of the grid part).
-    """
-
-    def __init__(
-        self, hidden_size: int, grid_size, dropout: float, class_token=True, distillation_token=False, antialias=False
-    ):
-        super().__init__()
-        self.grid_size = tuple(grid_size)
-        self.antialias = antialias
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if class_token else None
-        self.distillation_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if distillation_token else None
-        self.num_prefix_tokens = int(class_token) + int(distillation_token)
-        num_positions = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
-        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, hidden_size))
-        self.dropout = nn.Dropout(dropout)
-
-    @torch.no_grad()
-    def resize_grid(self, grid_size) -> None:
-        """Resample the position embeddings to a new grid for good (they are saved at the new size)."""
-        resampled = resample_position_embeddings(
-            self.position_embeddings, self.num_prefix_tokens, self.grid_size, grid_size, self.antialias
-        )
-        self.position_embeddings = nn.Parameter(resampled.contiguous())
-        self.grid_size = tuple(grid_size)
-
-    def forward(self, feature_grid: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        batch_size, _, grid_h, grid_w = feature_grid.shape
-        if (grid_h, grid_w) != self.grid_size and not interpolate_pos_encoding:
-            raise ValueError(
-                f"The input gives a {grid_h}x{grid_w} token grid but the position embeddings are for "
-                f"{self.grid_size[0]}x{self.grid_size[1]}; pass interpolate_pos_encoding=True to resample them"
-            )
-        prefix = [token for token in (self.cls_token, self.distillation_token) if token is not None]
-        tokens = torch.cat([t.expand(batch_size, -1, -1) for t in prefix] + [feature_grid.flatten(2).transpose(1, 2)], 1)
-        position_embeddings = resample_position_embeddings(
-            self.position_embeddings, self.num_prefix_tokens, self.grid_size, (grid_h, grid_w), self.antialias
-        )
-        return self.dropout(tokens + position_embeddings)
-
-
 @torch.no_grad()
 def init_transformer_weights(module: nn.Module, std: float) -> None:
     """ViT initialisation: normal(std) weights truncated at two standard deviations, zero biases, unit norms."""
@@ -354,31 +194,3 @@ def init_transformer_weights(module: nn.Module, std: float) -> None:
         if getattr(module, "running_mean", None) is not None:
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
-    elif isinstance(module, TokenEmbeddings):
-        for token in (module.cls_token, module.distillation_token, module.position_embeddings):
-            if token is not None:
-                init.trunc_normal_(token, std=std, a=-2 * std, b=2 * std)
-
-
-def image_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
-    """Loss for a (B, num_labels) head.
-
-    Float label distributions of shape (B, num_labels) (Mixup, CutMix, label smoothing) give soft-target
-    cross-entropy unless `config.problem_type` says multi-label or regression; everything else follows
-    transformers: integer labels -> cross-entropy, `problem_type` multi_label_classification -> BCE,
-    regression -> MSE.
-    """
-    soft_targets = labels.is_floating_point() and labels.shape == logits.shape and config.num_labels > 1
-    if soft_targets and config.problem_type in (None, "single_label_classification"):
-        return torch.sum(-labels.to(logits.device) * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-    return ForSequenceClassificationLoss(labels, logits, config)
-
-
-def classifier_output(logits, labels, features, config, return_dict: bool):
-    """The `ImageClassifierOutput` (or tuple) of a single-head classifier: logits, loss from `labels` if given, and
-    the encoder's hidden states and attentions."""
-    loss = None if labels is None else image_classification_loss(logits, labels, config)
-    output = ImageClassifierOutput(
-        loss=loss, logits=logits, hidden_states=features.hidden_states, attentions=features.attentions
-    )
-    return output if return_dict else output.to_tuple()

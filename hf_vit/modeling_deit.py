@@ -11,7 +11,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .configuration_deit import HfDeiTConfig
-from .layers import image_classification_loss
+from .modeling_io import image_classification_loss
 from .modeling_vit import HfViTModel, HfViTPreTrainedModel
 
 
@@ -92,14 +92,7 @@ class HfDeiTForImageClassification(HfViTPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if teacher_logits is not None and labels is None:
             raise ValueError("teacher_logits need labels: the CLS head always learns from the labels")
-        features = self.deit(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            prefix_tokens_only=self.head_reads_prefix_only(output_attentions, output_hidden_states),
-        )
+        features = self.encode_for_head(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
         cls_logits = self.classifier(features.last_hidden_state[:, 0])
         distillation_logits = self.distillation_classifier(features.last_hidden_state[:, 1])
         loss = None

@@ -12,7 +12,8 @@ from transformers.modeling_utils import get_torch_context_manager_or_global_devi
 from transformers.utils import logging
 
 from .configuration_hybrid import HfViTHybridConfig
-from .layers import GridEmbedding, to_2tuple
+from .configuration_utils import to_2tuple
+from .layers import GridEmbedding
 from .modeling_vit import HfViTForImageClassification, HfViTModel, HfViTPreTrainedModel
 
 logger = logging.get_logger(__name__)

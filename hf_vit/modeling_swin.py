@@ -23,13 +23,11 @@ from .layers import (
     MultiHeadSelfAttention,
     PatchEmbedding,
     PreNormBlock,
-    check_pixel_values,
-    classifier_output,
     drop_path_rates,
     init_transformer_weights,
     resample_position_embeddings,
-    resolve_output_flags,
 )
+from .modeling_io import check_pixel_values, classifier_output, resolve_output_flags
 
 # What the reference implementations add to the logits of pairs that the shifted windows must not connect.
 MASKED = -100.0
@@ -255,8 +253,8 @@ class HfSwinPreTrainedModel(PreTrainedModel):
     def set_image_size(self, image_size: int) -> None:
         """Prepare images of a new size from now on (windows adapt by themselves); absolute position embeddings,
         if any, are resampled and saved at the new grid."""
-        if image_size <= 0 or image_size % self.config.size_multiple:
-            raise ValueError(f"image_size {image_size} must be a positive multiple of {self.config.size_multiple}")
+        if image_size <= 0 or image_size % self.config.total_stride:
+            raise ValueError(f"image_size {image_size} must be a positive multiple of {self.config.total_stride}")
         self.config.image_size = image_size
         embeddings = self.base_model.embeddings
         new_grid = (image_size // self.config.patch_size,) * 2

@@ -7,21 +7,132 @@ Image -> patch embedding -> [CLS] + patches + learned 1D position embeddings -> 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 
+from .configuration_utils import to_2tuple
 from .configuration_vit import HfViTConfig
 from .layers import (
-    ConvStemPatchEmbedding,
-    Encoder,
     GridEmbedding,
+    MultiHeadSelfAttention,
     PatchEmbedding,
-    TokenEmbeddings,
-    check_pixel_values,
-    classifier_output,
+    PreNormBlock,
+    drop_path_rates,
     init_transformer_weights,
-    resolve_output_flags,
-    to_2tuple,
+    resample_position_embeddings,
 )
+from .modeling_io import check_pixel_values, classifier_output, resolve_output_flags
+
+
+class ConvStemPatchEmbedding(GridEmbedding):
+    """Convolutional stem (Xiao et al. 2021): 3x3 stride-2 conv + BatchNorm + ReLU blocks, then a 1x1 projection.
+
+    The strides multiply to `patch_size`, so the token grid equals the plain patch embedding's.
+    (B, C, H, W) -> (B, hidden, H / p, W / p).
+    """
+
+    def __init__(self, patch_size, num_channels: int, hidden_size: int):
+        super().__init__()
+        self.input_multiple = to_2tuple(patch_size)
+        side = self.input_multiple[0]
+        if self.input_multiple[1] != side or side & (side - 1):
+            raise ValueError(
+                f"patch_embedding_type='conv_stem' needs a square power-of-two patch_size, got {self.input_multiple}"
+            )
+        num_blocks = side.bit_length() - 1
+        channels = [num_channels] + [max(hidden_size // 2 ** (num_blocks - i), 16) for i in range(num_blocks)]
+        blocks = []
+        for in_channels, out_channels in zip(channels[:-1], channels[1:]):
+            blocks += [
+                nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+            ]
+        self.stem = nn.Sequential(*blocks)
+        self.projection = nn.Conv2d(channels[-1], hidden_size, kernel_size=1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.stem(pixel_values))
+
+
+class TokenEmbeddings(nn.Module):
+    """Prepends the learnable CLS token (unless `class_token=False`) and DeiT's distillation token (if asked), and
+    adds learned 1D position embeddings.
+
+    (B, C, gh, gw) feature grid -> (B, prefix + gh * gw, C). A grid other than the trained one needs
+    `interpolate_pos_encoding=True` (bicubic resampling of the grid part).
+    """
+
+    def __init__(
+        self, hidden_size: int, grid_size, dropout: float, class_token=True, distillation_token=False, antialias=False
+    ):
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        self.antialias = antialias
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if class_token else None
+        self.distillation_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if distillation_token else None
+        self.num_prefix_tokens = int(class_token) + int(distillation_token)
+        num_positions = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, hidden_size))
+        self.dropout = nn.Dropout(dropout)
+
+    @torch.no_grad()
+    def resize_grid(self, grid_size) -> None:
+        """Resample the position embeddings to a new grid for good (they are saved at the new size)."""
+        resampled = resample_position_embeddings(
+            self.position_embeddings, self.num_prefix_tokens, self.grid_size, grid_size, self.antialias
+        )
+        self.position_embeddings = nn.Parameter(resampled.contiguous())
+        self.grid_size = tuple(grid_size)
+
+    def forward(self, feature_grid: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        batch_size, _, grid_h, grid_w = feature_grid.shape
+        if (grid_h, grid_w) != self.grid_size and not interpolate_pos_encoding:
+            raise ValueError(
+                f"The input gives a {grid_h}x{grid_w} token grid but the position embeddings are for "
+                f"{self.grid_size[0]}x{self.grid_size[1]}; pass interpolate_pos_encoding=True to resample them"
+            )
+        prefix = [token for token in (self.cls_token, self.distillation_token) if token is not None]
+        tokens = torch.cat([t.expand(batch_size, -1, -1) for t in prefix] + [feature_grid.flatten(2).transpose(1, 2)], 1)
+        position_embeddings = resample_position_embeddings(
+            self.position_embeddings, self.num_prefix_tokens, self.grid_size, (grid_h, grid_w), self.antialias
+        )
+        return self.dropout(tokens + position_embeddings)
+
+
+class EncoderLayer(PreNormBlock):
+    """The ViT block: global multi-head self-attention over all tokens, (B, N, C) -> (B, N, C)."""
+
+    def __init__(self, config, drop_path_rate: float = 0.0):
+        attention = MultiHeadSelfAttention(config, config.hidden_size, config.num_attention_heads)
+        super().__init__(config, config.hidden_size, attention, config.intermediate_size, drop_path_rate)
+
+
+class Encoder(nn.Module):
+    """A stack of `EncoderLayer`s with linearly growing stochastic depth: (B, N, C) -> (B, N, C)."""
+
+    def __init__(self, config):
+        super().__init__()
+        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
+        self.layers = nn.ModuleList([EncoderLayer(config, rate) for rate in rates])
+
+    def forward(
+        self, hidden_states, output_attentions=False, output_hidden_states=False, last_layer_queries: int | None = None
+    ) -> BaseModelOutput:
+        """`last_layer_queries`: the last layer computes only the first this many tokens, so `last_hidden_state` is
+        (B, last_layer_queries, C); for heads that read nothing else."""
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            num_queries = last_layer_queries if layer is self.layers[-1] else None
+            hidden_states, attn_weights = layer(hidden_states, num_queries=num_queries)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
 
 
 class HfViTPreTrainedModel(PreTrainedModel):
@@ -39,7 +150,12 @@ class HfViTPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
 
     def _init_weights(self, module):
-        init_transformer_weights(module, self.config.initializer_range)
+        std = self.config.initializer_range
+        init_transformer_weights(module, std)
+        if isinstance(module, TokenEmbeddings):
+            for token in (module.cls_token, module.distillation_token, module.position_embeddings):
+                if token is not None:
+                    init.trunc_normal_(token, std=std, a=-2 * std, b=2 * std)
 
     def head_reads_prefix_only(self, output_attentions: bool | None, output_hidden_states: bool | None) -> bool:
         """Whether a classifier call needs the prefix tokens only from the last block (`prefix_tokens_only`): CLS
@@ -49,13 +165,25 @@ class HfViTPreTrainedModel(PreTrainedModel):
         )
         return self.config.pooling == "cls" and not (output_attentions or output_hidden_states)
 
+    def encode_for_head(self, pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states):
+        """The base model's output for a classifier's head: the last block computes the prefix tokens only when the
+        head reads nothing else (`head_reads_prefix_only`)."""
+        return self.base_model(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            prefix_tokens_only=self.head_reads_prefix_only(output_attentions, output_hidden_states),
+        )
+
     def set_image_size(self, image_size) -> None:
         """Run at a new resolution from now on: the position embeddings are resampled (bicubic) to the new token
         grid and saved at that size, and `config.image_size` follows."""
         patch_embeddings = self.base_model.patch_embeddings
-        for size, step in zip(to_2tuple(image_size), patch_embeddings.size_multiple):
+        for size, step in zip(to_2tuple(image_size), patch_embeddings.input_multiple):
             if size <= 0 or size % step:
-                raise ValueError(f"image_size {image_size} must be a positive multiple of patch_size {patch_embeddings.size_multiple}")
+                raise ValueError(f"image_size {image_size} must be a positive multiple of patch_size {patch_embeddings.input_multiple}")
         self.config.image_size = image_size
         self.base_model.embeddings.resize_grid(patch_embeddings.grid_size(image_size))
 
@@ -118,7 +246,7 @@ class HfViTModel(HfViTPreTrainedModel):
             pixel_values,
             config.num_channels,
             config.image_size,
-            self.patch_embeddings.size_multiple,
+            self.patch_embeddings.input_multiple,
             bool(interpolate_pos_encoding),
         )
 
@@ -165,14 +293,7 @@ class HfViTForImageClassification(HfViTPreTrainedModel):
     ) -> ImageClassifierOutput | tuple:
         """labels: (B,) class ids, or (B, num_labels) float targets (soft labels, multi-label, regression)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        features = self.vit(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            prefix_tokens_only=self.head_reads_prefix_only(output_attentions, output_hidden_states),
-        )
+        features = self.encode_for_head(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
         return classifier_output(self.classifier(features.pooler_output), labels, features, self.config, return_dict)
 
 

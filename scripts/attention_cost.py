@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 
-from hf_vit.learn import attention_cost, attention_cost_sweep
+from hf_vit.lessons.attention import attention_cost, attention_cost_sweep
 
 
 def main(argv=None) -> int:

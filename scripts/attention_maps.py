@@ -13,7 +13,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 from hf_vit.data import DataArguments, load_splits, open_image
-from hf_vit.learn import attention_rollout, save_attention_maps
+from hf_vit.lessons.attention import attention_rollout, save_attention_maps
 
 
 def main(argv=None) -> int:

@@ -12,8 +12,8 @@ import platform
 
 import torch
 
-from hf_vit import benchmark
-from hf_vit.experiments import markdown_table
+from hf_vit.lessons import benchmark
+from hf_vit.lessons.report import markdown_table
 
 SUITES = ("inference", "train", "swin", "memory", "compile")
 

@@ -9,7 +9,7 @@ Prints a table (accuracy, epochs, seconds) and writes results.json, results.csv 
 
 import argparse
 
-from hf_vit.experiments import compare_recipes
+from hf_vit.lessons.recipe_study import compare_recipes
 
 
 def main(argv=None) -> int:

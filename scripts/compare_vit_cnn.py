@@ -8,7 +8,7 @@ ConvNet, Adam 1e-3, batch 128, with and without augmentation (random flip + rand
 import argparse
 
 from hf_vit.data import DataArguments
-from hf_vit.learn import compare_vit_cnn
+from hf_vit.lessons.vit_vs_cnn import compare_vit_cnn
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ optimizer (Adam, no augmentation), evaluated on the full test split. Prints and 
 import argparse
 
 from hf_vit.data import DataArguments
-from hf_vit.learn import DATA_EFFICIENCY_MODELS, data_efficiency
+from hf_vit.lessons.vit_vs_cnn import DATA_EFFICIENCY_MODELS, data_efficiency
 
 
 def main(argv=None) -> int:

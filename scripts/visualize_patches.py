@@ -14,7 +14,8 @@ from transformers import AutoModelForImageClassification
 
 from hf_vit import HfViTConfig, HfViTForImageClassification
 from hf_vit.data import DataArguments, load_splits
-from hf_vit.learn import check_patches, image_tensors
+from hf_vit.lessons.loop import image_tensors
+from hf_vit.lessons.patches import check_patches
 
 
 def report(name: str, figures: dict) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hf_vit import benchmark
+from hf_vit.lessons import benchmark
 
 
 def test_compare_speed_gives_one_row_per_implementation_with_ratios():

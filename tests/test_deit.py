@@ -21,17 +21,17 @@ from transformers import (
 
 from conftest import randomize
 from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfDeiTModel
-from hf_vit.convert import TIMM_VIT_RULES, TRANSFORMERS_VIT_RULES, load_converted_state_dict, rename_keys
+from hf_vit.key_maps import TIMM_VIT_RULES, TRANSFORMERS_VIT_RULES, load_converted_state_dict, rename_keys
 from hf_vit.data import DataArguments, collate, load_splits, make_image_processor, set_transforms
-from hf_vit.finetune import parse_args
-from hf_vit.training import (
+from hf_vit.finetune import parse_args, parse_config_overrides
+from hf_vit.recipes import RunFacts, deit_ema_decay, resolve_recipe
+from hf_vit.trainer import (
     BatchMixer,
     FinetuneTrainingArguments,
     ImageClassificationTrainer,
     ModelEMA,
     RepeatedAugmentationSampler,
-    TeacherInputs,
-    deit_ema_decay,
+    TeacherInputAdapter,
 )
 from test_ecosystem import assert_loads_as_remote_code
 from test_finetune import TINY, run_script
@@ -186,12 +186,12 @@ def test_batch_mixer_makes_soft_targets_with_smoothing():
 
 
 def test_teacher_inputs_resize_and_renormalise():
-    adapt = TeacherInputs([0.5] * 3, [0.5] * 3, (16, 16), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    adapt = TeacherInputAdapter([0.5] * 3, [0.5] * 3, (16, 16), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     pixels = torch.full((1, 3, 8, 8), 1.0)  # white in the student's normalisation
     out = adapt(pixels)
     assert out.shape == (1, 3, 16, 16)
     torch.testing.assert_close(out[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
-    same = TeacherInputs([0.5] * 3, [0.5] * 3, (8, 8), [0.5] * 3, [0.5] * 3)
+    same = TeacherInputAdapter([0.5] * 3, [0.5] * 3, (8, 8), [0.5] * 3, [0.5] * 3)
     assert same(pixels) is pixels
 
 
@@ -214,10 +214,11 @@ def test_trainer_keeps_the_teacher_frozen_and_out_of_the_checkpoint(tmp_path, ti
     data_args = DataArguments(max_train_samples=64)
     splits = load_splits(data_args)
     processor = make_image_processor(32)
-    set_transforms(splits, processor, 3, data_args)
+    set_transforms(splits, processor, 3, data_args, crop_scale_min=0.8, hflip_prob=0.0)
     args = FinetuneTrainingArguments(output_dir=str(tmp_path / "student"), num_train_epochs=1, eval_strategy="no",
-                                     save_strategy="no", disable_tqdm=True)  # fmt: skip
-    adapt = TeacherInputs([0.5] * 3, [0.5] * 3, (48, 48), processor.image_mean, processor.image_std)
+                                     save_strategy="no", disable_tqdm=True, learning_rate=1e-3, weight_decay=0.05,
+                                     warmup_steps=0.02)  # fmt: skip
+    adapt = TeacherInputAdapter([0.5] * 3, [0.5] * 3, (48, 48), processor.image_mean, processor.image_std)
     trainer = ImageClassificationTrainer(model=student, args=args, train_dataset=splits["train"], data_collator=collate,
                                          teacher=teacher, teacher_inputs=adapt)  # fmt: skip
     assert not trainer.teacher.training and not any(p.requires_grad for p in trainer.teacher.parameters())
@@ -239,13 +240,16 @@ def test_recipe_flags_take_deit_defaults_unless_given(tmp_path):
     model_args, data_args, training_args, recipe_args = parse_args(
         ["--output_dir", str(tmp_path), "--recipe", "deit", "--mixup_alpha", "0.2", "--per_device_train_batch_size", "64"]
     )
-    assert recipe_args.mixup_alpha == 0.2 and recipe_args.cutmix_alpha == 1.0 and recipe_args.label_smoothing == 0.1
-    assert recipe_args.repeated_augmentation == 3
-    assert data_args.rand_augment_magnitude == 9 and data_args.random_erasing_prob == 0.25
-    assert training_args.learning_rate == pytest.approx(5e-4 * 64 / 512)
-    assert "drop_path_rate=0.1" in model_args.config_overrides
+    facts = RunFacts(num_train_images=1437, num_labels=10, image_size=32, model_type="hf_deit", from_checkpoint=False,
+                     has_teacher=False, num_train_epochs=15, global_batch_size=64)  # fmt: skip
+    ingredients = resolve_recipe(recipe_args, training_args, parse_config_overrides(model_args.config_overrides), facts)
+    assert ingredients.mixup_alpha == 0.2 and ingredients.cutmix_alpha == 1.0 and ingredients.label_smoothing == 0.1
+    assert ingredients.repeated_augmentation == 3
+    assert ingredients.rand_augment_magnitude == 9 and ingredients.random_erasing_prob == 0.25
+    assert ingredients.learning_rate == pytest.approx(5e-4 * 64 / 512)
+    assert ingredients.drop_path_rate == 0.1
     with pytest.raises(ValueError, match="Unknown --recipe 'vit'"):
-        parse_args(["--output_dir", str(tmp_path), "--recipe", "vit"])
+        resolve_recipe(parse_args(["--output_dir", str(tmp_path), "--recipe", "vit"])[3], training_args, {}, facts)
 
 
 def test_whole_recipe_with_a_teacher_runs_end_to_end_in_two_processes(tmp_path):
@@ -274,7 +278,7 @@ def test_teacher_needs_a_distilling_student(tmp_path):
 
 
 def test_recipe_comparison_writes_its_table_and_plot(tmp_path):
-    from hf_vit.experiments import compare_recipes
+    from hf_vit.lessons.recipe_study import compare_recipes
 
     rows = compare_recipes(str(tmp_path), epochs=1, batch_size=32, max_train_samples=64)
     assert [row["run"] for row in rows] == [

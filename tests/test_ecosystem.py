@@ -12,29 +12,40 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
-from conftest import randomize
+from conftest import REPO_ROOT, randomize
 from hf_vit import HfViTForImageClassification, HfViTModel
 from hf_vit.data import make_image_processor
 from hf_vit.metrics import load_metric
 
-# Run Python with hf_vit unimportable, as on a machine where it is not installed.
-BLOCK_HF_VIT = textwrap.dedent(
-    """
-    import sys
-    class BlockHfVit:
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_vit" or name.startswith("hf_vit."):
-                raise ImportError("hf_vit is blocked in this test")
-    sys.meta_path.insert(0, BlockHfVit())
-    """
-)
+def blocking(*packages: str) -> str:
+    """Python code after which `packages` (and their submodules) look not installed: every finder says it has
+    none of them, so imports fail and availability probes (`importlib.util.find_spec`) answer None."""
+    return textwrap.dedent(
+        f"""
+        import sys
+        class Hide:
+            def __init__(self, finder):
+                self.finder = finder
+            def __getattr__(self, name):  # find_distributions, invalidate_caches, ...
+                return getattr(self.finder, name)
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {packages!r}:
+                    return None
+                return self.finder.find_spec(name, path, target)
+        sys.meta_path[:] = [Hide(finder) for finder in sys.meta_path]
+        """
+    )
+
+
+def run_without(packages, code: str, cwd, args=()) -> subprocess.CompletedProcess:
+    script = blocking(*packages) + textwrap.dedent(code)
+    result = subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def run_without_hf_vit(code: str, cwd) -> subprocess.CompletedProcess:
-    script = BLOCK_HF_VIT + textwrap.dedent(code)
-    result = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_without(["hf_vit"], code, cwd)
 
 
 def assert_loads_as_remote_code(model, directory, pixels) -> None:
@@ -142,3 +153,21 @@ def test_local_metrics_load_without_the_hub():
     assert result == {"top5_accuracy": 0.5}
     with pytest.raises(ValueError, match="Unknown metric 'f1'"):
         load_metric("f1")
+
+
+@pytest.mark.parametrize("script", ["finetune.py", "convert_checkpoint.py"])
+def test_main_scripts_need_neither_timm_nor_matplotlib(script, tmp_path):
+    result = run_without(
+        ["timm", "matplotlib"],
+        f"""
+        import runpy, sys
+        sys.argv = [{script!r}, "--help"]
+        try:
+            runpy.run_path({str(REPO_ROOT / "scripts" / script)!r}, run_name="__main__")
+        except SystemExit as exit:
+            assert exit.code in (0, None), exit.code
+        assert "timm" not in sys.modules and "matplotlib" not in sys.modules
+        """,
+        cwd=tmp_path,
+    )
+    assert "--output_dir" in result.stdout

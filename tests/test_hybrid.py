@@ -1,5 +1,6 @@
 """The hybrid (a transformers backbone under the ViT encoder) and the convolutional patch embedding."""
 
+import re
 from functools import partial
 
 import pytest
@@ -18,14 +19,36 @@ from hf_vit import (
     HfViTHybridForImageClassification,
     HfViTHybridModel,
 )
-from hf_vit.convert import TIMM_VIT_HYBRID_RULES, load_converted_state_dict, rename_keys
 from hf_vit.data import load_digits_splits
 from hf_vit.finetune import finetune, parse_args
-from hf_vit.training import FinetuneTrainingArguments, ImageClassificationTrainer
+from hf_vit.key_maps import TIMM_VIT_RULES, load_converted_state_dict, rename_keys
+from hf_vit.trainer import FinetuneTrainingArguments, ImageClassificationTrainer
 from test_ecosystem import assert_loads_as_remote_code
 
 ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=3)
 TINY_RESNET = dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+OPTIMIZATION = dict(learning_rate=1e-3, weight_decay=0.05, warmup_steps=0.02)
+
+
+def resnet_block(match: re.Match) -> str:
+    """timm / torchvision `layer{L}.{j}.conv{k}` / `bn{k}` / `downsample.{0,1}` -> transformers ResNet
+    `stages.{L-1}.layers.{j}.layer.{k-1}` / `shortcut`."""
+    stage, block, kind, index = int(match.group(1)) - 1, match.group(2), match.group(3), int(match.group(4))
+    prefix = f"vit.patch_embeddings.backbone.encoder.stages.{stage}.layers.{block}."
+    if kind == "downsample.":  # the projection shortcut: 0 is its convolution, 1 its norm
+        return prefix + ("shortcut.convolution." if index == 0 else "shortcut.normalization.")
+    return prefix + f"layer.{index - 1}." + ("convolution." if kind == "conv" else "normalization.")
+
+
+# timm's hybrid VisionTransformer on a timm / torchvision ResNet (`HybridEmbed(backbone=resnet features)`): the
+# ResNet becomes a transformers ResNet backbone (same architecture, v1.5 bottlenecks), the rest is timm's ViT.
+_TIMM_RESNET = r"^patch_embed\.backbone\."
+TIMM_VIT_HYBRID_RULES = [
+    (_TIMM_RESNET + r"conv1\.", r"{base}.patch_embeddings.backbone.embedder.embedder.convolution."),
+    (_TIMM_RESNET + r"bn1\.", r"{base}.patch_embeddings.backbone.embedder.embedder.normalization."),
+    (_TIMM_RESNET + r"layer(\d)\.(\d+)\.(conv|bn|downsample\.)(\d)\.", resnet_block),
+    *TIMM_VIT_RULES,
+]
 
 
 def tiny_hybrid_config(**overrides) -> HfViTHybridConfig:
@@ -136,7 +159,7 @@ def test_frozen_backbone_gets_no_gradients_and_keeps_its_statistics():
 
 def test_backbone_learning_rate_gets_its_own_parameter_groups(tmp_path):
     model = HfViTHybridForImageClassification(tiny_hybrid_config())
-    args = FinetuneTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, backbone_learning_rate=1e-5, eval_strategy="no")
+    args = FinetuneTrainingArguments(output_dir=str(tmp_path), **OPTIMIZATION, backbone_learning_rate=1e-5, eval_strategy="no")
     optimizer = ImageClassificationTrainer(model=model, args=args).create_optimizer()
     backbone_ids = {id(p) for p in model.vit.patch_embeddings.backbone.parameters()}
     learning_rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
@@ -151,7 +174,7 @@ def test_backbone_learning_rate_gets_its_own_parameter_groups(tmp_path):
 def test_backbone_learning_rate_needs_a_backbone(tmp_path, tiny_vit_config):
     from hf_vit import HfViTForImageClassification
 
-    args = FinetuneTrainingArguments(output_dir=str(tmp_path), backbone_learning_rate=1e-5, eval_strategy="no")
+    args = FinetuneTrainingArguments(output_dir=str(tmp_path), **OPTIMIZATION, backbone_learning_rate=1e-5, eval_strategy="no")
     with pytest.raises(ValueError, match="backbone_learning_rate needs a model with a CNN backbone"):
         ImageClassificationTrainer(model=HfViTForImageClassification(tiny_vit_config), args=args).create_optimizer()
 

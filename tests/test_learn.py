@@ -10,7 +10,7 @@ import torch
 from conftest import REPO_ROOT, randomize
 from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfViTConfig, HfViTForImageClassification
 from hf_vit.data import make_image_processor
-from hf_vit.learn import attention_cost, attention_cost_sweep, attention_rollout
+from hf_vit.lessons.attention import attention_cost, attention_cost_sweep, attention_rollout
 
 
 def run(script, *args):
@@ -31,7 +31,7 @@ def test_compare_vit_cnn_prints_epochs_and_saves_curves_and_table(tmp_path):
     out = run("compare_vit_cnn.py", "--epochs", "2", "--max_train_samples", "128", "--output_dir", str(tmp_path))
     for name in ("vit", "cnn", "vit +aug", "cnn +aug"):
         assert f"{name:>14} epoch   2: train loss" in out
-    rows = json.loads((tmp_path / "results.json").read_text())
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [row["model"] for row in rows] == ["vit", "cnn", "vit +aug", "cnn +aug"]
     assert all(0 <= row["final_test_accuracy"] <= 1 for row in rows)
     curves = json.loads((tmp_path / "curves.json").read_text())
@@ -41,7 +41,7 @@ def test_compare_vit_cnn_prints_epochs_and_saves_curves_and_table(tmp_path):
 
 def test_data_efficiency_trains_every_model_on_each_fraction_and_plots(tmp_path):
     out = run("data_efficiency.py", "--epochs", "1", "--fractions", "0.05", "0.1", "--output_dir", str(tmp_path))
-    rows = json.loads((tmp_path / "results.json").read_text())
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [(row["model"], row["train_images"]) for row in rows] == [
         (name, images) for images in (72, 144) for name in ("vit", "vit conv-stem", "hybrid resnet", "cnn")
     ]

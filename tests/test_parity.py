@@ -7,7 +7,7 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from conftest import randomize
 from hf_vit import HfViTConfig, HfViTForImageClassification
-from hf_vit.convert import (
+from hf_vit.key_maps import (
     TIMM_VIT_RULES,
     TRANSFORMERS_VIT_RULES,
     CheckpointMismatchError,

@@ -10,7 +10,7 @@ from transformers import AutoBackbone, AutoModelForImageClassification, SwinConf
 
 from conftest import HUB_TOKEN, randomize
 from hf_vit import HfSwinBackbone, HfSwinConfig, HfSwinForImageClassification, HfSwinModel
-from hf_vit.convert import TIMM_SWIN_RULES, TRANSFORMERS_SWIN_RULES, load_converted_state_dict, rename_keys
+from hf_vit.key_maps import TIMM_SWIN_RULES, TRANSFORMERS_SWIN_RULES, load_converted_state_dict, rename_keys
 from hf_vit.modeling_swin import (
     MASKED,
     relative_position_index,

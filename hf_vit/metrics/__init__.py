@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import evaluate
+import numpy as np
 
 METRICS_DIR = Path(__file__).parent
 
@@ -14,3 +15,13 @@ def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
         available = sorted(p.name for p in METRICS_DIR.iterdir() if (p / f"{p.name}.py").is_file())
         raise ValueError(f"Unknown metric {name!r}; hf_vit ships {available}")
     return evaluate.load(str(path), **kwargs)
+
+
+def compute_metrics(eval_prediction) -> dict:
+    """The Trainer's `compute_metrics`: top-1 and top-5 accuracy of (B, num_labels) logits."""
+    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    accuracy = load_metric("accuracy").compute(predictions=np.argmax(logits, axis=-1), references=labels)
+    top5 = load_metric("top5_accuracy").compute(predictions=logits, references=labels)
+    return {**accuracy, **top5}

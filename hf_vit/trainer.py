@@ -1,8 +1,9 @@
-"""Trainer pieces: training-argument defaults, metrics, and the DeiT recipe's training-side ingredients.
+"""The Trainer subclass and what it runs each step.
 
-    FinetuneTrainingArguments      TrainingArguments with defaults for small ViTs trained from scratch
-    RecipeArguments                Mixup / CutMix, label smoothing, repeated augmentation, EMA, the `deit` recipe
-    ImageClassificationTrainer     Trainer + teacher distillation, batch mixing, EMA, ViT weight-decay groups
+    FinetuneTrainingArguments      TrainingArguments with hf_vit's defaults; the recipe fills in the rest
+    ImageClassificationTrainer     Trainer + teacher distillation, batch mixing, repeated augmentation, EMA,
+                                   ViT weight-decay groups, a backbone learning rate, hf_vit's model cards
+    BatchMixer, RepeatedAugmentationSampler, ModelEMA, TeacherInputAdapter   its parts
 """
 
 import math
@@ -10,7 +11,6 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
@@ -19,7 +19,6 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from transformers.utils import logging
 
 from .cards import write_model_card
-from .metrics import load_metric
 
 logger = logging.get_logger(__name__)
 
@@ -29,15 +28,21 @@ NO_WEIGHT_DECAY = ("position_embeddings", "cls_token", "distillation_token")
 
 @dataclass
 class FinetuneTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with defaults that train a small ViT from scratch well; every flag still works."""
+    """`TrainingArguments` with defaults that train a small ViT from scratch well; every flag still works.
+
+    `learning_rate`, `weight_decay` and `warmup_steps` are left unset (None) for the recipe to choose
+    (`recipes.resolve_recipe`); a value given here always wins.
+    """
 
     num_train_epochs: float = field(default=15.0, metadata={"help": "Total number of training epochs."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases, norms, "
-                                                                "position embeddings or prefix tokens)."})  # fmt: skip
-    warmup_steps: float = field(
-        default=0.02, metadata={"help": "Linear warmup: a step count, or a float in [0, 1) for a fraction of all steps."}
-    )
+    learning_rate: float | None = field(default=None, metadata={"help": "Peak AdamW learning rate (default: the recipe's)."})
+    weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay, not on biases, norms, "
+                                       "position embeddings or prefix tokens (default: the recipe's)."})  # fmt: skip
+    warmup_steps: float | None = field(
+        default=None,
+        metadata={"help": "Linear warmup: a step count, or a float in [0, 1) for a fraction of all steps (default: "
+                  "the recipe's)."},
+    )  # fmt: skip
     lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per process."})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per process."})
@@ -76,64 +81,24 @@ class FinetuneTrainingArguments(TrainingArguments):
                 torch.set_num_threads(threads)
         super().__post_init__()
 
-
-def global_batch_size(training_args) -> int:
-    """Images per optimizer step over all processes."""
-    return (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-            * training_args.world_size)  # fmt: skip
+    def _validate_args(self):
+        # transformers checks `warmup_steps >= 0` here; unset (None) is the recipe's to fill in later.
+        unset = self.warmup_steps is None
+        if unset:
+            self.warmup_steps = 0
+        super()._validate_args()
+        if unset:
+            self.warmup_steps = None
 
 
 def has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
-@dataclass
-class RecipeArguments:
-    """Training-recipe ingredients, each its own flag; `--recipe deit` sets DeiT's values for the ones not given."""
-
-    recipe: str | None = field(default=None, metadata={"help": "`deit`: the data-efficient training recipe."})
-    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup Beta(alpha, alpha); 0 disables it."})
-    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix Beta(alpha, alpha); 0 disables it."})
-    mixup_switch_prob: float = field(default=0.5, metadata={"help": "Chance of CutMix rather than Mixup when both are on."})
-    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing, folded into the soft targets."})
-    repeated_augmentation: int = field(
-        default=1, metadata={"help": "Repeat each image this many times per epoch, each with its own augmentation."}
-    )
-    ema_decay: float | None = field(
-        default=None,
-        metadata={"help": "Keep an EMA of the weights with this decay; it is evaluated and saved (`--recipe deit`: "
-                  "scaled so it averages the last ~1/15 of the run, as DeiT's 0.99996 does over 300 epochs)."},
-    )  # fmt: skip
-
-
-# DeiT's recipe (Touvron et al. 2021, table 9): each value is the default of the flag of that name when
-# `--recipe deit` is given and the flag is not. The learning rate and the EMA decay are scaled to the run.
-DEIT_RECIPE = dict(
-    mixup_alpha=0.8, cutmix_alpha=1.0, mixup_switch_prob=0.5, label_smoothing=0.1, repeated_augmentation=3,
-    rand_augment_magnitude=9, random_erasing_prob=0.25,
-    weight_decay=0.05, lr_scheduler_type="cosine", warmup_steps=0.05,
-)  # fmt: skip
-DEIT_DROP_PATH_RATE = 0.1
-
-
-def deit_learning_rate(global_batch_size: int) -> float:
-    """DeiT's linear scaling rule: 5e-4 for a global batch of 512."""
-    return 5e-4 * global_batch_size / 512
-
-
-def deit_ema_decay(total_steps: int) -> float:
-    """DeiT's EMA (0.99996 over ~375k steps) averages over the last ~1/15 of training; keep that fraction."""
-    return 1.0 - 15.0 / max(total_steps, 15)
-
-
-def compute_metrics(eval_prediction) -> dict:
-    """Top-1 and top-5 accuracy through hf_vit's local `evaluate` modules."""
-    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    accuracy = load_metric("accuracy").compute(predictions=np.argmax(logits, axis=-1), references=labels)
-    top5 = load_metric("top5_accuracy").compute(predictions=logits, references=labels)
-    return {**accuracy, **top5}
+def global_batch_size(training_args) -> int:
+    """Images per optimizer step over all processes."""
+    return (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+            * training_args.world_size)  # fmt: skip
 
 
 class BatchMixer:
@@ -222,7 +187,7 @@ class EMACallback(TrainerCallback):
         self.ema.update(model)
 
 
-class TeacherInputs:
+class TeacherInputAdapter:
     """Re-express a student batch for a teacher with another size or normalisation: (B, C, H, W) -> (B, C, h, w)."""
 
     def __init__(self, student_mean, student_std, teacher_size, teacher_mean, teacher_std):
@@ -263,28 +228,32 @@ class ImageClassificationTrainer(Trainer):
       same (augmented, mixed) images after `teacher_inputs` re-expresses them for it;
     - `batch_mixer` applies Mixup / CutMix / label smoothing to training batches only;
     - `repeated_augmentation` > 1 uses `RepeatedAugmentationSampler`;
-    - with an `ema`, evaluation and the saved model use the averaged weights;
+    - with an `ema_decay` (0 or None: none), evaluation and the saved model use the averaged weights;
     - weight decay skips biases, norms, position embeddings and prefix tokens;
     - `args.backbone_learning_rate` gives a hybrid's backbone its own learning rate;
-    - the model card (also the one `push_to_hub` uploads) comes from hf_vit's templates.
+    - the model card (also the one `push_to_hub` uploads) comes from hf_vit's `card_template`.
     """
 
     def __init__(self, *args, teacher=None, teacher_inputs=None, batch_mixer=None, repeated_augmentation=1,
-                 ema_decay=None, **kwargs):  # fmt: skip
+                 ema_decay=None, card_template=None, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.teacher = None
         if teacher is not None:
             check_teacher_labels(teacher.config, self.model.config)
             self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.teacher_inputs = teacher_inputs or (lambda pixel_values: pixel_values)
+        unset = [name for name in ("learning_rate", "weight_decay", "warmup_steps") if getattr(self.args, name) is None]
+        if unset:
+            raise ValueError(f"{unset} unset: give them, or let hf_vit.recipes.resolve_recipe choose them first")
         self.batch_mixer = batch_mixer if batch_mixer is not None and batch_mixer.active else None
         self.repeated_augmentation = repeated_augmentation
         if self.args.backbone_learning_rate is not None and backbone_of(self.model) is None:
             raise ValueError(
                 f"--backbone_learning_rate needs a model with a CNN backbone (hf_vit_hybrid), not {self.model.config.model_type}"
             )
+        self.card_template = card_template
         self.ema = None
-        if ema_decay is not None:
+        if ema_decay:
             self.ema = ModelEMA(self.model, ema_decay)
             self.add_callback(EMACallback(self.ema))
 
@@ -340,7 +309,9 @@ class ImageClassificationTrainer(Trainer):
             return super().save_model(output_dir, _internal_call)
 
     def create_model_card(self, dataset: str | None = None, **kwargs) -> None:
+        if self.card_template is None:
+            raise ValueError("No card_template was given to the trainer: it writes hf_vit model cards only")
         if self.is_world_process_zero():
             load_id = (self.args.hub_model_id if self.args.push_to_hub else None) or self.args.output_dir
-            write_model_card(self.args.output_dir, self.model, dataset=dataset, training_args=self.args,
-                             log_history=self.state.log_history, load_id=load_id)  # fmt: skip
+            write_model_card(self.args.output_dir, self.model, self.card_template, dataset=dataset,
+                             training_args=self.args, log_history=self.state.log_history, load_id=load_id)  # fmt: skip

@@ -1,4 +1,4 @@
-"""Speed and memory of hf_vit against timm and transformers, measured in one process (used by scripts/benchmark.py).
+"""Speed and memory of hf_vit against timm and transformers, measured in one process (scripts/benchmark.py).
 
 Every comparison builds the same architecture three ways with random weights, warms each up, then times them in
 interleaved rounds (A, B, C, then B, C, A, ...) so that a machine slowing down mid-run hurts all alike and none
@@ -20,10 +20,8 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-import timm
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer_hybrid import HybridEmbed
 from tqdm.auto import tqdm
 from transformers import (
     DeiTConfig,
@@ -34,15 +32,16 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from .configuration_deit import HfDeiTConfig
-from .configuration_hybrid import HfViTHybridConfig
-from .configuration_swin import HfSwinConfig
-from .configuration_vit import HfViTConfig
-from .learn import logits_of
-from .modeling_deit import HfDeiTForImageClassification
-from .modeling_hybrid import HfViTHybridForImageClassification
-from .modeling_swin import HfSwinForImageClassification
-from .modeling_vit import HfViTForImageClassification
+from ..configuration_deit import DEIT_PRESETS
+from ..configuration_vit import VIT_PRESETS
+from ..families import FAMILIES
+from .loop import logits_of
+
+try:
+    import timm
+    from timm.models.vision_transformer_hybrid import HybridEmbed
+except ImportError as error:
+    raise ImportError("The benchmark compares hf_vit with timm, which is not installed: pip install 'hf_vit[bench]'") from error
 
 
 class EveryToken(torch.nn.Module):
@@ -57,46 +56,57 @@ class EveryToken(torch.nn.Module):
         return self.classifier(pixel_values, output_hidden_states=True)
 
 
+def ours(model_type: str, preset: str | None = None, **overrides) -> torch.nn.Module:
+    """An hf_vit classifier of the registry's family `model_type`, from `preset` (default: the family's)."""
+    family = FAMILIES[model_type]
+    return family.classifier_class(family.config(preset, **overrides))
+
+
+def vit_implementations(preset: str, timm_model, num_labels: int = 1000) -> dict:
+    """Builders of the ViT `preset` in hf_vit (computing the last block for the CLS row only, and for every token),
+    timm (`timm_model`) and transformers (SDPA)."""
+    config = dict(VIT_PRESETS[preset], num_labels=num_labels, attn_implementation="sdpa")
+    return {
+        "hf_vit": lambda: ours("hf_vit", preset, num_labels=num_labels),
+        "hf_vit_every_token": lambda: EveryToken(ours("hf_vit", preset, num_labels=num_labels)),
+        "timm": timm_model,
+        "transformers": lambda: ViTForImageClassification(ViTConfig(**config)),
+    }
+
+
 # name: (image size, {implementation: builder}); every builder returns a module whose output has the logits.
-_VIT_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536)
-_VIT_B = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-_CIFAR = dict(image_size=32, patch_size=4, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)
-_CIFAR_TIMM = dict(img_size=32, patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4)
 MODELS = {
     "vit_s16": (224, {
-        "hf_vit": lambda: HfViTForImageClassification(HfViTConfig.from_preset("vit-small-patch16-224", num_labels=1000)),
-        "hf_vit_every_token": lambda: EveryToken(MODELS["vit_s16"][1]["hf_vit"]()),
-        "timm": lambda: timm.create_model("vit_small_patch16_224"),
-        "transformers": lambda: ViTForImageClassification(ViTConfig(**_VIT_S, num_labels=1000, attn_implementation="sdpa")),
-        "transformers_eager": lambda: ViTForImageClassification(ViTConfig(**_VIT_S, num_labels=1000, attn_implementation="eager")),
+        **vit_implementations("vit-small-patch16-224", lambda: timm.create_model("vit_small_patch16_224")),
+        "transformers_eager": lambda: ViTForImageClassification(
+            ViTConfig(**VIT_PRESETS["vit-small-patch16-224"], num_labels=1000, attn_implementation="eager")
+        ),
     }),
-    "vit_b16": (224, {
-        "hf_vit": lambda: HfViTForImageClassification(HfViTConfig.from_preset("vit-base-patch16-224", num_labels=1000)),
-        "timm": lambda: timm.create_model("vit_base_patch16_224"),
-        "transformers": lambda: ViTForImageClassification(ViTConfig(**_VIT_B, num_labels=1000, attn_implementation="sdpa")),
-    }),
-    "vit_cifar": (32, {
-        "hf_vit": lambda: HfViTForImageClassification(HfViTConfig(**_CIFAR, num_labels=10)),
-        "hf_vit_every_token": lambda: EveryToken(MODELS["vit_cifar"][1]["hf_vit"]()),
-        "timm": lambda: timm.models.vision_transformer.VisionTransformer(**_CIFAR_TIMM, num_classes=10),
-        "transformers": lambda: ViTForImageClassification(ViTConfig(**_CIFAR, num_labels=10, attn_implementation="sdpa")),
-    }),
+    "vit_b16": (224, vit_implementations("vit-base-patch16-224", lambda: timm.create_model("vit_base_patch16_224"))),
+    "vit_cifar": (32, vit_implementations(
+        "vit-cifar-patch4-32", num_labels=10,
+        timm_model=lambda: timm.models.vision_transformer.VisionTransformer(
+            img_size=32, patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4, num_classes=10
+        ),
+    )),
     "deit_s_distilled": (224, {
-        "hf_deit": lambda: HfDeiTForImageClassification(HfDeiTConfig.from_preset("deit-small-patch16-224", num_labels=1000)),
+        "hf_deit": lambda: ours("hf_deit", "deit-small-patch16-224", num_labels=1000),
         "timm": lambda: timm.create_model("deit_small_distilled_patch16_224"),
-        "transformers": lambda: DeiTForImageClassificationWithTeacher(DeiTConfig(**_VIT_S, num_labels=1000, attn_implementation="sdpa")),
+        "transformers": lambda: DeiTForImageClassificationWithTeacher(
+            DeiTConfig(**DEIT_PRESETS["deit-small-patch16-224"], num_labels=1000, attn_implementation="sdpa")
+        ),
     }),
     # The article's hybrid: ResNet-50 to its last stage (7x7 tokens + CLS), 6 blocks of width 768. transformers 5
     # has no hybrid ViT any more; timm builds the same one from its resnet50 and HybridEmbed.
     "hybrid_r50": (224, {
-        "hf_vit_hybrid": lambda: HfViTHybridForImageClassification(HfViTHybridConfig(num_labels=1000)),
+        "hf_vit_hybrid": lambda: ours("hf_vit_hybrid", "vit-hybrid-resnet50-224", num_labels=1000),
         "timm": lambda: timm.models.vision_transformer.VisionTransformer(
             img_size=224, patch_size=1, embed_dim=768, depth=6, num_heads=12, num_classes=1000,
             embed_layer=partial(HybridEmbed, backbone=timm.create_model("resnet50", features_only=True, out_indices=(4,))),
         ),
     }),
     "swin_t": (224, {
-        "hf_swin": lambda: HfSwinForImageClassification(HfSwinConfig(num_labels=1000)),
+        "hf_swin": lambda: ours("hf_swin", "swin-tiny-patch4-window7-224", num_labels=1000),
         "timm": lambda: timm.create_model("swin_tiny_patch4_window7_224"),
         "transformers": lambda: SwinForImageClassification(SwinConfig(num_labels=1000, attn_implementation="sdpa")),
     }),
@@ -192,7 +202,7 @@ def compare_speed(family, implementations, mode, batch_size, repeats, device="cp
 
 
 SWIN_AT_SIZE = {
-    "hf_swin": lambda size: HfSwinForImageClassification(HfSwinConfig(num_labels=1000)),
+    "hf_swin": lambda size: ours("hf_swin", "swin-tiny-patch4-window7-224", num_labels=1000),
     "timm": lambda size: timm.create_model("swin_tiny_patch4_window7_224", img_size=size),
     # transformers' Swin keeps the window clamps of the first size it runs, so one model per size.
     "transformers": lambda size: SwinForImageClassification(SwinConfig(image_size=size, num_labels=1000)),
@@ -221,7 +231,7 @@ def peak_training_memory(family: str, implementation: str, batch_size: int, grad
     live tensors; with the default sliding threshold freed blocks stay resident and the peak varies by 2x between
     identical runs."""
     code = (
-        "from hf_vit.benchmark import memory_probe; "
+        "from hf_vit.lessons.benchmark import memory_probe; "
         f"memory_probe({family!r}, {implementation!r}, {batch_size}, {gradient_checkpointing}, {device!r})"
     )
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}

@@ -1,0 +1,48 @@
+"""What every family's configuration shares: validators that name the bad field, and named presets.
+
+Checkpoints carry this file beside their configuration file (``trust_remote_code``), so it imports only the
+standard library.
+"""
+
+import copy
+from typing import ClassVar
+
+
+def to_2tuple(value) -> tuple[int, int]:
+    """An int or a pair -> (height, width)."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def check_positive(config, *names: str) -> None:
+    """Raise a ValueError naming the first of `names` whose value is not a positive number (or pair of them)."""
+    for name in names:
+        value = getattr(config, name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in values):
+            raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def check_probability(config, *names: str) -> None:
+    """Raise a ValueError naming the first of `names` outside [0, 1)."""
+    for name in names:
+        value = getattr(config, name)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def check_choice(config, name: str, choices) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+class PresetsMixin:
+    """`from_preset(name, **overrides)` for configs with a `presets` table of named architectures."""
+
+    presets: ClassVar[dict] = {}
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides):
+        if name not in cls.presets:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(cls.presets)}")
+        return cls(**{**copy.deepcopy(cls.presets[name]), **overrides})

@@ -1,0 +1,199 @@
+"""How transformers' and timm's checkpoints map onto hf_vit's: one `KeyMap` per source architecture.
+
+A key map is a list of (regex, replacement) rules applied in order to each source key (the first rule that matches
+renames it) and, for timm, the function that reads hf_vit config fields off timm's model. Query/key/value
+projections stored separately (transformers) are fused into one `qkv` tensor. Loading is strict: every missing,
+unexpected or misshapen key is named. The family registry (`families.py`) says which key map serves which source.
+"""
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class KeyMap:
+    """How one source architecture's state dict (and, for timm, its model) becomes an hf_vit family's."""
+
+    rules: list
+    config_fields: Callable[[torch.nn.Module], dict] | None = None  # timm only: its model -> hf_vit config fields
+
+
+# timm's VisionTransformer / deit_* models, as `timm.create_model(...).state_dict()` names them.
+TIMM_VIT_RULES = [
+    (r"^cls_token$", r"{base}.embeddings.cls_token"),
+    (r"^dist_token$", r"{base}.embeddings.distillation_token"),
+    (r"^pos_embed$", r"{base}.embeddings.position_embeddings"),
+    (r"^patch_embed\.proj\.", r"{base}.patch_embeddings.projection."),
+    (r"^blocks\.(\d+)\.attn\.", r"{base}.encoder.layers.\1.attention."),
+    (r"^blocks\.(\d+)\.", r"{base}.encoder.layers.\1."),
+    (r"^(norm|fc_norm)\.", r"{base}.layernorm."),
+    (r"^head_dist\.", r"distillation_classifier."),
+    (r"^head\.", r"{head}."),
+]
+
+# transformers' ViT / DeiT. Both the v5 names (q_proj, layers.N) and the names the checkpoints on the Hub were
+# saved with (encoder.layer.N.attention.attention.query, ...) are accepted.
+TRANSFORMERS_VIT_RULES = [
+    (r"^(vit|deit)\.embeddings\.patch_embeddings\.", r"{base}.patch_embeddings."),
+    (r"^(vit|deit)\.embeddings\.", r"{base}.embeddings."),
+    (r"^(vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.",
+     r"{base}.encoder.layers.\2.attention.\3."),
+    (r"^(vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:output\.dense|o_proj)\.",
+     r"{base}.encoder.layers.\2.attention.proj."),
+    (r"^(vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"{base}.encoder.layers.\2.norm1."),
+    (r"^(vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"{base}.encoder.layers.\2.norm2."),
+    (r"^(vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.(?:intermediate\.dense|mlp\.fc1)\.", r"{base}.encoder.layers.\2.mlp.fc1."),
+    (r"^(vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.(?:output\.dense|mlp\.fc2)\.", r"{base}.encoder.layers.\2.mlp.fc2."),
+    (r"^(vit|deit)\.layernorm\.", r"{base}.layernorm."),
+    (r"^(classifier|cls_classifier)\.", r"{head}."),
+    (r"^distillation_classifier\.", r"distillation_classifier."),
+]  # fmt: skip
+
+
+def _next_stage(match: re.Match) -> str:
+    """transformers merges patches at the end of stage i, hf_swin (like timm) at the start of stage i + 1."""
+    return f"swin.stages.{int(match.group(1)) + 1}.downsample."
+
+
+# timm's SwinTransformer (swin_* models).
+TIMM_SWIN_RULES = [
+    (r"^patch_embed\.proj\.", r"{base}.embeddings.patch_embeddings.projection."),
+    (r"^patch_embed\.norm\.", r"{base}.embeddings.norm."),
+    (r"^absolute_pos_embed$", r"{base}.embeddings.position_embeddings"),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.", r"{base}.stages.\1.blocks.\2.attention."),
+    (r"^layers\.(\d+)\.", r"{base}.stages.\1."),
+    (r"^norm\.", r"{base}.layernorm."),
+    (r"^head\.fc\.", r"{head}."),
+]
+
+# transformers' Swin, v5 names and the names the Hub checkpoints were saved with (attention.self.query, ...).
+_SWIN_BLOCK = r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\."
+TRANSFORMERS_SWIN_RULES = [
+    (r"^swin\.embeddings\.", r"{base}.embeddings."),
+    (_SWIN_BLOCK + r"attention\.(?:self\.)?(query|key|value|q_proj|k_proj|v_proj)\.", r"{base}.stages.\1.blocks.\2.attention.\3."),
+    (_SWIN_BLOCK + r"attention\.(?:output\.dense|o_proj)\.", r"{base}.stages.\1.blocks.\2.attention.proj."),
+    (_SWIN_BLOCK + r"attention\.(?:self|relative_position_bias)\.relative_position_bias_table$",
+     r"{base}.stages.\1.blocks.\2.attention.relative_position_bias_table"),
+    (_SWIN_BLOCK + r"layernorm_before\.", r"{base}.stages.\1.blocks.\2.norm1."),
+    (_SWIN_BLOCK + r"layernorm_after\.", r"{base}.stages.\1.blocks.\2.norm2."),
+    (_SWIN_BLOCK + r"(?:intermediate\.dense|mlp\.fc1)\.", r"{base}.stages.\1.blocks.\2.mlp.fc1."),
+    (_SWIN_BLOCK + r"(?:output\.dense|mlp\.fc2)\.", r"{base}.stages.\1.blocks.\2.mlp.fc2."),
+    (r"^swin\.encoder\.layers\.(\d+)\.downsample\.", _next_stage),
+    (r"^swin\.layernorm\.", r"{base}.layernorm."),
+    (r"^classifier\.", r"{head}."),
+]  # fmt: skip
+
+# Parts of a source checkpoint that hf_vit has no place for, dropped on purpose: the pooler is unused by
+# transformers' classifiers; relative-position indices and shift masks are recomputed (and cached) by hf_swin.
+IGNORED_SOURCE_KEYS = [r"^(vit|deit)\.pooler\.", r"\.relative_position_index$", r"\.attn_mask$"]
+
+_SEPARATE_QKV = re.compile(r"^(.*\.attention)\.(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$")
+
+
+class CheckpointMismatchError(ValueError):
+    """The converted weights don't fit the model: the message lists every missing, unexpected or misshapen key."""
+
+
+def rename_keys(state_dict: dict, rules, base: str = "vit", head: str = "classifier") -> dict:
+    """Apply `rules` (replacement strings or functions of the match) to every key; a key no rule matches is kept under its own name (and reported on load)."""
+    compiled = [
+        (re.compile(pattern), replacement if callable(replacement) else replacement.format(base=base, head=head))
+        for pattern, replacement in rules
+    ]
+    ignored = [re.compile(pattern) for pattern in IGNORED_SOURCE_KEYS]
+    renamed = {}
+    for key, tensor in state_dict.items():
+        if any(pattern.search(key) for pattern in ignored):
+            continue
+        for pattern, replacement in compiled:
+            if pattern.match(key):
+                key = pattern.sub(replacement, key, count=1)
+                break
+        renamed[key] = tensor
+    return fuse_qkv(renamed)
+
+
+def fuse_qkv(state_dict: dict) -> dict:
+    """Concatenate separate query/key/value projections into the fused `attention.qkv` tensor (q, k, v order)."""
+    fused, parts = {}, {}
+    for key, tensor in state_dict.items():
+        match = _SEPARATE_QKV.match(key)
+        if match is None:
+            fused[key] = tensor
+            continue
+        prefix, projection, kind = match.groups()
+        parts.setdefault((prefix, kind), {})[projection[0]] = tensor  # "q", "k" or "v"
+    for (prefix, kind), qkv in parts.items():
+        if sorted(qkv) != ["k", "q", "v"]:
+            raise CheckpointMismatchError(f"{prefix}: found only the {sorted(qkv)} projections' {kind}")
+        fused[f"{prefix}.qkv.{kind}"] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
+    return fused
+
+
+def load_converted_state_dict(model: torch.nn.Module, state_dict: dict) -> None:
+    """Load every tensor or raise `CheckpointMismatchError` naming the missing, unexpected and misshapen keys.
+
+    Buffers the model recomputes itself (non-persistent) are not expected in `state_dict`.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    misshapen = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(state_dict))
+        if state_dict[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or misshapen:
+        problems = [
+            f"{title} ({len(keys)}): {', '.join(keys)}"
+            for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", misshapen))
+            if keys
+        ]
+        raise CheckpointMismatchError(f"Checkpoint does not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def timm_vit_config(model) -> dict:
+    """hf_vit config fields of a timm VisionTransformer, refusing the variants hf_vit does not implement."""
+    block = model.blocks[0]
+    unsupported = {
+        "register tokens": getattr(model, "reg_token", None) is not None,
+        "layer scale": not isinstance(block.ls1, torch.nn.Identity),
+        "pre-norm before the blocks": not isinstance(model.norm_pre, torch.nn.Identity),
+        "q/k normalisation": not isinstance(block.attn.q_norm, torch.nn.Identity),
+        "position embeddings without the class token": getattr(model, "no_embed_class", False),
+        f"global_pool={model.global_pool!r}": model.global_pool not in ("token", "avg"),
+        "both norm and fc_norm": not isinstance(model.norm, torch.nn.Identity) and not isinstance(model.fc_norm, torch.nn.Identity),
+    }
+    if any(unsupported.values()):
+        raise ValueError(f"timm model uses {[name for name, used in unsupported.items() if used]}, which hf_vit does not implement")
+    norm = model.norm if isinstance(model.fc_norm, torch.nn.Identity) else model.fc_norm
+    return dict(
+        image_size=list(model.patch_embed.img_size), patch_size=list(model.patch_embed.patch_size),
+        num_channels=model.patch_embed.proj.in_channels, hidden_size=model.embed_dim,
+        num_hidden_layers=len(model.blocks), num_attention_heads=block.attn.num_heads,
+        intermediate_size=block.mlp.fc1.out_features, qkv_bias=block.attn.qkv.bias is not None,
+        layer_norm_eps=norm.eps, pooling="mean" if model.global_pool == "avg" else "cls",
+        class_token=model.cls_token is not None, interpolation_antialias=True,
+    )  # fmt: skip
+
+
+def timm_swin_config(model) -> dict:
+    stage = model.layers[0]
+    return dict(
+        image_size=model.patch_embed.img_size[0], patch_size=model.patch_embed.patch_size[0],
+        num_channels=model.patch_embed.proj.in_channels, embed_dim=model.embed_dim,
+        depths=[len(layer.blocks) for layer in model.layers], num_heads=[layer.blocks[0].attn.num_heads for layer in model.layers],
+        window_size=stage.blocks[0].window_size[0], mlp_ratio=stage.blocks[0].mlp.fc1.out_features / model.embed_dim,
+        qkv_bias=stage.blocks[0].attn.qkv.bias is not None, layer_norm_eps=model.norm.eps,
+        use_absolute_embeddings=getattr(model, "absolute_pos_embed", None) is not None,
+    )  # fmt: skip
+
+
+TIMM_VIT = KeyMap(TIMM_VIT_RULES, timm_vit_config)
+TIMM_SWIN = KeyMap(TIMM_SWIN_RULES, timm_swin_config)
+TRANSFORMERS_VIT = KeyMap(TRANSFORMERS_VIT_RULES)
+TRANSFORMERS_SWIN = KeyMap(TRANSFORMERS_SWIN_RULES)

@@ -1,0 +1,10 @@
+"""The article's exercises and experiments, and the benchmark: they import the library, never the reverse.
+
+    report          tables, results files and plots every lesson writes
+    loop            a plain PyTorch training loop on in-memory tensors, and the article's CNN
+    vit_vs_cnn      exercise 1 (the article's ViT against a CNN) and the data-efficiency comparison
+    patches         exercise 2: patches, their reconstruction, position-embedding similarity
+    attention       exercise 3 (full vs window attention cost) and attention rollout
+    recipe_study    the article's DeiT comparison: naive recipe, DeiT recipe, DeiT recipe + a CNN teacher
+    benchmark       speed and memory against timm and transformers (needs timm: `pip install hf_vit[bench]`)
+"""

@@ -1,0 +1,83 @@
+"""What every family's forward does around its layers: check the input, resolve the output flags, turn labels
+into a loss and build the classifier output.
+
+Checkpoints carry this file beside their modeling file (``trust_remote_code``), so it imports only torch,
+transformers and the configuration helpers.
+"""
+
+import torch
+import torch.nn.functional as F
+from transformers.loss.loss_utils import ForSequenceClassificationLoss
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from .configuration_utils import to_2tuple
+
+
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size, multiple_of, any_size: bool):
+    """Raise a ValueError naming expected and received shapes unless `pixel_values` fits the model.
+
+    With `any_size` the height and width only need to be multiples of `multiple_of` (the patch size).
+    """
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}"
+        )
+    batch_size, channels, height, width = pixel_values.shape
+    if channels != num_channels:
+        raise ValueError(
+            f"pixel_values has {channels} channels, the model expects num_channels={num_channels} "
+            f"(got shape {tuple(pixel_values.shape)})"
+        )
+    image_height, image_width = to_2tuple(image_size)
+    if any_size:
+        step_h, step_w = to_2tuple(multiple_of)
+        if height % step_h or width % step_w:
+            raise ValueError(
+                f"Image size {height}x{width} is not a multiple of the patch size {step_h}x{step_w}; "
+                "resize or pad the images first"
+            )
+    elif (height, width) != (image_height, image_width):
+        raise ValueError(
+            f"Input image size {height}x{width} doesn't match the model's {image_height}x{image_width}: expected "
+            f"pixel_values of shape ({batch_size}, {num_channels}, {image_height}, {image_width}), got "
+            f"{tuple(pixel_values.shape)}. Pass interpolate_pos_encoding=True to run other sizes."
+        )
+
+
+def resolve_output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+    """A forward call's (output_attentions, output_hidden_states, return_dict): the call's values, else the
+    config's. Attention maps only exist under the eager kernel, so asking for them otherwise is an error."""
+    output_attentions = config.output_attentions if output_attentions is None else output_attentions
+    output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+    return_dict = config.return_dict if return_dict is None else return_dict
+    if output_attentions and config._attn_implementation != "eager":
+        raise ValueError(
+            f"output_attentions=True needs attn_implementation='eager' (this model uses "
+            f"{config._attn_implementation!r}); load it with attn_implementation='eager' or call "
+            "model.set_attn_implementation('eager')"
+        )
+    return output_attentions, output_hidden_states, return_dict
+
+
+def image_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
+    """Loss for a (B, num_labels) head.
+
+    Float label distributions of shape (B, num_labels) (Mixup, CutMix, label smoothing) give soft-target
+    cross-entropy unless `config.problem_type` says multi-label or regression; everything else follows
+    transformers: integer labels -> cross-entropy, `problem_type` multi_label_classification -> BCE,
+    regression -> MSE.
+    """
+    soft_targets = labels.is_floating_point() and labels.shape == logits.shape and config.num_labels > 1
+    if soft_targets and config.problem_type in (None, "single_label_classification"):
+        return torch.sum(-labels.to(logits.device) * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    return ForSequenceClassificationLoss(labels, logits, config)
+
+
+def classifier_output(logits, labels, features, config, return_dict: bool):
+    """The `ImageClassifierOutput` (or tuple) of a single-head classifier: logits, loss from `labels` if given, and
+    the encoder's hidden states and attentions."""
+    loss = None if labels is None else image_classification_loss(logits, labels, config)
+    output = ImageClassifierOutput(
+        loss=loss, logits=logits, hidden_states=features.hidden_states, attentions=features.attentions
+    )
+    return output if return_dict else output.to_tuple()
