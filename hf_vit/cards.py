@@ -15,8 +15,13 @@ def read_template(name: str) -> str:
     raise FileNotFoundError(f"No model card template {name} in {[str(d) for d in TEMPLATE_DIRS]}")
 
 
-def training_summary(training_args, log_history) -> str:
-    """The hyperparameters that shaped the run, as a Markdown list."""
+def _name(option) -> str:
+    """An option as the user wrote it: `adamw_torch_fused`, not `OptimizerNames.ADAMW_TORCH_FUSED`."""
+    return getattr(option, "value", option)
+
+
+def training_summary(training_args, log_history, recipe=None) -> str:
+    """The hyperparameters that shaped the run, and the recipe's choices with their reasons, as a Markdown list."""
     if training_args is None:
         return "Not trained by hf_vit: converted weights, see the source above."
     world = training_args.world_size
@@ -24,12 +29,15 @@ def training_summary(training_args, log_history) -> str:
         f"- epochs: {training_args.num_train_epochs:g}",
         f"- global batch size: {training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world}"
         f" ({world} process{'es' if world > 1 else ''})",
-        f"- optimizer: {training_args.optim}, learning rate {training_args.learning_rate:g}, weight decay "
-        f"{training_args.weight_decay:g}, {training_args.lr_scheduler_type} schedule, warmup {training_args.warmup_steps:g}",
+        f"- optimizer: {_name(training_args.optim)}, learning rate {training_args.learning_rate:g}, weight decay "
+        f"{training_args.weight_decay:g}, {_name(training_args.lr_scheduler_type)} schedule, warmup "
+        f"{training_args.warmup_steps:g}",
         f"- seed: {training_args.seed}",
     ]
     if getattr(training_args, "backbone_learning_rate", None) is not None:
         lines.insert(3, f"- backbone learning rate: {training_args.backbone_learning_rate:g}")
+    if recipe:  # its title line, then one line per ingredient
+        lines.append(f"- {recipe[0]}\n" + "\n".join(f"  - {line}" for line in recipe[1:]))
     evals = [entry for entry in log_history or [] if "eval_accuracy" in entry]
     if evals:
         curve = ", ".join(f"{entry['eval_accuracy']:.3f}" for entry in evals)
@@ -38,7 +46,7 @@ def training_summary(training_args, log_history) -> str:
 
 
 def render_model_card(model, template: str, dataset=None, training_args=None, log_history=None, load_id=None,
-                      source=None) -> str:  # fmt: skip
+                      source=None, recipe=None) -> str:  # fmt: skip
     """The card of `model` from the template file named `template` (`Family.card_template`)."""
     config = model.config
     template = read_template(template)
@@ -54,7 +62,7 @@ def render_model_card(model, template: str, dataset=None, training_args=None, lo
         dataset=dataset or "unknown",
         eval_accuracy=f"{evals[-1]:.4f}" if evals else "not evaluated",
         source=source or (f"fine-tuned from {started_from}" if started_from else "trained from scratch"),
-        hyperparameters=training_summary(training_args, log_history),
+        hyperparameters=training_summary(training_args, log_history, recipe),
         load_id=load_id or "path/to/this/checkpoint",
     )
     backbone_config = getattr(config, "backbone_config", None)

@@ -178,9 +178,10 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
     apply_to_training(ingredients, training_args)
     if ingredients.drop_path_rate is not None:
         config.drop_path_rate = ingredients.drop_path_rate
+    recipe_summary = [f"recipe {recipe_args.recipe!r} for {facts.num_train_images} training images x "
+                      f"{facts.num_train_epochs:g} epochs:", *ingredients.describe()]  # fmt: skip
     if training_args.should_log:
-        print(f"recipe {recipe_args.recipe!r} for {facts.num_train_images} training images:")
-        print("\n".join(f"  {line}" for line in ingredients.describe()))
+        print("\n  ".join(recipe_summary))
 
     model = build_model(model_args, family, config, data_args.image_size)
     image_processor = build_image_processor(model_args, model)
@@ -206,6 +207,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
         repeated_augmentation=ingredients.repeated_augmentation,
         ema_decay=ingredients.ema_decay,
         card_template=family.card_template,
+        recipe_summary=recipe_summary,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()

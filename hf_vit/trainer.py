@@ -34,7 +34,7 @@ class FinetuneTrainingArguments(TrainingArguments):
     (`recipes.resolve_recipe`); a value given here always wins.
     """
 
-    num_train_epochs: float = field(default=15.0, metadata={"help": "Total number of training epochs."})
+    num_train_epochs: float = field(default=20.0, metadata={"help": "Total number of training epochs."})
     learning_rate: float | None = field(default=None, metadata={"help": "Peak AdamW learning rate (default: the recipe's)."})
     weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay, not on biases, norms, "
                                        "position embeddings or prefix tokens (default: the recipe's)."})  # fmt: skip
@@ -231,11 +231,12 @@ class ImageClassificationTrainer(Trainer):
     - with an `ema_decay` (0 or None: none), evaluation and the saved model use the averaged weights;
     - weight decay skips biases, norms, position embeddings and prefix tokens;
     - `args.backbone_learning_rate` gives a hybrid's backbone its own learning rate;
-    - the model card (also the one `push_to_hub` uploads) comes from hf_vit's `card_template`.
+    - the model card (also the one `push_to_hub` uploads) comes from hf_vit's `card_template`, with the
+      recipe's choices (`recipe_summary`: one line each).
     """
 
     def __init__(self, *args, teacher=None, teacher_inputs=None, batch_mixer=None, repeated_augmentation=1,
-                 ema_decay=None, card_template=None, **kwargs):  # fmt: skip
+                 ema_decay=None, card_template=None, recipe_summary=None, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.teacher = None
         if teacher is not None:
@@ -251,7 +252,7 @@ class ImageClassificationTrainer(Trainer):
             raise ValueError(
                 f"--backbone_learning_rate needs a model with a CNN backbone (hf_vit_hybrid), not {self.model.config.model_type}"
             )
-        self.card_template = card_template
+        self.card_template, self.recipe_summary = card_template, recipe_summary
         self.ema = None
         if ema_decay:
             self.ema = ModelEMA(self.model, ema_decay)
@@ -314,4 +315,5 @@ class ImageClassificationTrainer(Trainer):
         if self.is_world_process_zero():
             load_id = (self.args.hub_model_id if self.args.push_to_hub else None) or self.args.output_dir
             write_model_card(self.args.output_dir, self.model, self.card_template, dataset=dataset,
-                             training_args=self.args, log_history=self.state.log_history, load_id=load_id)  # fmt: skip
+                             training_args=self.args, log_history=self.state.log_history, load_id=load_id,
+                             recipe=self.recipe_summary)  # fmt: skip

@@ -23,8 +23,7 @@ from conftest import randomize
 from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfDeiTModel
 from hf_vit.key_maps import TIMM_VIT_RULES, TRANSFORMERS_VIT_RULES, load_converted_state_dict, rename_keys
 from hf_vit.data import DataArguments, collate, load_splits, make_image_processor, set_transforms
-from hf_vit.finetune import parse_args, parse_config_overrides
-from hf_vit.recipes import RunFacts, deit_ema_decay, resolve_recipe
+from hf_vit.recipes import deit_ema_decay
 from hf_vit.trainer import (
     BatchMixer,
     FinetuneTrainingArguments,
@@ -236,22 +235,6 @@ def test_trainer_keeps_the_teacher_frozen_and_out_of_the_checkpoint(tmp_path, ti
         ImageClassificationTrainer(model=student, args=args, train_dataset=splits["train"], teacher=other)
 
 
-def test_recipe_flags_take_deit_defaults_unless_given(tmp_path):
-    model_args, data_args, training_args, recipe_args = parse_args(
-        ["--output_dir", str(tmp_path), "--recipe", "deit", "--mixup_alpha", "0.2", "--per_device_train_batch_size", "64"]
-    )
-    facts = RunFacts(num_train_images=1437, num_labels=10, image_size=32, model_type="hf_deit", from_checkpoint=False,
-                     has_teacher=False, num_train_epochs=15, global_batch_size=64)  # fmt: skip
-    ingredients = resolve_recipe(recipe_args, training_args, parse_config_overrides(model_args.config_overrides), facts)
-    assert ingredients.mixup_alpha == 0.2 and ingredients.cutmix_alpha == 1.0 and ingredients.label_smoothing == 0.1
-    assert ingredients.repeated_augmentation == 3
-    assert ingredients.rand_augment_magnitude == 9 and ingredients.random_erasing_prob == 0.25
-    assert ingredients.learning_rate == pytest.approx(5e-4 * 64 / 512)
-    assert ingredients.drop_path_rate == 0.1
-    with pytest.raises(ValueError, match="Unknown --recipe 'vit'"):
-        resolve_recipe(parse_args(["--output_dir", str(tmp_path), "--recipe", "vit"])[3], training_args, {}, facts)
-
-
 def test_whole_recipe_with_a_teacher_runs_end_to_end_in_two_processes(tmp_path):
     teacher = make_resnet_teacher(tmp_path / "teacher", [str(d) for d in range(10)])
     output_dir = tmp_path / "deit"
@@ -265,7 +248,8 @@ def test_whole_recipe_with_a_teacher_runs_end_to_end_in_two_processes(tmp_path):
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 2 * math.ceil(96 / 32)
     config = json.loads((output_dir / "config.json").read_text())
-    assert config["model_type"] == "hf_deit" and config["drop_path_rate"] == 0.1
+    assert config["model_type"] == "hf_deit" and config["drop_path_rate"] == 0.0  # DeiT's 0.1 scaled to 96 images x 2 epochs
+    assert result.stdout.count("recipe 'deit' for 96 training images") == 1 and "drop_path_rate = 0.0: DeiT's, at strength 0.00" in result.stdout
     saved = load_file(output_dir / "model.safetensors")
     assert "deit.embeddings.distillation_token" in saved and not any("teacher" in key for key in saved)
 
@@ -277,20 +261,20 @@ def test_teacher_needs_a_distilling_student(tmp_path):
     assert result.returncode != 0 and "needs a model that distills (--model_type hf_deit)" in result.stderr
 
 
-def test_recipe_comparison_writes_its_table_and_plot(tmp_path):
-    from hf_vit.lessons.recipe_study import compare_recipes
-
-    rows = compare_recipes(str(tmp_path), epochs=1, batch_size=32, max_train_samples=64)
-    assert [row["run"] for row in rows] == [
-        "CNN teacher (ResNet, 3 stages)", "ViT, naive recipe", "DeiT recipe", "DeiT recipe + hard distillation",
-    ]  # fmt: skip
-    assert all(0 <= row["eval_accuracy"] <= 1 and row["seconds"] > 0 for row in rows)
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["curves"]) == {row["run"] for row in rows[1:]}
-    assert (tmp_path / "results.csv").read_text().startswith("run,eval_accuracy")
-    assert (tmp_path / "eval_curves.png").read_bytes()[:4] == b"\x89PNG"
-    distilled = json.loads((tmp_path / "deit_recipe_hard_distillation" / "config.json").read_text())
-    assert distilled["distillation_type"] == "hard" and distilled["drop_path_rate"] == 0.1
+def test_recipe_study_writes_its_table_and_plot(tmp_path):
+    runs = ["ViT, plain recipe", "DeiT, auto recipe + CNN teacher"]
+    result = run_script(["--output_dir", str(tmp_path), "--seeds", "0", "--epochs", "1", "--max_train_samples", "48",
+                         "--runs", *runs], script="recipe_study.py")  # fmt: skip
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(row["dataset"], row["run"]) for row in rows] == [
+        (dataset, run) for dataset in ("digits", "photo_patches") for run in ["CNN (ResNet, 3 stages)", *runs]
+    ]
+    assert all(0 <= row["min_accuracy"] <= row["mean_accuracy"] <= row["max_accuracy"] <= 1 for row in rows)
+    assert "| photo_patches | DeiT, auto recipe + CNN teacher |" in result.stdout
+    assert (tmp_path / "results.csv").read_text().startswith("dataset,run,mean_accuracy")
+    assert (tmp_path / "recipe_study.png").read_bytes()[:4] == b"\x89PNG"
+    distilled = json.loads((tmp_path / "photo_patches" / "seed0" / "DeiT_auto_recipe_and_CNN_teacher" / "config.json").read_text())
+    assert distilled["model_type"] == "hf_deit" and distilled["distillation_type"] == "hard"
 
 
 def test_deit_attention_implementations_agree_and_checkpointing_matches(tiny_deit_config):

@@ -16,15 +16,16 @@ from hf_vit.data import load_digits_splits
 from hf_vit.finetune import finetune, parse_args, parse_config_overrides
 from test_ecosystem import run_without_hf_vit
 
-SCRIPT = str(REPO_ROOT / "scripts" / "finetune.py")
+SCRIPTS = REPO_ROOT / "scripts"
 TINY = "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64"
 FAST = ["--max_train_samples", "128", "--max_eval_samples", "64", "--per_device_train_batch_size", "64", "--config_overrides", TINY, "--disable_tqdm", "true"]
 
 
-def run_script(args, *, launcher=(sys.executable,), env=None, expect_success=True):
+def run_script(args, *, launcher=(sys.executable,), env=None, expect_success=True, script="finetune.py"):
     result = subprocess.run(
-        [*launcher, SCRIPT, *args], capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}
-    )
+        [*launcher, str(SCRIPTS / script), *args], capture_output=True, text=True, timeout=600,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
     if expect_success:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result

@@ -23,14 +23,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import (
-    DeiTConfig,
-    DeiTForImageClassificationWithTeacher,
-    SwinConfig,
-    SwinForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
-)
+from transformers import AutoConfig, AutoModelForImageClassification, DeiTForImageClassificationWithTeacher
 
 from ..configuration_deit import DEIT_PRESETS
 from ..configuration_vit import VIT_PRESETS
@@ -62,15 +55,20 @@ def ours(model_type: str, preset: str | None = None, **overrides) -> torch.nn.Mo
     return family.classifier_class(family.config(preset, **overrides))
 
 
+def reference(model_type: str, attn_implementation: str = "sdpa", **config) -> torch.nn.Module:
+    """transformers' own image classifier of `model_type` (vit, swin, ...) with random weights."""
+    config = AutoConfig.for_model(model_type, attn_implementation=attn_implementation, **config)
+    return AutoModelForImageClassification.from_config(config)
+
+
 def vit_implementations(preset: str, timm_model, num_labels: int = 1000) -> dict:
     """Builders of the ViT `preset` in hf_vit (computing the last block for the CLS row only, and for every token),
     timm (`timm_model`) and transformers (SDPA)."""
-    config = dict(VIT_PRESETS[preset], num_labels=num_labels, attn_implementation="sdpa")
     return {
         "hf_vit": lambda: ours("hf_vit", preset, num_labels=num_labels),
         "hf_vit_every_token": lambda: EveryToken(ours("hf_vit", preset, num_labels=num_labels)),
         "timm": timm_model,
-        "transformers": lambda: ViTForImageClassification(ViTConfig(**config)),
+        "transformers": lambda: reference("vit", **VIT_PRESETS[preset], num_labels=num_labels),
     }
 
 
@@ -78,9 +76,7 @@ def vit_implementations(preset: str, timm_model, num_labels: int = 1000) -> dict
 MODELS = {
     "vit_s16": (224, {
         **vit_implementations("vit-small-patch16-224", lambda: timm.create_model("vit_small_patch16_224")),
-        "transformers_eager": lambda: ViTForImageClassification(
-            ViTConfig(**VIT_PRESETS["vit-small-patch16-224"], num_labels=1000, attn_implementation="eager")
-        ),
+        "transformers_eager": lambda: reference("vit", "eager", **VIT_PRESETS["vit-small-patch16-224"], num_labels=1000),
     }),
     "vit_b16": (224, vit_implementations("vit-base-patch16-224", lambda: timm.create_model("vit_base_patch16_224"))),
     "vit_cifar": (32, vit_implementations(
@@ -92,8 +88,8 @@ MODELS = {
     "deit_s_distilled": (224, {
         "hf_deit": lambda: ours("hf_deit", "deit-small-patch16-224", num_labels=1000),
         "timm": lambda: timm.create_model("deit_small_distilled_patch16_224"),
-        "transformers": lambda: DeiTForImageClassificationWithTeacher(
-            DeiTConfig(**DEIT_PRESETS["deit-small-patch16-224"], num_labels=1000, attn_implementation="sdpa")
+        "transformers": lambda: DeiTForImageClassificationWithTeacher(  # the two-head DeiT, not the Auto class's
+            AutoConfig.for_model("deit", **DEIT_PRESETS["deit-small-patch16-224"], num_labels=1000, attn_implementation="sdpa")
         ),
     }),
     # The article's hybrid: ResNet-50 to its last stage (7x7 tokens + CLS), 6 blocks of width 768. transformers 5
@@ -108,7 +104,7 @@ MODELS = {
     "swin_t": (224, {
         "hf_swin": lambda: ours("hf_swin", "swin-tiny-patch4-window7-224", num_labels=1000),
         "timm": lambda: timm.create_model("swin_tiny_patch4_window7_224"),
-        "transformers": lambda: SwinForImageClassification(SwinConfig(num_labels=1000, attn_implementation="sdpa")),
+        "transformers": lambda: reference("swin", num_labels=1000),
     }),
 }  # fmt: skip
 
@@ -205,7 +201,7 @@ SWIN_AT_SIZE = {
     "hf_swin": lambda size: ours("hf_swin", "swin-tiny-patch4-window7-224", num_labels=1000),
     "timm": lambda size: timm.create_model("swin_tiny_patch4_window7_224", img_size=size),
     # transformers' Swin keeps the window clamps of the first size it runs, so one model per size.
-    "transformers": lambda size: SwinForImageClassification(SwinConfig(image_size=size, num_labels=1000)),
+    "transformers": lambda size: reference("swin", image_size=size, num_labels=1000),
 }
 
 

@@ -1,0 +1,100 @@
+"""Recipes: which ingredient each recipe picks for which data size and source, and that explicit flags win."""
+
+import dataclasses
+
+import pytest
+
+from hf_vit.finetune import parse_args, parse_config_overrides
+from hf_vit.recipes import (
+    DEIT_REGULARISERS,
+    INGREDIENTS,
+    PLAIN,
+    RecipeArguments,
+    RunFacts,
+    regularisation_strength,
+    resolve_recipe,
+)
+from hf_vit.trainer import FinetuneTrainingArguments, ImageClassificationTrainer
+from test_finetune import TINY, run_script
+
+DIGITS = RunFacts(num_train_images=1437, num_labels=10, image_size=32, model_type="hf_vit", from_checkpoint=False,
+                  has_teacher=False, num_train_epochs=15, global_batch_size=16, flips_keep_labels=False)  # fmt: skip
+IMAGENET = dataclasses.replace(DIGITS, num_train_images=1_281_167, num_train_epochs=300, global_batch_size=1024,
+                               image_size=224, num_labels=1000, flips_keep_labels=True)  # fmt: skip
+
+
+def resolve(recipe: str, facts: RunFacts, *flags: str):
+    model_args, _, training_args, recipe_args = parse_args(["--output_dir", "unused", "--recipe", recipe, *flags])
+    return resolve_recipe(recipe_args, training_args, parse_config_overrides(model_args.config_overrides), facts)
+
+
+def test_regularisation_strength_grows_with_the_images_seen():
+    sizes = [(400, 15), (1437, 15), (1437, 60), (50_000, 20), (50_000, 300), (1_281_167, 300)]
+    strengths = [regularisation_strength(dataclasses.replace(DIGITS, num_train_images=n, num_train_epochs=e)) for n, e in sizes]
+    assert strengths[:2] == [0.0, 0.0] and strengths[-1] == 1.0
+    assert strengths == sorted(strengths) and 0 < strengths[2] < strengths[3] < strengths[4] < 1
+
+
+def test_deit_at_imagenet_scale_is_deits_table_9():
+    ingredients = resolve("deit", IMAGENET)
+    for name, (_, value) in DEIT_REGULARISERS.items():
+        assert getattr(ingredients, name) == value, name
+    assert ingredients.repeated_augmentation == 3 and ingredients.learning_rate == pytest.approx(1e-3)  # 5e-4 x 1024 / 512
+    assert ingredients.ema_decay == pytest.approx(1 - 15 / (1252 * 300)) and ingredients.hflip_prob == 0.5
+
+
+def test_deit_on_small_data_keeps_its_regularisers_off_and_a_usable_learning_rate():
+    ingredients = resolve("deit", DIGITS)
+    assert all(getattr(ingredients, name) == off for name, (off, _) in DEIT_REGULARISERS.items())
+    assert ingredients.crop_scale_min == 1.0 and ingredients.mixup_alpha == 0.0  # no crop, no Mixup
+    assert ingredients.repeated_augmentation == 1 and ingredients.hflip_prob == 0.0
+    assert ingredients.learning_rate == 5e-4  # DeiT's linear rule alone would give 5e-4 x 16 / 512 = 1.6e-5
+    assert "at strength 0.00" in ingredients.reasons["mixup_alpha"]
+
+
+def test_auto_warms_up_longer_from_scratch_and_lowers_the_rate_from_a_checkpoint():
+    scratch, tuned = resolve("auto", DIGITS), resolve("auto", dataclasses.replace(DIGITS, from_checkpoint=True))
+    assert scratch.warmup_steps == 0.1 and scratch.learning_rate == 5e-4 and scratch.ema_decay > 0.98
+    assert tuned.learning_rate == pytest.approx(scratch.learning_rate / 10)
+    middle = resolve("auto", dataclasses.replace(DIGITS, num_train_images=50_000, num_train_epochs=100, flips_keep_labels=True))
+    assert 0 < middle.mixup_alpha < 0.8 and 0 < middle.rand_augment_magnitude < 9 and middle.hflip_prob == 0.5
+    assert 0.08 < middle.crop_scale_min < 1.0
+
+
+def test_plain_recipe_is_the_plain_values():
+    ingredients = resolve("plain", IMAGENET)
+    assert {name: getattr(ingredients, name) for name in PLAIN} == PLAIN
+
+
+EXPLICIT = dict(
+    learning_rate="0.0123", weight_decay="0.3", warmup_steps="7", crop_scale_min="0.5", hflip_prob="0.25",
+    rand_augment_magnitude="4", random_erasing_prob="0.1", mixup_alpha="0.3", cutmix_alpha="0.4",
+    label_smoothing="0.2", repeated_augmentation="2", ema_decay="0.9", drop_path_rate="0.05",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", ["auto", "deit", "plain"])
+@pytest.mark.parametrize("facts", [DIGITS, IMAGENET], ids=["digits", "imagenet"])
+def test_an_explicit_flag_always_wins(recipe, facts):
+    assert set(EXPLICIT) == set(INGREDIENTS)
+    for name, value in EXPLICIT.items():
+        ingredients = resolve(recipe, facts, f"--{name}", value)
+        assert getattr(ingredients, name) == pytest.approx(float(value)) and ingredients.reasons[name] == "given", name
+    by_config = resolve(recipe, facts, "--config_overrides", "drop_path_rate=0.07")
+    assert by_config.drop_path_rate == 0.07 and by_config.reasons["drop_path_rate"] == "given"
+    assert resolve(recipe, facts, "--ema_decay", "0").ema_decay == 0  # 0 turns an ingredient off
+
+
+def test_unknown_recipe_fails_before_any_data_is_read(tmp_path):
+    result = run_script(["--output_dir", str(tmp_path / "out"), "--recipe", "fast", "--config_overrides", TINY],
+                        expect_success=False)  # fmt: skip
+    assert result.returncode != 0 and "Unknown --recipe 'fast'; choose one of ['auto', 'deit', 'plain']" in result.stderr
+    assert "Checking" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_trainer_wants_the_optimisation_ingredients_resolved(tmp_path, tiny_vit_config):
+    from hf_vit import HfViTForImageClassification
+
+    args = FinetuneTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, eval_strategy="no")
+    with pytest.raises(ValueError, match=r"\['weight_decay', 'warmup_steps'\] unset"):
+        ImageClassificationTrainer(model=HfViTForImageClassification(tiny_vit_config), args=args)
