@@ -213,8 +213,8 @@ def test_push_with_a_wrong_token_fails_clearly(tmp_path, hub):
 
 
 @pytest.mark.slow
-def test_default_run_reaches_95_percent_on_digits(tmp_path):
+def test_default_run_reaches_97_percent_on_digits(tmp_path):
     """The README's quick start: the article's ViT on the embedded digits, defaults only."""
     result = run_script(["--output_dir", str(tmp_path / "default")])
     metrics = json.loads((tmp_path / "default" / "eval_results.json").read_text())
-    assert metrics["eval_accuracy"] >= 0.95, result.stdout[-2000:]
+    assert metrics["eval_accuracy"] >= 0.97, result.stdout[-2000:]
