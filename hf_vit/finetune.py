@@ -178,8 +178,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
     apply_to_training(ingredients, training_args)
     if ingredients.drop_path_rate is not None:
         config.drop_path_rate = ingredients.drop_path_rate
-    recipe_summary = [f"recipe {recipe_args.recipe!r} for {facts.num_train_images} training images x "
-                      f"{facts.num_train_epochs:g} epochs:", *ingredients.describe()]  # fmt: skip
+    recipe_summary = [f"recipe {recipe_args.recipe!r} for {facts.describe()}:", *ingredients.describe()]
     if training_args.should_log:
         print("\n  ".join(recipe_summary))
 

@@ -36,6 +36,13 @@ class RunFacts:
     def total_steps(self) -> int:
         return int(self.steps_per_epoch * self.num_train_epochs)
 
+    def describe(self) -> str:
+        source = "from a checkpoint" if self.from_checkpoint else "from scratch"
+        teacher = "with a teacher" if self.has_teacher else "no teacher"
+        return (f"{self.model_type} {source}, {self.num_train_images} training images of {self.image_size} px in "
+                f"{self.num_labels} classes x {self.num_train_epochs:g} epochs, global batch {self.global_batch_size}, "
+                f"{teacher}")  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Ingredients:
@@ -206,11 +213,7 @@ def resolve_recipe(recipe_args: RecipeArguments, training_args, config_overrides
         given = getattr(training_args if name in TRAINING_INGREDIENTS else recipe_args, name)
         if name == "drop_path_rate" and given is None:
             given = config_overrides.get("drop_path_rate")
-        if given is not None:
-            values[name], reasons[name] = given, "given"
-        else:
-            values[name], reason = chosen[name]
-            reasons[name] = reason
+        values[name], reasons[name] = (given, "given") if given is not None else chosen[name]
     return Ingredients(**values, reasons=reasons)
 
 

@@ -249,7 +249,7 @@ def test_whole_recipe_with_a_teacher_runs_end_to_end_in_two_processes(tmp_path):
     assert state["global_step"] == 2 * math.ceil(96 / 32)
     config = json.loads((output_dir / "config.json").read_text())
     assert config["model_type"] == "hf_deit" and config["drop_path_rate"] == 0.0  # DeiT's 0.1 scaled to 96 images x 2 epochs
-    assert result.stdout.count("recipe 'deit' for 96 training images") == 1 and "drop_path_rate = 0.0: DeiT's, at strength 0.00" in result.stdout
+    assert result.stdout.count("recipe 'deit' for hf_deit from scratch, 96 training images of 32 px in 10 classes") == 1 and "drop_path_rate = 0.0: DeiT's, at strength 0.00" in result.stdout
     saved = load_file(output_dir / "model.safetensors")
     assert "deit.embeddings.distillation_token" in saved and not any("teacher" in key for key in saved)
 

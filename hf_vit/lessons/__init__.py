@@ -5,6 +5,7 @@
     vit_vs_cnn      exercise 1 (the article's ViT against a CNN) and the data-efficiency comparison
     patches         exercise 2: patches, their reconstruction, position-embedding similarity
     attention       exercise 3 (full vs window attention cost) and attention rollout
-    recipe_study    the article's DeiT comparison: naive recipe, DeiT recipe, DeiT recipe + a CNN teacher
+    recipe_study    the recipe study: plain, auto, deit and a distilled DeiT against a small CNN, over seeds
+    photo_patches   the study's second dataset: colour crops of the photographs scikit-learn ships
     benchmark       speed and memory against timm and transformers (needs timm: `pip install hf_vit[bench]`)
 """
