@@ -55,7 +55,7 @@ def _labels(config: dict, num_labels: int) -> dict:
 
 def sources(library: str) -> list[str]:
     """The source architectures of `library` ("transformers" or "timm") that some family converts from."""
-    return sorted(name.split(":", 1)[1] for family in FAMILIES.values() for name in family.converters if name.startswith(library))
+    return sorted(name.split(":", 1)[1] for family in FAMILIES.values() for name in family.converters if name.startswith(f"{library}:"))
 
 
 def from_transformers(config: dict, state_dict: dict):

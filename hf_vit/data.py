@@ -92,7 +92,7 @@ def load_splits(args: DataArguments, seed: int = 0) -> DatasetDict:
             data_files[split] = os.path.join(directory, "**")
         splits = load_dataset("imagefolder", data_files=data_files)
     else:
-        splits = load_digits_splits(seed)  # args.uses_embedded_digits
+        splits = load_digits_splits(seed)
 
     if "train" not in splits:
         raise ValueError(f"The dataset has no 'train' split; it has {list(splits)}")

@@ -141,14 +141,15 @@ def regularisation_strength(facts: RunFacts) -> float:
     return min(max(position, 0.0), 1.0)
 
 
-def flip_choice(facts: RunFacts) -> Choice:
-    if facts.flips_keep_labels:
+def flip_choice(flips_keep_labels: bool) -> Choice:
+    """Horizontal flips where mirrored images keep their class; none where they change it (digits)."""
+    if flips_keep_labels:
         return 0.5, "mirrored images keep their class"
     return 0.0, "mirrored images change class (digits)"
 
 
 def plain_recipe(facts: RunFacts) -> dict[str, Choice]:
-    return {name: (value, "plain recipe") for name, value in PLAIN.items()} | {"hflip_prob": flip_choice(facts)}
+    return {name: (value, "plain recipe") for name, value in PLAIN.items()} | {"hflip_prob": flip_choice(facts.flips_keep_labels)}
 
 
 def deit_learning_rate(global_batch_size: int) -> float:

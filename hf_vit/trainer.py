@@ -19,6 +19,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from transformers.utils import logging
 
 from .cards import write_model_card
+from .recipes import TRAINING_INGREDIENTS
 
 logger = logging.get_logger(__name__)
 
@@ -243,7 +244,7 @@ class ImageClassificationTrainer(Trainer):
             check_teacher_labels(teacher.config, self.model.config)
             self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.teacher_inputs = teacher_inputs or (lambda pixel_values: pixel_values)
-        unset = [name for name in ("learning_rate", "weight_decay", "warmup_steps") if getattr(self.args, name) is None]
+        unset = [name for name in TRAINING_INGREDIENTS if getattr(self.args, name) is None]
         if unset:
             raise ValueError(f"{unset} unset: give them, or let hf_vit.recipes.resolve_recipe choose them first")
         self.batch_mixer = batch_mixer if batch_mixer is not None and batch_mixer.active else None

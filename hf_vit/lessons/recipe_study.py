@@ -18,7 +18,7 @@ from transformers import ResNetConfig, ResNetForImageClassification
 from ..data import DIGITS, DataArguments, collate, load_splits, make_image_processor, set_transforms
 from ..finetune import ModelArguments, finetune, label_fields
 from ..metrics import compute_metrics
-from ..recipes import PLAIN, RecipeArguments
+from ..recipes import PLAIN, TRAINING_INGREDIENTS, RecipeArguments, flip_choice
 from ..trainer import FinetuneTrainingArguments, ImageClassificationTrainer
 from .photo_patches import make_photo_patches
 from .report import new_figure, save_plot, save_results
@@ -40,9 +40,9 @@ def train_cnn(output_dir: str, data_args: DataArguments, training_args: Finetune
     labels = splits["train"].features[data_args.label_column_name].names
     config = ResNetConfig(embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1], **label_fields(labels))
     processor = make_image_processor(data_args.image_size or 32)
-    hflip_prob = 0.0 if data_args.uses_embedded_digits else 0.5
+    hflip_prob, _ = flip_choice(not data_args.uses_embedded_digits)
     set_transforms(splits, processor, 3, data_args, crop_scale_min=PLAIN["crop_scale_min"], hflip_prob=hflip_prob)
-    for name in ("learning_rate", "weight_decay", "warmup_steps"):
+    for name in TRAINING_INGREDIENTS:
         setattr(training_args, name, PLAIN[name])
     trainer = ImageClassificationTrainer(
         model=ResNetForImageClassification(config), args=training_args, train_dataset=splits["train"],
