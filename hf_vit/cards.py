@@ -1,8 +1,15 @@
-"""Model cards rendered from the templates in `model_cards/` (each family names its own in the registry)."""
+"""Model cards rendered from the templates in `model_cards/` (each family names its own in the registry), with
+Hub metadata (model-index with the task, dataset and accuracy) and the training-curves picture they link to."""
 
 import os
 from pathlib import Path
 from string import Template
+
+from huggingface_hub import EvalResult, ModelCard
+
+from .figures import new_figure, save_plot
+
+CURVES_FILE = "training_curves.png"
 
 # model_cards/ sits beside the package in a source checkout (and editable installs); wheels carry it inside.
 TEMPLATE_DIRS = [Path(__file__).parent / "model_cards", Path(__file__).parent.parent / "model_cards"]
@@ -18,6 +25,27 @@ def read_template(name: str) -> str:
 def _name(option) -> str:
     """An option as the user wrote it: `adamw_torch_fused`, not `OptimizerNames.ADAMW_TORCH_FUSED`."""
     return getattr(option, "value", option)
+
+
+def evaluations_by_epoch(log_history) -> list[dict]:
+    """The eval log entries, one per epoch (the last one wins: the final `evaluate()` repeats the last epoch's)."""
+    by_epoch = {entry.get("epoch"): entry for entry in log_history or [] if "eval_accuracy" in entry}
+    return list(by_epoch.values())
+
+
+def plot_training_curves(log_history, path: str) -> None:
+    """Loss (training and evaluation), evaluation accuracy and learning rate against the epoch, in one PNG."""
+    train = [entry for entry in log_history if "loss" in entry and "epoch" in entry]
+    evals = evaluations_by_epoch(log_history)
+    figure, (loss_axes, accuracy_axes, lr_axes) = new_figure(1, 3, figsize=(13, 3.8))
+    loss_axes.plot([e["epoch"] for e in train], [e["loss"] for e in train], marker="o", markersize=3, label="training")
+    loss_axes.plot([e["epoch"] for e in evals], [e["eval_loss"] for e in evals], marker="o", markersize=3, label="evaluation")
+    accuracy_axes.plot([e["epoch"] for e in evals], [e["eval_accuracy"] for e in evals], marker="o", markersize=3)
+    lr_axes.plot([e["epoch"] for e in train if "learning_rate" in e], [e["learning_rate"] for e in train if "learning_rate" in e])
+    loss_axes.set(xlabel="epoch", ylabel="loss", title="loss")
+    accuracy_axes.set(xlabel="epoch", ylabel="accuracy", title="evaluation accuracy", ylim=(0, 1))
+    lr_axes.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+    save_plot(figure, path, loss_axes, accuracy_axes, lr_axes)
 
 
 def training_summary(training_args, log_history, recipe=None) -> str:
@@ -38,37 +66,56 @@ def training_summary(training_args, log_history, recipe=None) -> str:
         lines.insert(3, f"- backbone learning rate: {training_args.backbone_learning_rate:g}")
     if recipe:  # its title line, then one line per ingredient
         lines.append(f"- {recipe[0]}\n" + "\n".join(f"  - {line}" for line in recipe[1:]))
-    evals = [entry for entry in log_history or [] if "eval_accuracy" in entry]
+    evals = evaluations_by_epoch(log_history)
     if evals:
+        epochs = ", ".join(f"{entry['epoch']:g}" for entry in evals)
         curve = ", ".join(f"{entry['eval_accuracy']:.3f}" for entry in evals)
-        lines.append(f"- eval accuracy after each evaluation: {curve}")
+        lines.append(f"- eval accuracy at epochs {epochs}: {curve}")
     return "\n".join(lines)
 
 
-def render_model_card(model, template: str, dataset=None, training_args=None, log_history=None, load_id=None,
-                      source=None, recipe=None) -> str:  # fmt: skip
-    """The card of `model` from the template file named `template` (`Family.card_template`)."""
+def render_model_card(model, template: str, dataset=None, dataset_id=None, training_args=None, log_history=None,
+                      load_id=None, source=None, recipe=None, curves=None) -> str:  # fmt: skip
+    """The card of `model` from the template file named `template` (`Family.card_template`).
+
+    `dataset` names the data for people; `dataset_id`, a Hub dataset id, is listed in the metadata (a local path
+    is not: the Hub would take it for an id). `curves`: a picture file beside the card to show.
+    """
     config = model.config
-    template = read_template(template)
-    evals = [entry["eval_accuracy"] for entry in log_history or [] if "eval_accuracy" in entry]
+    evals = evaluations_by_epoch(log_history)
     labels = list((config.id2label or {}).values())
     fields = {key: value for key, value in config.to_dict().items() if isinstance(value, (int, float, str, list))}
     started_from = getattr(config, "_name_or_path", "")  # set by from_pretrained, empty for fresh models
     title = load_id or (training_args.hub_model_id or training_args.output_dir if training_args else started_from)
+    model_name = os.path.basename(str(title or config.model_type).rstrip("/"))
+    hyperparameters = training_summary(training_args, log_history, recipe)
+    if curves:
+        hyperparameters += f"\n\n![training curves: loss, evaluation accuracy, learning rate]({curves})"
     fields.update(
-        model_name=os.path.basename(str(title or config.model_type).rstrip("/")),
+        model_name=model_name,
         num_parameters=f"{sum(p.numel() for p in model.parameters()):,}",
         labels=", ".join(map(str, labels[:20])) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else ""),
         dataset=dataset or "unknown",
-        eval_accuracy=f"{evals[-1]:.4f}" if evals else "not evaluated",
+        eval_accuracy=f"{evals[-1]['eval_accuracy']:.4f}" if evals else "not evaluated",
         source=source or (f"fine-tuned from {started_from}" if started_from else "trained from scratch"),
-        hyperparameters=training_summary(training_args, log_history, recipe),
+        hyperparameters=hyperparameters,
         load_id=load_id or "path/to/this/checkpoint",
     )
     backbone_config = getattr(config, "backbone_config", None)
     if backbone_config is not None:
         fields.update(backbone_type=backbone_config.model_type, backbone_stage=backbone_config.out_features[0])
-    return Template(template).safe_substitute(fields)
+    card = ModelCard(Template(read_template(template)).safe_substitute(fields))
+    card.data.model_name = model_name
+    if dataset_id:
+        card.data.datasets = [dataset_id]
+    if evals:
+        card.data.metrics = ["accuracy"]
+        card.data.eval_results = [EvalResult(
+            task_type="image-classification", task_name="Image Classification", dataset_type=dataset_id or "custom",
+            dataset_name=dataset or dataset_id or "unknown", metric_type="accuracy", metric_name="Accuracy",
+            metric_value=round(evals[-1]["eval_accuracy"], 4),
+        )]  # fmt: skip
+    return card.content
 
 
 def write_model_card(output_dir, model, template: str, **kwargs) -> str:

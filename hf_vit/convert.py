@@ -12,10 +12,12 @@ import os
 
 import torch
 from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, BitImageProcessor, PreTrainedConfig
 
 from .cards import write_model_card
+from .cli import check_local_path
 from .data import set_processor_size
 from .families import FAMILIES, converter_for
 from .key_maps import CheckpointMismatchError, load_converted_state_dict, rename_keys
@@ -26,9 +28,15 @@ _TIMM_INTERPOLATION = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1} 
 
 def read_source(source: str) -> tuple[dict, dict, str]:
     """(config.json as a dict, state dict, local directory) of a local directory or a Hub repo id."""
-    directory = source if os.path.isdir(source) else snapshot_download(
-        source, allow_patterns=["*.json", *WEIGHT_FILES]
-    )  # fmt: skip
+    check_local_path(source, "source")
+    if os.path.isdir(source):
+        directory = source
+    else:
+        try:
+            directory = snapshot_download(source, allow_patterns=["*.json", *WEIGHT_FILES])
+        except (HfHubHTTPError, OSError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0]
+            raise FileNotFoundError(f"source {source!r} is not a local directory, and the Hub did not give it: {reason}") from error
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{source} has no config.json; is it a transformers or timm checkpoint?")

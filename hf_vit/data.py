@@ -18,6 +18,11 @@ from PIL import Image as PILImage
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 from transformers import ViTImageProcessor
+from transformers.utils import logging
+
+from .cli import check_local_path, looks_like_local_path
+
+logger = logging.get_logger(__name__)
 
 DIGITS = "digits"
 
@@ -25,6 +30,8 @@ DIGITS = "digits"
 @dataclass
 class DataArguments:
     """Where the images come from and how they are prepared."""
+
+    _argument_group_name = "data"
 
     dataset_name: str | None = field(
         default=None,
@@ -79,8 +86,7 @@ def load_splits(args: DataArguments, seed: int = 0) -> DatasetDict:
     else the embedded digits. Raises ValueError naming a missing path or column.
     """
     if args.dataset_name is not None:
-        if os.path.sep in args.dataset_name and not os.path.exists(args.dataset_name):
-            raise FileNotFoundError(f"Dataset directory {args.dataset_name!r} does not exist")
+        check_local_path(args.dataset_name, "--dataset_name")
         splits = load_dataset(args.dataset_name, args.dataset_config_name)
     elif args.train_dir is not None or args.validation_dir is not None:
         data_files = {}
@@ -112,6 +118,8 @@ def load_splits(args: DataArguments, seed: int = 0) -> DatasetDict:
 
     if not isinstance(train.features[args.label_column_name], ClassLabel):
         splits = splits.class_encode_column(args.label_column_name)
+    if args.train_dir is not None and args.dataset_name is None:
+        check_class_folders(args.train_dir, splits["train"], args.label_column_name)
     if args.max_train_samples is not None:
         splits["train"] = splits["train"].shuffle(seed=seed).select(range(min(args.max_train_samples, len(train))))
     if args.max_eval_samples is not None:
@@ -121,6 +129,33 @@ def load_splits(args: DataArguments, seed: int = 0) -> DatasetDict:
     for name, split in splits.items():
         check_images_readable(split, args.image_column_name, name)
     return splits
+
+
+def check_class_folders(train_dir: str, train: Dataset, label_column: str) -> None:
+    """imagefolder drops class folders without images: warn about those in `train_dir`, and fail on a class that
+    has evaluation images but no training image (the model could never learn it)."""
+    names = train.features[label_column].names
+    counts = np.bincount(train[label_column], minlength=len(names))
+    untrained = [name for name, count in zip(names, counts) if count == 0]
+    if untrained:
+        raise ValueError(f"Classes {untrained} have evaluation images but no training image in --train_dir "
+                         f"{train_dir!r}; add training images or remove the classes from the evaluation data")  # fmt: skip
+    folders = sorted(entry.name for entry in os.scandir(train_dir) if entry.is_dir())
+    dropped = [folder for folder in folders if folder not in names]
+    if dropped and set(names) <= set(folders):  # one folder per class: the missing ones hold no image
+        logger.warning("Class folders without images in --train_dir %r are left out of the label set: %s",
+                       train_dir, ", ".join(dropped))  # fmt: skip
+
+
+def describe_dataset(args: DataArguments) -> tuple[str, str | None]:
+    """(a name for people, the Hub dataset id or None): a model card lists a dataset only by its Hub id."""
+    if args.dataset_name is not None:
+        local = looks_like_local_path(args.dataset_name)
+        return (os.path.basename(os.path.normpath(args.dataset_name)) if local else args.dataset_name,
+                None if local else args.dataset_name)  # fmt: skip
+    if args.train_dir is not None or args.validation_dir is not None:
+        return f"imagefolder {os.path.basename(os.path.normpath(args.train_dir or args.validation_dir))}", None
+    return "scikit-learn digits (embedded in hf_vit)", None
 
 
 def open_image(value) -> PILImage.Image:
@@ -141,9 +176,11 @@ def check_images_readable(split: Dataset, column: str, split_name: str) -> None:
         open_image(value)
 
 
-def make_image_processor(image_size: int, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> ViTImageProcessor:
-    """The processor saved with every checkpoint: resize to image_size, scale to [0, 1], normalise."""
-    return ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=list(mean), image_std=list(std))
+def make_image_processor(image_size: int, num_channels: int = 3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> ViTImageProcessor:
+    """The processor saved with every checkpoint: resize to image_size, scale to [0, 1], normalise `num_channels`
+    channels (a one-channel model's processor normalises (H, W, 1) arrays; three values would not broadcast)."""
+    return ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=list(mean[:num_channels]),
+                             image_std=list(std[:num_channels]))  # fmt: skip
 
 
 def set_processor_size(image_processor, image_size: int) -> None:

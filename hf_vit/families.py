@@ -16,6 +16,7 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     ViTImageProcessor,
+    ViTImageProcessorPil,
 )
 
 from .configuration_deit import HfDeiTConfig
@@ -97,7 +98,11 @@ def register(family: Family) -> None:
     AutoConfig.register(family.model_type, config_class, exist_ok=True)
     AutoModel.register(config_class, family.base_model_class, exist_ok=True)
     AutoModelForImageClassification.register(config_class, family.classifier_class, exist_ok=True)
-    AutoImageProcessor.register(config_class, ViTImageProcessor, exist_ok=True)
+    # Both backends: registered as one (positional) class, transformers files it under "pil", looks for the
+    # default "torchvision" first, and warns on every load that it fell back.
+    AutoImageProcessor.register(
+        config_class, image_processor_classes={"torchvision": ViTImageProcessor, "pil": ViTImageProcessorPil}, exist_ok=True
+    )
     config_class.register_for_auto_class()
     family.base_model_class.register_for_auto_class("AutoModel")
     family.classifier_class.register_for_auto_class("AutoModelForImageClassification")

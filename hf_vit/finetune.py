@@ -9,6 +9,7 @@ many processes.
 """
 
 import ast
+import difflib
 import inspect
 import os
 import sys
@@ -16,16 +17,25 @@ from dataclasses import dataclass, field
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
 
-from .data import DIGITS, DataArguments, collate, load_splits, make_image_processor, processor_size, set_processor_size, set_transforms
+from .cli import TRACEBACK_FLAG, TRACEBACK_HELP, check_local_path, run_command, usage_errors
+from .data import (
+    DataArguments, collate, describe_dataset, load_splits, make_image_processor, processor_size, set_processor_size,
+    set_transforms,
+)  # fmt: skip
 from .families import FAMILIES, Family, family_of
 from .metrics import compute_metrics
 from .recipes import RecipeArguments, RunFacts, apply_to_training, check_recipe_name, resolve_recipe
-from .trainer import BatchMixer, FinetuneTrainingArguments, ImageClassificationTrainer, TeacherInputAdapter, global_batch_size
+from .trainer import (
+    BatchMixer, FinetuneTrainingArguments, ImageClassificationTrainer, TeacherInputAdapter, check_backbone_learning_rate,
+    global_batch_size,
+)  # fmt: skip
 
 
 @dataclass
 class ModelArguments:
     """Which model to train."""
+
+    _argument_group_name = "model"
 
     model_type: str = field(default="hf_vit", metadata={"help": f"One of {sorted(FAMILIES)}."})
     model_name_or_path: str | None = field(
@@ -77,23 +87,87 @@ def _split_top_level(text: str) -> list[str]:
     return [item for item in items + [current] if item.strip()]
 
 
+# The flags a newcomer needs, shown first in --help (the others follow in their groups: model, data, recipe, Trainer).
+START_HERE = ("--output_dir", "--train_dir", "--model_name_or_path", "--model_type", "--num_train_epochs")
+
+
+def build_parser() -> HfArgumentParser:
+    """The command line: `START_HERE` first, then hf_vit's model, data and recipe flags, then the Trainer's."""
+    usage = "%(prog)s " + " ".join(f"[{flag} {flag[2:].split('_')[-1].upper()}]" for flag in START_HERE) + " [...]"
+    parser = HfArgumentParser((ModelArguments, DataArguments, RecipeArguments, FinetuneTrainingArguments),
+                              usage=usage, description=__doc__.split("\n\n")[0])  # fmt: skip
+    parser.add_argument_group("command line").add_argument(TRACEBACK_FLAG, action="store_true", help=TRACEBACK_HELP)
+    start = parser.add_argument_group("start here")
+    for flag in START_HERE:
+        action = parser._option_string_actions[flag]
+        for group in parser._action_groups:
+            if action in group._group_actions:
+                group._group_actions.remove(action)
+        start._group_actions.append(action)
+    parser._action_groups.remove(start)
+    parser._action_groups.insert(2, start)  # after argparse's own two groups (positionals, -h)
+    return parser
+
+
 def parse_args(argv=None):
-    """Command line (or one JSON file) -> the four argument dataclasses."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, FinetuneTrainingArguments, RecipeArguments))
+    """Command line (or one JSON file) -> (ModelArguments, DataArguments, FinetuneTrainingArguments, RecipeArguments)."""
+    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+        model_args, data_args, recipe_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        *arguments, _command_line, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if unknown:
+            flag = next((item for item in unknown if item.startswith("--")), unknown[0])
+            close = difflib.get_close_matches(flag.split("=")[0], parser._option_string_actions, n=1)
+            raise ValueError(f"unrecognized arguments: {' '.join(unknown)}" + (f"; did you mean {close[0]}?" if close else ""))
+        model_args, data_args, recipe_args, training_args = arguments
+    return model_args, data_args, training_args, recipe_args
 
 
-def check_arguments(model_args: ModelArguments, recipe_args: RecipeArguments) -> Family:
-    """Fail on a bad model type, preset or recipe before any data is touched; returns the family to train."""
+def check_config_overrides(config, overrides: dict) -> None:
+    """Every override must name a field of `config`: a typo would otherwise be written into config.json and do
+    nothing."""
+    settable = set(config.to_dict()) - {"_name_or_path", "model_type", "transformers_version", "architectures",
+                                        "id2label", "label2id"}  # fmt: skip
+    for name in overrides:
+        if name not in settable:
+            close = difflib.get_close_matches(name, settable, n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"its fields are {sorted(settable)}"
+            raise ValueError(f"--config_overrides: {type(config).__name__} has no field {name!r}; {hint}")
+
+
+def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args, recipe_args: RecipeArguments):
+    """Everything that can be checked before data is touched: model type, preset, recipe, config overrides (names
+    and values), checkpoint and teacher paths, flags the family does not support.
+
+    Returns (family, config overrides as a dict, the config the run starts from: the checkpoint's or the preset's).
+    """
     family = family_of(model_args.model_type)
     if model_args.preset is not None and model_args.preset not in family.config_class.presets:
         raise ValueError(f"Unknown --preset {model_args.preset!r} for {family.model_type}; choose one of "
                          f"{sorted(family.config_class.presets)}")  # fmt: skip
     check_recipe_name(recipe_args.recipe)
-    return family
+    overrides = parse_config_overrides(model_args.config_overrides)
+    for path, flag in ((model_args.model_name_or_path, "--model_name_or_path"),
+                       (model_args.teacher_name_or_path, "--teacher_name_or_path"),
+                       (data_args.train_dir, "--train_dir"), (data_args.validation_dir, "--validation_dir")):  # fmt: skip
+        if path is not None:
+            check_local_path(path, flag)
+    if model_args.model_name_or_path is not None:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+        family = family_of(config.model_type)
+    else:
+        config = family.config(model_args.preset)
+    check_config_overrides(config, overrides)
+    size = {} if data_args.image_size is None else {"image_size": data_args.image_size}
+    type(config)(**{**config.to_dict(), **overrides, **size})  # the config's own validation of the values
+    if model_args.teacher_name_or_path is not None:
+        if "teacher_logits" not in inspect.signature(family.classifier_class.forward).parameters:
+            raise ValueError(f"--teacher_name_or_path needs a model that distills (--model_type hf_deit), not {family.model_type}")
+        AutoConfig.from_pretrained(model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    check_backbone_learning_rate(training_args, config)
+    return family, overrides, config
 
 
 def label_fields(labels: list[str]) -> dict:
@@ -135,7 +209,7 @@ def build_model(model_args: ModelArguments, family: Family, config, image_size: 
 def build_image_processor(model_args: ModelArguments, model):
     size = model.config.image_size
     if model_args.model_name_or_path is None:
-        return make_image_processor(size)
+        return make_image_processor(size, model.config.num_channels)
     processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
     set_processor_size(processor, size)
     return processor
@@ -143,8 +217,6 @@ def build_image_processor(model_args: ModelArguments, model):
 
 def load_teacher(model_args: ModelArguments, model, image_processor):
     """The frozen teacher and the adapter that turns student batches into its inputs (its size, mean, std)."""
-    if "teacher_logits" not in inspect.signature(model.forward).parameters:
-        raise ValueError(f"--teacher_name_or_path needs a model that distills (--model_type hf_deit), not {model.config.model_type}")
     teacher = AutoModelForImageClassification.from_pretrained(
         model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code
     )
@@ -158,56 +230,56 @@ def load_teacher(model_args: ModelArguments, model, image_processor):
 
 
 def finetune(model_args: ModelArguments, data_args: DataArguments, training_args, recipe_args=None) -> dict:
-    """Train, evaluate, save the model + processor + code + card, push when asked. Returns the eval metrics."""
+    """Train, evaluate, save the model + processor + code + card + training curves, push when asked. Returns the
+    eval metrics. Bad input raises a `UsageError` before any data is read (arguments) or anything is written."""
     recipe_args = recipe_args or RecipeArguments()
-    family = check_arguments(model_args, recipe_args)
-    set_seed(training_args.seed)
-    splits = load_splits(data_args, seed=training_args.seed)
-    labels = splits["train"].features[data_args.label_column_name].names
-    overrides = parse_config_overrides(model_args.config_overrides)
-    config = build_config(model_args, family, labels, data_args.image_size, overrides)
-    if model_args.model_name_or_path is not None:
-        family = family_of(config.model_type)
-    facts = RunFacts(
-        num_train_images=len(splits["train"]), num_labels=len(labels), image_size=data_args.image_size or config.image_size,
-        model_type=family.model_type, from_checkpoint=model_args.model_name_or_path is not None,
-        has_teacher=model_args.teacher_name_or_path is not None, num_train_epochs=training_args.num_train_epochs,
-        global_batch_size=global_batch_size(training_args), flips_keep_labels=not data_args.uses_embedded_digits,
-    )  # fmt: skip
-    ingredients = resolve_recipe(recipe_args, training_args, overrides, facts)
-    apply_to_training(ingredients, training_args)
-    if ingredients.drop_path_rate is not None:
-        config.drop_path_rate = ingredients.drop_path_rate
-    recipe_summary = [f"recipe {recipe_args.recipe!r} for {facts.describe()}:", *ingredients.describe()]
-    if training_args.should_log:
-        print("\n  ".join(recipe_summary))
+    with usage_errors():
+        family, overrides, _ = check_arguments(model_args, data_args, training_args, recipe_args)
+        set_seed(training_args.seed)
+        splits = load_splits(data_args, seed=training_args.seed)
+        labels = splits["train"].features[data_args.label_column_name].names
+        config = build_config(model_args, family, labels, data_args.image_size, overrides)
+        facts = RunFacts(
+            num_train_images=len(splits["train"]), num_labels=len(labels), image_size=data_args.image_size or config.image_size,
+            model_type=family.model_type, from_checkpoint=model_args.model_name_or_path is not None,
+            has_teacher=model_args.teacher_name_or_path is not None, num_train_epochs=training_args.num_train_epochs,
+            global_batch_size=global_batch_size(training_args), flips_keep_labels=not data_args.uses_embedded_digits,
+        )  # fmt: skip
+        ingredients = resolve_recipe(recipe_args, training_args, overrides, facts)
+        apply_to_training(ingredients, training_args)
+        if ingredients.drop_path_rate is not None:
+            config.drop_path_rate = ingredients.drop_path_rate
+        recipe_summary = [f"recipe {recipe_args.recipe!r} for {facts.describe()}:", *ingredients.describe()]
+        if training_args.should_log:
+            print("\n  ".join(recipe_summary))
 
-    model = build_model(model_args, family, config, data_args.image_size)
-    image_processor = build_image_processor(model_args, model)
-    teacher, teacher_inputs = None, None
-    if model_args.teacher_name_or_path is not None:
-        teacher, teacher_inputs = load_teacher(model_args, model, image_processor)
-    set_transforms(splits, image_processor, model.config.num_channels, data_args, **ingredients.augmentation)
+        model = build_model(model_args, family, config, data_args.image_size)
+        image_processor = build_image_processor(model_args, model)
+        teacher, teacher_inputs = None, None
+        if model_args.teacher_name_or_path is not None:
+            teacher, teacher_inputs = load_teacher(model_args, model, image_processor)
+        set_transforms(splits, image_processor, model.config.num_channels, data_args, **ingredients.augmentation)
+        dataset_name, dataset_id = describe_dataset(data_args)
 
-    trainer = ImageClassificationTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=splits["train"],
-        eval_dataset=splits["validation"],
-        data_collator=collate,
-        processing_class=image_processor,
-        compute_metrics=compute_metrics,
-        teacher=teacher,
-        teacher_inputs=teacher_inputs,
-        batch_mixer=BatchMixer(
-            len(labels), ingredients.mixup_alpha, ingredients.cutmix_alpha, recipe_args.mixup_switch_prob,
-            ingredients.label_smoothing,
-        ),  # fmt: skip
-        repeated_augmentation=ingredients.repeated_augmentation,
-        ema_decay=ingredients.ema_decay,
-        card_template=family.card_template,
-        recipe_summary=recipe_summary,
-    )
+        trainer = ImageClassificationTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=splits["train"],
+            eval_dataset=splits["validation"],
+            data_collator=collate,
+            processing_class=image_processor,
+            compute_metrics=compute_metrics,
+            teacher=teacher,
+            teacher_inputs=teacher_inputs,
+            batch_mixer=BatchMixer(
+                len(labels), ingredients.mixup_alpha, ingredients.cutmix_alpha, recipe_args.mixup_switch_prob,
+                ingredients.label_smoothing,
+            ),  # fmt: skip
+            repeated_augmentation=ingredients.repeated_augmentation,
+            ema_decay=ingredients.ema_decay,
+            card_template=family.card_template,
+            recipe_summary=recipe_summary,
+        )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
@@ -217,23 +289,29 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
     trainer.save_metrics("eval", metrics)
     trainer.save_state()
 
-    dataset = data_args.dataset_name or data_args.train_dir or DIGITS
     if trainer.is_world_process_zero():
+        top5 = f", top-5 {metrics['eval_top5_accuracy']:.2%}" if "eval_top5_accuracy" in metrics else ""
         print(
-            f"eval: accuracy {metrics['eval_accuracy']:.2%}, top-5 {metrics['eval_top5_accuracy']:.2%}, "
-            f"loss {metrics['eval_loss']:.4f} on {len(splits['validation'])} images of {dataset} after "
-            f"{training_args.num_train_epochs:g} epochs -> {training_args.output_dir}"
+            f"eval: accuracy {metrics['eval_accuracy']:.2%}{top5}, loss {metrics['eval_loss']:.4f} on "
+            f"{len(splits['validation'])} images of {dataset_name} after {training_args.num_train_epochs:g} epochs "
+            f"-> {training_args.output_dir}"
         )
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset=dataset)
+        trainer.push_to_hub(dataset=dataset_name, dataset_id=dataset_id)
     else:
-        trainer.create_model_card(dataset=dataset)
+        trainer.create_model_card(dataset=dataset_name, dataset_id=dataset_id)
     return metrics
 
 
 def main(argv=None) -> int:
-    finetune(*parse_args(argv))
-    return 0
+    """The command line: bad input -> one line and exit code 2 (`--traceback` for the whole story)."""
+
+    def body():
+        with usage_errors():
+            arguments = parse_args(argv)
+        finetune(*arguments)
+
+    return run_command(body, argv)
 
 
 if __name__ == "__main__":

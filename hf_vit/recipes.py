@@ -83,6 +83,8 @@ TRAINING_INGREDIENTS = ("learning_rate", "weight_decay", "warmup_steps")
 class RecipeArguments:
     """The recipe and its ingredients, each its own flag; an unset flag is the recipe's to choose."""
 
+    _argument_group_name = "recipe"
+
     recipe: str = field(
         default="auto",
         metadata={"help": "The training recipe: auto (fits the data, the default), deit (DeiT's, scaled to the run) or "

@@ -18,7 +18,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 from transformers.utils import logging
 
-from .cards import write_model_card
+from .cards import CURVES_FILE, plot_training_curves, write_model_card
 from .recipes import TRAINING_INGREDIENTS
 
 logger = logging.get_logger(__name__)
@@ -34,6 +34,8 @@ class FinetuneTrainingArguments(TrainingArguments):
     `learning_rate`, `weight_decay` and `warmup_steps` are left unset (None) for the recipe to choose
     (`recipes.resolve_recipe`); a value given here always wins.
     """
+
+    _argument_group_name = "Trainer (transformers TrainingArguments)"
 
     num_train_epochs: float = field(default=20.0, metadata={"help": "Total number of training epochs."})
     learning_rate: float | None = field(default=None, metadata={"help": "Peak AdamW learning rate (default: the recipe's)."})
@@ -222,6 +224,12 @@ def backbone_of(model) -> torch.nn.Module | None:
     return getattr(getattr(model.base_model, "patch_embeddings", None), "backbone", None)
 
 
+def check_backbone_learning_rate(training_args, config) -> None:
+    """`backbone_learning_rate` needs a model with a CNN backbone (a config with a `backbone_config`)."""
+    if getattr(training_args, "backbone_learning_rate", None) is not None and getattr(config, "backbone_config", None) is None:
+        raise ValueError(f"--backbone_learning_rate needs a model with a CNN backbone (hf_vit_hybrid), not {config.model_type}")
+
+
 class ImageClassificationTrainer(Trainer):
     """`Trainer` for hf_vit classifiers.
 
@@ -249,10 +257,7 @@ class ImageClassificationTrainer(Trainer):
             raise ValueError(f"{unset} unset: give them, or let hf_vit.recipes.resolve_recipe choose them first")
         self.batch_mixer = batch_mixer if batch_mixer is not None and batch_mixer.active else None
         self.repeated_augmentation = repeated_augmentation
-        if self.args.backbone_learning_rate is not None and backbone_of(self.model) is None:
-            raise ValueError(
-                f"--backbone_learning_rate needs a model with a CNN backbone (hf_vit_hybrid), not {self.model.config.model_type}"
-            )
+        check_backbone_learning_rate(self.args, self.model.config)
         self.card_template, self.recipe_summary = card_template, recipe_summary
         self.ema = None
         if ema_decay:
@@ -310,11 +315,15 @@ class ImageClassificationTrainer(Trainer):
         with self.ema.applied_to(self.model):
             return super().save_model(output_dir, _internal_call)
 
-    def create_model_card(self, dataset: str | None = None, **kwargs) -> None:
+    def create_model_card(self, dataset: str | None = None, dataset_id: str | None = None, **kwargs) -> None:
+        """README.md (hf_vit's card: `dataset` names the data, `dataset_id` is its Hub id if it has one) and the
+        training curves it shows, in the output directory."""
         if self.card_template is None:
             raise ValueError("No card_template was given to the trainer: it writes hf_vit model cards only")
         if self.is_world_process_zero():
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            plot_training_curves(self.state.log_history, os.path.join(self.args.output_dir, CURVES_FILE))
             load_id = (self.args.hub_model_id if self.args.push_to_hub else None) or self.args.output_dir
-            write_model_card(self.args.output_dir, self.model, self.card_template, dataset=dataset,
+            write_model_card(self.args.output_dir, self.model, self.card_template, dataset=dataset, dataset_id=dataset_id,
                              training_args=self.args, log_history=self.state.log_history, load_id=load_id,
-                             recipe=self.recipe_summary)  # fmt: skip
+                             recipe=self.recipe_summary, curves=CURVES_FILE)  # fmt: skip

@@ -7,6 +7,7 @@
 
 import argparse
 
+from hf_vit.cli import TRACEBACK_FLAG, TRACEBACK_HELP, run_command, usage_errors
 from hf_vit.convert import convert_checkpoint
 
 
@@ -18,11 +19,17 @@ def main(argv=None) -> int:
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", default=None)
     parser.add_argument("--hub_token", default=None, help="default: HF_TOKEN or the cached login")
+    parser.add_argument(TRACEBACK_FLAG, action="store_true", help=TRACEBACK_HELP)
     args = parser.parse_args(argv)
-    model = convert_checkpoint(args.source, args.output_dir, args.image_size, args.push_to_hub, args.hub_model_id, args.hub_token)
-    print(f"{args.source} -> {args.output_dir}: {model.config.model_type}, {model.num_parameters():,} parameters, "
-          f"{model.config.num_labels} labels" + (f", pushed to {args.hub_model_id}" if args.push_to_hub else ""))  # fmt: skip
-    return 0
+
+    def body():
+        with usage_errors():
+            model = convert_checkpoint(args.source, args.output_dir, args.image_size, args.push_to_hub,
+                                       args.hub_model_id, args.hub_token)  # fmt: skip
+        print(f"{args.source} -> {args.output_dir}: {model.config.model_type}, {model.num_parameters():,} parameters, "
+              f"{model.config.num_labels} labels" + (f", pushed to {args.hub_model_id}" if args.push_to_hub else ""))  # fmt: skip
+
+    return run_command(body, argv)
 
 
 if __name__ == "__main__":

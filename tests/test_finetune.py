@@ -138,7 +138,7 @@ def test_a_local_dataset_directory_works_as_dataset_name(tmp_path):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("missing_dataset", "Dataset directory '/no/such/dataset' does not exist"),
+        ("missing_dataset", "--dataset_name '/no/such/dataset': no such file or directory"),
         ("missing_column", r"Column 'species' not found in the dataset; its columns are \['image', 'label'\]"),
         ("unreadable_image", r"Cannot read image .*broken\.png"),
         ("bad_image_size", "image_size 30 must be divisible by patch_size 4"),
@@ -156,7 +156,7 @@ def test_bad_input_fails_with_a_clear_error_and_writes_nothing(tmp_path, case, m
     else:
         args += ["--image_size", "30"]
     result = run_script(args, expect_success=False)
-    assert result.returncode != 0
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert __import__("re").search(message, result.stderr), result.stderr[-3000:]
     assert not output_dir.exists() or not any(output_dir.iterdir())
 

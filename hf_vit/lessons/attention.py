@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..figures import new_figure, save_figure, save_plot
 from ..modeling_swin import window_partition
 from .patches import to_display
-from .report import new_figure, save_figure, save_plot
 
 def attention_cost(height: int = 56, width: int = 56, dim: int = 96, window: int = 7, num_heads: int = 3, runs: int = 10) -> dict:
     """Exercise 3: time full self-attention over all H*W tokens against window attention (w x w windows) on a

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..figures import new_figure, save_figure
 from ..modeling_vit import HfViTForImageClassification
 from .loop import MEAN, STD
-from .report import new_figure, save_figure
 
 def cosine_similarity_matrix(position_embeddings: torch.Tensor) -> np.ndarray:
     """(1, N, C) position embeddings -> (N, N) cosine similarities."""

@@ -16,12 +16,13 @@ import numpy as np
 from transformers import ResNetConfig, ResNetForImageClassification
 
 from ..data import DIGITS, DataArguments, collate, load_splits, make_image_processor, set_transforms
+from ..figures import new_figure, save_plot
 from ..finetune import ModelArguments, finetune, label_fields
 from ..metrics import compute_metrics
 from ..recipes import PLAIN, TRAINING_INGREDIENTS, RecipeArguments, flip_choice
 from ..trainer import FinetuneTrainingArguments, ImageClassificationTrainer
 from .photo_patches import make_photo_patches
-from .report import new_figure, save_plot, save_results
+from .report import save_results
 
 TEACHER = "CNN (ResNet, 3 stages)"
 # run name: (model type, recipe, distilled from the CNN)

@@ -1,14 +1,13 @@
 """What every lesson writes: Markdown tables, results files (JSON, Markdown, CSV) and plots.
 
-Figures are built with `matplotlib.figure.Figure`, never pyplot, so importing a lesson changes no global
-matplotlib state (backend, open figures).
+Figures are drawn with the library's `figures` module (no pyplot state).
 """
 
 import csv
 import json
 import os
 
-from matplotlib.figure import Figure
+from ..figures import new_figure, save_plot
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -37,26 +36,6 @@ def save_results(rows: list[dict], output_dir: str, title: str = "", columns=Non
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-
-
-def new_figure(nrows: int = 1, ncols: int = 1, figsize=(7, 4.5)):
-    """(figure, axes) of a figure that belongs to no pyplot state."""
-    figure = Figure(figsize=figsize)
-    return figure, figure.subplots(nrows, ncols)
-
-
-def save_figure(figure, path: str, tight_layout: bool = True) -> None:
-    if tight_layout:
-        figure.tight_layout()
-    figure.savefig(path, dpi=110)
-
-
-def save_plot(figure, path: str, *all_axes) -> None:
-    """Grid and legend on each of `all_axes`, then save the figure to `path`."""
-    for axes in all_axes:
-        axes.grid(alpha=0.3)
-        axes.legend()
-    save_figure(figure, path)
 
 
 def plot_curves(curves: dict[str, list[float]], path: str, title: str, ylabel: str = "eval accuracy") -> None:

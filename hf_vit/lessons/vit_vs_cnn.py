@@ -12,8 +12,9 @@ import torch
 
 from ..data import DataArguments
 from ..families import FAMILIES
+from ..figures import new_figure, save_plot
 from .loop import ConvNet, split_tensors, train_and_evaluate
-from .report import new_figure, save_plot, save_results
+from .report import save_results
 
 # The models of the data-efficiency comparison: the article's 32 px ViT, the same with a convolutional stem, the
 # same encoder on a small ResNet (64 tokens each), and exercise 1's CNN.

@@ -18,10 +18,12 @@ def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
 
 
 def compute_metrics(eval_prediction) -> dict:
-    """The Trainer's `compute_metrics`: top-1 and top-5 accuracy of (B, num_labels) logits."""
+    """The Trainer's `compute_metrics`: top-1 accuracy of (B, num_labels) logits, and top-5 accuracy when there are
+    more than five classes (with five or fewer it would always be 1)."""
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
     if isinstance(logits, tuple):
         logits = logits[0]
-    accuracy = load_metric("accuracy").compute(predictions=np.argmax(logits, axis=-1), references=labels)
-    top5 = load_metric("top5_accuracy").compute(predictions=logits, references=labels)
-    return {**accuracy, **top5}
+    metrics = load_metric("accuracy").compute(predictions=np.argmax(logits, axis=-1), references=labels)
+    if logits.shape[-1] > 5:
+        metrics.update(load_metric("top5_accuracy").compute(predictions=logits, references=labels))
+    return metrics
