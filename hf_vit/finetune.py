@@ -277,6 +277,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
             ),  # fmt: skip
             repeated_augmentation=ingredients.repeated_augmentation,
             ema_decay=ingredients.ema_decay,
+            layer_decay=ingredients.layer_decay,
             card_template=family.card_template,
             recipe_summary=recipe_summary,
         )

@@ -19,6 +19,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from transformers.utils import logging
 
 from .cards import CURVES_FILE, plot_training_curves, write_model_card
+from .layers import PreNormBlock
 from .recipes import TRAINING_INGREDIENTS
 
 logger = logging.get_logger(__name__)
@@ -224,6 +225,37 @@ def backbone_of(model) -> torch.nn.Module | None:
     return getattr(getattr(model.base_model, "patch_embeddings", None), "backbone", None)
 
 
+def layer_ids(model: torch.nn.Module) -> tuple[dict[str, int], int]:
+    """({parameter name: layer}, number of layers) for layer-wise learning-rate decay, as timm's
+    `param_groups_layer_decay` numbers them: 0 for what runs before the first transformer block (embeddings, prefix
+    tokens, a hybrid's CNN backbone), i for the i-th block in forward order (Swin's: across stages), and blocks + 1
+    for the heads. A parameter between two blocks (Swin's patch merging) goes with the block after it; the base
+    model's final norm goes with the last block."""
+    blocks = [module for module in model.modules() if isinstance(module, PreNormBlock)]
+    block_of = {id(param): index for index, block in enumerate(blocks, start=1) for param in block.parameters()}
+    ids, between, current = {}, [], 0
+    for name, param in model.named_parameters():  # registration order, which is forward order in hf_vit's models
+        if id(param) in block_of:
+            current = block_of[id(param)]
+            ids.update(dict.fromkeys(between, current))
+            between = []
+            ids[name] = current
+        elif current == 0:
+            ids[name] = 0
+        else:
+            between.append(name)
+    base_model = {id(param) for param in model.base_model.parameters()}
+    parameters = dict(model.named_parameters())
+    ids.update({name: len(blocks) + (id(parameters[name]) not in base_model) for name in between})
+    return ids, len(blocks) + 2
+
+
+def layer_decay_scales(model: torch.nn.Module, decay: float) -> dict[str, float]:
+    """{parameter name: learning-rate scale}: decay^(layers - 1 - layer), so the head learns at the full rate."""
+    ids, num_layers = layer_ids(model)
+    return {name: decay ** (num_layers - 1 - layer) for name, layer in ids.items()}
+
+
 def check_backbone_learning_rate(training_args, config) -> None:
     """`backbone_learning_rate` needs a model with a CNN backbone (a config with a `backbone_config`)."""
     if getattr(training_args, "backbone_learning_rate", None) is not None and getattr(config, "backbone_config", None) is None:
@@ -239,13 +271,14 @@ class ImageClassificationTrainer(Trainer):
     - `repeated_augmentation` > 1 uses `RepeatedAugmentationSampler`;
     - with an `ema_decay` (0 or None: none), evaluation and the saved model use the averaged weights;
     - weight decay skips biases, norms, position embeddings and prefix tokens;
+    - `layer_decay` < 1 lowers each layer's learning rate with its distance from the head (`layer_ids`);
     - `args.backbone_learning_rate` gives a hybrid's backbone its own learning rate;
     - the model card (also the one `push_to_hub` uploads) comes from hf_vit's `card_template`, with the
       recipe's choices (`recipe_summary`: one line each).
     """
 
     def __init__(self, *args, teacher=None, teacher_inputs=None, batch_mixer=None, repeated_augmentation=1,
-                 ema_decay=None, card_template=None, recipe_summary=None, **kwargs):  # fmt: skip
+                 ema_decay=None, layer_decay=1.0, card_template=None, recipe_summary=None, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.teacher = None
         if teacher is not None:
@@ -258,6 +291,9 @@ class ImageClassificationTrainer(Trainer):
         self.batch_mixer = batch_mixer if batch_mixer is not None and batch_mixer.active else None
         self.repeated_augmentation = repeated_augmentation
         check_backbone_learning_rate(self.args, self.model.config)
+        if not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
+        self.layer_decay = layer_decay
         self.card_template, self.recipe_summary = card_template, recipe_summary
         self.ema = None
         if ema_decay:
@@ -277,19 +313,35 @@ class ImageClassificationTrainer(Trainer):
             if parameters[name].ndim > 1 and not name.endswith(NO_WEIGHT_DECAY)
         ]  # fmt: skip
 
+    def learning_rates(self, model) -> dict[int, float]:
+        """{id(parameter): peak learning rate} for the parameters that do not learn at `args.learning_rate`: a
+        hybrid's backbone at `args.backbone_learning_rate`, every layer at its `layer_decay` scale."""
+        rates = {}
+        if self.layer_decay != 1.0:
+            scales = layer_decay_scales(model, self.layer_decay)
+            rates = {id(param): self.args.learning_rate * scales[name] for name, param in model.named_parameters()}
+        if self.args.backbone_learning_rate is not None:
+            rates.update(dict.fromkeys(map(id, backbone_of(model).parameters()), self.args.backbone_learning_rate))
+        return rates
+
     def create_optimizer(self, model=None):
-        """The Trainer's optimizer; with `backbone_learning_rate`, a hybrid's backbone parameters move to groups of
-        their own with that learning rate (the scheduler scales every group alike)."""
-        if self.optimizer is not None or self.args.backbone_learning_rate is None:
-            return super().create_optimizer(model)
+        """The Trainer's optimizer (its weight-decay groups), each group split by the parameters' own learning
+        rates (`learning_rates`); the scheduler scales every group alike."""
+        if self.optimizer is not None:
+            return self.optimizer
         model = self.model if model is None else model
         optimizer = super().create_optimizer(model)
-        backbone_ids = {id(param) for param in backbone_of(model).parameters()}
-        for group in list(optimizer.param_groups):
-            backbone_params = [param for param in group["params"] if id(param) in backbone_ids]
-            if backbone_params:
-                group["params"] = [param for param in group["params"] if id(param) not in backbone_ids]
-                optimizer.add_param_group({**group, "params": backbone_params, "lr": self.args.backbone_learning_rate})
+        rates = self.learning_rates(model)
+        if rates:
+            groups = []
+            for group in optimizer.param_groups:
+                by_rate = {}
+                for param in group["params"]:
+                    by_rate.setdefault(rates.get(id(param), group["lr"]), []).append(param)
+                groups += [{**group, "params": params, "lr": lr} for lr, params in by_rate.items()]
+            optimizer.param_groups.clear()
+            for group in groups:
+                optimizer.add_param_group(group)
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -1,6 +1,7 @@
 """Recipes: which ingredient each recipe picks for which data size and source, and that explicit flags win."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -52,10 +53,12 @@ def test_deit_on_small_data_keeps_its_regularisers_off_and_a_usable_learning_rat
     assert "at strength 0.00" in ingredients.reasons["mixup_alpha"]
 
 
-def test_auto_warms_up_longer_from_scratch_and_lowers_the_rate_from_a_checkpoint():
+def test_auto_warms_up_longer_from_scratch_and_keeps_rate_and_layers_from_a_checkpoint():
     scratch, tuned = resolve("auto", DIGITS), resolve("auto", dataclasses.replace(DIGITS, from_checkpoint=True))
     assert scratch.warmup_steps == 0.1 and scratch.learning_rate == 5e-4 and scratch.ema_decay > 0.98
-    assert tuned.learning_rate == pytest.approx(scratch.learning_rate / 10)
+    assert (tuned.learning_rate, tuned.layer_decay, tuned.warmup_steps) == (5e-4, 1.0, 0.05)
+    assert "fine-tuning study" in tuned.reasons["layer_decay"] and "lost 20 points" in tuned.reasons["learning_rate"]
+    assert resolve("auto", IMAGENET, "--layer_decay", "0.65").layer_decay == 0.65
     middle = resolve("auto", dataclasses.replace(DIGITS, num_train_images=50_000, num_train_epochs=100, flips_keep_labels=True))
     assert 0 < middle.mixup_alpha < 0.8 and 0 < middle.rand_augment_magnitude < 9 and middle.hflip_prob == 0.5
     assert 0.08 < middle.crop_scale_min < 1.0
@@ -69,7 +72,7 @@ def test_plain_recipe_is_the_plain_values():
 EXPLICIT = dict(
     learning_rate="0.0123", weight_decay="0.3", warmup_steps="7", crop_scale_min="0.5", hflip_prob="0.25",
     rand_augment_magnitude="4", random_erasing_prob="0.1", mixup_alpha="0.3", cutmix_alpha="0.4",
-    label_smoothing="0.2", repeated_augmentation="2", ema_decay="0.9", drop_path_rate="0.05",
+    label_smoothing="0.2", repeated_augmentation="2", ema_decay="0.9", drop_path_rate="0.05", layer_decay="0.8",
 )  # fmt: skip
 
 
@@ -98,3 +101,18 @@ def test_the_trainer_wants_the_optimisation_ingredients_resolved(tmp_path, tiny_
     args = FinetuneTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, eval_strategy="no")
     with pytest.raises(ValueError, match=r"\['weight_decay', 'warmup_steps'\] unset"):
         ImageClassificationTrainer(model=HfViTForImageClassification(tiny_vit_config), args=args)
+
+
+def test_fine_tuning_study_trains_a_source_and_fine_tunes_it_on_the_other_digits(tmp_path):
+    runs = ["from scratch, auto recipe", "checkpoint, lr 5e-4, layer decay 0.75"]
+    result = run_script(["--study", "fine_tuning", "--output_dir", str(tmp_path), "--seeds", "0", "--epochs", "1",
+                         "--labelled_images", "40", "--runs", *runs], script="recipe_study.py")  # fmt: skip
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(row["dataset"], row["run"]) for row in rows] == [("digits 5-9", run) for run in runs]
+    assert "(40 labelled images)" in result.stdout and (tmp_path / "fine_tuning.png").read_bytes()[:4] == b"\x89PNG"
+    source = json.loads((tmp_path / "checkpoint_digits_0-4" / "config.json").read_text())
+    tuned = json.loads((tmp_path / "seed0" / "checkpoint_lr_5e-4_layer_decay_0.75" / "config.json").read_text())
+    assert list(source["id2label"].values()) == ["0", "1", "2", "3", "4"]
+    assert list(tuned["id2label"].values()) == ["5", "6", "7", "8", "9"]
+    card = (tmp_path / "seed0" / "checkpoint_lr_5e-4_layer_decay_0.75" / "README.md").read_text()
+    assert "layer_decay = 0.75: given" in card

@@ -6,6 +6,12 @@ article's ViT with the plain, auto and DeiT recipes, and DeiT (distillation toke
 distillation from that CNN. Every run has the same epochs and batch.
 
     study_recipes(output_dir, ...) -> rows (mean, min, max accuracy per dataset and run); results.* and a plot
+
+From a checkpoint: the same ViT trained on the digits 0-4, then fine-tuned on a few labelled images of the digits
+5-9 (a new label set) with several learning rates, with and without layer-wise learning-rate decay, against the
+same ViT from scratch.
+
+    study_fine_tuning(output_dir, ...) -> rows of the same form; results.* and a plot
 """
 
 import os
@@ -15,7 +21,9 @@ import time
 import numpy as np
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from ..data import DIGITS, DataArguments, collate, load_splits, make_image_processor, set_transforms
+from datasets import ClassLabel
+
+from ..data import DIGITS, DataArguments, collate, load_digits_splits, load_splits, make_image_processor, set_transforms
 from ..figures import new_figure, save_plot
 from ..finetune import ModelArguments, finetune, label_fields
 from ..metrics import compute_metrics
@@ -31,6 +39,17 @@ RUNS = {
     "ViT, auto recipe": ("hf_vit", "auto", False),
     "ViT, deit recipe": ("hf_vit", "deit", False),
     "DeiT, auto recipe + CNN teacher": ("hf_deit", "auto", True),
+}
+
+
+# run name: (from the checkpoint, learning rate, layer decay); every other ingredient is the auto recipe's
+FINE_TUNING_RUNS = {
+    "from scratch, auto recipe": (False, None, None),
+    "checkpoint, lr 5e-4": (True, 5e-4, 1.0),
+    "checkpoint, lr 5e-5": (True, 5e-5, 1.0),
+    "checkpoint, lr 5e-4, layer decay 0.75": (True, 5e-4, 0.75),
+    "checkpoint, lr 5e-4, layer decay 0.65": (True, 5e-4, 0.65),
+    "checkpoint, lr 5e-5, layer decay 0.75": (True, 5e-5, 0.75),
 }
 
 
@@ -90,15 +109,65 @@ def study_recipes(output_dir: str, datasets=(DIGITS, "photo_patches"), runs=tupl
                 metrics = finetune(model_args, data_args, training(name), RecipeArguments(recipe=recipe))
                 accuracies.setdefault((dataset, name), []).append(metrics["eval_accuracy"])
                 seconds.setdefault((dataset, name), []).append(time.perf_counter() - start)
+    title = f"final eval accuracy over seeds {list(seeds)}, {epochs:g} epochs, batch {batch_size}"
+    return summarise(accuracies, seconds, output_dir, title, "recipe_study.png")
+
+
+def summarise(accuracies: dict, seconds: dict, output_dir: str, title: str, picture: str) -> list[dict]:
+    """Rows (dataset, run, mean / min / max accuracy over seeds, mean seconds) from {(dataset, run): [accuracy per
+    seed]}; writes results.json (with every run's accuracy), .md, .csv and the bar plot `picture`."""
     rows = [
         dict(dataset=dataset, run=name, mean_accuracy=statistics.mean(values), min_accuracy=min(values),
              max_accuracy=max(values), seeds=len(values), mean_seconds=round(statistics.mean(seconds[(dataset, name)]), 1))
         for (dataset, name), values in accuracies.items()
     ]  # fmt: skip
-    title = f"final eval accuracy over seeds {list(seeds)}, {epochs:g} epochs, batch {batch_size}"
     save_results(rows, output_dir, title, accuracies={f"{d} | {n}": v for (d, n), v in accuracies.items()})
-    plot_study(rows, os.path.join(output_dir, "recipe_study.png"), title)
+    plot_study(rows, os.path.join(output_dir, picture), title)
     return rows
+
+
+def write_digit_subset(path: str, digits: list[int]) -> str:
+    """The embedded digits of the classes `digits` (train and validation), relabelled 0..n-1 and named by their
+    digit, as a local dataset directory for `--dataset_name`."""
+    os.makedirs(path, exist_ok=True)
+    for split_name, split in load_digits_splits().items():
+        subset = split.filter(lambda row: row["label"] in digits)
+        labels = [digits.index(label) for label in subset["label"]]
+        subset = subset.remove_columns("label").add_column("label", labels)
+        subset.cast_column("label", ClassLabel(names=[str(digit) for digit in digits])).to_parquet(
+            os.path.join(path, f"{split_name}.parquet")
+        )
+    return path
+
+
+def study_fine_tuning(output_dir: str, runs=tuple(FINE_TUNING_RUNS), seeds=(0, 1, 2), epochs: float = 20,
+                      batch_size: int = 16, max_train_samples: int = 150) -> list[dict]:  # fmt: skip
+    """The article's ViT trained on the digits 0-4 (auto recipe, seed 0), then each run of `runs` on
+    `max_train_samples` labelled images of the digits 5-9 for every seed. Rows and files as `study_recipes`."""
+    source = write_digit_subset(os.path.join(output_dir, "data", "digits_0-4"), [0, 1, 2, 3, 4])
+    target = write_digit_subset(os.path.join(output_dir, "data", "digits_5-9"), [5, 6, 7, 8, 9])
+    checkpoint = os.path.join(output_dir, "checkpoint_digits_0-4")
+    source_args = FinetuneTrainingArguments(output_dir=checkpoint, num_train_epochs=epochs, save_strategy="no",
+                                            per_device_train_batch_size=batch_size, seed=0)  # fmt: skip
+    no_flips = dict(hflip_prob=0.0)  # a mirrored digit is another digit
+    finetune(ModelArguments(), DataArguments(dataset_name=source, image_size=32), source_args, RecipeArguments(**no_flips))
+    data_args = DataArguments(dataset_name=target, image_size=32, max_train_samples=max_train_samples)
+    accuracies, seconds = {}, {}
+    for seed in seeds:
+        for name in runs:
+            from_checkpoint, learning_rate, layer_decay = FINE_TUNING_RUNS[name]
+            run_dir = os.path.join(output_dir, f"seed{seed}", name.replace(" ", "_").replace(",", ""))
+            training_args = FinetuneTrainingArguments(
+                output_dir=run_dir, num_train_epochs=epochs, per_device_train_batch_size=batch_size, seed=seed,
+                save_strategy="no", learning_rate=learning_rate,
+            )  # fmt: skip
+            model_args = ModelArguments(model_name_or_path=checkpoint if from_checkpoint else None)
+            start = time.perf_counter()
+            metrics = finetune(model_args, data_args, training_args, RecipeArguments(layer_decay=layer_decay, **no_flips))
+            accuracies.setdefault(("digits 5-9", name), []).append(metrics["eval_accuracy"])
+            seconds.setdefault(("digits 5-9", name), []).append(time.perf_counter() - start)
+    return summarise(accuracies, seconds, output_dir, f"final eval accuracy on digits 5-9 ({max_train_samples} labelled "
+                     f"images), over seeds {list(seeds)}, {epochs:g} epochs, batch {batch_size}", "fine_tuning.png")  # fmt: skip
 
 
 def plot_study(rows: list[dict], path: str, title: str) -> None:
