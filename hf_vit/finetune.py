@@ -3,9 +3,9 @@
     parse_args(argv) -> (ModelArguments, DataArguments, FinetuneTrainingArguments, RecipeArguments)
     finetune(model_args, data_args, training_args, recipe_args) -> eval metrics
 
-Arguments -> data -> recipe (every ingredient decided, printed with its reason) -> config and model -> Trainer
--> save / card / push. `scripts/finetune.py` is the command-line layer; run it with `accelerate launch` for one or
-many processes.
+Arguments (every one checked before any data is read; bad input is a one-line `UsageError`) -> data -> recipe
+(every ingredient decided, printed with its reason) -> config and model -> Trainer -> save / card / curves / push.
+`scripts/finetune.py` is the command-line layer; run it with `accelerate launch` for one or many processes.
 """
 
 import ast
@@ -141,7 +141,7 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
     """Everything that can be checked before data is touched: model type, preset, recipe, config overrides (names
     and values), checkpoint and teacher paths, flags the family does not support.
 
-    Returns (family, config overrides as a dict, the config the run starts from: the checkpoint's or the preset's).
+    Returns (the family to train: the checkpoint's when there is one, the config overrides as a dict).
     """
     family = family_of(model_args.model_type)
     if model_args.preset is not None and model_args.preset not in family.config_class.presets:
@@ -167,7 +167,7 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
             raise ValueError(f"--teacher_name_or_path needs a model that distills (--model_type hf_deit), not {family.model_type}")
         AutoConfig.from_pretrained(model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code)
     check_backbone_learning_rate(training_args, config)
-    return family, overrides, config
+    return family, overrides
 
 
 def label_fields(labels: list[str]) -> dict:
@@ -234,7 +234,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
     eval metrics. Bad input raises a `UsageError` before any data is read (arguments) or anything is written."""
     recipe_args = recipe_args or RecipeArguments()
     with usage_errors():
-        family, overrides, _ = check_arguments(model_args, data_args, training_args, recipe_args)
+        family, overrides = check_arguments(model_args, data_args, training_args, recipe_args)
         set_seed(training_args.seed)
         splits = load_splits(data_args, seed=training_args.seed)
         labels = splits["train"].features[data_args.label_column_name].names
