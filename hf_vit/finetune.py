@@ -149,9 +149,9 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
                          f"{sorted(family.config_class.presets)}")  # fmt: skip
     check_recipe_name(recipe_args.recipe)
     overrides = parse_config_overrides(model_args.config_overrides)
+    # (--train_dir and --validation_dir: load_splits checks them before it reads anything)
     for path, flag in ((model_args.model_name_or_path, "--model_name_or_path"),
-                       (model_args.teacher_name_or_path, "--teacher_name_or_path"),
-                       (data_args.train_dir, "--train_dir"), (data_args.validation_dir, "--validation_dir")):  # fmt: skip
+                       (model_args.teacher_name_or_path, "--teacher_name_or_path")):  # fmt: skip
         if path is not None:
             check_local_path(path, flag)
     if model_args.model_name_or_path is not None:

@@ -237,16 +237,15 @@ def layer_ids(model: torch.nn.Module) -> tuple[dict[str, int], int]:
     for name, param in model.named_parameters():  # registration order, which is forward order in hf_vit's models
         if id(param) in block_of:
             current = block_of[id(param)]
-            ids.update(dict.fromkeys(between, current))
+            ids.update((waiting, current) for waiting, _ in between)
             between = []
             ids[name] = current
         elif current == 0:
             ids[name] = 0
         else:
-            between.append(name)
+            between.append((name, param))
     base_model = {id(param) for param in model.base_model.parameters()}
-    parameters = dict(model.named_parameters())
-    ids.update({name: len(blocks) + (id(parameters[name]) not in base_model) for name in between})
+    ids.update((name, len(blocks) + (id(param) not in base_model)) for name, param in between)
     return ids, len(blocks) + 2
 
 
