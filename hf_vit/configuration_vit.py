@@ -24,6 +24,9 @@ VIT_PRESETS = {
 }
 
 
+POOLINGS = ("cls", "mean", "cls_mean", "map")
+
+
 class ViTEncoderConfig(PreTrainedConfig):
     r"""The fields of the ViT token encoder that every ViT-style family (ViT, DeiT, hybrid) shares; not a model type
     of its own.
@@ -44,10 +47,21 @@ class ViTEncoderConfig(PreTrainedConfig):
         layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon.
         qkv_bias (`bool`, defaults to `True`): bias in the query/key/value projection.
         initializer_range (`float`, defaults to 0.02): std of the truncated-normal initialisation.
-        pooling (`str`, defaults to `"cls"`): `"cls"` classifies the CLS token, `"mean"` the average of the grid
-            tokens (normalised after pooling, as timm's `global_pool="avg"`).
+        pooling (`str`, defaults to `"cls"`): what the head reads, `pooler_output`: `"cls"` the CLS token;
+            `"mean"` the average of the grid tokens (normalised after pooling, as timm's `global_pool="avg"`);
+            `"cls_mean"` the CLS token concatenated with the average of the normalised grid tokens, (B, 2 *
+            hidden_size) (DINOv2's classifier); `"map"` multihead attention pooling: a learned probe attends over
+            every normalised token, then a residual MLP (SigLIP; timm's `global_pool="map"`).
         class_token (`bool`, defaults to `True`): prepend a learnable CLS token; without it pooling must be
-            `"mean"` (timm's `class_token=False` models).
+            `"mean"` or `"map"` (timm's `class_token=False` models, SigLIP).
+        num_register_tokens (`int`, defaults to 0): learnable register tokens after the CLS (and distillation)
+            token, without position embeddings (Darcet et al. 2023, DINOv2 with registers); no head reads them.
+        prefix_position_embeddings (`bool`, defaults to `True`): whether the CLS (and distillation) token gets a
+            position embedding; `False` adds them to the grid tokens only (DeiT III, timm's `no_embed_class`).
+        layer_scale_init_value (`float`, *optional*): LayerScale (Touvron et al. 2021, CaiT): each residual branch
+            is multiplied by a learned per-channel scale starting at this value (DINOv2: 1e-5, DeiT III: 1e-6);
+            `None` for none.
+        qk_norm (`bool`, defaults to `False`): LayerNorm over each head's queries and keys before attention.
         interpolation_antialias (`bool`, defaults to `False`): resample position embeddings for other image sizes
             with antialiased bicubic interpolation, as timm does, instead of plain bicubic, as transformers does
             (PyTorch's two bicubic kernels differ, so a converted model keeps its source's choice).
@@ -68,6 +82,10 @@ class ViTEncoderConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     pooling: str = "cls"
     class_token: bool = True
+    num_register_tokens: int = 0
+    prefix_position_embeddings: bool = True
+    layer_scale_init_value: float | None = None
+    qk_norm: bool = False
     interpolation_antialias: bool = False
 
     def __post_init__(self, **kwargs):
@@ -82,9 +100,18 @@ class ViTEncoderConfig(PreTrainedConfig):
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads})"
             )
-        check_choice(self, "pooling", ("cls", "mean"))
-        if not self.class_token and self.pooling != "mean":
-            raise ValueError(f"class_token=False needs pooling='mean' (there is no CLS token to pool), got {self.pooling!r}")
+        check_choice(self, "pooling", POOLINGS)
+        if not self.class_token and self.pooling not in ("mean", "map"):
+            raise ValueError(f"class_token=False needs pooling='mean' or 'map' (there is no CLS token to pool), got {self.pooling!r}")
+        if isinstance(self.num_register_tokens, bool) or not isinstance(self.num_register_tokens, int) or self.num_register_tokens < 0:
+            raise ValueError(f"num_register_tokens must be a non-negative integer, got {self.num_register_tokens!r}")
+        if self.layer_scale_init_value is not None:
+            check_positive(self, "layer_scale_init_value")
+
+    @property
+    def pooled_size(self) -> int:
+        """Width of `pooler_output`, the head's input: 2 * hidden_size for `"cls_mean"`, else hidden_size."""
+        return 2 * self.hidden_size if self.pooling == "cls_mean" else self.hidden_size
 
 
 class HfViTConfig(PresetsMixin, ViTEncoderConfig):

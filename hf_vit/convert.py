@@ -15,13 +15,15 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, BitImageProcessor, PreTrainedConfig
+from transformers.utils import logging
 
 from .cards import write_model_card
 from .cli import check_local_path
-from .data import set_processor_size
+from .data import make_image_processor, set_processor_size
 from .families import FAMILIES, converter_for
 from .key_maps import CheckpointMismatchError, load_converted_state_dict, rename_keys
 
+logger = logging.get_logger(__name__)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
 _TIMM_INTERPOLATION = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}  # PIL resampling codes
 
@@ -68,20 +70,23 @@ def sources(library: str) -> list[str]:
 
 def from_transformers(config: dict, state_dict: dict):
     """An hf_vit model holding the weights of a transformers checkpoint (classifier or base model) of a model type
-    the registry converts (vit, deit, swin)."""
+    the registry converts (vit, deit, swin, dinov2, dinov2_with_registers)."""
     model_type = config.get("model_type")
     found = converter_for(f"transformers:{model_type}")
     if found is None:
         raise ValueError(f"Unsupported transformers model_type {model_type!r}; hf_vit converts {sources('transformers')}")
     family, key_map = found
-    base = family.classifier_class.base_model_prefix  # the same prefix as the source's (vit, deit, swin)
-    if not any(key.startswith(f"{base}.") for key in state_dict):  # a bare base model (ViTModel, SwinModel, ...)
-        state_dict = {f"{base}.{key}": tensor for key, tensor in state_dict.items()}
+    base = family.classifier_class.base_model_prefix
+    source_base = key_map.source_prefix or base  # vit, deit, swin: the same prefix as hf_vit's
+    if not any(key.startswith(f"{source_base}.") for key in state_dict):  # a bare base model (ViTModel, SwinModel, ...)
+        state_dict = {f"{source_base}.{key}": tensor for key, tensor in state_dict.items()}
     head = state_dict.get("classifier.weight", state_dict.get("cls_classifier.weight"))
-    # The architecture fields both sides share (not the generic PreTrainedConfig ones such as model_type).
+    # The architecture fields both sides share (not the generic PreTrainedConfig ones such as model_type), then the
+    # key map's translations of the others.
     config_class = family.config_class
     names = set(config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
     fields = {name: config[name] for name in names if name in config and not name.startswith("_")}
+    fields.update(key_map.config_fields(config) if key_map.config_fields else {})
     model = family.classifier_class(config_class(**fields, **_labels(config, 0 if head is None else head.shape[0])))
     load_converted_state_dict(model, rename_keys(state_dict, key_map.rules, base=base))
     return model.eval()
@@ -132,6 +137,19 @@ def timm_image_processor(pretrained_cfg: dict):
     )
 
 
+def transformers_image_processor(directory: str, config):
+    """The source's own processor; a checkpoint saved without one (a user's `model.save_pretrained`) gets hf_vit's
+    (resize to the config's image size, mean and std 0.5), with a warning that says so."""
+    if os.path.isfile(os.path.join(directory, "preprocessor_config.json")):
+        return AutoImageProcessor.from_pretrained(directory)
+    logger.warning(
+        "%s has no preprocessor_config.json: the image processor is built from config.json (resize to %s, mean and std "
+        "0.5); if the model was trained with other values, save its processor beside it and convert again",
+        directory, config.image_size,
+    )  # fmt: skip
+    return make_image_processor(config.image_size, config.num_channels)
+
+
 def convert_checkpoint(source: str, output_dir: str, image_size: int | None = None, push_to_hub: bool = False,
                        hub_model_id: str | None = None, token: str | None = None):  # fmt: skip
     """Convert a transformers or timm checkpoint (directory or Hub id) into an hf_vit checkpoint in `output_dir`:
@@ -147,7 +165,7 @@ def convert_checkpoint(source: str, output_dir: str, image_size: int | None = No
         processor = timm_image_processor(config.get("pretrained_cfg") or {})
     elif "model_type" in config:
         model = from_transformers(config, state_dict)
-        processor = AutoImageProcessor.from_pretrained(directory)
+        processor = transformers_image_processor(directory, model.config)
     else:
         raise ValueError(f"{source}/config.json has neither `architecture` (timm) nor `model_type` (transformers)")
     if image_size is not None:

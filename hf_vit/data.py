@@ -21,6 +21,7 @@ from transformers import ViTImageProcessor
 from transformers.utils import logging
 
 from .cli import check_local_path, looks_like_local_path
+from .configuration_utils import to_2tuple
 
 logger = logging.get_logger(__name__)
 
@@ -176,10 +177,12 @@ def check_images_readable(split: Dataset, column: str, split_name: str) -> None:
         open_image(value)
 
 
-def make_image_processor(image_size: int, num_channels: int = 3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> ViTImageProcessor:
-    """The processor saved with every checkpoint: resize to image_size, scale to [0, 1], normalise `num_channels`
-    channels (a one-channel model's processor normalises (H, W, 1) arrays; three values would not broadcast)."""
-    return ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=list(mean[:num_channels]),
+def make_image_processor(image_size, num_channels: int = 3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> ViTImageProcessor:
+    """The processor saved with every checkpoint: resize to image_size (a side or (height, width)), scale to [0, 1],
+    normalise `num_channels` channels (a one-channel model's processor normalises (H, W, 1) arrays; three values
+    would not broadcast)."""
+    height, width = to_2tuple(image_size)
+    return ViTImageProcessor(size={"height": height, "width": width}, image_mean=list(mean[:num_channels]),
                              image_std=list(std[:num_channels]))  # fmt: skip
 
 

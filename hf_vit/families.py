@@ -23,7 +23,9 @@ from .configuration_deit import HfDeiTConfig
 from .configuration_hybrid import HfViTHybridConfig
 from .configuration_swin import HfSwinConfig
 from .configuration_vit import HfViTConfig
-from .key_maps import TIMM_SWIN, TIMM_VIT, TRANSFORMERS_SWIN, TRANSFORMERS_VIT, KeyMap
+from .key_maps import (
+    TIMM_SWIN, TIMM_VIT, TRANSFORMERS_DINOV2, TRANSFORMERS_DINOV2_WITH_REGISTERS, TRANSFORMERS_SWIN, TRANSFORMERS_VIT, KeyMap,
+)  # fmt: skip
 from .modeling_deit import HfDeiTForImageClassification, HfDeiTModel
 from .modeling_hybrid import HfViTHybridForImageClassification, HfViTHybridModel
 from .modeling_swin import HfSwinBackbone, HfSwinForImageClassification, HfSwinModel
@@ -58,7 +60,10 @@ FAMILIES = {
     for family in (
         Family(
             HfViTConfig, HfViTModel, HfViTForImageClassification, "vit-cifar-patch4-32", "hf_vit.md",
-            converters={"transformers:vit": TRANSFORMERS_VIT, "timm:VisionTransformer": TIMM_VIT},
+            converters={
+                "transformers:vit": TRANSFORMERS_VIT, "transformers:dinov2": TRANSFORMERS_DINOV2,
+                "transformers:dinov2_with_registers": TRANSFORMERS_DINOV2_WITH_REGISTERS, "timm:VisionTransformer": TIMM_VIT,
+            },
         ),
         Family(
             HfDeiTConfig, HfDeiTModel, HfDeiTForImageClassification, "deit-cifar-patch4-32", "hf_deit.md",

@@ -229,9 +229,10 @@ def load_teacher(model_args: ModelArguments, model, image_processor):
     return teacher, teacher_inputs
 
 
-def finetune(model_args: ModelArguments, data_args: DataArguments, training_args, recipe_args=None) -> dict:
+def finetune(model_args: ModelArguments, data_args: DataArguments, training_args, recipe_args=None, callbacks=()) -> dict:
     """Train, evaluate, save the model + processor + code + card + training curves, push when asked. Returns the
-    eval metrics. Bad input raises a `UsageError` before any data is read (arguments) or anything is written."""
+    eval metrics. Bad input raises a `UsageError` before any data is read (arguments) or anything is written.
+    `callbacks`: `TrainerCallback`s of your own, added to the Trainer's."""
     recipe_args = recipe_args or RecipeArguments()
     with usage_errors():
         family, overrides = check_arguments(model_args, data_args, training_args, recipe_args)
@@ -269,6 +270,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
             data_collator=collate,
             processing_class=image_processor,
             compute_metrics=compute_metrics,
+            callbacks=list(callbacks),
             teacher=teacher,
             teacher_inputs=teacher_inputs,
             batch_mixer=BatchMixer(

@@ -18,17 +18,25 @@ class KeyMap:
     """How one source architecture's state dict (and, for timm, its model) becomes an hf_vit family's."""
 
     rules: list
-    config_fields: Callable[[torch.nn.Module], dict] | None = None  # timm only: its model -> hf_vit config fields
+    # timm: its model -> hf_vit config fields; transformers: its config.json dict -> the fields that do not share
+    # a name and meaning with hf_vit's (the shared ones are copied).
+    config_fields: Callable | None = None
+    source_prefix: str | None = None  # transformers: the source's base-model prefix, when it is not hf_vit's
 
 
-# timm's VisionTransformer / deit_* models, as `timm.create_model(...).state_dict()` names them.
+# timm's VisionTransformer / deit_* / deit3_* / *_dinov2 / *_siglip_* models, as `timm.create_model(...).state_dict()`
+# names them.
 TIMM_VIT_RULES = [
     (r"^cls_token$", r"{base}.embeddings.cls_token"),
     (r"^dist_token$", r"{base}.embeddings.distillation_token"),
+    (r"^reg_token$", r"{base}.embeddings.register_tokens"),
     (r"^pos_embed$", r"{base}.embeddings.position_embeddings"),
     (r"^patch_embed\.proj\.", r"{base}.patch_embeddings.projection."),
     (r"^blocks\.(\d+)\.attn\.", r"{base}.encoder.layers.\1.attention."),
+    (r"^blocks\.(\d+)\.ls([12])\.", r"{base}.encoder.layers.\1.layer_scale\2."),
     (r"^blocks\.(\d+)\.", r"{base}.encoder.layers.\1."),
+    (r"^attn_pool\.latent$", r"{base}.pooler.probe"),
+    (r"^attn_pool\.", r"{base}.pooler."),
     (r"^(norm|fc_norm)\.", r"{base}.layernorm."),
     (r"^head_dist\.", r"distillation_classifier."),
     (r"^head\.", r"{head}."),
@@ -50,6 +58,21 @@ TRANSFORMERS_VIT_RULES = [
     (r"^(vit|deit)\.layernorm\.", r"{base}.layernorm."),
     (r"^(classifier|cls_classifier)\.", r"{head}."),
     (r"^distillation_classifier\.", r"distillation_classifier."),
+]  # fmt: skip
+
+
+# transformers' Dinov2 and Dinov2WithRegisters (`dinov2.` / `dinov2_with_registers.` prefix; a bare base model
+# has none), v5 names (q_proj, o_proj) and the Hub checkpoints' (attention.attention.query, attention.output.dense).
+_DINOV2_BLOCK = r"^(?:dinov2|dinov2_with_registers)\.encoder\.layer\.(\d+)\."
+TRANSFORMERS_DINOV2_RULES = [
+    (r"^(?:dinov2|dinov2_with_registers)\.embeddings\.patch_embeddings\.", r"{base}.patch_embeddings."),
+    (r"^(?:dinov2|dinov2_with_registers)\.embeddings\.", r"{base}.embeddings."),
+    (_DINOV2_BLOCK + r"attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.", r"{base}.encoder.layers.\1.attention.\2."),
+    (_DINOV2_BLOCK + r"attention\.(?:output\.dense|o_proj)\.", r"{base}.encoder.layers.\1.attention.proj."),
+    (_DINOV2_BLOCK + r"layer_scale([12])\.lambda1$", r"{base}.encoder.layers.\1.layer_scale\2.gamma"),
+    (_DINOV2_BLOCK + r"(norm[12]|mlp\.fc[12])\.", r"{base}.encoder.layers.\1.\2."),
+    (r"^(?:dinov2|dinov2_with_registers)\.layernorm\.", r"{base}.layernorm."),
+    (r"^classifier\.", r"{head}."),
 ]  # fmt: skip
 
 
@@ -88,7 +111,10 @@ TRANSFORMERS_SWIN_RULES = [
 
 # Parts of a source checkpoint that hf_vit has no place for, dropped on purpose: the pooler is unused by
 # transformers' classifiers; relative-position indices and shift masks are recomputed (and cached) by hf_swin.
-IGNORED_SOURCE_KEYS = [r"^(vit|deit)\.pooler\.", r"\.relative_position_index$", r"\.attn_mask$"]
+# DINOv2's mask token only serves its masked-image pretraining.
+IGNORED_SOURCE_KEYS = [
+    r"^(vit|deit)\.pooler\.", r"\.relative_position_index$", r"\.attn_mask$", r"^(dinov2|dinov2_with_registers)\.embeddings\.mask_token$",
+]  # fmt: skip
 
 _SEPARATE_QKV = re.compile(r"^(.*\.attention)\.(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$")
 
@@ -156,28 +182,47 @@ def load_converted_state_dict(model: torch.nn.Module, state_dict: dict) -> None:
     model.load_state_dict(state_dict, strict=True)
 
 
+def unsupported_options(used: dict[str, bool], source: str) -> None:
+    """Raise a ValueError naming every option of `source` that hf_vit does not implement ({option: used})."""
+    if any(used.values()):
+        raise ValueError(f"{source} uses {[name for name, on in used.items() if on]}, which hf_vit does not implement")
+
+
 def timm_vit_config(model) -> dict:
     """hf_vit config fields of a timm VisionTransformer, refusing the variants hf_vit does not implement."""
     block = model.blocks[0]
-    unsupported = {
-        "register tokens": getattr(model, "reg_token", None) is not None,
-        "layer scale": not isinstance(block.ls1, torch.nn.Identity),
-        "pre-norm before the blocks": not isinstance(model.norm_pre, torch.nn.Identity),
-        "q/k normalisation": not isinstance(block.attn.q_norm, torch.nn.Identity),
-        "position embeddings without the class token": getattr(model, "no_embed_class", False),
-        f"global_pool={model.global_pool!r}": model.global_pool not in ("token", "avg"),
+    attn_pool = getattr(model, "attn_pool", None)
+    unsupported_options({
+        "norm_pre (pre_norm=True)": not isinstance(model.norm_pre, torch.nn.Identity),
+        "position embeddings on register tokens (reg_tokens without no_embed_class=True)": model.num_reg_tokens > 0 and not model.no_embed_class,
+        f"global_pool={model.global_pool!r}": model.global_pool not in ("token", "avg", "map"),
         "both norm and fc_norm": not isinstance(model.norm, torch.nn.Identity) and not isinstance(model.fc_norm, torch.nn.Identity),
-    }
-    if any(unsupported.values()):
-        raise ValueError(f"timm model uses {[name for name, used in unsupported.items() if used]}, which hf_vit does not implement")
+        f"mlp_layer={type(block.mlp).__name__}": type(block.mlp).__name__ != "Mlp",
+        "attention pooling other than one latent with a q projection (AttentionPoolLatent)":
+            attn_pool is not None and (attn_pool.latent_len != 1 or isinstance(attn_pool.q, torch.nn.Identity)
+                                       or attn_pool.pos_embed is not None or not isinstance(attn_pool.q_norm, torch.nn.Identity)),
+    }, f"timm model {type(model).__name__}")  # fmt: skip
     norm = model.norm if isinstance(model.fc_norm, torch.nn.Identity) else model.fc_norm
+    layer_scale = getattr(block.ls1, "init_values", None)
     return dict(
         image_size=list(model.patch_embed.img_size), patch_size=list(model.patch_embed.patch_size),
         num_channels=model.patch_embed.proj.in_channels, hidden_size=model.embed_dim,
         num_hidden_layers=len(model.blocks), num_attention_heads=block.attn.num_heads,
         intermediate_size=block.mlp.fc1.out_features, qkv_bias=block.attn.qkv.bias is not None,
-        layer_norm_eps=norm.eps, pooling="mean" if model.global_pool == "avg" else "cls",
+        layer_norm_eps=norm.eps, pooling={"avg": "mean", "map": "map"}.get(model.global_pool, "cls"),
         class_token=model.cls_token is not None, interpolation_antialias=True,
+        num_register_tokens=model.num_reg_tokens, prefix_position_embeddings=not model.no_embed_class,
+        layer_scale_init_value=layer_scale, qk_norm=not isinstance(block.attn.q_norm, torch.nn.Identity),
+    )  # fmt: skip
+
+
+def transformers_dinov2_config(config: dict) -> dict:
+    """hf_vit config fields of a transformers Dinov2 / Dinov2WithRegisters config (a dict of config.json)."""
+    unsupported_options({"use_swiglu_ffn=True": config.get("use_swiglu_ffn", False)}, f"transformers {config.get('model_type')}")
+    hidden_size = config.get("hidden_size", 768)
+    return dict(
+        intermediate_size=int(hidden_size * config.get("mlp_ratio", 4)), layer_scale_init_value=config.get("layerscale_value", 1.0),
+        pooling="cls_mean", interpolation_antialias=config.get("model_type") == "dinov2_with_registers",
     )  # fmt: skip
 
 
@@ -197,3 +242,7 @@ TIMM_VIT = KeyMap(TIMM_VIT_RULES, timm_vit_config)
 TIMM_SWIN = KeyMap(TIMM_SWIN_RULES, timm_swin_config)
 TRANSFORMERS_VIT = KeyMap(TRANSFORMERS_VIT_RULES)
 TRANSFORMERS_SWIN = KeyMap(TRANSFORMERS_SWIN_RULES)
+TRANSFORMERS_DINOV2 = KeyMap(TRANSFORMERS_DINOV2_RULES, transformers_dinov2_config, source_prefix="dinov2")
+TRANSFORMERS_DINOV2_WITH_REGISTERS = KeyMap(
+    TRANSFORMERS_DINOV2_RULES, transformers_dinov2_config, source_prefix="dinov2_with_registers"
+)

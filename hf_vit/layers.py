@@ -1,5 +1,6 @@
 """Building blocks that ViT and Swin share: attention through transformers' attention interface, MLP, stochastic
-depth, the pre-norm block, the patch embedding, position-embedding resampling and the ViT initialisation.
+depth, LayerScale, the pre-norm block, attention pooling, the patch embedding, position-embedding resampling and
+the ViT initialisation.
 
 Checkpoints carry this file next to their modeling file (``trust_remote_code``), so it imports only torch,
 transformers and the configuration helpers, never the rest of hf_vit.
@@ -55,16 +56,34 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return attn_output, attn_weights
 
 
+def attend(module: nn.Module, query, key, value, attention_mask=None):
+    """Attention through transformers' interface (`module.config._attn_implementation`: eager, sdpa, flash, flex).
+
+    query (B, heads, Nq, head_dim), key and value (B, heads, N, head_dim) -> (B, Nq, heads, head_dim) output and the
+    weights (eager only). `module` gives `config`, `scaling`, `attention_dropout` and `training`.
+    """
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager_attention_forward)
+    return attention(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=module.attention_dropout if module.training else 0.0,
+        scaling=module.scaling,
+    )
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Multi-head self-attention with one fused QKV projection: (B, N, dim) -> (B, N, dim).
 
-    The kernel comes from transformers' attention interface (`config._attn_implementation`: eager, sdpa, flash,
-    flex). `attention_mask` is additive and broadcastable to (B, heads, N, N); Swin passes its relative position
-    bias plus shift mask there. With `num_queries`, every token still serves as key and value but only the first
-    `num_queries` ask: (B, N, dim) -> (B, num_queries, dim).
+    The kernel comes from transformers' attention interface (`attend`). `attention_mask` is additive and
+    broadcastable to (B, heads, N, N); Swin passes its relative position bias plus shift mask there. With
+    `num_queries`, every token still serves as key and value but only the first `num_queries` ask: (B, N, dim) ->
+    (B, num_queries, dim). `qk_norm` normalises each head's queries and keys (LayerNorm over head_dim).
     """
 
-    def __init__(self, config, dim: int, num_heads: int):
+    def __init__(self, config, dim: int, num_heads: int, qk_norm: bool = False):
         super().__init__()
         self.config = config
         self.num_heads = num_heads
@@ -73,6 +92,8 @@ class MultiHeadSelfAttention(nn.Module):
         self.is_causal = False
         self.attention_dropout = config.attention_probs_dropout_prob
         self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -80,22 +101,14 @@ class MultiHeadSelfAttention(nn.Module):
         batch_size, seq_len, dim = hidden_states.shape
         qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        attn_output, attn_weights = self.attend(query[:, :, :num_queries], key, value, attention_mask)
+        query, key = self.q_norm(query[:, :, :num_queries]), self.k_norm(key)
+        attn_output, attn_weights = self.attend(query, key, value, attention_mask)
         attn_output = self.proj_dropout(self.proj(attn_output.reshape(batch_size, -1, dim)))
         return attn_output, attn_weights
 
     def attend(self, query, key, value, attention_mask=None):
         """(B, heads, N, head_dim) each -> (B, N, heads, head_dim) output and the weights (eager only)."""
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        return attention(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-        )
+        return attend(self, query, key, value, attention_mask)
 
 
 class Mlp(nn.Module):
@@ -112,28 +125,76 @@ class Mlp(nn.Module):
         return self.dropout(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
 
 
+class LayerScale(nn.Module):
+    """A learned per-channel scale on a residual branch (CaiT), starting at `init_value`: (..., dim) -> (..., dim)."""
+
+    def __init__(self, dim: int, init_value: float):
+        super().__init__()
+        self.init_value = init_value
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states * self.gamma
+
+
 class PreNormBlock(GradientCheckpointingLayer):
-    """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x)), each branch with stochastic depth.
+    """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x)), each branch with stochastic depth
+    (and, with `layer_scale_init_value`, LayerScale).
 
     Works on any (..., dim) layout the attention accepts: (B, N, C) for ViT, (B, H, W, C) for Swin's windows.
     `attention_kwargs` go to the attention (ViT's `num_queries`).
     """
 
-    def __init__(self, config, dim: int, attention: nn.Module, mlp_dim: int, drop_path_rate: float = 0.0):
+    def __init__(self, config, dim: int, attention: nn.Module, mlp_dim: int, drop_path_rate: float = 0.0,
+                 layer_scale_init_value: float | None = None):  # fmt: skip
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.attention = attention
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.mlp = Mlp(dim, mlp_dim, config.hidden_act, config.hidden_dropout_prob)
         self.drop_path = DropPath(drop_path_rate)
+        scaled = layer_scale_init_value is not None
+        self.layer_scale1 = LayerScale(dim, layer_scale_init_value) if scaled else nn.Identity()
+        self.layer_scale2 = LayerScale(dim, layer_scale_init_value) if scaled else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor, **attention_kwargs):
         branch, attn_weights = self.attention(self.norm1(hidden_states), **attention_kwargs)
         # The attention may answer for a prefix of the tokens only (`num_queries`); the residual keeps those.
-        hidden_states = hidden_states[:, : branch.shape[1]] + self.drop_path(branch)
+        hidden_states = hidden_states[:, : branch.shape[1]] + self.drop_path(self.layer_scale1(branch))
         del branch  # frees the attention output before the MLP allocates its buffers
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        hidden_states = hidden_states + self.drop_path(self.layer_scale2(self.mlp(self.norm2(hidden_states))))
         return hidden_states, attn_weights
+
+
+class AttentionPooling(nn.Module):
+    """Multihead attention pooling (MAP; Zhai et al. 2022, SigLIP): a learned probe attends over every token, then
+    a residual MLP. (B, N, dim) -> (B, dim).
+
+    The layout is timm's `AttentionPoolLatent` with one latent (probe, q, kv, proj, norm, mlp).
+    """
+
+    def __init__(self, config, dim: int, num_heads: int, mlp_dim: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.probe = nn.Parameter(torch.zeros(1, 1, dim))
+        self.q = nn.Linear(dim, dim, bias=config.qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=config.qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.mlp = Mlp(dim, mlp_dim, config.hidden_act, config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch_size, seq_len, dim = hidden_states.shape
+        query = self.q(self.probe).reshape(1, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        key, value = self.kv(hidden_states).reshape(batch_size, seq_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        pooled, _ = attend(self, query.expand(batch_size, -1, -1, -1), key, value)
+        pooled = self.proj(pooled.reshape(batch_size, 1, dim))
+        return (pooled + self.mlp(self.norm(pooled)))[:, 0]
 
 
 class GridEmbedding(nn.Module):
@@ -183,7 +244,8 @@ def resample_position_embeddings(
 
 @torch.no_grad()
 def init_transformer_weights(module: nn.Module, std: float) -> None:
-    """ViT initialisation: normal(std) weights truncated at two standard deviations, zero biases, unit norms."""
+    """ViT initialisation: normal(std) weights truncated at two standard deviations, zero biases, unit norms,
+    LayerScale at its initial value, the attention-pooling probe like a token."""
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
         if module.bias is not None:
@@ -194,3 +256,7 @@ def init_transformer_weights(module: nn.Module, std: float) -> None:
         if getattr(module, "running_mean", None) is not None:
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
+    elif isinstance(module, LayerScale):
+        init.constant_(module.gamma, module.init_value)
+    elif isinstance(module, AttentionPooling):
+        init.trunc_normal_(module.probe, std=std, a=-2 * std, b=2 * std)

@@ -1,7 +1,9 @@
 """The Vision Transformer (Dosovitskiy et al. 2020, "An Image Is Worth 16x16 Words").
 
 Image -> patch embedding -> [CLS] + patches + learned 1D position embeddings -> pre-norm encoder -> LayerNorm
--> linear head on the CLS token (or on the mean of the patch tokens).
+-> linear head on the CLS token (or on the mean of the patch tokens). The options of the later ViTs are config
+fields: register tokens, LayerScale, qk-norm, position embeddings for the grid only, CLS + mean and attention
+pooling.
 """
 
 import torch
@@ -13,6 +15,7 @@ from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPo
 from .configuration_utils import to_2tuple
 from .configuration_vit import HfViTConfig
 from .layers import (
+    AttentionPooling,
     GridEmbedding,
     MultiHeadSelfAttention,
     PatchEmbedding,
@@ -56,23 +59,26 @@ class ConvStemPatchEmbedding(GridEmbedding):
 
 
 class TokenEmbeddings(nn.Module):
-    """Prepends the learnable CLS token (unless `class_token=False`) and DeiT's distillation token (if asked), and
-    adds learned 1D position embeddings.
+    """Prepends the prefix tokens: the learnable CLS token (unless `class_token=False`), DeiT's distillation token
+    (if asked) and `num_register_tokens` registers; adds learned 1D position embeddings to the grid tokens, and to
+    the CLS and distillation tokens when `prefix_position_embeddings` (registers never get one).
 
     (B, C, gh, gw) feature grid -> (B, prefix + gh * gw, C). A grid other than the trained one needs
     `interpolate_pos_encoding=True` (bicubic resampling of the grid part).
     """
 
-    def __init__(
-        self, hidden_size: int, grid_size, dropout: float, class_token=True, distillation_token=False, antialias=False
-    ):
+    def __init__(self, hidden_size: int, grid_size, dropout: float, class_token=True, distillation_token=False,
+                 antialias=False, num_register_tokens=0, prefix_position_embeddings=True):  # fmt: skip
         super().__init__()
         self.grid_size = tuple(grid_size)
         self.antialias = antialias
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if class_token else None
         self.distillation_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if distillation_token else None
-        self.num_prefix_tokens = int(class_token) + int(distillation_token)
-        num_positions = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
+        self.register_tokens = nn.Parameter(torch.zeros(1, num_register_tokens, hidden_size)) if num_register_tokens else None
+        # CLS and distillation tokens with a position embedding, in front of the grid in `position_embeddings`.
+        self.num_positioned_prefix = (int(class_token) + int(distillation_token)) * prefix_position_embeddings
+        self.num_prefix_tokens = int(class_token) + int(distillation_token) + num_register_tokens
+        num_positions = self.num_positioned_prefix + self.grid_size[0] * self.grid_size[1]
         self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, hidden_size))
         self.dropout = nn.Dropout(dropout)
 
@@ -80,7 +86,7 @@ class TokenEmbeddings(nn.Module):
     def resize_grid(self, grid_size) -> None:
         """Resample the position embeddings to a new grid for good (they are saved at the new size)."""
         resampled = resample_position_embeddings(
-            self.position_embeddings, self.num_prefix_tokens, self.grid_size, grid_size, self.antialias
+            self.position_embeddings, self.num_positioned_prefix, self.grid_size, grid_size, self.antialias
         )
         self.position_embeddings = nn.Parameter(resampled.contiguous())
         self.grid_size = tuple(grid_size)
@@ -92,20 +98,28 @@ class TokenEmbeddings(nn.Module):
                 f"The input gives a {grid_h}x{grid_w} token grid but the position embeddings are for "
                 f"{self.grid_size[0]}x{self.grid_size[1]}; pass interpolate_pos_encoding=True to resample them"
             )
-        prefix = [token for token in (self.cls_token, self.distillation_token) if token is not None]
-        tokens = torch.cat([t.expand(batch_size, -1, -1) for t in prefix] + [feature_grid.flatten(2).transpose(1, 2)], 1)
         position_embeddings = resample_position_embeddings(
-            self.position_embeddings, self.num_prefix_tokens, self.grid_size, (grid_h, grid_w), self.antialias
+            self.position_embeddings, self.num_positioned_prefix, self.grid_size, (grid_h, grid_w), self.antialias
         )
-        return self.dropout(tokens + position_embeddings)
+        prefix = [token.expand(batch_size, -1, -1) for token in (self.cls_token, self.distillation_token) if token is not None]
+        grid = feature_grid.flatten(2).transpose(1, 2)
+        if self.num_positioned_prefix:
+            tokens = torch.cat(prefix + [grid], 1) + position_embeddings
+            prefix, grid = [tokens[:, : self.num_positioned_prefix]], tokens[:, self.num_positioned_prefix :]
+        else:
+            grid = grid + position_embeddings
+        if self.register_tokens is not None:
+            prefix.append(self.register_tokens.expand(batch_size, -1, -1))
+        return self.dropout(torch.cat(prefix + [grid], 1))
 
 
 class EncoderLayer(PreNormBlock):
     """The ViT block: global multi-head self-attention over all tokens, (B, N, C) -> (B, N, C)."""
 
     def __init__(self, config, drop_path_rate: float = 0.0):
-        attention = MultiHeadSelfAttention(config, config.hidden_size, config.num_attention_heads)
-        super().__init__(config, config.hidden_size, attention, config.intermediate_size, drop_path_rate)
+        attention = MultiHeadSelfAttention(config, config.hidden_size, config.num_attention_heads, config.qk_norm)
+        super().__init__(config, config.hidden_size, attention, config.intermediate_size, drop_path_rate,
+                         config.layer_scale_init_value)  # fmt: skip
 
 
 class Encoder(nn.Module):
@@ -153,7 +167,7 @@ class HfViTPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         init_transformer_weights(module, std)
         if isinstance(module, TokenEmbeddings):
-            for token in (module.cls_token, module.distillation_token, module.position_embeddings):
+            for token in (module.cls_token, module.distillation_token, module.register_tokens, module.position_embeddings):
                 if token is not None:
                     init.trunc_normal_(token, std=std, a=-2 * std, b=2 * std)
 
@@ -189,8 +203,8 @@ class HfViTPreTrainedModel(PreTrainedModel):
 
 
 class HfViTModel(HfViTPreTrainedModel):
-    """ViT encoder. `forward` returns `last_hidden_state` (B, prefix + N, C) and `pooler_output` (B, C); the prefix is
-    the CLS token (none with `class_token=False`)."""
+    """ViT encoder. `forward` returns `last_hidden_state` (B, prefix + N, C) and `pooler_output` (B, C), or (B, 2C) for
+    `pooling="cls_mean"`; the prefix is the CLS token (none with `class_token=False`), then the registers."""
 
     has_distillation_token = False
 
@@ -204,10 +218,15 @@ class HfViTModel(HfViTPreTrainedModel):
             class_token=config.class_token,
             distillation_token=self.has_distillation_token,
             antialias=config.interpolation_antialias,
+            num_register_tokens=config.num_register_tokens,
+            prefix_position_embeddings=config.prefix_position_embeddings,
         )
         self.num_prefix_tokens = self.embeddings.num_prefix_tokens
         self.encoder = Encoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = None
+        if config.pooling == "map":
+            self.pooler = AttentionPooling(config, config.hidden_size, config.num_attention_heads, config.intermediate_size)
         self.post_init()
 
     def make_patch_embeddings(self, config) -> GridEmbedding:
@@ -256,9 +275,14 @@ class HfViTModel(HfViTPreTrainedModel):
         last_layer_queries = self.num_prefix_tokens if prefix_tokens_only else None
         encoded = self.encoder(hidden_states, output_attentions, output_hidden_states, last_layer_queries)
         last_hidden_state = self.layernorm(encoded.last_hidden_state)
+        grid_tokens = slice(self.num_prefix_tokens, None)
         if config.pooling == "mean":
             # timm's global_pool="avg": average the un-normalised patch tokens, then normalise.
-            pooled = self.layernorm(encoded.last_hidden_state[:, self.num_prefix_tokens :].mean(dim=1))
+            pooled = self.layernorm(encoded.last_hidden_state[:, grid_tokens].mean(dim=1))
+        elif config.pooling == "cls_mean":  # DINOv2's classifier input: (B, 2C)
+            pooled = torch.cat([last_hidden_state[:, 0], last_hidden_state[:, grid_tokens].mean(dim=1)], dim=-1)
+        elif config.pooling == "map":
+            pooled = self.pooler(last_hidden_state)
         else:
             pooled = last_hidden_state[:, 0]
 
@@ -279,7 +303,7 @@ class HfViTForImageClassification(HfViTPreTrainedModel):
     def __init__(self, config: HfViTConfig):
         super().__init__(config)
         self.vit = self.base_model_class(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = nn.Linear(config.pooled_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
     def forward(

@@ -13,19 +13,22 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torchvision.transforms import v2
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 from transformers.utils import logging
 
 from .cards import CURVES_FILE, plot_training_curves, write_model_card
+from .key_maps import CheckpointMismatchError
 from .layers import PreNormBlock
 from .recipes import TRAINING_INGREDIENTS
 
 logger = logging.get_logger(__name__)
 
 # Parameters that weight decay would only pull towards zero for no benefit (DeiT's and timm's no_weight_decay).
-NO_WEIGHT_DECAY = ("position_embeddings", "cls_token", "distillation_token")
+NO_WEIGHT_DECAY = ("position_embeddings", "cls_token", "distillation_token", "register_tokens")
+EMA_FILE = "ema.safetensors"  # the EMA of the weights, in every checkpoint of a run with one
 
 
 @dataclass
@@ -158,7 +161,10 @@ class RepeatedAugmentationSampler(torch.utils.data.Sampler):
 
 
 class ModelEMA:
-    """Exponential moving average of a model's weights: `ema = decay * ema + (1 - decay) * weights` per step."""
+    """Exponential moving average of a model's weights: `ema = decay * ema + (1 - decay) * weights` per step.
+
+    Saved with every checkpoint (`EMA_FILE`) and restored on resume, so a resumed run averages what the
+    uninterrupted one would have."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
@@ -181,6 +187,27 @@ class ModelEMA:
             yield model
         finally:
             model.load_state_dict(trained)
+
+    def save(self, directory: str) -> None:
+        save_file({name: tensor.contiguous() for name, tensor in self.shadow.items()}, os.path.join(directory, EMA_FILE))
+
+    @torch.no_grad()
+    def load(self, directory: str) -> None:
+        """Restore the average saved in a checkpoint; a checkpoint without one (or of another model) is an error."""
+        path = os.path.join(directory, EMA_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{directory} has no {EMA_FILE}: it was saved without an EMA of the weights, so resuming with one "
+                "would restart the average; resume with --ema_decay 0, or start again"
+            )
+        saved = load_file(path)
+        if saved.keys() != self.shadow.keys():
+            raise CheckpointMismatchError(
+                f"{path} does not fit the model: missing {sorted(self.shadow.keys() - saved.keys())}, unexpected "
+                f"{sorted(saved.keys() - self.shadow.keys())}"
+            )
+        for name, tensor in saved.items():
+            self.shadow[name].copy_(tensor)
 
 
 class EMACallback(TrainerCallback):
@@ -229,8 +256,8 @@ def layer_ids(model: torch.nn.Module) -> tuple[dict[str, int], int]:
     """({parameter name: layer}, number of layers) for layer-wise learning-rate decay, as timm's
     `param_groups_layer_decay` numbers them: 0 for what runs before the first transformer block (embeddings, prefix
     tokens, a hybrid's CNN backbone), i for the i-th block in forward order (Swin's: across stages), and blocks + 1
-    for the heads. A parameter between two blocks (Swin's patch merging) goes with the block after it; the base
-    model's final norm goes with the last block."""
+    for the heads (with an attention-pooling head). A parameter between two blocks (Swin's patch merging) goes with
+    the block after it; the base model's final norm goes with the last block."""
     blocks = [module for module in model.modules() if isinstance(module, PreNormBlock)]
     block_of = {id(param): index for index, block in enumerate(blocks, start=1) for param in block.parameters()}
     ids, between, current = {}, [], 0
@@ -244,8 +271,12 @@ def layer_ids(model: torch.nn.Module) -> tuple[dict[str, int], int]:
             ids[name] = 0
         else:
             between.append((name, param))
-    base_model = {id(param) for param in model.base_model.parameters()}
-    ids.update((name, len(blocks) + (id(param) not in base_model)) for name, param in between)
+    # After the last block: the base model's final norm goes with it; the heads (an attention-pooling head inside
+    # the base model too) above it.
+    pooler = getattr(model.base_model, "pooler", None)
+    heads = {id(param) for param in model.parameters()} - {id(param) for param in model.base_model.parameters()}
+    heads |= {id(param) for param in pooler.parameters()} if isinstance(pooler, torch.nn.Module) else set()
+    ids.update((name, len(blocks) + (id(param) in heads)) for name, param in between)
     return ids, len(blocks) + 2
 
 
@@ -359,10 +390,25 @@ class ImageClassificationTrainer(Trainer):
         with self.ema.applied_to(self.model):
             return super().evaluate(*args, **kwargs)
 
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """The Trainer's, restoring the EMA saved in the checkpoint it resumes from."""
+        if resume_from_checkpoint is True or resume_from_checkpoint == "True":
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        if self.ema is not None and resume_from_checkpoint:
+            self.ema.load(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
     def save_model(self, output_dir=None, _internal_call=False):
         final = output_dir is None or os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)
-        if self.ema is None or not final:  # checkpoints keep the trained weights, for resuming
+        if self.ema is None:
             return super().save_model(output_dir, _internal_call)
+        if not final:  # a checkpoint: the trained weights and, beside them, the average, for resuming
+            super().save_model(output_dir, _internal_call)
+            if self.args.should_save:
+                self.ema.save(output_dir)
+            return
         with self.ema.applied_to(self.model):
             return super().save_model(output_dir, _internal_call)
 

@@ -1,4 +1,5 @@
-"""Convert a transformers (vit, deit, swin) or timm (vit_*, deit_*, swin_*) checkpoint into an hf_vit checkpoint.
+"""Convert a transformers (vit, deit, swin, dinov2, dinov2_with_registers) or timm (vit_*, deit_*, deit3_*, vit_*_dinov2,
+vit_*_reg4_dinov2, vit_*_siglip_*, swin_*) checkpoint into an hf_vit checkpoint.
 
     python scripts/convert_checkpoint.py --source google/vit-base-patch16-224 --output_dir vit-base
     python scripts/convert_checkpoint.py --source timm/swin_tiny_patch4_window7_224.ms_in1k --output_dir swin-t \

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageClassification, pipeline
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification, TrainerCallback, pipeline
 
 from conftest import HUB_TOKEN, REPO_ROOT
 from hf_vit.data import load_digits_splits
@@ -218,3 +219,38 @@ def test_default_run_reaches_97_percent_on_digits(tmp_path):
     result = run_script(["--output_dir", str(tmp_path / "default")])
     metrics = json.loads((tmp_path / "default" / "eval_results.json").read_text())
     assert metrics["eval_accuracy"] >= 0.97, result.stdout[-2000:]
+
+
+class Killed(Exception):
+    """What a killed process leaves: the checkpoints written so far, nothing else."""
+
+
+class KillAtEpoch(TrainerCallback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if state.epoch >= self.epoch:
+            raise Killed(f"killed at the start of epoch {self.epoch + 1}")
+
+
+def test_a_run_with_an_ema_killed_after_epoch_two_resumes_to_the_same_weights(tmp_path):
+    # an average long enough (decay 0.9 over 6 steps an epoch) that restarting it would change the weights
+    common = ["--recipe", "deit", "--ema_decay", "0.9", "--num_train_epochs", "3", "--max_train_samples", "96",
+              "--max_eval_samples", "48", "--disable_tqdm", "true", "--report_to", "none", "--seed", "0"]  # fmt: skip
+    whole = finetune(*parse_args(["--output_dir", str(tmp_path / "whole"), *common]))
+    with pytest.raises(Killed):
+        finetune(*parse_args(["--output_dir", str(tmp_path / "killed"), *common]), callbacks=[KillAtEpoch(2)])
+    checkpoint = tmp_path / "killed" / "checkpoint-12"  # 96 images / batch 16 = 6 steps per epoch
+    assert (checkpoint / "ema.safetensors").is_file() and not (tmp_path / "killed" / "model.safetensors").exists()
+    run_script(["--output_dir", str(tmp_path / "killed"), *common, "--resume_from_checkpoint", str(checkpoint)])
+    resumed = json.loads((tmp_path / "killed" / "eval_results.json").read_text())
+    assert resumed["eval_accuracy"] == whole["eval_accuracy"]
+    expected, got = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
+    assert expected.keys() == got.keys()
+    assert max((expected[key] - got[key]).abs().max().item() for key in expected) <= 1e-4
+
+    (tmp_path / "whole" / "checkpoint-18" / "ema.safetensors").unlink()  # the one checkpoint kept
+    with pytest.raises(FileNotFoundError, match="has no ema.safetensors: it was saved without an EMA"):
+        finetune(*parse_args(["--output_dir", str(tmp_path / "whole"), *common,
+                              "--resume_from_checkpoint", str(tmp_path / "whole" / "checkpoint-18")]))  # fmt: skip

@@ -26,6 +26,8 @@ def timm_scales(reference: torch.nn.Module) -> dict[str, float]:
     [
         ("vit_tiny_patch16_224", dict(depth=3)),
         ("deit_tiny_distilled_patch16_224", dict(depth=3)),
+        ("vit_small_patch14_reg4_dinov2", dict(depth=3, img_size=56)),  # registers, LayerScale
+        ("vit_base_patch16_siglip_224", dict(depth=3, embed_dim=96, num_heads=3)),  # attention pooling above the norm
         ("swin_tiny_patch4_window7_224", dict(embed_dim=24, depths=(2, 1, 2, 1), num_heads=(1, 2, 2, 4))),
     ],
 )
