@@ -151,11 +151,12 @@ def transformers_image_processor(directory: str, config):
 
 
 def convert_checkpoint(source: str, output_dir: str, image_size: int | None = None, push_to_hub: bool = False,
-                       hub_model_id: str | None = None, token: str | None = None):  # fmt: skip
+                       hub_model_id: str | None = None, token: str | None = None, window_size: int | None = None):  # fmt: skip
     """Convert a transformers or timm checkpoint (directory or Hub id) into an hf_vit checkpoint in `output_dir`:
     config, safetensors weights, code, image processor and model card. Returns the model.
 
-    `image_size` resamples the position embeddings to a new resolution for good (and sizes the processor).
+    `image_size` resamples the position embeddings to a new resolution for good (and sizes the processor);
+    `window_size` (Swin) resamples the relative position bias tables to a new window.
     """
     if push_to_hub and hub_model_id is None:
         raise ValueError("push_to_hub needs hub_model_id")
@@ -168,6 +169,10 @@ def convert_checkpoint(source: str, output_dir: str, image_size: int | None = No
         processor = transformers_image_processor(directory, model.config)
     else:
         raise ValueError(f"{source}/config.json has neither `architecture` (timm) nor `model_type` (transformers)")
+    if window_size is not None:
+        if not hasattr(model, "set_window_size"):
+            raise ValueError(f"window_size applies to hf_swin models; {source} converts to {model.config.model_type}")
+        model.set_window_size(window_size)
     if image_size is not None:
         model.set_image_size(image_size)
         set_processor_size(processor, image_size)

@@ -24,7 +24,7 @@ from .data import (
 )  # fmt: skip
 from .families import FAMILIES, Family, family_of
 from .metrics import compute_metrics
-from .recipes import RecipeArguments, RunFacts, apply_to_training, check_recipe_name, resolve_recipe
+from .recipes import RecipeArguments, RunFacts, apply_to_training, check_layer_decay, check_recipe_name, resolve_recipe
 from .trainer import (
     BatchMixer, FinetuneTrainingArguments, ImageClassificationTrainer, TeacherInputAdapter, check_backbone_learning_rate,
     global_batch_size,
@@ -148,6 +148,7 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
         raise ValueError(f"Unknown --preset {model_args.preset!r} for {family.model_type}; choose one of "
                          f"{sorted(family.config_class.presets)}")  # fmt: skip
     check_recipe_name(recipe_args.recipe)
+    check_layer_decay(recipe_args.layer_decay)
     overrides = parse_config_overrides(model_args.config_overrides)
     # (--train_dir and --validation_dir: load_splits checks them before it reads anything)
     for path, flag in ((model_args.model_name_or_path, "--model_name_or_path"),

@@ -56,34 +56,11 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return attn_output, attn_weights
 
 
-def attend(module: nn.Module, query, key, value, attention_mask=None):
-    """Attention through transformers' interface (`module.config._attn_implementation`: eager, sdpa, flash, flex).
+class AttentionKernel(nn.Module):
+    """What an attention module needs to call transformers' attention interface (`config._attn_implementation`:
+    eager, sdpa, flash, flex): heads, scaling, dropout; subclasses make the queries, keys and values."""
 
-    query (B, heads, Nq, head_dim), key and value (B, heads, N, head_dim) -> (B, Nq, heads, head_dim) output and the
-    weights (eager only). `module` gives `config`, `scaling`, `attention_dropout` and `training`.
-    """
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager_attention_forward)
-    return attention(
-        module,
-        query,
-        key,
-        value,
-        attention_mask,
-        dropout=module.attention_dropout if module.training else 0.0,
-        scaling=module.scaling,
-    )
-
-
-class MultiHeadSelfAttention(nn.Module):
-    """Multi-head self-attention with one fused QKV projection: (B, N, dim) -> (B, N, dim).
-
-    The kernel comes from transformers' attention interface (`attend`). `attention_mask` is additive and
-    broadcastable to (B, heads, N, N); Swin passes its relative position bias plus shift mask there. With
-    `num_queries`, every token still serves as key and value but only the first `num_queries` ask: (B, N, dim) ->
-    (B, num_queries, dim). `qk_norm` normalises each head's queries and keys (LayerNorm over head_dim).
-    """
-
-    def __init__(self, config, dim: int, num_heads: int, qk_norm: bool = False):
+    def __init__(self, config, dim: int, num_heads: int):
         super().__init__()
         self.config = config
         self.num_heads = num_heads
@@ -91,6 +68,33 @@ class MultiHeadSelfAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.is_causal = False
         self.attention_dropout = config.attention_probs_dropout_prob
+
+    def attend(self, query, key, value, attention_mask=None):
+        """query (B, heads, Nq, head_dim), key and value (B, heads, N, head_dim) -> (B, Nq, heads, head_dim) output
+        and the weights (eager only)."""
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        return attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+
+
+class MultiHeadSelfAttention(AttentionKernel):
+    """Multi-head self-attention with one fused QKV projection: (B, N, dim) -> (B, N, dim).
+
+    `attention_mask` is additive and broadcastable to (B, heads, N, N); Swin passes its relative position bias plus
+    shift mask there. With `num_queries`, every token still serves as key and value but only the first
+    `num_queries` ask: (B, N, dim) -> (B, num_queries, dim). `qk_norm` normalises each head's queries and keys
+    (LayerNorm over head_dim).
+    """
+
+    def __init__(self, config, dim: int, num_heads: int, qk_norm: bool = False):
+        super().__init__(config, dim, num_heads)
         self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
         self.q_norm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps) if qk_norm else nn.Identity()
@@ -105,10 +109,6 @@ class MultiHeadSelfAttention(nn.Module):
         attn_output, attn_weights = self.attend(query, key, value, attention_mask)
         attn_output = self.proj_dropout(self.proj(attn_output.reshape(batch_size, -1, dim)))
         return attn_output, attn_weights
-
-    def attend(self, query, key, value, attention_mask=None):
-        """(B, heads, N, head_dim) each -> (B, N, heads, head_dim) output and the weights (eager only)."""
-        return attend(self, query, key, value, attention_mask)
 
 
 class Mlp(nn.Module):
@@ -166,7 +166,7 @@ class PreNormBlock(GradientCheckpointingLayer):
         return hidden_states, attn_weights
 
 
-class AttentionPooling(nn.Module):
+class AttentionPooling(AttentionKernel):
     """Multihead attention pooling (MAP; Zhai et al. 2022, SigLIP): a learned probe attends over every token, then
     a residual MLP. (B, N, dim) -> (B, dim).
 
@@ -174,13 +174,7 @@ class AttentionPooling(nn.Module):
     """
 
     def __init__(self, config, dim: int, num_heads: int, mlp_dim: int):
-        super().__init__()
-        self.config = config
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scaling = self.head_dim**-0.5
-        self.is_causal = False
-        self.attention_dropout = config.attention_probs_dropout_prob
+        super().__init__(config, dim, num_heads)
         self.probe = nn.Parameter(torch.zeros(1, 1, dim))
         self.q = nn.Linear(dim, dim, bias=config.qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=config.qkv_bias)
@@ -192,7 +186,7 @@ class AttentionPooling(nn.Module):
         batch_size, seq_len, dim = hidden_states.shape
         query = self.q(self.probe).reshape(1, 1, self.num_heads, self.head_dim).transpose(1, 2)
         key, value = self.kv(hidden_states).reshape(batch_size, seq_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        pooled, _ = attend(self, query.expand(batch_size, -1, -1, -1), key, value)
+        pooled, _ = self.attend(query.expand(batch_size, -1, -1, -1), key, value)
         pooled = self.proj(pooled.reshape(batch_size, 1, dim))
         return (pooled + self.mlp(self.norm(pooled)))[:, 0]
 

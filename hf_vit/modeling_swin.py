@@ -92,6 +92,51 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
     return torch.zeros(different.shape).masked_fill(different, MASKED).to(device)
 
 
+def _geometric_offsets(source: int, target: int) -> list[float]:
+    """Where the `source` offsets of one axis of a relative-position table sit when it grows (or shrinks) to
+    `target`: spaced by a geometric progression so that the outermost reach about the new extent (BEiT's rule)."""
+    left, right = 1.01, 1.5
+    while right - left > 1e-6:  # bisect the ratio q of the progression
+        ratio = (left + right) / 2.0
+        reach = (1.0 - ratio ** (source // 2)) / (1.0 - ratio)
+        left, right = (left, ratio) if reach > target // 2 else (ratio, right)
+    offsets, current = [], 1.0
+    for i in range(source // 2):
+        offsets.append(current)
+        current += ratio ** (i + 1)
+    return [-offset for offset in reversed(offsets)] + [0.0] + offsets
+
+
+def _linear_interpolation_matrix(points: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(len(targets), len(points)) weights of piecewise-linear interpolation on the sorted, unevenly spaced
+    `points`; targets outside their range take the nearest end value."""
+    right = torch.bucketize(targets, points).clamp(max=len(points) - 1)
+    left = (right - 1).clamp(min=0)
+    to_left, to_right = (targets - points[left]).clamp(min=0), (points[right] - targets).clamp(min=0)
+    on_point = (to_left == 0) & (to_right == 0)
+    to_left, to_right = to_left.masked_fill(on_point, 1.0), to_right.masked_fill(on_point, 1.0)
+    rows = torch.arange(len(targets))
+    weights = torch.zeros(len(targets), len(points))
+    weights.index_put_((rows, left), to_right / (to_left + to_right), accumulate=True)
+    weights.index_put_((rows, right), to_left / (to_left + to_right), accumulate=True)
+    return weights
+
+
+def resize_relative_position_bias_table(table: torch.Tensor, window_size: int, new_window_size: int) -> torch.Tensor:
+    """((2w - 1)**2, heads) bias table of a w x w window -> the table of a new window, as BEiT and timm's
+    `resize_rel_pos_bias_table` do: the old offsets are spread over the new range along a geometric progression
+    (near offsets keep their values, far ones stretch) and each axis is interpolated linearly."""
+    if window_size == new_window_size:
+        return table
+    source, target = 2 * window_size - 1, 2 * new_window_size - 1
+    points = torch.tensor(_geometric_offsets(source, target))
+    targets = torch.arange(-(target // 2), target // 2 + 0.1, 1.0)
+    weights = _linear_interpolation_matrix(points, targets)  # (target, source), the same for both axes
+    grid = table.float().T.reshape(-1, source, source)  # (heads, rows, columns)
+    resized = weights @ grid @ weights.T
+    return resized.reshape(-1, target * target).T.to(table.dtype).contiguous()
+
+
 class WindowAttention(MultiHeadSelfAttention):
     """(Shifted) window multi-head self-attention with a relative position bias: (B, H, W, C) -> (B, H, W, C).
 
@@ -250,9 +295,24 @@ class HfSwinPreTrainedModel(PreTrainedModel):
         elif isinstance(module, SwinEmbeddings) and module.position_embeddings is not None:
             init.trunc_normal_(module.position_embeddings, std=std, a=-2 * std, b=2 * std)
 
+    def set_window_size(self, window_size: int) -> None:
+        """Attend in windows of this side from now on (Swin at a higher resolution: 12 at 384 px): every relative
+        position bias table is resampled (`resize_relative_position_bias_table`) and saved at the new size, and
+        the shifted blocks shift by half the new window."""
+        if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size <= 0:
+            raise ValueError(f"window_size must be a positive integer, got {window_size!r}")
+        for module in self.modules():
+            if isinstance(module, WindowAttention) and module.window_size != window_size:
+                with torch.no_grad():
+                    table = resize_relative_position_bias_table(module.relative_position_bias_table, module.window_size, window_size)
+                module.relative_position_bias_table = nn.Parameter(table)
+                module.shift_size = window_size // 2 if module.shift_size else 0
+                module.window_size = window_size
+        self.config.window_size = window_size
+
     def set_image_size(self, image_size: int) -> None:
-        """Prepare images of a new size from now on (windows adapt by themselves); absolute position embeddings,
-        if any, are resampled and saved at the new grid."""
+        """Prepare images of a new size from now on (windows adapt by themselves; `set_window_size` changes them
+        too); absolute position embeddings, if any, are resampled and saved at the new grid."""
         if image_size <= 0 or image_size % self.config.total_stride:
             raise ValueError(f"image_size {image_size} must be a positive multiple of {self.config.total_stride}")
         self.config.image_size = image_size

@@ -88,7 +88,8 @@ class RecipeArguments:
 
     recipe: str = field(
         default="auto",
-        metadata={"help": "The training recipe: auto (fits the data, the default), deit (DeiT's, scaled to the run) or "
+        metadata={"help": "The training recipe: auto (fits the data, the default), deit (DeiT's, scaled to the run), "
+                  "finetune (BEiT's and MAE's for a pretrained checkpoint: layer decay, drop-path, half the rate) or "
                   "plain (light augmentation only); the README's recipe table says what each sets."},
     )  # fmt: skip
     crop_scale_min: float | None = field(
@@ -205,9 +206,28 @@ def auto_recipe(facts: RunFacts) -> dict[str, Choice]:
     return choices | dict(warmup_steps=(0.1, "from scratch: a 10 % warmup steadied the first epochs in the study"))
 
 
+def finetune_recipe(facts: RunFacts) -> dict[str, Choice]:
+    """The fine-tuning recipe of BEiT and MAE for a pretrained checkpoint: DeiT's regularisers scaled to the run
+    (`deit_recipe`), layer-wise learning-rate decay, stochastic depth, half DeiT's peak rate, a short warmup."""
+    choices = deit_recipe(facts)
+    rate, rule = choices["learning_rate"]
+    return choices | dict(
+        learning_rate=(rate / 2, f"half of {rule}: the checkpoint's features are adjusted, not learned"),
+        warmup_steps=(0.05, "BEiT / MAE fine-tuning: 5 % of the steps (5 of 100 epochs)"),
+        layer_decay=(0.75, "BEiT / MAE fine-tuning (0.65 for ViT-B, 0.75 for ViT-L): the lower blocks move least"),
+        drop_path_rate=(0.1, "BEiT / MAE fine-tuning of ViT-B"),
+    )
+
+
 RECIPES: dict[str, Callable[[RunFacts], dict[str, Choice]]] = {
-    "auto": auto_recipe, "plain": plain_recipe, "deit": deit_recipe,
+    "auto": auto_recipe, "plain": plain_recipe, "deit": deit_recipe, "finetune": finetune_recipe,
 }  # fmt: skip
+
+
+def check_layer_decay(layer_decay: float | None) -> None:
+    """A layer-wise learning-rate decay must be in (0, 1] (1: off); None leaves it to the recipe."""
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
 
 
 def check_recipe_name(name: str) -> None:

@@ -22,7 +22,7 @@ from transformers.utils import logging
 from .cards import CURVES_FILE, plot_training_curves, write_model_card
 from .key_maps import CheckpointMismatchError
 from .layers import PreNormBlock
-from .recipes import TRAINING_INGREDIENTS
+from .recipes import TRAINING_INGREDIENTS, check_layer_decay
 
 logger = logging.get_logger(__name__)
 
@@ -259,6 +259,8 @@ def layer_ids(model: torch.nn.Module) -> tuple[dict[str, int], int]:
     for the heads (with an attention-pooling head). A parameter between two blocks (Swin's patch merging) goes with
     the block after it; the base model's final norm goes with the last block."""
     blocks = [module for module in model.modules() if isinstance(module, PreNormBlock)]
+    if not blocks:
+        raise ValueError(f"layer_decay needs a model made of transformer blocks; {type(model).__name__} has none")
     block_of = {id(param): index for index, block in enumerate(blocks, start=1) for param in block.parameters()}
     ids, between, current = {}, [], 0
     for name, param in model.named_parameters():  # registration order, which is forward order in hf_vit's models
@@ -321,8 +323,7 @@ class ImageClassificationTrainer(Trainer):
         self.batch_mixer = batch_mixer if batch_mixer is not None and batch_mixer.active else None
         self.repeated_augmentation = repeated_augmentation
         check_backbone_learning_rate(self.args, self.model.config)
-        if not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
+        check_layer_decay(layer_decay)
         self.layer_decay = layer_decay
         self.card_template, self.recipe_summary = card_template, recipe_summary
         self.ema = None

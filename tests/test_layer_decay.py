@@ -63,3 +63,8 @@ def test_the_trainer_splits_its_weight_decay_groups_by_layer_and_keeps_the_backb
     assert decay[id(model.classifier.weight)] == 0.05 and decay[id(model.classifier.bias)] == 0.0
     with pytest.raises(ValueError, match="layer_decay must be in"):
         ImageClassificationTrainer(model=model, args=args, layer_decay=1.5)
+
+
+def test_layer_decay_needs_transformer_blocks():
+    with pytest.raises(ValueError, match="layer_decay needs a model made of transformer blocks; Sequential has none"):
+        layer_decay_scales(torch.nn.Sequential(torch.nn.Linear(2, 2)), DECAY)

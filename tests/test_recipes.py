@@ -64,6 +64,15 @@ def test_auto_warms_up_longer_from_scratch_and_keeps_rate_and_layers_from_a_chec
     assert 0.08 < middle.crop_scale_min < 1.0
 
 
+def test_finetune_recipe_is_deits_with_layer_decay_drop_path_half_the_rate_and_a_short_warmup():
+    for facts in (DIGITS, IMAGENET):
+        deit = resolve("deit", facts)
+        tuned = resolve("finetune", dataclasses.replace(facts, from_checkpoint=True))
+        assert (tuned.layer_decay, tuned.drop_path_rate, tuned.warmup_steps) == (0.75, 0.1, 0.05)
+        assert tuned.learning_rate == deit.learning_rate / 2 and tuned.mixup_alpha == deit.mixup_alpha
+        assert "BEiT / MAE" in tuned.reasons["layer_decay"]
+
+
 def test_plain_recipe_is_the_plain_values():
     ingredients = resolve("plain", IMAGENET)
     assert {name: getattr(ingredients, name) for name in PLAIN} == PLAIN
@@ -76,7 +85,7 @@ EXPLICIT = dict(
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("recipe", ["auto", "deit", "plain"])
+@pytest.mark.parametrize("recipe", ["auto", "deit", "finetune", "plain"])
 @pytest.mark.parametrize("facts", [DIGITS, IMAGENET], ids=["digits", "imagenet"])
 def test_an_explicit_flag_always_wins(recipe, facts):
     assert set(EXPLICIT) == set(INGREDIENTS)
@@ -91,7 +100,7 @@ def test_an_explicit_flag_always_wins(recipe, facts):
 def test_unknown_recipe_fails_before_any_data_is_read(tmp_path):
     result = run_script(["--output_dir", str(tmp_path / "out"), "--recipe", "fast", "--config_overrides", TINY],
                         expect_success=False)  # fmt: skip
-    assert result.returncode != 0 and "Unknown --recipe 'fast'; choose one of ['auto', 'deit', 'plain']" in result.stderr
+    assert result.returncode != 0 and "Unknown --recipe 'fast'; choose one of ['auto', 'deit', 'finetune', 'plain']" in result.stderr
     assert "Checking" not in result.stderr and not (tmp_path / "out").exists()
 
 

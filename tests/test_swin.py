@@ -6,19 +6,23 @@ import json
 import pytest
 import timm
 import torch
+from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
 from transformers import AutoBackbone, AutoModelForImageClassification, SwinConfig, SwinForImageClassification
 
 from conftest import HUB_TOKEN, randomize
 from hf_vit import HfSwinBackbone, HfSwinConfig, HfSwinForImageClassification, HfSwinModel
+from hf_vit.convert import convert_checkpoint
 from hf_vit.key_maps import TIMM_SWIN_RULES, TRANSFORMERS_SWIN_RULES, load_converted_state_dict, rename_keys
 from hf_vit.modeling_swin import (
     MASKED,
     relative_position_index,
+    resize_relative_position_bias_table,
     shifted_window_mask,
     window_order,
     window_partition,
     window_reverse,
 )
+from test_convert import assert_same_logits, save_timm, subprocess_convert
 from test_ecosystem import assert_loads_as_remote_code
 
 TINY_SWIN = dict(image_size=64, patch_size=4, embed_dim=16, depths=[2, 2, 2], num_heads=[1, 2, 4], window_size=4, num_labels=5)
@@ -221,3 +225,27 @@ def test_swin_checkpoint_loads_as_remote_code(tmp_path, tiny_swin_config):
     model = randomize(HfSwinForImageClassification(tiny_swin_config), std=PARITY_STD)
     assert_loads_as_remote_code(model, tmp_path / "swin", torch.randn(2, 3, 72, 60))
     assert type(AutoModelForImageClassification.from_pretrained(tmp_path / "swin")) is HfSwinForImageClassification
+
+
+@pytest.mark.parametrize("window_size, new_window_size", [(7, 12), (7, 5), (4, 14), (12, 7)])
+def test_relative_position_tables_resize_as_timm_does(window_size, new_window_size):
+    table = torch.randn((2 * window_size - 1) ** 2, 3)
+    expected = resize_rel_pos_bias_table(table, (new_window_size,) * 2, ((2 * new_window_size - 1) ** 2, 3), (window_size,) * 2)
+    torch.testing.assert_close(resize_relative_position_bias_table(table, window_size, new_window_size), expected)
+
+
+def test_a_converted_swin_moves_to_384_px_and_12_px_windows_like_timm(tmp_path):
+    reference, source = save_timm(tmp_path, "swin", "swin_tiny_patch4_window7_224", std=0.1, embed_dim=32,
+                                  depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))  # fmt: skip
+    subprocess_convert(["--source", source, "--output_dir", str(tmp_path / "out"), "--image_size", "384", "--window_size", "12"])
+    converted = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
+    assert (converted.config.image_size, converted.config.window_size) == (384, 12)
+    assert converted.swin.stages[3].blocks[1].attention.relative_position_bias_table.shape == (23 * 23, 8)
+    reference.set_input_size(img_size=(384, 384), window_size=12)
+    assert_same_logits(converted, reference, torch.randn(2, 3, 384, 384))
+    with pytest.raises(ValueError, match="window_size must be a positive integer, got 0"):
+        converted.set_window_size(0)
+    _, vit_source = save_timm(tmp_path, "vit", "vit_tiny_patch16_224", depth=1)
+    with pytest.raises(ValueError, match="window_size applies to hf_swin models; .* converts to hf_vit"):
+        convert_checkpoint(vit_source, str(tmp_path / "vit_out"), window_size=12)
+    assert not (tmp_path / "vit_out").exists()

@@ -44,12 +44,13 @@ RUNS = {
 
 # run name: (from the checkpoint, learning rate, layer decay); every other ingredient is the auto recipe's
 FINE_TUNING_RUNS = {
-    "from scratch, auto recipe": (False, None, None),
-    "checkpoint, lr 5e-4": (True, 5e-4, 1.0),
-    "checkpoint, lr 5e-5": (True, 5e-5, 1.0),
-    "checkpoint, lr 5e-4, layer decay 0.75": (True, 5e-4, 0.75),
-    "checkpoint, lr 5e-4, layer decay 0.65": (True, 5e-4, 0.65),
-    "checkpoint, lr 5e-5, layer decay 0.75": (True, 5e-5, 0.75),
+    "from scratch, auto recipe": (False, "auto", None, None),
+    "checkpoint, lr 5e-4": (True, "auto", 5e-4, 1.0),
+    "checkpoint, lr 5e-5": (True, "auto", 5e-5, 1.0),
+    "checkpoint, lr 5e-4, layer decay 0.75": (True, "auto", 5e-4, 0.75),
+    "checkpoint, lr 5e-4, layer decay 0.65": (True, "auto", 5e-4, 0.65),
+    "checkpoint, lr 5e-5, layer decay 0.75": (True, "auto", 5e-5, 0.75),
+    "checkpoint, finetune recipe": (True, "finetune", None, None),
 }
 
 
@@ -155,7 +156,7 @@ def study_fine_tuning(output_dir: str, runs=tuple(FINE_TUNING_RUNS), seeds=(0, 1
     accuracies, seconds = {}, {}
     for seed in seeds:
         for name in runs:
-            from_checkpoint, learning_rate, layer_decay = FINE_TUNING_RUNS[name]
+            from_checkpoint, recipe, learning_rate, layer_decay = FINE_TUNING_RUNS[name]
             run_dir = os.path.join(output_dir, f"seed{seed}", name.replace(" ", "_").replace(",", ""))
             training_args = FinetuneTrainingArguments(
                 output_dir=run_dir, num_train_epochs=epochs, per_device_train_batch_size=batch_size, seed=seed,
@@ -163,7 +164,8 @@ def study_fine_tuning(output_dir: str, runs=tuple(FINE_TUNING_RUNS), seeds=(0, 1
             )  # fmt: skip
             model_args = ModelArguments(model_name_or_path=checkpoint if from_checkpoint else None)
             start = time.perf_counter()
-            metrics = finetune(model_args, data_args, training_args, RecipeArguments(layer_decay=layer_decay, **no_flips))
+            recipe_args = RecipeArguments(recipe=recipe, layer_decay=layer_decay, **no_flips)
+            metrics = finetune(model_args, data_args, training_args, recipe_args)
             accuracies.setdefault(("digits 5-9", name), []).append(metrics["eval_accuracy"])
             seconds.setdefault(("digits 5-9", name), []).append(time.perf_counter() - start)
     return summarise(accuracies, seconds, output_dir, f"final eval accuracy on digits 5-9 ({max_train_samples} labelled "
