@@ -1,7 +1,7 @@
 """hf_vit: Vision Transformers as first-class Hugging Face transformers models.
 
 Importing the package registers every family (`families.FAMILIES`) with the Auto classes, so `AutoConfig`,
-`AutoModel`, `AutoModelForImageClassification`, `AutoImageProcessor` (and `AutoBackbone` for Swin) resolve the
+`AutoModel`, `AutoModelForImageClassification`, `AutoImageProcessor` and `AutoBackbone` resolve the
 `hf_*` model types, and checkpoints carry their code.
 """
 
@@ -10,10 +10,10 @@ from .configuration_hybrid import HYBRID_PRESETS, HfViTHybridConfig
 from .configuration_swin import SWIN_PRESETS, HfSwinConfig
 from .configuration_vit import VIT_PRESETS, HfViTConfig
 from .families import FAMILIES, Family
-from .modeling_deit import HfDeiTForImageClassification, HfDeiTModel
-from .modeling_hybrid import HfViTHybridForImageClassification, HfViTHybridModel
+from .modeling_deit import HfDeiTBackbone, HfDeiTForImageClassification, HfDeiTModel
+from .modeling_hybrid import HfViTHybridBackbone, HfViTHybridForImageClassification, HfViTHybridModel
 from .modeling_swin import HfSwinBackbone, HfSwinForImageClassification, HfSwinModel
-from .modeling_vit import HfViTForImageClassification, HfViTModel, HfViTPreTrainedModel
+from .modeling_vit import HfViTBackbone, HfViTForImageClassification, HfViTModel, HfViTPreTrainedModel
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "FAMILIES",
     "Family",
     "HYBRID_PRESETS",
+    "HfDeiTBackbone",
     "HfDeiTConfig",
     "HfDeiTForImageClassification",
     "HfDeiTModel",
@@ -29,8 +30,10 @@ __all__ = [
     "HfSwinConfig",
     "HfSwinForImageClassification",
     "HfSwinModel",
+    "HfViTBackbone",
     "HfViTConfig",
     "HfViTForImageClassification",
+    "HfViTHybridBackbone",
     "HfViTHybridConfig",
     "HfViTHybridForImageClassification",
     "HfViTHybridModel",

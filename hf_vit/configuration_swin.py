@@ -5,7 +5,7 @@ from typing import ClassVar
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .configuration_utils import PresetsMixin, check_positive, check_probability
+from .configuration_utils import DefaultStagesMixin, PresetsMixin, check_positive, check_probability
 
 
 def _swin(embed_dim, depths, num_heads, image_size=224, patch_size=4, window_size=7):
@@ -24,7 +24,7 @@ SWIN_PRESETS = {
 }
 
 
-class HfSwinConfig(PresetsMixin, BackboneConfigMixin, PreTrainedConfig):
+class HfSwinConfig(PresetsMixin, DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of [`HfSwinModel`], [`HfSwinForImageClassification`] and [`HfSwinBackbone`].
     Defaults give Swin-T at 224 px.
 

@@ -46,3 +46,16 @@ class PresetsMixin:
         if name not in cls.presets:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(cls.presets)}")
         return cls(**{**copy.deepcopy(cls.presets[name]), **overrides})
+
+
+class DefaultStagesMixin:
+    """For backbone configs (before transformers' `BackboneConfigMixin`): the saved dict leaves out the stage names
+    (the config derives them from its depth) and `out_features` / `out_indices` while they are the default (the
+    last stage), so a config rebuilt with another depth gets that depth's default instead of a stage it lacks."""
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output.pop("stage_names", None)
+        if output.get("out_indices") == [len(self.stage_names) - 1]:
+            output["out_features"] = output["out_indices"] = None
+        return output

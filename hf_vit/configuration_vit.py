@@ -3,8 +3,9 @@
 from typing import ClassVar
 
 from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
-from .configuration_utils import PresetsMixin, check_choice, check_positive, check_probability, to_2tuple
+from .configuration_utils import DefaultStagesMixin, PresetsMixin, check_choice, check_positive, check_probability, to_2tuple
 
 
 def _vit(hidden_size, depth, heads, image_size=224, patch_size=16, mlp_ratio=4):
@@ -27,7 +28,7 @@ VIT_PRESETS = {
 POOLINGS = ("cls", "mean", "cls_mean", "map")
 
 
-class ViTEncoderConfig(PreTrainedConfig):
+class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig):
     r"""The fields of the ViT token encoder that every ViT-style family (ViT, DeiT, hybrid) shares; not a model type
     of its own.
 
@@ -62,6 +63,9 @@ class ViTEncoderConfig(PreTrainedConfig):
             is multiplied by a learned per-channel scale starting at this value (DINOv2: 1e-5, DeiT III: 1e-6);
             `None` for none.
         qk_norm (`bool`, defaults to `False`): LayerNorm over each head's queries and keys before attention.
+        out_features (`list[str]`, *optional*) / out_indices (`list[int]`, *optional*): what the `AutoBackbone`
+            returns: `"stem"` (the embeddings) and `"stage1"` ... `"stageN"` (after each block), as transformers'
+            Dinov2Backbone; default the last block.
         interpolation_antialias (`bool`, defaults to `False`): resample position embeddings for other image sizes
             with antialiased bicubic interpolation, as timm does, instead of plain bicubic, as transformers does
             (PyTorch's two bicubic kernels differ, so a converted model keeps its source's choice).
@@ -87,8 +91,11 @@ class ViTEncoderConfig(PreTrainedConfig):
     layer_scale_init_value: float | None = None
     qk_norm: bool = False
     interpolation_antialias: bool = False
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
         super().__post_init__(**kwargs)
         check_positive(
             self, "image_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -107,6 +114,8 @@ class ViTEncoderConfig(PreTrainedConfig):
             raise ValueError(f"num_register_tokens must be a non-negative integer, got {self.num_register_tokens!r}")
         if self.layer_scale_init_value is not None:
             check_positive(self, "layer_scale_init_value")
+        self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
+        self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
 
     @property
     def pooled_size(self) -> int:

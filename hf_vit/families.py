@@ -26,10 +26,10 @@ from .configuration_vit import HfViTConfig
 from .key_maps import (
     TIMM_SWIN, TIMM_VIT, TRANSFORMERS_DINOV2, TRANSFORMERS_DINOV2_WITH_REGISTERS, TRANSFORMERS_SWIN, TRANSFORMERS_VIT, KeyMap,
 )  # fmt: skip
-from .modeling_deit import HfDeiTForImageClassification, HfDeiTModel
-from .modeling_hybrid import HfViTHybridForImageClassification, HfViTHybridModel
+from .modeling_deit import HfDeiTBackbone, HfDeiTForImageClassification, HfDeiTModel
+from .modeling_hybrid import HfViTHybridBackbone, HfViTHybridForImageClassification, HfViTHybridModel
 from .modeling_swin import HfSwinBackbone, HfSwinForImageClassification, HfSwinModel
-from .modeling_vit import HfViTForImageClassification, HfViTModel
+from .modeling_vit import HfViTBackbone, HfViTForImageClassification, HfViTModel
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ FAMILIES = {
     for family in (
         Family(
             HfViTConfig, HfViTModel, HfViTForImageClassification, "vit-cifar-patch4-32", "hf_vit.md",
+            backbone_class=HfViTBackbone,
             converters={
                 "transformers:vit": TRANSFORMERS_VIT, "transformers:dinov2": TRANSFORMERS_DINOV2,
                 "transformers:dinov2_with_registers": TRANSFORMERS_DINOV2_WITH_REGISTERS, "timm:VisionTransformer": TIMM_VIT,
@@ -67,11 +68,12 @@ FAMILIES = {
         ),
         Family(
             HfDeiTConfig, HfDeiTModel, HfDeiTForImageClassification, "deit-cifar-patch4-32", "hf_deit.md",
+            backbone_class=HfDeiTBackbone,
             converters={"transformers:deit": TRANSFORMERS_VIT, "timm:VisionTransformerDistilled": TIMM_VIT},
         ),
         Family(
             HfViTHybridConfig, HfViTHybridModel, HfViTHybridForImageClassification, "vit-hybrid-resnet-tiny-32",
-            "hf_vit_hybrid.md",
+            "hf_vit_hybrid.md", backbone_class=HfViTHybridBackbone,
         ),
         Family(
             HfSwinConfig, HfSwinModel, HfSwinForImageClassification, "swin-cifar-patch2-window4-32", "hf_swin.md",

@@ -12,7 +12,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_deit import HfDeiTConfig
 from .modeling_io import image_classification_loss
-from .modeling_vit import HfViTModel, HfViTPreTrainedModel
+from .modeling_vit import HfViTBackbone, HfViTModel, HfViTPreTrainedModel
 
 
 @dataclass
@@ -109,4 +109,13 @@ class HfDeiTForImageClassification(HfViTPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["HfDeiTForImageClassification", "HfDeiTImageClassifierOutput", "HfDeiTModel", "deit_loss"]
+class HfDeiTBackbone(HfViTBackbone):
+    """`HfViTBackbone` on the DeiT encoder (CLS and distillation tokens dropped from the maps)."""
+
+    config: HfDeiTConfig
+    config_class = HfDeiTConfig
+    base_model_prefix = "deit"
+    base_model_class = HfDeiTModel
+
+
+__all__ = ["HfDeiTBackbone", "HfDeiTForImageClassification", "HfDeiTImageClassifierOutput", "HfDeiTModel", "deit_loss"]

@@ -14,7 +14,7 @@ from transformers.utils import logging
 from .configuration_hybrid import HfViTHybridConfig
 from .configuration_utils import to_2tuple
 from .layers import GridEmbedding
-from .modeling_vit import HfViTForImageClassification, HfViTModel, HfViTPreTrainedModel
+from .modeling_vit import HfViTBackbone, HfViTForImageClassification, HfViTModel, HfViTPreTrainedModel
 
 logger = logging.get_logger(__name__)
 
@@ -95,4 +95,10 @@ class HfViTHybridForImageClassification(HfViTHybridPreTrainedModel, HfViTForImag
     base_model_class = HfViTHybridModel
 
 
-__all__ = ["HfViTHybridForImageClassification", "HfViTHybridModel", "HfViTHybridPreTrainedModel"]
+class HfViTHybridBackbone(HfViTHybridPreTrainedModel, HfViTBackbone):
+    """`HfViTBackbone` on the hybrid: maps at the CNN backbone's stride."""
+
+    base_model_class = HfViTHybridModel
+
+
+__all__ = ["HfViTHybridBackbone", "HfViTHybridForImageClassification", "HfViTHybridModel", "HfViTHybridPreTrainedModel"]

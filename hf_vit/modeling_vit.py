@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 
 from .configuration_utils import to_2tuple
 from .configuration_vit import HfViTConfig
@@ -321,4 +322,43 @@ class HfViTForImageClassification(HfViTPreTrainedModel):
         return classifier_output(self.classifier(features.pooler_output), labels, features, self.config, return_dict)
 
 
-__all__ = ["HfViTForImageClassification", "HfViTModel", "HfViTPreTrainedModel"]
+class HfViTBackbone(BackboneMixin, HfViTPreTrainedModel):
+    """Dense-prediction backbone (`AutoBackbone`): for each of `config.out_features` (`stem`: the embeddings,
+    `stageI`: after block I) the tokens normalised by the final LayerNorm, prefix tokens (CLS, distillation,
+    registers) dropped, as a (B, C, H / p, W / p) map. Any input size: the position embeddings are resampled."""
+
+    base_model_class = HfViTModel
+
+    def __init__(self, config: HfViTConfig):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, self.base_model_class(config))
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BackboneOutput | tuple:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        encoder = self.base_model
+        outputs = encoder(pixel_values, interpolate_pos_encoding=True, output_attentions=output_attentions,
+                          output_hidden_states=True, return_dict=True)  # fmt: skip
+        grid_h, grid_w = encoder.patch_embeddings.grid_size(pixel_values.shape[-2:])
+        feature_maps = tuple(
+            encoder.layernorm(hidden_state[:, encoder.num_prefix_tokens :]).unflatten(1, (grid_h, grid_w)).permute(0, 3, 1, 2).contiguous()
+            for stage, hidden_state in zip(self.stage_names, outputs.hidden_states)
+            if stage in self.out_features
+        )
+        output = BackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["HfViTBackbone", "HfViTForImageClassification", "HfViTModel", "HfViTPreTrainedModel"]
