@@ -66,6 +66,10 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
         out_features (`list[str]`, *optional*) / out_indices (`list[int]`, *optional*): what the `AutoBackbone`
             returns: `"stem"` (the embeddings) and `"stage1"` ... `"stageN"` (after each block), as transformers'
             Dinov2Backbone; default the last block.
+        feature_pyramid_channels (`int`, *optional*): `AutoBackbone` only: turn the last of `out_features` into
+            ViTDet's simple feature pyramid (Li et al. 2022): four maps at 4, 2, 1 and 1/2 times the token grid's
+            resolution (strides 4, 8, 16, 32 for 16 px patches), each with this many channels, for heads that want
+            several scales (UperNet, FPN).
         interpolation_antialias (`bool`, defaults to `False`): resample position embeddings for other image sizes
             with antialiased bicubic interpolation, as timm does, instead of plain bicubic, as transformers does
             (PyTorch's two bicubic kernels differ, so a converted model keeps its source's choice).
@@ -91,6 +95,7 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
     layer_scale_init_value: float | None = None
     qk_norm: bool = False
     interpolation_antialias: bool = False
+    feature_pyramid_channels: int | None = None
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -114,6 +119,11 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
             raise ValueError(f"num_register_tokens must be a non-negative integer, got {self.num_register_tokens!r}")
         if self.layer_scale_init_value is not None:
             check_positive(self, "layer_scale_init_value")
+        if self.feature_pyramid_channels is not None:
+            check_positive(self, "feature_pyramid_channels")
+            if self.hidden_size % 4:
+                raise ValueError(f"feature_pyramid_channels needs hidden_size divisible by 4 (its finest level has "
+                                 f"hidden_size / 4 channels before the projection), got {self.hidden_size}")  # fmt: skip
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
         self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
 

@@ -322,10 +322,42 @@ class HfViTForImageClassification(HfViTPreTrainedModel):
         return classifier_output(self.classifier(features.pooler_output), labels, features, self.config, return_dict)
 
 
+class ChannelsFirstLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of (B, C, H, W) maps."""
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return super().forward(maps.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple feature pyramid (Li et al. 2022): one (B, C, h, w) map -> four (B, channels, s * h, s * w)
+    maps for s = 4, 2, 1, 1/2 (transposed convolutions up, max-pooling down), each projected by a 1x1 and a 3x3
+    convolution with LayerNorms."""
+
+    def __init__(self, dim: int, channels: int, eps: float):
+        super().__init__()
+        self.rescale = nn.ModuleList([
+            nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), ChannelsFirstLayerNorm(dim // 2, eps=eps), nn.GELU(),
+                          nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)),
+            nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
+            nn.Identity(),
+            nn.MaxPool2d(2, stride=2),
+        ])  # fmt: skip
+        self.project = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(width, channels, 1, bias=False), ChannelsFirstLayerNorm(channels, eps=eps),
+                          nn.Conv2d(channels, channels, 3, padding=1, bias=False), ChannelsFirstLayerNorm(channels, eps=eps))
+            for width in (dim // 4, dim // 2, dim, dim)
+        ])  # fmt: skip
+
+    def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(project(rescale(feature_map)) for rescale, project in zip(self.rescale, self.project))
+
+
 class HfViTBackbone(BackboneMixin, HfViTPreTrainedModel):
     """Dense-prediction backbone (`AutoBackbone`): for each of `config.out_features` (`stem`: the embeddings,
     `stageI`: after block I) the tokens normalised by the final LayerNorm, prefix tokens (CLS, distillation,
-    registers) dropped, as a (B, C, H / p, W / p) map. Any input size: the position embeddings are resampled."""
+    registers) dropped, as a (B, C, H / p, W / p) map. Any input size: the position embeddings are resampled.
+    With `config.feature_pyramid_channels`, the last of those maps becomes ViTDet's four-level pyramid instead."""
 
     base_model_class = HfViTModel
 
@@ -333,7 +365,17 @@ class HfViTBackbone(BackboneMixin, HfViTPreTrainedModel):
         super().__init__(config)
         setattr(self, self.base_model_prefix, self.base_model_class(config))
         self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.feature_pyramid = None
+        if config.feature_pyramid_channels is not None:
+            self.feature_pyramid = SimpleFeaturePyramid(config.hidden_size, config.feature_pyramid_channels, config.layer_norm_eps)
         self.post_init()
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels of each returned map (what heads such as UperNet size themselves by)."""
+        if self.feature_pyramid is not None:
+            return [self.config.feature_pyramid_channels] * 4
+        return [self.num_features[self.stage_names.index(stage)] for stage in self.out_features]
 
     def forward(
         self,
@@ -353,6 +395,8 @@ class HfViTBackbone(BackboneMixin, HfViTPreTrainedModel):
             for stage, hidden_state in zip(self.stage_names, outputs.hidden_states)
             if stage in self.out_features
         )
+        if self.feature_pyramid is not None:
+            feature_maps = self.feature_pyramid(feature_maps[-1])
         output = BackboneOutput(
             feature_maps=feature_maps,
             hidden_states=outputs.hidden_states if output_hidden_states else None,

@@ -58,6 +58,16 @@ def test_a_classifier_checkpoint_loads_as_a_backbone_and_bad_indices_are_named(t
         HfViTConfig(**TINY, out_features=["stage9"])
 
 
+def test_the_feature_pyramid_gives_four_scales_from_the_last_map():
+    config = HfViTConfig(**{**TINY, "patch_size": 16, "image_size": 64}, out_indices=[2, 3], feature_pyramid_channels=24)
+    backbone = AutoBackbone.from_config(config).eval()
+    maps = backbone(torch.randn(2, 3, 64, 96)).feature_maps
+    assert backbone.channels == [24] * 4
+    assert [tuple(m.shape) for m in maps] == [(2, 24, 16, 24), (2, 24, 8, 12), (2, 24, 4, 6), (2, 24, 2, 3)]  # strides 4-32
+    with pytest.raises(ValueError, match="feature_pyramid_channels needs hidden_size divisible by 4"):
+        HfViTConfig(**{**TINY, "hidden_size": 30, "num_attention_heads": 3}, feature_pyramid_channels=24)
+
+
 def segmentation_data(count: int, size: int = 32, num_labels: int = 4) -> Dataset:
     """Squares of a class-coloured brightness on noise, labelled per pixel (background 0)."""
     rng = np.random.default_rng(0)
@@ -73,6 +83,7 @@ def segmentation_data(count: int, size: int = 32, num_labels: int = 4) -> Datase
 
 BACKBONE_CONFIGS = {
     "hf_vit": HfViTConfig(**TINY, out_indices=[1, 2, 3]),
+    "hf_vit with a feature pyramid": HfViTConfig(**TINY, feature_pyramid_channels=24),
     "hf_swin": HfSwinConfig(image_size=32, patch_size=2, embed_dim=16, depths=[1, 1, 1], num_heads=[1, 2, 4], window_size=4,
                             out_features=["stage1", "stage2", "stage3"]),
 }  # fmt: skip
