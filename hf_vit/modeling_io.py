@@ -1,5 +1,5 @@
 """What every family's forward does around its layers: check the input, resolve the output flags, turn labels
-into a loss and build the classifier output.
+into a loss and build the classifier and backbone outputs.
 
 Checkpoints carry this file beside their modeling file (``trust_remote_code``), so it imports only torch,
 transformers and the configuration helpers.
@@ -8,7 +8,7 @@ transformers and the configuration helpers.
 import torch
 import torch.nn.functional as F
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
 
 from .configuration_utils import to_2tuple
 
@@ -79,5 +79,16 @@ def classifier_output(logits, labels, features, config, return_dict: bool):
     loss = None if labels is None else image_classification_loss(logits, labels, config)
     output = ImageClassifierOutput(
         loss=loss, logits=logits, hidden_states=features.hidden_states, attentions=features.attentions
+    )
+    return output if return_dict else output.to_tuple()
+
+
+def backbone_output(config, feature_maps, hidden_states, attentions, output_hidden_states, return_dict):
+    """The `BackboneOutput` (or tuple) of a backbone: its maps, and the hidden states when the call (else the
+    config) asks for them."""
+    return_dict = config.return_dict if return_dict is None else return_dict
+    output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+    output = BackboneOutput(
+        feature_maps=feature_maps, hidden_states=hidden_states if output_hidden_states else None, attentions=attentions
     )
     return output if return_dict else output.to_tuple()

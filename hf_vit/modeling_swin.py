@@ -27,7 +27,7 @@ from .layers import (
     init_transformer_weights,
     resample_position_embeddings,
 )
-from .modeling_io import check_pixel_values, classifier_output, resolve_output_flags
+from .modeling_io import backbone_output, check_pixel_values, classifier_output, resolve_output_flags
 
 # What the reference implementations add to the logits of pairs that the shifted windows must not connect.
 MASKED = -100.0
@@ -419,20 +419,15 @@ class HfSwinBackbone(BackboneMixin, HfSwinPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> BackboneOutput | tuple:
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         outputs = self.swin(pixel_values, output_attentions=output_attentions, output_hidden_states=True, return_dict=True)
         feature_maps = tuple(
             self.hidden_states_norms[stage](hidden_state.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
             for stage, hidden_state in zip(self.stage_names, outputs.reshaped_hidden_states)
             if stage in self.out_features
         )
-        output = BackboneOutput(
-            feature_maps=feature_maps,
-            hidden_states=outputs.reshaped_hidden_states if output_hidden_states else None,
-            attentions=outputs.attentions,
+        return backbone_output(
+            self.config, feature_maps, outputs.reshaped_hidden_states, outputs.attentions, output_hidden_states, return_dict
         )
-        return output if return_dict else output.to_tuple()
 
 
 __all__ = [

@@ -25,7 +25,7 @@ from .layers import (
     init_transformer_weights,
     resample_position_embeddings,
 )
-from .modeling_io import check_pixel_values, classifier_output, resolve_output_flags
+from .modeling_io import backbone_output, check_pixel_values, classifier_output, resolve_output_flags
 
 
 class ConvStemPatchEmbedding(GridEmbedding):
@@ -384,8 +384,6 @@ class HfViTBackbone(BackboneMixin, HfViTPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> BackboneOutput | tuple:
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         encoder = self.base_model
         outputs = encoder(pixel_values, interpolate_pos_encoding=True, output_attentions=output_attentions,
                           output_hidden_states=True, return_dict=True)  # fmt: skip
@@ -397,12 +395,7 @@ class HfViTBackbone(BackboneMixin, HfViTPreTrainedModel):
         )
         if self.feature_pyramid is not None:
             feature_maps = self.feature_pyramid(feature_maps[-1])
-        output = BackboneOutput(
-            feature_maps=feature_maps,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
-            attentions=outputs.attentions,
-        )
-        return output if return_dict else output.to_tuple()
+        return backbone_output(self.config, feature_maps, outputs.hidden_states, outputs.attentions, output_hidden_states, return_dict)
 
 
 __all__ = ["HfViTBackbone", "HfViTForImageClassification", "HfViTModel", "HfViTPreTrainedModel"]
