@@ -186,17 +186,19 @@ def make_image_processor(image_size, num_channels: int = 3, mean=(0.5, 0.5, 0.5)
                              image_std=list(std[:num_channels]))  # fmt: skip
 
 
-def set_processor_size(image_processor, image_size: int) -> None:
-    """Make `image_processor` produce image_size x image_size inputs; a center-cropping processor keeps its crop
-    fraction (it resizes to image_size / crop fraction first)."""
+def set_processor_size(image_processor, image_size) -> None:
+    """Make `image_processor` produce inputs of `image_size` (a side, or (height, width) as timm-converted configs
+    store it); a center-cropping processor keeps its crop fraction (it resizes the short side to the crop's short
+    side / crop fraction first)."""
+    height, width = to_2tuple(image_size)
     if getattr(image_processor, "do_center_crop", False):
         size = image_processor.size
         resized = size.get("shortest_edge") or size["height"]
         crop_fraction = image_processor.crop_size["height"] / resized
-        image_processor.size = {"shortest_edge": int(image_size / crop_fraction)}
-        image_processor.crop_size = {"height": image_size, "width": image_size}
+        image_processor.size = {"shortest_edge": int(min(height, width) / crop_fraction)}
+        image_processor.crop_size = {"height": height, "width": width}
     else:
-        image_processor.size = {"height": image_size, "width": image_size}
+        image_processor.size = {"height": height, "width": width}
 
 
 def processor_size(image_processor) -> tuple[int, int]:

@@ -21,8 +21,10 @@ from transformers import (
 from conftest import randomize
 from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfViTConfig, HfViTForImageClassification
 from hf_vit.convert import CheckpointMismatchError, convert_checkpoint, from_transformers
+from hf_vit.finetune import finetune, parse_args
 from test_convert import assert_same_logits, save_timm
 from test_ecosystem import assert_loads_as_remote_code
+from test_finetune import make_imagefolder
 
 TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=64, num_labels=5)  # fmt: skip
@@ -206,3 +208,16 @@ def test_a_pooling_mismatch_is_named(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"missing keys \(\d+\): vit\.pooler\.kv\.bias"):
         convert_checkpoint(source, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_converted_dinov2_with_registers_fine_tunes_at_its_own_size_with_the_finetune_recipe(tmp_path):
+    _, source = save_timm(tmp_path, "source", "vit_small_patch14_reg4_dinov2", img_size=56, depth=2)
+    convert_checkpoint(source, str(tmp_path / "dinov2"))  # timm configs store the size as [56, 56]
+    images = make_imagefolder(tmp_path / "images", per_class=6, size=(56, 56))
+    metrics = finetune(*parse_args(["--model_name_or_path", str(tmp_path / "dinov2"), "--train_dir", str(images),
+                                    "--output_dir", str(tmp_path / "tuned"), "--recipe", "finetune", "--num_train_epochs", "1",
+                                    "--disable_tqdm", "true", "--report_to", "none", "--save_strategy", "no"]))  # fmt: skip
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    tuned = HfViTForImageClassification.from_pretrained(tmp_path / "tuned")
+    assert (tuned.config.num_register_tokens, tuned.config.num_labels, tuned.config.layer_scale_init_value) == (4, 2, 1e-5)
+    assert AutoImageProcessor.from_pretrained(tmp_path / "tuned").crop_size == {"height": 56, "width": 56}
