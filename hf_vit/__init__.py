@@ -10,10 +10,13 @@ from .configuration_hybrid import HYBRID_PRESETS, HfViTHybridConfig
 from .configuration_swin import SWIN_PRESETS, HfSwinConfig
 from .configuration_vit import VIT_PRESETS, HfViTConfig
 from .families import FAMILIES, Family
-from .modeling_deit import HfDeiTBackbone, HfDeiTForImageClassification, HfDeiTModel
+from .modeling_deit import HfDeiTBackbone, HfDeiTForImageClassification, HfDeiTForPreTraining, HfDeiTModel
 from .modeling_hybrid import HfViTHybridBackbone, HfViTHybridForImageClassification, HfViTHybridModel
-from .modeling_swin import HfSwinBackbone, HfSwinForImageClassification, HfSwinModel
-from .modeling_vit import HfViTBackbone, HfViTForImageClassification, HfViTModel, HfViTPreTrainedModel
+from .modeling_swin import HfSwinBackbone, HfSwinForImageClassification, HfSwinForMaskedImageModeling, HfSwinModel
+from .modeling_vit import (
+    HfViTBackbone, HfViTForImageClassification, HfViTForMaskedImageModeling, HfViTForPreTraining, HfViTModel,
+    HfViTPreTrainedModel,
+)  # fmt: skip
 
 __version__ = "0.1.0"
 
@@ -25,14 +28,18 @@ __all__ = [
     "HfDeiTBackbone",
     "HfDeiTConfig",
     "HfDeiTForImageClassification",
+    "HfDeiTForPreTraining",
     "HfDeiTModel",
     "HfSwinBackbone",
     "HfSwinConfig",
     "HfSwinForImageClassification",
+    "HfSwinForMaskedImageModeling",
     "HfSwinModel",
     "HfViTBackbone",
     "HfViTConfig",
     "HfViTForImageClassification",
+    "HfViTForMaskedImageModeling",
+    "HfViTForPreTraining",
     "HfViTHybridBackbone",
     "HfViTHybridConfig",
     "HfViTHybridForImageClassification",

@@ -34,18 +34,22 @@ def evaluations_by_epoch(log_history) -> list[dict]:
 
 
 def plot_training_curves(log_history, path: str) -> None:
-    """Loss (training and evaluation), evaluation accuracy and learning rate against the epoch, in one PNG."""
+    """Loss (training and evaluation), evaluation accuracy (for classifiers) and learning rate against the epoch,
+    in one PNG."""
     train = [entry for entry in log_history if "loss" in entry and "epoch" in entry]
-    evals = evaluations_by_epoch(log_history)
-    figure, (loss_axes, accuracy_axes, lr_axes) = new_figure(1, 3, figsize=(13, 3.8))
+    evals = {entry.get("epoch"): entry for entry in log_history if "eval_loss" in entry}.values()  # last per epoch
+    accuracies = evaluations_by_epoch(log_history)
+    figure, all_axes = new_figure(1, 3 if accuracies else 2, figsize=(13 if accuracies else 9, 3.8))
+    loss_axes, lr_axes = all_axes[0], all_axes[-1]
     loss_axes.plot([e["epoch"] for e in train], [e["loss"] for e in train], marker="o", markersize=3, label="training")
     loss_axes.plot([e["epoch"] for e in evals], [e["eval_loss"] for e in evals], marker="o", markersize=3, label="evaluation")
-    accuracy_axes.plot([e["epoch"] for e in evals], [e["eval_accuracy"] for e in evals], marker="o", markersize=3)
+    if accuracies:
+        all_axes[1].plot([e["epoch"] for e in accuracies], [e["eval_accuracy"] for e in accuracies], marker="o", markersize=3)
+        all_axes[1].set(xlabel="epoch", ylabel="accuracy", title="evaluation accuracy", ylim=(0, 1))
     lr_axes.plot([e["epoch"] for e in train if "learning_rate" in e], [e["learning_rate"] for e in train if "learning_rate" in e])
     loss_axes.set(xlabel="epoch", ylabel="loss", title="loss")
-    accuracy_axes.set(xlabel="epoch", ylabel="accuracy", title="evaluation accuracy", ylim=(0, 1))
     lr_axes.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
-    save_plot(figure, path, loss_axes, accuracy_axes, lr_axes)
+    save_plot(figure, path, *all_axes)
 
 
 def training_summary(training_args, log_history, recipe=None) -> str:
@@ -75,14 +79,16 @@ def training_summary(training_args, log_history, recipe=None) -> str:
 
 
 def render_model_card(model, template: str, dataset=None, dataset_id=None, training_args=None, log_history=None,
-                      load_id=None, source=None, recipe=None, curves=None) -> str:  # fmt: skip
+                      load_id=None, source=None, recipe=None, curves=None, extra_fields=None) -> str:  # fmt: skip
     """The card of `model` from the template file named `template` (`Family.card_template`).
 
     `dataset` names the data for people; `dataset_id`, a Hub dataset id, is listed in the metadata (a local path
-    is not: the Hub would take it for an id). `curves`: a picture file beside the card to show.
+    is not: the Hub would take it for an id). `curves`: a picture file beside the card to show. `extra_fields`:
+    more `${name}` values for the template.
     """
     config = model.config
     evals = evaluations_by_epoch(log_history)
+    evaluations = [entry for entry in log_history or [] if "eval_loss" in entry]
     labels = list((config.id2label or {}).values())
     fields = {key: value for key, value in config.to_dict().items() if isinstance(value, (int, float, str, list))}
     started_from = getattr(config, "_name_or_path", "")  # set by from_pretrained, empty for fresh models
@@ -100,6 +106,8 @@ def render_model_card(model, template: str, dataset=None, dataset_id=None, train
         source=source or (f"fine-tuned from {started_from}" if started_from else "trained from scratch"),
         hyperparameters=hyperparameters,
         load_id=load_id or "path/to/this/checkpoint",
+        eval_loss=f"{evaluations[-1]['eval_loss']:.4f}" if evaluations else "not evaluated",
+        **(extra_fields or {}),
     )
     backbone_config = getattr(config, "backbone_config", None)
     if backbone_config is not None:

@@ -5,7 +5,7 @@ from typing import ClassVar
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .configuration_utils import DefaultStagesMixin, PresetsMixin, check_positive, check_probability
+from .configuration_utils import DefaultStagesMixin, PresetsMixin, check_masking, check_positive, check_probability
 
 
 def _swin(embed_dim, depths, num_heads, image_size=224, patch_size=4, window_size=7):
@@ -53,6 +53,10 @@ class HfSwinConfig(PresetsMixin, DefaultStagesMixin, BackboneConfigMixin, PreTra
         out_features (`list[str]`, *optional*): stages the backbone returns, from `stage_names`
             (`["stem", "stage1", ..., "stageN"]`); defaults to the last.
         out_indices (`list[int]`, *optional*): the same, by index into `stage_names`.
+        mask_ratio (`float`, defaults to 0.6): `HfSwinForMaskedImageModeling` (SimMIM): fraction of the image masked,
+            in (0, 1).
+        mask_patch_size (`int`, *optional*): SimMIM masks square blocks of this many pixels, a multiple of
+            patch_size; default `total_stride` (32 for Swin-T, SimMIM's).
     """
 
     model_type = "hf_swin"
@@ -75,6 +79,8 @@ class HfSwinConfig(PresetsMixin, DefaultStagesMixin, BackboneConfigMixin, PreTra
     patch_norm: bool = True
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
+    mask_ratio: float = 0.6
+    mask_patch_size: int | None = None
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -85,6 +91,7 @@ class HfSwinConfig(PresetsMixin, DefaultStagesMixin, BackboneConfigMixin, PreTra
             "mlp_ratio", "layer_norm_eps", "initializer_range",
         )  # fmt: skip
         check_probability(self, "hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
+        check_masking(self, self.patch_size)
         if len(self.depths) != len(self.num_heads):
             raise ValueError(
                 f"depths and num_heads need one entry per stage, got {len(self.depths)} depths {self.depths} and "

@@ -30,6 +30,17 @@ def check_probability(config, *names: str) -> None:
             raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
+def check_masking(config, patch_size: int) -> None:
+    """Masked-image-modeling fields: `mask_ratio` in (0, 1); `mask_patch_size` (if set) a positive multiple of
+    `patch_size`."""
+    if not 0.0 < config.mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in (0, 1), got {config.mask_ratio!r}")
+    if config.mask_patch_size is not None:
+        check_positive(config, "mask_patch_size")
+        if config.mask_patch_size % patch_size:
+            raise ValueError(f"mask_patch_size {config.mask_patch_size} must be a multiple of the patch size {patch_size}")
+
+
 def check_choice(config, name: str, choices) -> None:
     value = getattr(config, name)
     if value not in choices:

@@ -5,7 +5,9 @@ from typing import ClassVar
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .configuration_utils import DefaultStagesMixin, PresetsMixin, check_choice, check_positive, check_probability, to_2tuple
+from .configuration_utils import (
+    DefaultStagesMixin, PresetsMixin, check_choice, check_masking, check_positive, check_probability, to_2tuple,
+)  # fmt: skip
 
 
 def _vit(hidden_size, depth, heads, image_size=224, patch_size=16, mlp_ratio=4):
@@ -142,6 +144,19 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
         patch_embedding_type (`str`, defaults to `"patch"`): `"patch"` is one Conv2d with kernel = stride =
             patch_size; `"conv_stem"` a stack of 3x3 stride-2 convolutions (Xiao et al. 2021) with the same output
             grid, needing a power-of-two patch_size.
+
+    Masked-image-modeling pretraining (`HfViTForPreTraining`: MAE; `HfViTForMaskedImageModeling`: SimMIM); the
+    other models ignore these fields:
+
+        mask_ratio (`float`, defaults to 0.75): fraction of the patches masked, in (0, 1) (MAE's 0.75; SimMIM's
+            0.6, which `scripts/pretrain.py --method simmim` uses unless told otherwise).
+        mask_patch_size (`int`, *optional*): SimMIM masks square blocks of this many pixels, a multiple of
+            patch_size; default: two patches (SimMIM's 32 px blocks of 16 px patches).
+        norm_pix_loss (`bool`, defaults to `False`): MAE predicts each patch normalised to zero mean and unit
+            variance (better features in MAE's paper).
+        decoder_hidden_size (`int`, defaults to 512), decoder_num_hidden_layers (`int`, defaults to 8),
+        decoder_num_attention_heads (`int`, defaults to 16), decoder_intermediate_size (`int`, defaults to 2048):
+            MAE's decoder, a pre-norm transformer of its own width and depth (MAE's defaults).
     """
 
     model_type = "hf_vit"
@@ -149,6 +164,13 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
 
     patch_size: int | list[int] | tuple[int, int] = 16
     patch_embedding_type: str = "patch"
+    mask_ratio: float = 0.75
+    mask_patch_size: int | None = None
+    norm_pix_loss: bool = False
+    decoder_hidden_size: int = 512
+    decoder_num_hidden_layers: int = 8
+    decoder_num_attention_heads: int = 16
+    decoder_intermediate_size: int = 2048
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -157,6 +179,14 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
         for image, patch in zip(to_2tuple(self.image_size), to_2tuple(self.patch_size)):
             if image % patch:
                 raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
+        check_masking(self, to_2tuple(self.patch_size)[0])
+        check_positive(self, "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
+                       "decoder_intermediate_size")  # fmt: skip
+        if self.decoder_hidden_size % self.decoder_num_attention_heads:
+            raise ValueError(f"decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by "
+                             f"decoder_num_attention_heads ({self.decoder_num_attention_heads})")  # fmt: skip
+        if self.decoder_hidden_size % 4:  # the decoder's fixed 2D sine-cosine positions take a quarter each
+            raise ValueError(f"decoder_hidden_size must be divisible by 4, got {self.decoder_hidden_size}")
 
     @property
     def grid_size(self) -> tuple[int, int]:

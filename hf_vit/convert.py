@@ -69,8 +69,9 @@ def sources(library: str) -> list[str]:
 
 
 def from_transformers(config: dict, state_dict: dict):
-    """An hf_vit model holding the weights of a transformers checkpoint (classifier or base model) of a model type
-    the registry converts (vit, deit, swin, dinov2, dinov2_with_registers)."""
+    """An hf_vit model holding the weights of a transformers checkpoint of a model type the registry converts (vit,
+    vit_mae, deit, swin, dinov2, dinov2_with_registers): a classifier or base model becomes the family's classifier,
+    an MAE (`...ForPreTraining`) or SimMIM (`...ForMaskedImageModeling`) checkpoint its pretraining model."""
     model_type = config.get("model_type")
     found = converter_for(f"transformers:{model_type}")
     if found is None:
@@ -87,7 +88,8 @@ def from_transformers(config: dict, state_dict: dict):
     names = set(config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
     fields = {name: config[name] for name in names if name in config and not name.startswith("_")}
     fields.update(key_map.config_fields(config) if key_map.config_fields else {})
-    model = family.classifier_class(config_class(**fields, **_labels(config, 0 if head is None else head.shape[0])))
+    model_class = family.model_class_for((config.get("architectures") or [None])[0])
+    model = model_class(config_class(**fields, **_labels(config, 0 if head is None else head.shape[0])))
     load_converted_state_dict(model, rename_keys(state_dict, key_map.rules, base=base))
     return model.eval()
 

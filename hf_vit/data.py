@@ -1,6 +1,7 @@
 """Datasets and on-the-fly transforms for the training scripts.
 
     load_splits(...)          -> DatasetDict(train, validation) with an image column and a ClassLabel column
+                                 (`labelled=False`: the image column alone, for pretraining)
     make_image_processor(...) -> the ViTImageProcessor saved with every checkpoint (size, mean, std)
     set_transforms(...)       -> torchvision v2 pipelines applied lazily with `Dataset.set_transform`
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image as PILImage
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
@@ -26,6 +28,7 @@ from .configuration_utils import to_2tuple
 logger = logging.get_logger(__name__)
 
 DIGITS = "digits"
+IMAGE_EXTENSIONS = set(ImageFolder.EXTENSIONS)  # the files `imagefolder` reads
 
 
 @dataclass
@@ -80,11 +83,12 @@ def load_digits_splits(seed: int = 0) -> DatasetDict:
     return DatasetDict(train=split(train_idx), validation=split(val_idx))
 
 
-def load_splits(args: DataArguments, seed: int = 0) -> DatasetDict:
-    """Train and validation splits with `args.image_column_name` and a ClassLabel `args.label_column_name`.
+def load_splits(args: DataArguments, seed: int = 0, labelled: bool = True) -> DatasetDict:
+    """Train and validation splits with `args.image_column_name` and a ClassLabel `args.label_column_name` (only
+    the image column when not `labelled`: unlabelled images for pretraining).
 
     Sources, by precedence: `dataset_name` (Hub id or local dir), `train_dir`/`validation_dir` (imagefolder),
-    else the embedded digits. Raises ValueError naming a missing path or column.
+    else the embedded digits. Raises ValueError naming a missing path or column, or an empty split.
     """
     if args.dataset_name is not None:
         check_local_path(args.dataset_name, "--dataset_name")
@@ -94,8 +98,11 @@ def load_splits(args: DataArguments, seed: int = 0) -> DatasetDict:
         for split, directory in (("train", args.train_dir), ("validation", args.validation_dir)):
             if directory is None:
                 continue
+            flag = f"--{split if split == 'train' else 'validation'}_dir"
             if not os.path.isdir(directory):
-                raise FileNotFoundError(f"--{split if split == 'train' else 'validation'}_dir {directory!r} is not a directory")
+                raise FileNotFoundError(f"{flag} {directory!r} is not a directory")
+            if not any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for _, _, names in os.walk(directory) for name in names):
+                raise ValueError(f"{flag} {directory!r} holds no image files")
             data_files[split] = os.path.join(directory, "**")
         splits = load_dataset("imagefolder", data_files=data_files)
     else:
@@ -103,13 +110,17 @@ def load_splits(args: DataArguments, seed: int = 0) -> DatasetDict:
 
     if "train" not in splits:
         raise ValueError(f"The dataset has no 'train' split; it has {list(splits)}")
+    columns = (args.image_column_name, args.label_column_name) if labelled else (args.image_column_name,)
     for split in splits.values():
-        for column in (args.image_column_name, args.label_column_name):
+        for column in columns:
             if column not in split.column_names:
                 raise ValueError(
                     f"Column {column!r} not found in the dataset; its columns are {split.column_names}. "
                     "Choose others with --image_column_name / --label_column_name."
                 )
+    splits = DatasetDict({name: split.select_columns(list(columns)) for name, split in splits.items()})
+    if not len(splits["train"]):
+        raise ValueError(f"The dataset's train split has no images (columns {list(columns)})")
     validation = next((splits[name] for name in ("validation", "val", "valid", "test") if name in splits), None)
     train = splits["train"]
     if validation is None:
@@ -117,9 +128,9 @@ def load_splits(args: DataArguments, seed: int = 0) -> DatasetDict:
         train, validation = parts["train"], parts["test"]
     splits = DatasetDict(train=train, validation=validation)
 
-    if not isinstance(train.features[args.label_column_name], ClassLabel):
+    if labelled and not isinstance(train.features[args.label_column_name], ClassLabel):
         splits = splits.class_encode_column(args.label_column_name)
-    if args.train_dir is not None and args.dataset_name is None:
+    if labelled and args.train_dir is not None and args.dataset_name is None:
         check_class_folders(args.train_dir, splits["train"], args.label_column_name)
     if args.max_train_samples is not None:
         splits["train"] = splits["train"].shuffle(seed=seed).select(range(min(args.max_train_samples, len(train))))
@@ -248,8 +259,10 @@ def build_transforms(
     )
 
 
-def set_transforms(splits: DatasetDict, image_processor, num_channels: int, args: DataArguments, **augmentation) -> None:
-    """Attach the training / evaluation transforms: each batch becomes `pixel_values` and `labels`.
+def set_transforms(splits: DatasetDict, image_processor, num_channels: int, args: DataArguments, labelled: bool = True,
+                   **augmentation) -> None:  # fmt: skip
+    """Attach the training / evaluation transforms: each batch becomes `pixel_values` and `labels` (`pixel_values`
+    alone when not `labelled`).
 
     `augmentation`: `build_transforms`' training arguments (`Ingredients.augmentation`), for the train split only.
     """
@@ -259,13 +272,15 @@ def set_transforms(splits: DatasetDict, image_processor, num_channels: int, args
 
         def apply(batch, transform=transform):
             images = [open_image(value).convert(mode) for value in batch[args.image_column_name]]
-            return {"pixel_values": [transform(image) for image in images], "labels": batch[args.label_column_name]}
+            transformed = {"pixel_values": [transform(image) for image in images]}
+            return {**transformed, "labels": batch[args.label_column_name]} if labelled else transformed
 
         split.set_transform(apply)
 
 
 def collate(examples) -> dict:
-    return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-        "labels": torch.tensor([example["labels"] for example in examples]),
-    }
+    """Examples -> {"pixel_values": (B, C, H, W), "labels": (B,)} (no labels for unlabelled examples)."""
+    batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+    if "labels" in examples[0]:
+        batch["labels"] = torch.tensor([example["labels"] for example in examples])
+    return batch

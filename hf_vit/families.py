@@ -15,6 +15,8 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
+    AutoModelForMaskedImageModeling,
+    AutoModelForPreTraining,
     ViTImageProcessor,
     ViTImageProcessorPil,
 )
@@ -24,19 +26,23 @@ from .configuration_hybrid import HfViTHybridConfig
 from .configuration_swin import HfSwinConfig
 from .configuration_vit import HfViTConfig
 from .key_maps import (
-    TIMM_SWIN, TIMM_VIT, TRANSFORMERS_DINOV2, TRANSFORMERS_DINOV2_WITH_REGISTERS, TRANSFORMERS_SWIN, TRANSFORMERS_VIT, KeyMap,
+    TIMM_SWIN, TIMM_VIT, TRANSFORMERS_DINOV2, TRANSFORMERS_DINOV2_WITH_REGISTERS, TRANSFORMERS_SWIN, TRANSFORMERS_VIT,
+    TRANSFORMERS_VIT_MAE, KeyMap,
 )  # fmt: skip
-from .modeling_deit import HfDeiTBackbone, HfDeiTForImageClassification, HfDeiTModel
+from .modeling_deit import HfDeiTBackbone, HfDeiTForImageClassification, HfDeiTForPreTraining, HfDeiTModel
 from .modeling_hybrid import HfViTHybridBackbone, HfViTHybridForImageClassification, HfViTHybridModel
-from .modeling_swin import HfSwinBackbone, HfSwinForImageClassification, HfSwinModel
-from .modeling_vit import HfViTBackbone, HfViTForImageClassification, HfViTModel
+from .modeling_swin import HfSwinBackbone, HfSwinForImageClassification, HfSwinForMaskedImageModeling, HfSwinModel
+from .modeling_vit import (
+    HfViTBackbone, HfViTForImageClassification, HfViTForMaskedImageModeling, HfViTForPreTraining, HfViTModel,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Family:
     """One model family: its classes, the preset `finetune.py --model_type` trains by default, its model card
     template (in `model_cards/`), and the source architectures it converts from (`"transformers:<model_type>"` or
-    `"timm:<class name>"` -> key map)."""
+    `"timm:<class name>"` -> key map). Its masked-image-modeling pretraining: `pretraining_class` (MAE,
+    `AutoModelForPreTraining`) and `masked_image_modeling_class` (SimMIM, `AutoModelForMaskedImageModeling`)."""
 
     config_class: type
     base_model_class: type
@@ -44,11 +50,31 @@ class Family:
     default_preset: str
     card_template: str
     backbone_class: type | None = None
+    pretraining_class: type | None = None
+    masked_image_modeling_class: type | None = None
     converters: dict[str, KeyMap] = field(default_factory=dict)
 
     @property
     def model_type(self) -> str:
         return self.config_class.model_type
+
+    def model_class_for(self, architecture: str | None) -> type:
+        """The class that holds a source architecture's weights: the pretraining class for a `...ForPreTraining`
+        (MAE), the masked-image-modeling class for a `...ForMaskedImageModeling` (SimMIM), else the classifier."""
+        for suffix, model_class in (("ForPreTraining", self.pretraining_class),
+                                    ("ForMaskedImageModeling", self.masked_image_modeling_class)):  # fmt: skip
+            if (architecture or "").endswith(suffix):
+                if model_class is None:
+                    raise ValueError(f"{architecture} has no {self.model_type} counterpart (hf_vit pretrains "
+                                     f"{self.model_type} with {self.pretraining_methods or 'nothing'})")  # fmt: skip
+                return model_class
+        return self.classifier_class
+
+    @property
+    def pretraining_methods(self) -> list[str]:
+        """The masked-image-modeling methods the family has: "mae" and / or "simmim"."""
+        return [name for name, model_class in (("mae", self.pretraining_class), ("simmim", self.masked_image_modeling_class))
+                if model_class is not None]  # fmt: skip
 
     def config(self, preset: str | None = None, **overrides):
         """The config of `preset` (default: `default_preset`) with `overrides` applied."""
@@ -60,15 +86,16 @@ FAMILIES = {
     for family in (
         Family(
             HfViTConfig, HfViTModel, HfViTForImageClassification, "vit-cifar-patch4-32", "hf_vit.md",
-            backbone_class=HfViTBackbone,
+            backbone_class=HfViTBackbone, pretraining_class=HfViTForPreTraining,
+            masked_image_modeling_class=HfViTForMaskedImageModeling,
             converters={
-                "transformers:vit": TRANSFORMERS_VIT, "transformers:dinov2": TRANSFORMERS_DINOV2,
+                "transformers:vit": TRANSFORMERS_VIT, "transformers:vit_mae": TRANSFORMERS_VIT_MAE, "transformers:dinov2": TRANSFORMERS_DINOV2,
                 "transformers:dinov2_with_registers": TRANSFORMERS_DINOV2_WITH_REGISTERS, "timm:VisionTransformer": TIMM_VIT,
             },
         ),
         Family(
             HfDeiTConfig, HfDeiTModel, HfDeiTForImageClassification, "deit-cifar-patch4-32", "hf_deit.md",
-            backbone_class=HfDeiTBackbone,
+            backbone_class=HfDeiTBackbone, pretraining_class=HfDeiTForPreTraining,
             converters={"transformers:deit": TRANSFORMERS_VIT, "timm:VisionTransformerDistilled": TIMM_VIT},
         ),
         Family(
@@ -77,7 +104,7 @@ FAMILIES = {
         ),
         Family(
             HfSwinConfig, HfSwinModel, HfSwinForImageClassification, "swin-cifar-patch2-window4-32", "hf_swin.md",
-            backbone_class=HfSwinBackbone,
+            backbone_class=HfSwinBackbone, masked_image_modeling_class=HfSwinForMaskedImageModeling,
             converters={"transformers:swin": TRANSFORMERS_SWIN, "timm:SwinTransformer": TIMM_SWIN},
         ),
     )
@@ -113,9 +140,11 @@ def register(family: Family) -> None:
     config_class.register_for_auto_class()
     family.base_model_class.register_for_auto_class("AutoModel")
     family.classifier_class.register_for_auto_class("AutoModelForImageClassification")
-    if family.backbone_class is not None:
-        AutoBackbone.register(config_class, family.backbone_class, exist_ok=True)
-        family.backbone_class.register_for_auto_class("AutoBackbone")
+    for auto_class, model_class in ((AutoBackbone, family.backbone_class), (AutoModelForPreTraining, family.pretraining_class),
+                                    (AutoModelForMaskedImageModeling, family.masked_image_modeling_class)):  # fmt: skip
+        if model_class is not None:
+            auto_class.register(config_class, model_class, exist_ok=True)
+            model_class.register_for_auto_class(auto_class.__name__)
 
 
 for _family in FAMILIES.values():

@@ -1,28 +1,30 @@
 """The main job: fine-tune (or train from scratch) an hf_vit classifier with the `Trainer`.
 
-    parse_args(argv) -> (ModelArguments, DataArguments, FinetuneTrainingArguments, RecipeArguments)
-    finetune(model_args, data_args, training_args, recipe_args) -> eval metrics
+    parse_args(argv) -> (ModelArguments, DataArguments, FinetuneTrainingArguments, RecipeArguments, LoraArguments)
+    finetune(model_args, data_args, training_args, recipe_args, lora_args) -> eval metrics
 
 Arguments (every one checked before any data is read; bad input is a one-line `UsageError`) -> data -> recipe
 (every ingredient decided, printed with its reason) -> config and model -> Trainer -> save / card / curves / push.
 `scripts/finetune.py` is the command-line layer; run it with `accelerate launch` for one or many processes.
 """
 
-import ast
-import difflib
+import dataclasses
 import inspect
 import os
-import sys
 from dataclasses import dataclass, field
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, set_seed
 
-from .cli import TRACEBACK_FLAG, TRACEBACK_HELP, check_local_path, run_command, usage_errors
+from .cli import (
+    check_config_overrides, check_local_path, command, grouped_parser, parse_config_overrides, parse_into_dataclasses,
+    usage_errors,
+)  # fmt: skip
 from .data import (
     DataArguments, collate, describe_dataset, load_splits, make_image_processor, processor_size, set_processor_size,
     set_transforms,
 )  # fmt: skip
 from .families import FAMILIES, Family, family_of
+from .lora import LoraArguments, add_lora, check_lora_arguments, merged_model, trainable_fraction
 from .metrics import compute_metrics
 from .recipes import RecipeArguments, RunFacts, apply_to_training, check_layer_decay, check_recipe_name, resolve_recipe
 from .trainer import (
@@ -57,84 +59,21 @@ class ModelArguments:
     )
 
 
-def parse_config_overrides(text: str | None) -> dict:
-    """'a=1,b=gelu,c=[2,2]' -> {'a': 1, 'b': 'gelu', 'c': [2, 2]}; values are Python literals or strings."""
-    overrides = {}
-    if not text:
-        return overrides
-    for item in _split_top_level(text):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--config_overrides: expected key=value, got {item!r}")
-        try:
-            overrides[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            overrides[key.strip()] = value.strip()
-    return overrides
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas that are not inside brackets, so list values survive."""
-    items, depth, current = [], 0, ""
-    for char in text:
-        depth += char in "([{"
-        depth -= char in ")]}"
-        if char == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += char
-    return [item for item in items + [current] if item.strip()]
-
-
 # The flags a newcomer needs, shown first in --help (the others follow in their groups: model, data, recipe, Trainer).
 START_HERE = ("--output_dir", "--train_dir", "--model_name_or_path", "--model_type", "--num_train_epochs")
 
 
 def build_parser() -> HfArgumentParser:
-    """The command line: `START_HERE` first, then hf_vit's model, data and recipe flags, then the Trainer's."""
-    usage = "%(prog)s " + " ".join(f"[{flag} {flag[2:].split('_')[-1].upper()}]" for flag in START_HERE) + " [...]"
-    parser = HfArgumentParser((ModelArguments, DataArguments, RecipeArguments, FinetuneTrainingArguments),
-                              usage=usage, description=__doc__.split("\n\n")[0])  # fmt: skip
-    parser.add_argument_group("command line").add_argument(TRACEBACK_FLAG, action="store_true", help=TRACEBACK_HELP)
-    start = parser.add_argument_group("start here")
-    for flag in START_HERE:
-        action = parser._option_string_actions[flag]
-        for group in parser._action_groups:
-            if action in group._group_actions:
-                group._group_actions.remove(action)
-        start._group_actions.append(action)
-    parser._action_groups.remove(start)
-    parser._action_groups.insert(2, start)  # after argparse's own two groups (positionals, -h)
-    return parser
+    """The command line: `START_HERE` first, then hf_vit's model, data, recipe and LoRA flags, then the Trainer's."""
+    return grouped_parser((ModelArguments, DataArguments, RecipeArguments, LoraArguments, FinetuneTrainingArguments),
+                          START_HERE, __doc__.split("\n\n")[0])  # fmt: skip
 
 
 def parse_args(argv=None):
-    """Command line (or one JSON file) -> (ModelArguments, DataArguments, FinetuneTrainingArguments, RecipeArguments)."""
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, recipe_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
-    else:
-        *arguments, _command_line, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-        if unknown:
-            flag = next((item for item in unknown if item.startswith("--")), unknown[0])
-            close = difflib.get_close_matches(flag.split("=")[0], parser._option_string_actions, n=1)
-            raise ValueError(f"unrecognized arguments: {' '.join(unknown)}" + (f"; did you mean {close[0]}?" if close else ""))
-        model_args, data_args, recipe_args, training_args = arguments
-    return model_args, data_args, training_args, recipe_args
-
-
-def check_config_overrides(config, overrides: dict) -> None:
-    """Every override must name a field of `config`: a typo would otherwise be written into config.json and do
-    nothing."""
-    settable = set(config.to_dict()) - {"_name_or_path", "model_type", "transformers_version", "architectures",
-                                        "id2label", "label2id"}  # fmt: skip
-    for name in overrides:
-        if name not in settable:
-            close = difflib.get_close_matches(name, settable, n=3)
-            hint = f"did you mean {' or '.join(close)}?" if close else f"its fields are {sorted(settable)}"
-            raise ValueError(f"--config_overrides: {type(config).__name__} has no field {name!r}; {hint}")
+    """Command line (or one JSON file) -> (ModelArguments, DataArguments, FinetuneTrainingArguments, RecipeArguments,
+    LoraArguments)."""
+    model_args, data_args, recipe_args, lora_args, training_args = parse_into_dataclasses(build_parser(), argv)
+    return model_args, data_args, training_args, recipe_args, lora_args
 
 
 def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args, recipe_args: RecipeArguments):
@@ -230,12 +169,36 @@ def load_teacher(model_args: ModelArguments, model, image_processor):
     return teacher, teacher_inputs
 
 
-def finetune(model_args: ModelArguments, data_args: DataArguments, training_args, recipe_args=None, callbacks=()) -> dict:
+def lora_recipe(ingredients, lora_args: LoraArguments):
+    """With LoRA only the adapters and the head learn, so there are no layers to decay: the recipe's layer decay is
+    dropped, a layer decay given by hand is an error."""
+    if lora_args.lora_rank is None or ingredients.layer_decay == 1.0:
+        return ingredients
+    if ingredients.reasons["layer_decay"] == "given":
+        raise ValueError(f"--layer_decay {ingredients.layer_decay} does not apply with --lora_rank (only the adapters and "
+                         "the head learn); leave it out or pass --layer_decay 1")  # fmt: skip
+    reasons = {**ingredients.reasons, "layer_decay": "LoRA: only the adapters and the head learn"}
+    return dataclasses.replace(ingredients, layer_decay=1.0, reasons=reasons)
+
+
+def save_merged(trainer, directory: str) -> None:
+    """The LoRA adapters (their average, with an EMA) merged into the weights, written to `directory` as a plain
+    hf_vit checkpoint with its processor."""
+    if trainer.ema is not None:
+        trainer.model.load_state_dict(trainer.ema.shadow)
+    merged_model(trainer.model).save_pretrained(directory)
+    trainer.processing_class.save_pretrained(directory)
+
+
+def finetune(model_args: ModelArguments, data_args: DataArguments, training_args, recipe_args=None, lora_args=None,
+             callbacks=()) -> dict:  # fmt: skip
     """Train, evaluate, save the model + processor + code + card + training curves, push when asked. Returns the
     eval metrics. Bad input raises a `UsageError` before any data is read (arguments) or anything is written.
+    With `lora_args.lora_rank`, LoRA adapters and the head are trained and saved (PEFT's adapter files).
     `callbacks`: `TrainerCallback`s of your own, added to the Trainer's."""
-    recipe_args = recipe_args or RecipeArguments()
+    recipe_args, lora_args = recipe_args or RecipeArguments(), lora_args or LoraArguments()
     with usage_errors():
+        check_lora_arguments(lora_args)
         family, overrides = check_arguments(model_args, data_args, training_args, recipe_args)
         set_seed(training_args.seed)
         splits = load_splits(data_args, seed=training_args.seed)
@@ -247,7 +210,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
             has_teacher=model_args.teacher_name_or_path is not None, num_train_epochs=training_args.num_train_epochs,
             global_batch_size=global_batch_size(training_args), flips_keep_labels=not data_args.uses_embedded_digits,
         )  # fmt: skip
-        ingredients = resolve_recipe(recipe_args, training_args, overrides, facts)
+        ingredients = lora_recipe(resolve_recipe(recipe_args, training_args, overrides, facts), lora_args)
         apply_to_training(ingredients, training_args)
         if ingredients.drop_path_rate is not None:
             config.drop_path_rate = ingredients.drop_path_rate
@@ -257,6 +220,13 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
 
         model = build_model(model_args, family, config, data_args.image_size)
         image_processor = build_image_processor(model_args, model)
+        if lora_args.lora_rank is not None:
+            model = add_lora(model, lora_args)
+            trainable, total = trainable_fraction(model)
+            recipe_summary.append(f"LoRA rank {lora_args.lora_rank} on {lora_args.lora_target} (+ the head): {trainable:,} of "
+                                  f"{total:,} parameters trained ({trainable / total:.2%})")  # fmt: skip
+            if training_args.should_log:
+                print(recipe_summary[-1])
         teacher, teacher_inputs = None, None
         if model_args.teacher_name_or_path is not None:
             teacher, teacher_inputs = load_teacher(model_args, model, image_processor)
@@ -284,14 +254,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
             card_template=family.card_template,
             recipe_summary=recipe_summary,
         )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", train_result.metrics)
-    trainer.save_metrics("train", train_result.metrics)
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
-    trainer.save_state()
+    metrics = trainer.train_and_evaluate(training_args.resume_from_checkpoint)
 
     if trainer.is_world_process_zero():
         top5 = f", top-5 {metrics['eval_top5_accuracy']:.2%}" if "eval_top5_accuracy" in metrics else ""
@@ -300,22 +263,13 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
             f"{len(splits['validation'])} images of {dataset_name} after {training_args.num_train_epochs:g} epochs "
             f"-> {training_args.output_dir}"
         )
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset=dataset_name, dataset_id=dataset_id)
-    else:
-        trainer.create_model_card(dataset=dataset_name, dataset_id=dataset_id)
+    trainer.publish(dataset_name, dataset_id)
+    if lora_args.lora_rank is not None and lora_args.lora_merge and trainer.is_world_process_zero():
+        save_merged(trainer, os.path.join(training_args.output_dir, "merged"))
     return metrics
 
 
-def main(argv=None) -> int:
-    """The command line: bad input -> one line and exit code 2 (`--traceback` for the whole story)."""
-
-    def body():
-        with usage_errors():
-            arguments = parse_args(argv)
-        finetune(*arguments)
-
-    return run_command(body, argv)
+main = command(parse_args, finetune)
 
 
 if __name__ == "__main__":

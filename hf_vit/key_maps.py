@@ -60,6 +60,22 @@ TRANSFORMERS_VIT_RULES = [
     (r"^distillation_classifier\.", r"distillation_classifier."),
 ]  # fmt: skip
 
+# transformers' ViTMAE: the ViT encoder's names (above), and the decoder's: v5 names, the Hub checkpoints'
+# (decoder_layers.N.attention.attention.query, ...) and those transformers 5 saves (decoder_encoder.layer.N...).
+_MAE_DECODER_BLOCK = r"^decoder\.(?:decoder_layers|decoder_encoder\.layer)\.(\d+)\."
+TRANSFORMERS_VIT_MAE_RULES = TRANSFORMERS_VIT_RULES + [
+    (r"^decoder\.decoder_embed\.", r"decoder.embed."),
+    (r"^decoder\.decoder_pos_embed$", r"decoder.position_embeddings"),
+    (_MAE_DECODER_BLOCK + r"attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.", r"decoder.layers.\1.attention.\2."),
+    (_MAE_DECODER_BLOCK + r"attention\.(?:output\.dense|o_proj)\.", r"decoder.layers.\1.attention.proj."),
+    (_MAE_DECODER_BLOCK + r"layernorm_before\.", r"decoder.layers.\1.norm1."),
+    (_MAE_DECODER_BLOCK + r"layernorm_after\.", r"decoder.layers.\1.norm2."),
+    (_MAE_DECODER_BLOCK + r"(?:intermediate\.dense|mlp\.fc1)\.", r"decoder.layers.\1.mlp.fc1."),
+    (_MAE_DECODER_BLOCK + r"(?:output\.dense|mlp\.fc2)\.", r"decoder.layers.\1.mlp.fc2."),
+    (r"^decoder\.decoder_norm\.", r"decoder.norm."),
+    (r"^decoder\.decoder_pred\.", r"decoder.prediction."),
+]  # fmt: skip
+
 
 # transformers' Dinov2 and Dinov2WithRegisters (`dinov2.` / `dinov2_with_registers.` prefix; a bare base model
 # has none), v5 names (q_proj, o_proj) and the Hub checkpoints' (attention.attention.query, attention.output.dense).
@@ -241,6 +257,7 @@ def timm_swin_config(model) -> dict:
 TIMM_VIT = KeyMap(TIMM_VIT_RULES, timm_vit_config)
 TIMM_SWIN = KeyMap(TIMM_SWIN_RULES, timm_swin_config)
 TRANSFORMERS_VIT = KeyMap(TRANSFORMERS_VIT_RULES)
+TRANSFORMERS_VIT_MAE = KeyMap(TRANSFORMERS_VIT_MAE_RULES)
 TRANSFORMERS_SWIN = KeyMap(TRANSFORMERS_SWIN_RULES)
 TRANSFORMERS_DINOV2 = KeyMap(TRANSFORMERS_DINOV2_RULES, transformers_dinov2_config, source_prefix="dinov2")
 TRANSFORMERS_DINOV2_WITH_REGISTERS = KeyMap(

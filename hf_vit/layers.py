@@ -224,9 +224,10 @@ def resample_position_embeddings(
 ) -> torch.Tensor:
     """Bicubically resamples the patch part of (1, prefix + gh * gw, C) position embeddings to a new grid.
 
-    The prefix tokens (CLS, distillation) have no place on the grid and are kept as they are.
+    The prefix tokens (CLS, distillation) have no place on the grid and are kept as they are. While torch.export
+    traces, the resampling always runs (at the same size it is the identity), so the graph serves every grid.
     """
-    if tuple(old_grid) == tuple(new_grid):
+    if not torch.compiler.is_exporting() and tuple(old_grid) == tuple(new_grid):
         return position_embeddings
     prefix, grid = position_embeddings[:, :num_prefix_tokens], position_embeddings[:, num_prefix_tokens:]
     dim = grid.shape[-1]

@@ -12,7 +12,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_deit import HfDeiTConfig
 from .modeling_io import image_classification_loss
-from .modeling_vit import HfViTBackbone, HfViTModel, HfViTPreTrainedModel
+from .modeling_vit import HfViTBackbone, HfViTForPreTraining, HfViTModel, HfViTPreTrainedModel
 
 
 @dataclass
@@ -109,6 +109,15 @@ class HfDeiTForImageClassification(HfViTPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+class HfDeiTForPreTraining(HfViTForPreTraining):
+    """MAE on the DeiT encoder: `HfViTForPreTraining` whose decoder also carries the distillation token."""
+
+    config: HfDeiTConfig
+    config_class = HfDeiTConfig
+    base_model_prefix = "deit"
+    base_model_class = HfDeiTModel
+
+
 class HfDeiTBackbone(HfViTBackbone):
     """`HfViTBackbone` on the DeiT encoder (CLS and distillation tokens dropped from the maps)."""
 
@@ -118,4 +127,11 @@ class HfDeiTBackbone(HfViTBackbone):
     base_model_class = HfDeiTModel
 
 
-__all__ = ["HfDeiTBackbone", "HfDeiTForImageClassification", "HfDeiTImageClassifierOutput", "HfDeiTModel", "deit_loss"]
+__all__ = [
+    "HfDeiTBackbone",
+    "HfDeiTForImageClassification",
+    "HfDeiTForPreTraining",
+    "HfDeiTImageClassifierOutput",
+    "HfDeiTModel",
+    "deit_loss",
+]

@@ -28,32 +28,57 @@ from .layers import (
     resample_position_embeddings,
 )
 from .modeling_io import backbone_output, check_pixel_values, classifier_output, resolve_output_flags
+from .modeling_mim import PretrainingHeadLoading, SimMIMOutput, random_block_mask, simmim_decoder, simmim_loss, simmim_reconstruction
 
 # What the reference implementations add to the logits of pairs that the shifted windows must not connect.
 MASKED = -100.0
 
 
-def window_and_shift(height: int, width: int, window_size: int, shift_size: int) -> tuple[int, int]:
-    """The window and shift a (height x width) map uses: a map no larger than the window is one unshifted window."""
-    if min(height, width) <= window_size:
-        return min(height, width), 0
-    return window_size, shift_size
+def window_and_shift(height, width, window_size: int, shift_size: int):
+    """The window and shift a (height x width) map uses: a map smaller than the window is one window of its own size;
+    a map of exactly one window is not shifted. Sizes may be symbolic (torch.export): `sym_min` / `sym_ite` keep the
+    second rule a graph operation, so one exported graph serves maps of one window and of many."""
+    smaller_side = torch.sym_min(height, width)
+    if smaller_side < window_size:
+        return smaller_side, 0
+    return window_size, torch.sym_ite(smaller_side > window_size, shift_size, 0)
 
 
 # Orders, masks and indices depend only on the geometry, so each is built once per resolution and kept here
 # (outside the modules, so never in a checkpoint). inference_mode(False): tensors first built under a pipeline's
 # inference mode must still be usable for training later.
-@functools.lru_cache(maxsize=128)
-@torch.inference_mode(False)
-def window_order(height: int, width: int, window: int, shift: int, device: torch.device):
+def exportable_cache(function):
+    """`functools.lru_cache` in eager mode; computed afresh while torch.export traces (symbolic sizes are not
+    hashable, and the result must be part of the graph to follow them)."""
+    cached = functools.lru_cache(maxsize=128)(torch.inference_mode(False)(function))
+
+    @functools.wraps(function)
+    def wrapper(*args):
+        return function(*args) if torch.compiler.is_exporting() else cached(*args)
+
+    wrapper.cache_info, wrapper.cache_clear = cached.cache_info, cached.cache_clear
+    return wrapper
+
+
+@exportable_cache
+def window_order(height, width, window: int, shift, device: torch.device):
     """Where each window token comes from: flat (H * W,) positions of the map, cyclically shifted by `shift`, read
     window by window (row-major), row-major inside each window; and the inverse permutation."""
-    positions = torch.roll(torch.arange(height * width).view(height, width), shifts=(-shift, -shift), dims=(0, 1))
-    positions = positions.view(height // window, window, width // window, window).permute(0, 2, 1, 3).flatten()
-    return positions.to(device), torch.argsort(positions).to(device)
+    # Arithmetic on one arange rather than view / permute, so symbolic sizes need no divisibility proofs; a
+    # remainder by a size is spelt out (ONNX's exporter takes only plain numbers as divisors of `%`).
+    def remainder(values: torch.Tensor, divisor):
+        return values - torch.div(values, divisor, rounding_mode="floor") * divisor
+
+    index = torch.arange(height * width, device=device)
+    window_index, inside = index // (window * window), index % (window * window)
+    windows_per_row = width // window
+    rows = torch.div(window_index, windows_per_row, rounding_mode="floor") * window + inside // window
+    columns = remainder(window_index, windows_per_row) * window + inside % window
+    positions = remainder(rows + shift, height) * width + remainder(columns + shift, width)
+    return positions, torch.argsort(positions)
 
 
-def window_partition(hidden_states: torch.Tensor, window: int, shift: int = 0) -> torch.Tensor:
+def window_partition(hidden_states: torch.Tensor, window: int, shift=0) -> torch.Tensor:
     """(B, H, W, C) -> (B, H / w * W / w, w * w, C): the cyclic shift and the cut into windows in one gather."""
     batch_size, height, width, channels = hidden_states.shape
     order, _ = window_order(height, width, window, shift, hidden_states.device)
@@ -61,15 +86,14 @@ def window_partition(hidden_states: torch.Tensor, window: int, shift: int = 0) -
     return windows.view(batch_size, -1, window * window, channels)
 
 
-def window_reverse(windows: torch.Tensor, height: int, width: int, window: int, shift: int = 0) -> torch.Tensor:
+def window_reverse(windows: torch.Tensor, height, width, window: int, shift=0) -> torch.Tensor:
     """Inverse of `window_partition`: (B, num_windows, w * w, C) -> (B, H, W, C)."""
     batch_size, _, _, channels = windows.shape
     _, inverse = window_order(height, width, window, shift, windows.device)
     return windows.reshape(batch_size, -1, channels).index_select(1, inverse).view(batch_size, height, width, channels)
 
 
-@functools.lru_cache(maxsize=128)
-@torch.inference_mode(False)
+@exportable_cache
 def relative_position_index(window: int, table_window: int, device: torch.device) -> torch.Tensor:
     """(w * w * w * w,) indices into a (2 * table_window - 1)**2 bias table for every (query, key) pair of a w x w
     window; a window smaller than the table's uses the table's central offsets."""
@@ -78,18 +102,20 @@ def relative_position_index(window: int, table_window: int, device: torch.device
     return (offsets[..., 0] * (2 * table_window - 1) + offsets[..., 1]).flatten().to(device)
 
 
-@functools.lru_cache(maxsize=128)
-@torch.inference_mode(False)
-def shifted_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+@exportable_cache
+def shifted_window_mask(height, width, window: int, shift, device: torch.device) -> torch.Tensor:
     """(num_windows, w * w, w * w) additive mask: after the cyclic shift by `shift`, windows on the bottom and right
-    edges hold pixels from distant regions of the image; pairs from different regions get MASKED, the rest 0."""
-    region = torch.zeros(1, height, width, 1)
-    bands = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-    for label, (rows, cols) in enumerate((r, c) for r in bands for c in bands):
-        region[:, rows, cols, :] = label
+    edges hold pixels from distant regions of the image; pairs from different regions get MASKED, the rest 0 (all
+    0 without a shift). Regions: rows (columns) before the last window, in it but not shifted in, shifted in."""
+
+    def bands(size):
+        index = torch.arange(size, device=device)
+        return (index >= size - window).long() + (index >= size - shift).long()
+
+    region = (bands(height)[:, None] * 3 + bands(width)[None, :])[None, :, :, None]
     region = window_partition(region, window).view(-1, window * window)
     different = region[:, :, None] != region[:, None, :]
-    return torch.zeros(different.shape).masked_fill(different, MASKED).to(device)
+    return torch.zeros(different.shape, device=device).masked_fill(different, MASKED)
 
 
 def _geometric_offsets(source: int, target: int) -> list[float]:
@@ -156,19 +182,16 @@ class WindowAttention(MultiHeadSelfAttention):
         tokens = window * window
         index = relative_position_index(window, self.window_size, self.relative_position_bias_table.device)
         bias = self.relative_position_bias_table[index].view(tokens, tokens, -1).permute(2, 0, 1)
-        num_windows = (height // window) * (width // window)
-        if shift:
-            mask = shifted_window_mask(height, width, window, shift, bias.device)
-            bias = mask[:, None].to(bias.dtype) + bias[None]
-        else:
-            bias = bias[None].expand(num_windows, -1, -1, -1)
-        return bias.reshape(1, num_windows * self.num_heads, tokens, tokens)
+        # The unshifted mask is all zeros; adding it costs what expanding the bias over the windows would.
+        mask = shifted_window_mask(height, width, window, shift, bias.device)
+        bias = mask[:, None].to(bias.dtype) + bias[None]
+        return bias.reshape(1, -1, tokens, tokens)
 
     def forward(self, hidden_states: torch.Tensor):
         batch_size, height, width, channels = hidden_states.shape
         window, shift = window_and_shift(height, width, self.window_size, self.shift_size)
         pad_h, pad_w = -height % window, -width % window
-        if pad_h or pad_w:
+        if torch.compiler.is_exporting() or pad_h or pad_w:  # symbolic pads cannot be tested, only applied
             hidden_states = F.pad(hidden_states, (0, 0, 0, pad_w, 0, pad_h))
         padded_h, padded_w = height + pad_h, width + pad_w
 
@@ -209,13 +232,17 @@ class PatchMerging(nn.Module):
 
 
 class SwinEmbeddings(nn.Module):
-    """Patch embedding (padded to whole patches) + LayerNorm (+ absolute positions): (B, C, H, W) -> (B, h, w, D)."""
+    """Patch embedding (padded to whole patches) + LayerNorm (+ absolute positions): (B, C, H, W) -> (B, h, w, D).
 
-    def __init__(self, config: HfSwinConfig):
+    With `mask_token`, `bool_masked_pos` (B, h * w) replaces the masked patches by a learned token after the
+    LayerNorm (SimMIM, as transformers' Swin)."""
+
+    def __init__(self, config: HfSwinConfig, mask_token: bool = False):
         super().__init__()
         self.patch_size = config.patch_size
         self.patch_embeddings = PatchEmbedding(config.patch_size, config.num_channels, config.embed_dim)
         self.norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps) if config.patch_norm else nn.Identity()
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim)) if mask_token else None
         self.grid_size = (config.image_size // config.patch_size,) * 2
         self.position_embeddings = None
         if config.use_absolute_embeddings:
@@ -223,10 +250,15 @@ class SwinEmbeddings(nn.Module):
             self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, config.embed_dim))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         height, width = pixel_values.shape[-2:]
         pixel_values = F.pad(pixel_values, (0, -width % self.patch_size, 0, -height % self.patch_size))
         embeddings = self.norm(self.patch_embeddings(pixel_values).permute(0, 2, 3, 1))
+        if bool_masked_pos is not None:
+            if self.mask_token is None:
+                raise ValueError("bool_masked_pos needs a model with a mask token (HfSwinForMaskedImageModeling)")
+            masked = bool_masked_pos.bool().view(*embeddings.shape[:3], 1)
+            embeddings = torch.where(masked, self.mask_token.to(embeddings.dtype)[:, None], embeddings)
         if self.position_embeddings is not None:
             batch_size, grid_h, grid_w, channels = embeddings.shape
             positions = resample_position_embeddings(self.position_embeddings, 0, self.grid_size, (grid_h, grid_w))
@@ -274,7 +306,7 @@ class HfSwinModelOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class HfSwinPreTrainedModel(PreTrainedModel):
+class HfSwinPreTrainedModel(PretrainingHeadLoading, PreTrainedModel):
     config: HfSwinConfig
     config_class = HfSwinConfig
     base_model_prefix = "swin"
@@ -292,8 +324,10 @@ class HfSwinPreTrainedModel(PreTrainedModel):
         init_transformer_weights(module, std)
         if isinstance(module, WindowAttention):
             init.trunc_normal_(module.relative_position_bias_table, std=std, a=-2 * std, b=2 * std)
-        elif isinstance(module, SwinEmbeddings) and module.position_embeddings is not None:
-            init.trunc_normal_(module.position_embeddings, std=std, a=-2 * std, b=2 * std)
+        elif isinstance(module, SwinEmbeddings):
+            for tensor in (module.position_embeddings, module.mask_token):
+                if tensor is not None:
+                    init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
 
     def set_window_size(self, window_size: int) -> None:
         """Attend in windows of this side from now on (Swin at a higher resolution: 12 at 384 px): every relative
@@ -328,9 +362,10 @@ class HfSwinPreTrainedModel(PreTrainedModel):
 class HfSwinModel(HfSwinPreTrainedModel):
     """Swin encoder: (B, C, H, W), any H and W -> `HfSwinModelOutput`."""
 
-    def __init__(self, config: HfSwinConfig):
+    def __init__(self, config: HfSwinConfig, use_mask_token: bool = False):
+        """`use_mask_token`: a learned token for masked patches (`bool_masked_pos`; SimMIM)."""
         super().__init__(config)
-        self.embeddings = SwinEmbeddings(config)
+        self.embeddings = SwinEmbeddings(config, use_mask_token)
         rates = drop_path_rates(config.drop_path_rate, sum(config.depths))
         starts = [sum(config.depths[:stage]) for stage in range(len(config.depths))]
         self.stages = nn.ModuleList([
@@ -349,14 +384,16 @@ class HfSwinModel(HfSwinPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
     ) -> HfSwinModelOutput | tuple:
+        """bool_masked_pos (B, h * w), h = ceil(H / patch_size): patches replaced by the mask token (SimMIM)."""
         config = self.config
         output_attentions, output_hidden_states, return_dict = resolve_output_flags(
             config, output_attentions, output_hidden_states, return_dict
         )
         check_pixel_values(pixel_values, config.num_channels, config.image_size, 1, any_size=True)
 
-        hidden_states = self.embeddings(pixel_values.to(self.dtype))
+        hidden_states = self.embeddings(pixel_values.to(self.dtype), bool_masked_pos)
         maps, attentions = [hidden_states], ()
         for stage in self.stages:
             hidden_states, stage_attentions = stage(hidden_states, output_attentions)
@@ -399,6 +436,52 @@ class HfSwinForImageClassification(HfSwinPreTrainedModel):
         return classifier_output(self.classifier(features.pooler_output), labels, features, self.config, return_dict)
 
 
+class HfSwinForMaskedImageModeling(HfSwinPreTrainedModel):
+    """SimMIM (Xie et al. 2022, "A Simple Framework for Masked Image Modeling"), made for Swin: masked patches become
+    a learned mask token, a 1x1 convolution and a pixel shuffle reconstruct the image from the last stage's map
+    (stride `config.total_stride`), L1 on the masked pixels. (B, C, H, W) -> `SimMIMOutput` (loss, reconstruction,
+    mask)."""
+
+    def __init__(self, config: HfSwinConfig):
+        super().__init__(config)
+        self.swin = HfSwinModel(config, use_mask_token=True)
+        self.decoder = simmim_decoder(config.hidden_size, config.total_stride, config.num_channels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SimMIMOutput | tuple:
+        """bool_masked_pos (B, h * w) over the patches, h = ceil(H / patch_size), True for masked ones (default:
+        random blocks of `config.mask_patch_size` px, `config.mask_ratio` of them, SimMIM's masks)."""
+        config = self.config
+        return_dict = config.return_dict if return_dict is None else return_dict
+        height, width = pixel_values.shape[-2:]
+        if bool_masked_pos is None:
+            grid = (-(-height // config.patch_size), -(-width // config.patch_size))
+            block = (config.mask_patch_size or config.total_stride) // config.patch_size
+            bool_masked_pos = random_block_mask(pixel_values.shape[0], grid, block, config.mask_ratio, pixel_values.device)
+        features = self.swin(pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                             return_dict=True, bool_masked_pos=bool_masked_pos)  # fmt: skip
+        last_map = (-(-height // config.total_stride), -(-width // config.total_stride))
+        reconstruction = self.decoder(features.last_hidden_state.transpose(1, 2).unflatten(2, last_map))
+        reconstruction = reconstruction[..., :height, :width]
+        output = SimMIMOutput(
+            loss=simmim_loss(pixel_values.to(reconstruction.dtype), reconstruction, bool_masked_pos, config.patch_size),
+            reconstruction=reconstruction, mask=bool_masked_pos.bool(), hidden_states=features.hidden_states,
+            attentions=features.attentions,
+        )  # fmt: skip
+        return output if return_dict else output.to_tuple()
+
+    def reconstruct(self, pixel_values: torch.Tensor, output: SimMIMOutput) -> torch.Tensor:
+        """(B, C, H, W): the input where the patches were visible, the reconstruction where they were masked."""
+        return simmim_reconstruction(pixel_values, output.reconstruction, output.mask, self.config.patch_size)
+
+
 class HfSwinBackbone(BackboneMixin, HfSwinPreTrainedModel):
     """Dense-prediction backbone: normalised (B, C, H / s, W / s) maps of `config.out_features` (stem and stage1:
     s = 4, stage2: 8, stage3: 16, stage4: 32) for detection and segmentation heads."""
@@ -433,6 +516,7 @@ class HfSwinBackbone(BackboneMixin, HfSwinPreTrainedModel):
 __all__ = [
     "HfSwinBackbone",
     "HfSwinForImageClassification",
+    "HfSwinForMaskedImageModeling",
     "HfSwinModel",
     "HfSwinModelOutput",
     "HfSwinPreTrainedModel",

@@ -26,6 +26,10 @@ from .layers import (
     resample_position_embeddings,
 )
 from .modeling_io import backbone_output, check_pixel_values, classifier_output, resolve_output_flags
+from .modeling_mim import (
+    MaskedAutoencoderDecoder, MaskedAutoencoderOutput, PretrainingHeadLoading, SimMIMOutput, mae_loss, mae_reconstruction,
+    patchify, random_block_mask, random_masking, simmim_decoder, simmim_loss, simmim_reconstruction, sincos_position_embeddings,
+)  # fmt: skip
 
 
 class ConvStemPatchEmbedding(GridEmbedding):
@@ -65,17 +69,21 @@ class TokenEmbeddings(nn.Module):
     the CLS and distillation tokens when `prefix_position_embeddings` (registers never get one).
 
     (B, C, gh, gw) feature grid -> (B, prefix + gh * gw, C). A grid other than the trained one needs
-    `interpolate_pos_encoding=True` (bicubic resampling of the grid part).
+    `interpolate_pos_encoding=True` (bicubic resampling of the grid part). For masked image modeling:
+    `bool_masked_pos` (B, gh * gw) replaces the masked grid tokens by the learned `mask_token` before the positions
+    are added (SimMIM; needs `mask_token=True`); `kept_positions` (B, K) keeps only those grid tokens after the
+    positions are added, so the output is (B, prefix + K, C) (MAE).
     """
 
     def __init__(self, hidden_size: int, grid_size, dropout: float, class_token=True, distillation_token=False,
-                 antialias=False, num_register_tokens=0, prefix_position_embeddings=True):  # fmt: skip
+                 antialias=False, num_register_tokens=0, prefix_position_embeddings=True, mask_token=False):  # fmt: skip
         super().__init__()
         self.grid_size = tuple(grid_size)
         self.antialias = antialias
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if class_token else None
         self.distillation_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if distillation_token else None
         self.register_tokens = nn.Parameter(torch.zeros(1, num_register_tokens, hidden_size)) if num_register_tokens else None
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if mask_token else None
         # CLS and distillation tokens with a position embedding, in front of the grid in `position_embeddings`.
         self.num_positioned_prefix = (int(class_token) + int(distillation_token)) * prefix_position_embeddings
         self.num_prefix_tokens = int(class_token) + int(distillation_token) + num_register_tokens
@@ -92,9 +100,10 @@ class TokenEmbeddings(nn.Module):
         self.position_embeddings = nn.Parameter(resampled.contiguous())
         self.grid_size = tuple(grid_size)
 
-    def forward(self, feature_grid: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+    def forward(self, feature_grid: torch.Tensor, interpolate_pos_encoding: bool = False, bool_masked_pos=None,
+                kept_positions=None) -> torch.Tensor:  # fmt: skip
         batch_size, _, grid_h, grid_w = feature_grid.shape
-        if (grid_h, grid_w) != self.grid_size and not interpolate_pos_encoding:
+        if not interpolate_pos_encoding and (grid_h, grid_w) != self.grid_size:
             raise ValueError(
                 f"The input gives a {grid_h}x{grid_w} token grid but the position embeddings are for "
                 f"{self.grid_size[0]}x{self.grid_size[1]}; pass interpolate_pos_encoding=True to resample them"
@@ -104,11 +113,17 @@ class TokenEmbeddings(nn.Module):
         )
         prefix = [token.expand(batch_size, -1, -1) for token in (self.cls_token, self.distillation_token) if token is not None]
         grid = feature_grid.flatten(2).transpose(1, 2)
+        if bool_masked_pos is not None:
+            if self.mask_token is None:
+                raise ValueError("bool_masked_pos needs a model with a mask token (HfViTForMaskedImageModeling)")
+            grid = torch.where(bool_masked_pos[..., None].bool(), self.mask_token.to(grid.dtype), grid)
         if self.num_positioned_prefix:
             tokens = torch.cat(prefix + [grid], 1) + position_embeddings
             prefix, grid = [tokens[:, : self.num_positioned_prefix]], tokens[:, self.num_positioned_prefix :]
         else:
             grid = grid + position_embeddings
+        if kept_positions is not None:
+            grid = torch.gather(grid, 1, kept_positions[..., None].expand(-1, -1, grid.shape[-1]))
         if self.register_tokens is not None:
             prefix.append(self.register_tokens.expand(batch_size, -1, -1))
         return self.dropout(torch.cat(prefix + [grid], 1))
@@ -150,7 +165,7 @@ class Encoder(nn.Module):
         )
 
 
-class HfViTPreTrainedModel(PreTrainedModel):
+class HfViTPreTrainedModel(PretrainingHeadLoading, PreTrainedModel):
     config: HfViTConfig
     config_class = HfViTConfig
     base_model_prefix = "vit"
@@ -168,9 +183,13 @@ class HfViTPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         init_transformer_weights(module, std)
         if isinstance(module, TokenEmbeddings):
-            for token in (module.cls_token, module.distillation_token, module.register_tokens, module.position_embeddings):
+            for token in (module.cls_token, module.distillation_token, module.register_tokens, module.position_embeddings,
+                          module.mask_token):  # fmt: skip
                 if token is not None:
                     init.trunc_normal_(token, std=std, a=-2 * std, b=2 * std)
+        elif isinstance(module, MaskedAutoencoderDecoder):
+            init.trunc_normal_(module.mask_token, std=std, a=-2 * std, b=2 * std)
+            init.copy_(module.position_embeddings, module.sincos_table())
 
     def head_reads_prefix_only(self, output_attentions: bool | None, output_hidden_states: bool | None) -> bool:
         """Whether a classifier call needs the prefix tokens only from the last block (`prefix_tokens_only`): CLS
@@ -209,7 +228,8 @@ class HfViTModel(HfViTPreTrainedModel):
 
     has_distillation_token = False
 
-    def __init__(self, config: HfViTConfig):
+    def __init__(self, config: HfViTConfig, use_mask_token: bool = False):
+        """`use_mask_token`: a learned token for masked patches (`bool_masked_pos`; SimMIM)."""
         super().__init__(config)
         self.patch_embeddings = self.make_patch_embeddings(config)
         self.embeddings = TokenEmbeddings(
@@ -221,6 +241,7 @@ class HfViTModel(HfViTPreTrainedModel):
             antialias=config.interpolation_antialias,
             num_register_tokens=config.num_register_tokens,
             prefix_position_embeddings=config.prefix_position_embeddings,
+            mask_token=use_mask_token,
         )
         self.num_prefix_tokens = self.embeddings.num_prefix_tokens
         self.encoder = Encoder(config)
@@ -246,11 +267,15 @@ class HfViTModel(HfViTPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         prefix_tokens_only: bool = False,
+        bool_masked_pos: torch.Tensor | None = None,
+        kept_positions: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
         """pixel_values: (B, num_channels, H, W), H x W = image_size unless `interpolate_pos_encoding`.
 
         `prefix_tokens_only`: the last block computes only the prefix tokens (CLS, distillation), all a CLS-pooling
         head reads, so `last_hidden_state` is (B, prefix, C); it skips most of that block's work.
+        `bool_masked_pos` (B, N): grid tokens replaced by the mask token (SimMIM); `kept_positions` (B, K): the only
+        grid tokens the encoder sees (MAE), so `last_hidden_state` is (B, prefix + K, C).
         """
         config = self.config
         output_attentions, output_hidden_states, return_dict = resolve_output_flags(
@@ -272,7 +297,7 @@ class HfViTModel(HfViTPreTrainedModel):
 
         pixel_values = pixel_values.to(self.dtype)
         patch_grid = self.patch_embeddings(pixel_values)
-        hidden_states = self.embeddings(patch_grid, bool(interpolate_pos_encoding))
+        hidden_states = self.embeddings(patch_grid, bool(interpolate_pos_encoding), bool_masked_pos, kept_positions)
         last_layer_queries = self.num_prefix_tokens if prefix_tokens_only else None
         encoded = self.encoder(hidden_states, output_attentions, output_hidden_states, last_layer_queries)
         last_hidden_state = self.layernorm(encoded.last_hidden_state)
@@ -320,6 +345,115 @@ class HfViTForImageClassification(HfViTPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         features = self.encode_for_head(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
         return classifier_output(self.classifier(features.pooler_output), labels, features, self.config, return_dict)
+
+
+class HfViTForPreTraining(HfViTPreTrainedModel):
+    """MAE (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners"): the encoder sees the prefix tokens and
+    a random `1 - config.mask_ratio` of the patches, `MaskedAutoencoderDecoder` predicts the pixels of the others.
+    (B, C, H, W) -> `MaskedAutoencoderOutput` (loss, predicted patches, mask). Its checkpoint loads into the
+    classifier and the base model, the decoder left out."""
+
+    base_model_class = HfViTModel
+
+    def __init__(self, config: HfViTConfig):
+        super().__init__(config)
+        if config.patch_embedding_type != "patch":
+            raise ValueError(f"MAE needs patch_embedding_type='patch': a {config.patch_embedding_type!r} embedding mixes "
+                             "neighbouring patches, so visible tokens would see the masked pixels")  # fmt: skip
+        encoder = self.base_model_class(config)
+        setattr(self, self.base_model_prefix, encoder)
+        self.decoder = MaskedAutoencoderDecoder(config, encoder.num_prefix_tokens, encoder.embeddings.grid_size)
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, TokenEmbeddings):  # MAE's positions: the fixed sine-cosine table; here only the start
+            table = sincos_position_embeddings(module.grid_size, module.position_embeddings.shape[-1])
+            prefix = torch.zeros(module.num_positioned_prefix, table.shape[-1])
+            init.copy_(module.position_embeddings, torch.cat([prefix, table])[None])
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MaskedAutoencoderOutput | tuple:
+        """noise (B, N): the patches with the smallest values are kept (default: uniform random), as transformers'
+        ViTMAEForPreTraining draws them."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        encoder = self.base_model
+        grid = encoder.patch_embeddings.grid_size(pixel_values.shape[-2:])
+        kept, mask, ids_restore = random_masking(pixel_values.shape[0], grid[0] * grid[1], self.config.mask_ratio,
+                                                 noise, pixel_values.device)  # fmt: skip
+        features = encoder(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_attentions=output_attentions,
+                           output_hidden_states=output_hidden_states, return_dict=True, kept_positions=kept)  # fmt: skip
+        logits = self.decoder(features.last_hidden_state, ids_restore, grid)
+        target = patchify(pixel_values.to(logits.dtype), encoder.patch_embeddings.input_multiple)
+        output = MaskedAutoencoderOutput(
+            loss=mae_loss(logits, target, mask, self.config.norm_pix_loss), logits=logits, mask=mask,
+            ids_restore=ids_restore, hidden_states=features.hidden_states, attentions=features.attentions,
+        )  # fmt: skip
+        return output if return_dict else output.to_tuple()
+
+    def reconstruct(self, pixel_values: torch.Tensor, output: MaskedAutoencoderOutput) -> torch.Tensor:
+        """(B, C, H, W): the input where the patches were visible, the prediction where they were masked."""
+        patch_size = self.base_model.patch_embeddings.input_multiple
+        return mae_reconstruction(pixel_values, output.logits, output.mask, patch_size, self.config.norm_pix_loss)
+
+
+class HfViTForMaskedImageModeling(HfViTPreTrainedModel):
+    """SimMIM (Xie et al. 2022, "A Simple Framework for Masked Image Modeling") on the ViT: masked patches become a
+    learned mask token, a 1x1 convolution and a pixel shuffle reconstruct the image from the grid tokens, L1 on
+    the masked pixels. (B, C, H, W) -> `SimMIMOutput` (loss, reconstruction, mask)."""
+
+    base_model_class = HfViTModel
+
+    def __init__(self, config: HfViTConfig):
+        super().__init__(config)
+        encoder = self.base_model_class(config, use_mask_token=True)
+        setattr(self, self.base_model_prefix, encoder)
+        patch_h, patch_w = encoder.patch_embeddings.input_multiple
+        if patch_h != patch_w:
+            raise ValueError(f"SimMIM's pixel-shuffle decoder needs square patches, got patch_size {config.patch_size}")
+        self.decoder = simmim_decoder(config.hidden_size, patch_h, config.num_channels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SimMIMOutput | tuple:
+        """bool_masked_pos (B, N): True for masked patches (default: random blocks of `config.mask_patch_size` px,
+        two patches wide if unset, as SimMIM's 32 px blocks of 16 px patches; `config.mask_ratio` of them)."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        encoder = self.base_model
+        patch_size = encoder.patch_embeddings.input_multiple
+        grid = encoder.patch_embeddings.grid_size(pixel_values.shape[-2:])
+        if bool_masked_pos is None:
+            block = (self.config.mask_patch_size or 2 * patch_size[0]) // patch_size[0]
+            bool_masked_pos = random_block_mask(pixel_values.shape[0], grid, block, self.config.mask_ratio, pixel_values.device)
+        features = encoder(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, output_attentions=output_attentions,
+                           output_hidden_states=output_hidden_states, return_dict=True, bool_masked_pos=bool_masked_pos)  # fmt: skip
+        maps = features.last_hidden_state[:, encoder.num_prefix_tokens :].transpose(1, 2).unflatten(2, grid)
+        reconstruction = self.decoder(maps)
+        output = SimMIMOutput(
+            loss=simmim_loss(pixel_values.to(reconstruction.dtype), reconstruction, bool_masked_pos, patch_size),
+            reconstruction=reconstruction, mask=bool_masked_pos.bool(), hidden_states=features.hidden_states,
+            attentions=features.attentions,
+        )  # fmt: skip
+        return output if return_dict else output.to_tuple()
+
+    def reconstruct(self, pixel_values: torch.Tensor, output: SimMIMOutput) -> torch.Tensor:
+        """(B, C, H, W): the input where the patches were visible, the reconstruction where they were masked."""
+        patch_size = self.base_model.patch_embeddings.input_multiple
+        return simmim_reconstruction(pixel_values, output.reconstruction, output.mask, patch_size)
 
 
 class ChannelsFirstLayerNorm(nn.LayerNorm):
@@ -398,4 +532,11 @@ class HfViTBackbone(BackboneMixin, HfViTPreTrainedModel):
         return backbone_output(self.config, feature_maps, outputs.hidden_states, outputs.attentions, output_hidden_states, return_dict)
 
 
-__all__ = ["HfViTBackbone", "HfViTForImageClassification", "HfViTModel", "HfViTPreTrainedModel"]
+__all__ = [
+    "HfViTBackbone",
+    "HfViTForImageClassification",
+    "HfViTForMaskedImageModeling",
+    "HfViTForPreTraining",
+    "HfViTModel",
+    "HfViTPreTrainedModel",
+]

@@ -1,11 +1,15 @@
-"""The Trainer subclass and what it runs each step.
+"""The Trainer subclasses and what they run each step.
 
-    FinetuneTrainingArguments      TrainingArguments with hf_vit's defaults; the recipe fills in the rest
-    ImageClassificationTrainer     Trainer + teacher distillation, batch mixing, repeated augmentation, EMA,
-                                   ViT weight-decay groups, a backbone learning rate, hf_vit's model cards
-    BatchMixer, RepeatedAugmentationSampler, ModelEMA, TeacherInputAdapter   its parts
+    HfViTTrainingArguments         TrainingArguments with hf_vit's defaults (per-epoch evaluation, CPU threads)
+    FinetuneTrainingArguments      ... for classifiers; the recipe fills in the rest
+    HfViTTrainer                   Trainer + ViT weight-decay groups, layer-wise and backbone learning rates,
+                                   hf_vit's model cards
+    ImageClassificationTrainer     HfViTTrainer + teacher distillation, batch mixing, repeated augmentation, EMA
+    PretrainingTrainer             HfViTTrainer for masked-image-modeling models (the loss is the metric)
+    BatchMixer, RepeatedAugmentationSampler, ModelEMA, TeacherInputAdapter   their parts
 """
 
+import inspect
 import math
 import os
 from contextlib import contextmanager
@@ -32,24 +36,13 @@ EMA_FILE = "ema.safetensors"  # the EMA of the weights, in every checkpoint of a
 
 
 @dataclass
-class FinetuneTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with defaults that train a small ViT from scratch well; every flag still works.
-
-    `learning_rate`, `weight_decay` and `warmup_steps` are left unset (None) for the recipe to choose
-    (`recipes.resolve_recipe`); a value given here always wins.
-    """
+class HfViTTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with hf_vit's defaults: an evaluation, a checkpoint and a log line per epoch, cosine
+    schedule, the image column kept for the transforms, and on CPU the cores split between the processes."""
 
     _argument_group_name = "Trainer (transformers TrainingArguments)"
 
     num_train_epochs: float = field(default=20.0, metadata={"help": "Total number of training epochs."})
-    learning_rate: float | None = field(default=None, metadata={"help": "Peak AdamW learning rate (default: the recipe's)."})
-    weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay, not on biases, norms, "
-                                       "position embeddings or prefix tokens (default: the recipe's)."})  # fmt: skip
-    warmup_steps: float | None = field(
-        default=None,
-        metadata={"help": "Linear warmup: a step count, or a float in [0, 1) for a fraction of all steps (default: "
-                  "the recipe's)."},
-    )  # fmt: skip
     lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "Training batch size per process."})
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per process."})
@@ -63,11 +56,6 @@ class FinetuneTrainingArguments(TrainingArguments):
     )
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
     dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin batches in memory (GPU only)."})
-    backbone_learning_rate: float | None = field(
-        default=None,
-        metadata={"help": "Peak learning rate of a hybrid's CNN backbone (default: --learning_rate); lower it to "
-                  "keep pretrained features (or freeze them: --config_overrides freeze_backbone=True)."},
-    )  # fmt: skip
     cpu_threads_per_process: int | None = field(
         default=None,
         metadata={"help": "Torch threads per process when training on CPU (default: the cores split evenly "
@@ -87,6 +75,29 @@ class FinetuneTrainingArguments(TrainingArguments):
                 logger.info("Training on CPU with %d torch threads per process.", threads)
                 torch.set_num_threads(threads)
         super().__post_init__()
+
+
+@dataclass
+class FinetuneTrainingArguments(HfViTTrainingArguments):
+    """`HfViTTrainingArguments` for classifiers, with defaults that train a small ViT from scratch well.
+
+    `learning_rate`, `weight_decay` and `warmup_steps` are left unset (None) for the recipe to choose
+    (`recipes.resolve_recipe`); a value given here always wins.
+    """
+
+    learning_rate: float | None = field(default=None, metadata={"help": "Peak AdamW learning rate (default: the recipe's)."})
+    weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay, not on biases, norms, "
+                                       "position embeddings or prefix tokens (default: the recipe's)."})  # fmt: skip
+    warmup_steps: float | None = field(
+        default=None,
+        metadata={"help": "Linear warmup: a step count, or a float in [0, 1) for a fraction of all steps (default: "
+                  "the recipe's)."},
+    )  # fmt: skip
+    backbone_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate of a hybrid's CNN backbone (default: --learning_rate); lower it to "
+                  "keep pretrained features (or freeze them: --config_overrides freeze_backbone=True)."},
+    )  # fmt: skip
 
     def _validate_args(self):
         # transformers checks `warmup_steps >= 0` here; unset (None) is the recipe's to fill in later.
@@ -172,11 +183,14 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        averaged, trained = [], []  # one fused lerp over all floating-point tensors: it runs every step
         for name, tensor in model.state_dict().items():
             if tensor.dtype.is_floating_point:
-                self.shadow[name].lerp_(tensor.detach(), 1 - self.decay)
+                averaged.append(self.shadow[name])
+                trained.append(tensor.detach())
             else:
                 self.shadow[name].copy_(tensor)
+        torch._foreach_lerp_(averaged, trained, 1 - self.decay)
 
     @contextmanager
     def applied_to(self, model: torch.nn.Module):
@@ -294,48 +308,48 @@ def check_backbone_learning_rate(training_args, config) -> None:
         raise ValueError(f"--backbone_learning_rate needs a model with a CNN backbone (hf_vit_hybrid), not {config.model_type}")
 
 
-class ImageClassificationTrainer(Trainer):
-    """`Trainer` for hf_vit classifiers.
+def unused_parameters(model: torch.nn.Module) -> list[str]:
+    """The trainable parameters one training step of `model` leaves without a gradient (an attention-pooling head
+    under a pretraining objective, say), found by a step on two random images of the config's size; the random state
+    and the model's gradients are left as they were."""
+    config = model.config
+    height, width = (config.image_size, config.image_size) if isinstance(config.image_size, int) else config.image_size
+    inputs = {"pixel_values": torch.randn(2, config.num_channels, height, width, device=model.device)}
+    if "labels" in inspect.signature(model.forward).parameters:
+        inputs["labels"] = torch.zeros(2, dtype=torch.long, device=model.device)
+    was_training, saved = model.training, {name: p.grad for name, p in model.named_parameters()}
+    with torch.random.fork_rng(devices=[]):
+        model.train()
+        model.zero_grad(set_to_none=True)
+        model(**inputs).loss.backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for name, p in model.named_parameters():
+        p.grad = saved[name]
+    model.train(was_training)
+    return unused
 
-    - a frozen `teacher` (any image classifier) adds `teacher_logits` to every training batch, computed on the
-      same (augmented, mixed) images after `teacher_inputs` re-expresses them for it;
-    - `batch_mixer` applies Mixup / CutMix / label smoothing to training batches only;
-    - `repeated_augmentation` > 1 uses `RepeatedAugmentationSampler`;
-    - with an `ema_decay` (0 or None: none), evaluation and the saved model use the averaged weights;
+
+class HfViTTrainer(Trainer):
+    """`Trainer` for hf_vit models.
+
     - weight decay skips biases, norms, position embeddings and prefix tokens;
+    - data-parallel runs search for unused parameters only when the model has some (`unused_parameters`);
     - `layer_decay` < 1 lowers each layer's learning rate with its distance from the head (`layer_ids`);
-    - `args.backbone_learning_rate` gives a hybrid's backbone its own learning rate;
+    - `args.backbone_learning_rate` (where the arguments have it) gives a hybrid's backbone its own learning rate;
     - the model card (also the one `push_to_hub` uploads) comes from hf_vit's `card_template`, with the
-      recipe's choices (`recipe_summary`: one line each).
+      recipe's choices (`recipe_summary`: one line each) and `card_fields` for the template.
     """
 
-    def __init__(self, *args, teacher=None, teacher_inputs=None, batch_mixer=None, repeated_augmentation=1,
-                 ema_decay=None, layer_decay=1.0, card_template=None, recipe_summary=None, **kwargs):  # fmt: skip
-        super().__init__(*args, **kwargs)
-        self.teacher = None
-        if teacher is not None:
-            check_teacher_labels(teacher.config, self.model.config)
-            self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
-        self.teacher_inputs = teacher_inputs or (lambda pixel_values: pixel_values)
-        unset = [name for name in TRAINING_INGREDIENTS if getattr(self.args, name) is None]
-        if unset:
-            raise ValueError(f"{unset} unset: give them, or let hf_vit.recipes.resolve_recipe choose them first")
-        self.batch_mixer = batch_mixer if batch_mixer is not None and batch_mixer.active else None
-        self.repeated_augmentation = repeated_augmentation
+    def __init__(self, model=None, args=None, *positional, layer_decay=1.0, card_template=None, recipe_summary=None,
+                 card_fields=None, **kwargs):  # fmt: skip
+        if args is not None and model is not None and args.world_size > 1 and args.ddp_find_unused_parameters is None:
+            # DDP's search for unused parameters costs a pass over the graph every step: ask the model instead
+            args.ddp_find_unused_parameters = bool(unused_parameters(model))
+        super().__init__(model, args, *positional, **kwargs)
         check_backbone_learning_rate(self.args, self.model.config)
         check_layer_decay(layer_decay)
         self.layer_decay = layer_decay
-        self.card_template, self.recipe_summary = card_template, recipe_summary
-        self.ema = None
-        if ema_decay:
-            self.ema = ModelEMA(self.model, ema_decay)
-            self.add_callback(EMACallback(self.ema))
-
-    def _get_train_sampler(self, train_dataset=None):
-        if self.repeated_augmentation > 1:
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            return RepeatedAugmentationSampler(len(dataset), self.repeated_augmentation, self.args.seed)
-        return super()._get_train_sampler(train_dataset)
+        self.card_template, self.recipe_summary, self.card_fields = card_template, recipe_summary, card_fields
 
     def get_decay_parameter_names(self, model) -> list[str]:
         parameters = dict(model.named_parameters())
@@ -351,7 +365,7 @@ class ImageClassificationTrainer(Trainer):
         if self.layer_decay != 1.0:
             scales = layer_decay_scales(model, self.layer_decay)
             rates = {id(param): self.args.learning_rate * scales[name] for name, param in model.named_parameters()}
-        if self.args.backbone_learning_rate is not None:
+        if getattr(self.args, "backbone_learning_rate", None) is not None:
             rates.update(dict.fromkeys(map(id, backbone_of(model).parameters()), self.args.backbone_learning_rate))
         return rates
 
@@ -374,6 +388,84 @@ class ImageClassificationTrainer(Trainer):
             for group in groups:
                 optimizer.add_param_group(group)
         return optimizer
+
+    def create_model_card(self, dataset: str | None = None, dataset_id: str | None = None, **kwargs) -> None:
+        """README.md (hf_vit's card: `dataset` names the data, `dataset_id` is its Hub id if it has one) and the
+        training curves it shows, in the output directory."""
+        if self.card_template is None:
+            raise ValueError("No card_template was given to the trainer: it writes hf_vit model cards only")
+        if self.is_world_process_zero():
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            plot_training_curves(self.state.log_history, os.path.join(self.args.output_dir, CURVES_FILE))
+            load_id = (self.args.hub_model_id if self.args.push_to_hub else None) or self.args.output_dir
+            write_model_card(self.args.output_dir, self.model, self.card_template, dataset=dataset, dataset_id=dataset_id,
+                             training_args=self.args, log_history=self.state.log_history, load_id=load_id,
+                             recipe=self.recipe_summary, curves=CURVES_FILE, extra_fields=self.card_fields)  # fmt: skip
+
+
+    def train_and_evaluate(self, resume_from_checkpoint=None) -> dict:
+        """Train, save the model, evaluate; log and save the train and eval metrics and the trainer state. Returns the
+        eval metrics."""
+        train_result = self.train(resume_from_checkpoint=resume_from_checkpoint)
+        self.save_model()
+        self.log_metrics("train", train_result.metrics)
+        self.save_metrics("train", train_result.metrics)
+        metrics = self.evaluate()
+        self.log_metrics("eval", metrics)
+        self.save_metrics("eval", metrics)
+        self.save_state()
+        return metrics
+
+    def publish(self, dataset: str, dataset_id: str | None) -> None:
+        """Push the output directory with its card to the Hub when `args.push_to_hub`, else write the card there."""
+        if self.args.push_to_hub:
+            self.push_to_hub(dataset=dataset, dataset_id=dataset_id)
+        else:
+            self.create_model_card(dataset=dataset, dataset_id=dataset_id)
+
+
+class PretrainingTrainer(HfViTTrainer):
+    """`HfViTTrainer` for masked-image-modeling models: there are no labels, and evaluation reports the
+    reconstruction loss (`eval_loss`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.can_return_loss = True  # the Trainer computes an eval loss without labels only when told so
+
+
+class ImageClassificationTrainer(HfViTTrainer):
+    """`HfViTTrainer` for hf_vit classifiers.
+
+    - a frozen `teacher` (any image classifier) adds `teacher_logits` to every training batch, computed on the
+      same (augmented, mixed) images after `teacher_inputs` re-expresses them for it;
+    - `batch_mixer` applies Mixup / CutMix / label smoothing to training batches only;
+    - `repeated_augmentation` > 1 uses `RepeatedAugmentationSampler`;
+    - with an `ema_decay` (0 or None: none), evaluation and the saved model use the averaged weights.
+    """
+
+    def __init__(self, *args, teacher=None, teacher_inputs=None, batch_mixer=None, repeated_augmentation=1,
+                 ema_decay=None, **kwargs):  # fmt: skip
+        super().__init__(*args, **kwargs)
+        self.teacher = None
+        if teacher is not None:
+            check_teacher_labels(teacher.config, self.model.config)
+            self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self.teacher_inputs = teacher_inputs or (lambda pixel_values: pixel_values)
+        unset = [name for name in TRAINING_INGREDIENTS if getattr(self.args, name) is None]
+        if unset:
+            raise ValueError(f"{unset} unset: give them, or let hf_vit.recipes.resolve_recipe choose them first")
+        self.batch_mixer = batch_mixer if batch_mixer is not None and batch_mixer.active else None
+        self.repeated_augmentation = repeated_augmentation
+        self.ema = None
+        if ema_decay:
+            self.ema = ModelEMA(self.model, ema_decay)
+            self.add_callback(EMACallback(self.ema))
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.repeated_augmentation > 1:
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return RepeatedAugmentationSampler(len(dataset), self.repeated_augmentation, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
@@ -412,16 +504,3 @@ class ImageClassificationTrainer(Trainer):
             return
         with self.ema.applied_to(self.model):
             return super().save_model(output_dir, _internal_call)
-
-    def create_model_card(self, dataset: str | None = None, dataset_id: str | None = None, **kwargs) -> None:
-        """README.md (hf_vit's card: `dataset` names the data, `dataset_id` is its Hub id if it has one) and the
-        training curves it shows, in the output directory."""
-        if self.card_template is None:
-            raise ValueError("No card_template was given to the trainer: it writes hf_vit model cards only")
-        if self.is_world_process_zero():
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            plot_training_curves(self.state.log_history, os.path.join(self.args.output_dir, CURVES_FILE))
-            load_id = (self.args.hub_model_id if self.args.push_to_hub else None) or self.args.output_dir
-            write_model_card(self.args.output_dir, self.model, self.card_template, dataset=dataset, dataset_id=dataset_id,
-                             training_args=self.args, log_history=self.state.log_history, load_id=load_id,
-                             recipe=self.recipe_summary, curves=CURVES_FILE)  # fmt: skip

@@ -1,8 +1,10 @@
 """Benchmark hf_vit against timm and transformers: images/s (inference and training), the Swin resolution growth,
-training-step peak memory with and without gradient checkpointing, and torch.compile.
+training-step peak memory with and without gradient checkpointing, torch.compile, and the ONNX export in
+onnxruntime against PyTorch eager.
 
-    python scripts/benchmark.py                       # CPU fp32, every suite but compile
+    python scripts/benchmark.py                       # CPU fp32, every suite but compile and export
     python scripts/benchmark.py --suite compile       # torch.compile speed and graph breaks
+    python scripts/benchmark.py --suite export        # ViT-S/16 in onnxruntime vs PyTorch eager, batch 1 and 8
     python scripts/benchmark.py --device cuda --amp bf16 --suite inference train compile --json gpu.json
 """
 
@@ -15,12 +17,12 @@ import torch
 from hf_vit.lessons import benchmark
 from hf_vit.lessons.report import markdown_table
 
-SUITES = ("inference", "train", "swin", "memory", "compile")
+SUITES = ("inference", "train", "swin", "memory", "compile", "export")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", nargs="+", choices=SUITES, default=[s for s in SUITES if s != "compile"])
+    parser.add_argument("--suite", nargs="+", choices=SUITES, default=[s for s in SUITES if s not in ("compile", "export")])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype (default: fp32)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's choice)")
@@ -57,6 +59,9 @@ def main(argv=None) -> int:
         results["swin_growth"] = benchmark.swin_resolution_growth(["hf_swin", "timm"], repeats=max(3, args.repeats // 2))
         for name, figures in results["swin_growth"].items():
             print(f"swin_t {name}: " + ", ".join(f"{key} {value:.3f}" for key, value in figures.items()))
+    if "export" in args.suite:
+        results["export"] = benchmark.export_speed(repeats=args.repeats)
+        print(markdown_table(results["export"], ["family", "batch_size", "implementation", "images_per_s", "onnxruntime_ratio"]))
     if "memory" in args.suite:
         memory = benchmark.checkpointing_memory("vit_b16", ["hf_vit", "timm", "transformers"], 32, args.device)
         results["memory_vit_b16_batch32"] = memory

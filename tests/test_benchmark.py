@@ -26,3 +26,12 @@ def test_memory_probe_sees_gradient_checkpointing_shrink_the_step_and_repeats_it
 
 def test_the_vit_compiles_as_one_graph():
     assert benchmark.graph_breaks("vit_cifar", "hf_vit") == 0
+
+
+def test_export_speed_times_onnxruntime_against_pytorch_on_the_same_export():
+    rows = benchmark.export_speed(batch_sizes=(1, 2), repeats=2, family="vit_cifar")
+    assert [(row["implementation"], row["batch_size"]) for row in rows] == [
+        ("pytorch eager", 1), ("onnxruntime", 1), ("pytorch eager", 2), ("onnxruntime", 2)]
+    assert all(row["images_per_s"] > 0 for row in rows)
+    for eager, onnx in (rows[:2], rows[2:]):
+        assert eager["onnxruntime_ratio"] == onnx["onnxruntime_ratio"] == pytest.approx(onnx["images_per_s"] / eager["images_per_s"])

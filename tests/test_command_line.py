@@ -76,7 +76,7 @@ def test_help_shows_the_newcomers_flags_first_then_model_data_recipe_and_trainer
     assert [flag for flag in START_HERE if f"  {flag} " in start_here] == list(START_HERE)
     assert "--output_dir" not in text[order[-1]:]  # moved, not repeated
     assert text.splitlines()[0].startswith("usage: ") and len(text.splitlines()[0]) < 200
-    model_args, data_args, training_args, recipe_args = parse_args(["--output_dir", "x", "--train_dir", "d", "--recipe", "plain"])
+    model_args, data_args, training_args, recipe_args, lora_args = parse_args(["--output_dir", "x", "--train_dir", "d", "--recipe", "plain"])
     assert (training_args.output_dir, data_args.train_dir, recipe_args.recipe) == ("x", "d", "plain")
 
 

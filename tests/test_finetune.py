@@ -14,7 +14,8 @@ from transformers import AutoModelForImageClassification, TrainerCallback, pipel
 
 from conftest import HUB_TOKEN, REPO_ROOT
 from hf_vit.data import load_digits_splits
-from hf_vit.finetune import finetune, parse_args, parse_config_overrides
+from hf_vit.cli import parse_config_overrides
+from hf_vit.finetune import finetune, parse_args
 from test_ecosystem import run_without_hf_vit
 
 SCRIPTS = REPO_ROOT / "scripts"
@@ -168,6 +169,7 @@ def test_two_processes_under_accelerate_launch_train_one_model(tmp_path):
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")  # fmt: skip
     result = run_script(["--output_dir", str(output_dir), "--num_train_epochs", "1", *FAST], launcher=launcher)
     assert result.stdout.count("eval: accuracy") == 1  # only the main process reports
+    assert "find_unused_parameters=True was specified" not in result.stderr  # the model uses every parameter
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 1  # 128 images / (64 per process x 2 processes): one data-parallel step
     saved = [p for p in output_dir.rglob("model.safetensors") if "checkpoint-" not in str(p)]

@@ -84,3 +84,31 @@ def test_attention_rollout_script_and_distillation_prefix(tmp_path):
     per_layer, rollout = attention_rollout(deit, torch.randn(1, 3, 32, 32))
     assert per_layer.shape == (4, 8, 8) and rollout.shape == (8, 8)
     assert 0 < rollout.sum() < 1  # the CLS row minus what stays on the two prefix tokens
+
+
+def test_segmentation_lesson_trains_upernet_on_both_backbones_and_draws_masks(tmp_path):
+    from hf_vit.lessons.segmentation import digit_canvases, segmentation_scores
+
+    canvases = digit_canvases("validation", 4, seed=3)
+    first = canvases[0]
+    assert first["pixel_values"].shape == (3, 32, 32) and first["labels"].shape == (32, 32)
+    cells = first["labels"].reshape(4, 8, 4, 8).permute(0, 2, 1, 3).reshape(16, 64)  # the 8 px cells digits sit in
+    assert 2 <= int((cells > 0).any(dim=1).sum()) <= 3  # two or three digits, labelled with their class + 1
+    assert all(len(set(cell[cell > 0].tolist())) <= 1 for cell in cells)
+    labels = canvases[:]["labels"].numpy()
+    assert segmentation_scores(labels, labels) == {"mean_iou": 1.0, "pixel_accuracy": 1.0, "digit_iou": 1.0}
+    run("segmentation.py", "--output_dir", str(tmp_path), "--train_canvases", "32", "--eval_canvases", "8", "--epochs", "1")
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [row["backbone"] for row in rows] == ["hf_vit + simple feature pyramid", "hf_swin"]
+    assert all(0 <= row["mean_iou"] <= 1 and 0 <= row["pixel_accuracy"] <= 1 for row in rows)
+    assert (tmp_path / "masks.png").stat().st_size > 0
+
+
+def test_pretraining_study_pretrains_then_fine_tunes_against_scratch(tmp_path):
+    run("pretraining_study.py", "--output_dir", str(tmp_path), "--runs", "ViT from scratch", "ViT, SimMIM-pretrained",
+        "--fractions", "0.05", "--seeds", "0", "--pretrain_epochs", "1", "--finetune_epochs", "1")
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(row["run"], row["labelled_images"]) for row in rows] == [("ViT from scratch", 72), ("ViT, SimMIM-pretrained", 72)]
+    assert all(0 <= row["mean_accuracy"] <= 1 for row in rows)
+    assert (tmp_path / "pretraining.png").is_file() and (tmp_path / "simmim" / "reconstructions.png").is_file()
+    assert json.loads((tmp_path / "simmim" / "config.json").read_text())["mask_ratio"] == 0.6

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from hf_vit.finetune import parse_args, parse_config_overrides
+from hf_vit.cli import parse_config_overrides
+from hf_vit.finetune import parse_args
 from hf_vit.recipes import (
     DEIT_REGULARISERS,
     INGREDIENTS,
@@ -25,7 +26,7 @@ IMAGENET = dataclasses.replace(DIGITS, num_train_images=1_281_167, num_train_epo
 
 
 def resolve(recipe: str, facts: RunFacts, *flags: str):
-    model_args, _, training_args, recipe_args = parse_args(["--output_dir", "unused", "--recipe", recipe, *flags])
+    model_args, _, training_args, recipe_args, _ = parse_args(["--output_dir", "unused", "--recipe", recipe, *flags])
     return resolve_recipe(recipe_args, training_args, parse_config_overrides(model_args.config_overrides), facts)
 
 

@@ -16,6 +16,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -27,6 +28,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, DeiTForIma
 
 from ..configuration_deit import DEIT_PRESETS
 from ..configuration_vit import VIT_PRESETS
+from ..export import ONNX_FILE, export_model
 from ..families import FAMILIES
 from .loop import logits_of
 
@@ -306,3 +308,28 @@ def graph_breaks(family: str, implementation: str) -> int:
     pixels = torch.randn(1, 3, MODELS[family][0], MODELS[family][0])
     with torch.no_grad():
         return torch._dynamo.explain(model)(pixels).graph_break_count
+
+
+def export_speed(batch_sizes=(1, 8), repeats: int = 7, family: str = "vit_s16") -> list[dict]:
+    """Inference images/s of hf_vit's ONNX export (dynamic batch and size) in onnxruntime on the CPU against the same
+    model in PyTorch eager, timed interleaved; rows with the ratio onnxruntime / PyTorch."""
+    import onnxruntime
+
+    model = build(family, "hf_vit" if family.startswith("vit") else next(iter(MODELS[family][1]))).eval()
+    image_size = MODELS[family][0]
+    with tempfile.TemporaryDirectory() as directory:
+        export_model(model, directory)
+        session = onnxruntime.InferenceSession(os.path.join(directory, ONNX_FILE), providers=["CPUExecutionProvider"])
+    steps = {}
+    for batch_size in batch_sizes:
+        pixels = torch.randn(batch_size, 3, image_size, image_size).numpy()
+        steps[("pytorch eager", batch_size)] = inference_step(model, batch_size, image_size)
+        steps[("onnxruntime", batch_size)] = partial(session.run, None, {"pixel_values": pixels})
+    seconds = interleaved_medians(steps, repeats, desc=f"{family} export")
+    return [
+        dict(family=family, mode="inference", batch_size=batch_size, implementation=name,
+             images_per_s=batch_size / seconds[(name, batch_size)],
+             onnxruntime_ratio=seconds[("pytorch eager", batch_size)] / seconds[("onnxruntime", batch_size)])  # fmt: skip
+        for name, batch_size in steps
+    ]
+

@@ -1,0 +1,186 @@
+"""hf_vit checkpoints as ONNX models and `torch.export` programs, checked against PyTorch with onnxruntime.
+
+    export_checkpoint(model_name_or_path, output_dir)  -> report: files, dynamic axes, the largest differences
+
+Every family exports with a dynamic batch. Image height and width are dynamic too where the graph can follow
+them: ViT, DeiT and the hybrid resample their position embeddings inside the graph (any multiple of the patch
+size, or of the backbone's stride); Swin takes multiples of its padding-free size, patch_size * 2**(stages - 1)
+* window_size (224 for Swin-T), where every window is whole. onnx, onnxscript and onnxruntime are imported when
+an export runs (`pip install hf_vit[export]`).
+"""
+
+import json
+import os
+
+import torch
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+
+from .cli import check_local_path
+from .configuration_utils import to_2tuple
+
+ONNX_FILE, PROGRAM_FILE, REPORT_FILE = "model.onnx", "model.pt2", "export_report.json"
+TOLERANCE = 1e-4  # the largest |onnxruntime - PyTorch| an export may show
+
+
+class ExportedForward(torch.nn.Module):
+    """What the exported graph computes: (B, C, H, W) pixel values -> logits (a classifier) or (last_hidden_state,
+    pooler_output) (a base model), at other sizes too (`interpolate_pos_encoding`) where the model resamples."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.resamples = "interpolate_pos_encoding" in model.forward.__code__.co_varnames
+
+    def forward(self, pixel_values):
+        kwargs = {"interpolate_pos_encoding": True} if self.resamples else {}
+        output = self.model(pixel_values, return_dict=True, **kwargs)
+        return output.logits if hasattr(output, "logits") else (output.last_hidden_state, output.pooler_output)
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["logits"] if self.model.config.num_labels and hasattr(self.model, "classifier") else ["last_hidden_state", "pooler_output"]
+
+
+def load_model(model_name_or_path: str, trust_remote_code: bool = False):
+    """The checkpoint's classifier (or its base model, for a checkpoint without a head), in eval mode, with SDPA or
+    eager attention (the kernels torch.export can trace)."""
+    check_local_path(model_name_or_path, "--model_name_or_path")
+    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    architecture = (config.architectures or [""])[0]
+    auto_class = AutoModelForImageClassification if architecture.endswith("ForImageClassification") else AutoModel
+    return auto_class.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code).eval()
+
+
+def check_exportable(model) -> None:
+    """Options that cannot be exported, named: an attention kernel outside PyTorch (flash, flex), a model in training
+    mode (stochastic depth and dropout would be frozen into the graph)."""
+    kernel = model.config._attn_implementation
+    if kernel not in ("sdpa", "eager"):
+        raise ValueError(f"attn_implementation={kernel!r} cannot be exported: load the model with 'sdpa' or 'eager'")
+    if model.training:
+        raise ValueError("the model is in training mode (dropout, stochastic depth): call model.eval() before exporting")
+
+
+def size_step(model) -> tuple[tuple[int, int], bool]:
+    """((h, w) the exported image sides are multiples of, whether they may differ from the traced size)."""
+    config = model.config
+    if getattr(config, "window_size", None) is not None:  # Swin: whole windows at every stage
+        step = config.total_stride * config.window_size
+        return (step, step), True
+    embeddings = model.base_model.patch_embeddings
+    return tuple(embeddings.input_multiple), True
+
+
+def example_size(model) -> tuple[int, int]:
+    """The traced image size: the config's, rounded down to a multiple of the export step (Swin's may not be one),
+    and at least two steps (torch.export fixes a dimension traced at one step to that size)."""
+    step_h, step_w = size_step(model)[0]
+    height, width = to_2tuple(model.config.image_size)
+    return max(2 * step_h, height // step_h * step_h), max(2 * step_w, width // step_w * step_w)
+
+
+def dynamic_shapes(model, dynamic_image_size: bool) -> dict:
+    """torch.export's dynamic dimensions: the batch, and the sides as multiples of the step (a step of one pixel,
+    the hybrid's CNN: any side the CNN takes, its range found by torch.export)."""
+    (step_h, step_w), resizable = size_step(model)
+    axes = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if dynamic_image_size and resizable:
+        for axis, step, name in ((2, step_h, "rows"), (3, step_w, "columns")):
+            axes[axis] = torch.export.Dim.AUTO if step == 1 else step * torch.export.Dim(name, min=1, max=4096 // step)
+    return {"pixel_values": axes}
+
+
+def dynamic_axes(program) -> dict:
+    """{axis: "symbol in [low, high]"} of the program's input: what sizes the exported graph takes."""
+    shape = program.graph_signature.user_inputs and next(
+        node.meta["val"].shape for node in program.graph.nodes if node.op == "placeholder" and node.name in program.graph_signature.user_inputs
+    )
+    axes = {}
+    for axis, size in enumerate(shape):
+        if isinstance(size, torch.SymInt):
+            symbols = size.node.expr.free_symbols
+            ranges = [program.range_constraints[symbol] for symbol in symbols if symbol in program.range_constraints]
+            bounds = f" ({', '.join(f'{symbol} in [{r.lower}, {r.upper}]' for symbol, r in zip(symbols, ranges))})" if ranges else ""
+            axes[str(axis)] = f"{size.node.expr}{bounds}"
+    return axes
+
+
+def export_model(model, output_dir: str, dynamic_image_size: bool = True):
+    """Write `model.pt2` (torch.export) and `model.onnx` (torch.onnx's dynamo exporter) to `output_dir`.
+    Returns (the exported forward, the exported program)."""
+    check_exportable(model)
+    forward = ExportedForward(model).eval()
+    height, width = example_size(model)
+    example = torch.randn(2, model.config.num_channels, height, width)
+    shapes = dynamic_shapes(model, dynamic_image_size)
+    with torch.no_grad():
+        program = torch.export.export(forward, (example,), dynamic_shapes=shapes, strict=False)
+    os.makedirs(output_dir, exist_ok=True)
+    torch.export.save(program, os.path.join(output_dir, PROGRAM_FILE))
+    onnx_program = torch.onnx.export(program, (example,), input_names=["pixel_values"], output_names=forward.output_names,
+                                     dynamo=True, verbose=False)  # fmt: skip
+    onnx_program.save(os.path.join(output_dir, ONNX_FILE))
+    return forward, program
+
+
+def check_with_onnxruntime(forward, onnx_path: str, sizes, batch_sizes=(1, 3), tolerance: float = TOLERANCE) -> dict:
+    """Run the ONNX model with onnxruntime on the CPU and PyTorch on random pixels of every (batch, size); returns
+    {"B x H x W": largest difference} and raises a ValueError when one exceeds `tolerance`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    differences = {}
+    generator = torch.Generator().manual_seed(0)
+    for height, width in sizes:
+        for batch_size in batch_sizes:
+            pixels = torch.randn(batch_size, forward.model.config.num_channels, height, width, generator=generator)
+            with torch.no_grad():
+                expected = forward(pixels)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            got = session.run(None, {"pixel_values": pixels.numpy()})
+            differences[f"{batch_size} x {height} x {width}"] = max(
+                float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected)
+            )
+    worst = max(differences, key=differences.get)
+    if differences[worst] > tolerance:
+        raise ValueError(f"onnxruntime differs from PyTorch by {differences[worst]:.2e} at {worst} (tolerance {tolerance:g})")
+    return differences
+
+
+def check_sizes(model, sizes, dynamic_image_size: bool) -> list[tuple[int, int]]:
+    """The (h, w) sizes to check: `sizes` (each a side or "HxW"), every one a multiple of the export step, or the
+    traced size and, with dynamic sides, one step more."""
+    (step_h, step_w), _ = size_step(model)
+    traced = example_size(model)
+    if not sizes:
+        return [traced, (traced[0] + step_h, traced[1] + step_w)] if dynamic_image_size else [traced]
+    checked = []
+    for size in sizes:
+        height, width = (int(part) for part in str(size).lower().split("x")) if "x" in str(size) else (int(size),) * 2
+        if height % step_h or width % step_w or (not dynamic_image_size and (height, width) != traced):
+            allowed = f"multiples of {step_h}x{step_w}" if dynamic_image_size else f"{traced[0]}x{traced[1]} (static sizes)"
+            raise ValueError(f"--check_sizes {size}: this export takes {allowed}")
+        checked.append((height, width))
+    return checked
+
+
+def export_checkpoint(model_name_or_path: str, output_dir: str, dynamic_image_size: bool = True, sizes=None,
+                      trust_remote_code: bool = False) -> dict:  # fmt: skip
+    """Export a checkpoint (directory or Hub id) to `output_dir`: model.onnx, model.pt2, its image processor, and
+    export_report.json (dynamic axes, onnxruntime's largest difference per checked size). Bad input and an
+    export that does not match PyTorch raise a ValueError naming the problem; files are written only after every
+    check before the export passed."""
+    model = load_model(model_name_or_path, trust_remote_code)
+    check_exportable(model)
+    sizes = check_sizes(model, sizes, dynamic_image_size)
+    forward, program = export_model(model, output_dir, dynamic_image_size)
+    differences = check_with_onnxruntime(forward, os.path.join(output_dir, ONNX_FILE), sizes)
+    AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code).save_pretrained(output_dir)
+    report = dict(
+        source=model_name_or_path, model_type=model.config.model_type, outputs=forward.output_names,
+        dynamic_axes=dynamic_axes(program),
+        size_step=list(size_step(model)[0]), max_abs_difference=differences, files=[ONNX_FILE, PROGRAM_FILE],
+    )  # fmt: skip
+    with open(os.path.join(output_dir, REPORT_FILE), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
