@@ -1,8 +1,9 @@
 """hf_vit: Vision Transformers as first-class Hugging Face transformers models.
 
 Importing the package registers every family (`families.FAMILIES`) with the Auto classes, so `AutoConfig`,
-`AutoModel`, `AutoModelForImageClassification`, `AutoImageProcessor` and `AutoBackbone` resolve the
-`hf_*` model types, and checkpoints carry their code.
+`AutoModel`, `AutoModelForImageClassification`, `AutoImageProcessor`, `AutoBackbone`, `AutoModelForPreTraining`
+(MAE) and `AutoModelForMaskedImageModeling` (SimMIM) resolve the `hf_*` model types, and checkpoints carry their
+code.
 """
 
 from .configuration_deit import DEIT_PRESETS, HfDeiTConfig

@@ -1,24 +1,30 @@
 """Datasets and on-the-fly transforms for the training scripts.
 
     load_splits(...)          -> DatasetDict(train, validation) with an image column and a ClassLabel column
-                                 (`labelled=False`: the image column alone, for pretraining)
+                                 (`labelled=False`: the image column alone, for pretraining), every image checked
+    load_stream(...)          -> (training IterableDataset, evaluation Dataset) for --streaming
+    load_training_data(...)   -> TrainingData: either of the above, with the transforms to attach
     make_image_processor(...) -> the ViTImageProcessor saved with every checkpoint (size, mean, std)
     set_transforms(...)       -> torchvision v2 pipelines applied lazily with `Dataset.set_transform`
 
 How strongly training images are augmented is the recipe's choice (`recipes.py`); this module applies it.
 """
 
+import hashlib
 import io
+import multiprocessing
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+import torchvision
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, IterableDataset, IterableDatasetDict, load_dataset
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image as PILImage
+from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
+from torchvision.transforms.v2.functional import pil_to_tensor
 from transformers import ViTImageProcessor
 from transformers.utils import logging
 
@@ -28,6 +34,7 @@ from .configuration_utils import to_2tuple
 logger = logging.get_logger(__name__)
 
 DIGITS = "digits"
+PARALLEL_CHECK_FROM = 5_000  # images in a split from which opening them all is worth a pool of processes
 IMAGE_EXTENSIONS = set(ImageFolder.EXTENSIONS)  # the files `imagefolder` reads
 
 
@@ -54,6 +61,22 @@ class DataArguments:
     image_size: int | None = field(
         default=None, metadata={"help": "Train and evaluate at this size (default: the model's image_size)."}
     )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the training images as a stream (datasets' IterableDataset): no pass over the data before "
+                  "training, a shuffle buffer, each process its share; needs --max_steps. Unreadable images are skipped "
+                  "and counted."},
+    )  # fmt: skip
+    shuffle_buffer_size: int = field(default=1000, metadata={"help": "--streaming: images in the shuffle buffer."})
+    skip_unreadable_images: bool = field(
+        default=False,
+        metadata={"help": "Leave out (and count) images that cannot be read instead of stopping before training."},
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "Processes that open every image before training (default: the cores, for splits of more "
+                  f"than {PARALLEL_CHECK_FROM:,} images)."},
+    )  # fmt: skip
 
     @property
     def uses_embedded_digits(self) -> bool:
@@ -83,17 +106,14 @@ def load_digits_splits(seed: int = 0) -> DatasetDict:
     return DatasetDict(train=split(train_idx), validation=split(val_idx))
 
 
-def load_splits(args: DataArguments, seed: int = 0, labelled: bool = True) -> DatasetDict:
-    """Train and validation splits with `args.image_column_name` and a ClassLabel `args.label_column_name` (only
-    the image column when not `labelled`: unlabelled images for pretraining).
-
-    Sources, by precedence: `dataset_name` (Hub id or local dir), `train_dir`/`validation_dir` (imagefolder),
-    else the embedded digits. Raises ValueError naming a missing path or column, or an empty split.
-    """
+def open_source(args: DataArguments, seed: int = 0, streaming: bool = False):
+    """The splits of the data `args` name, as they come (a DatasetDict, or an IterableDatasetDict when
+    `streaming`). Sources, by precedence: `dataset_name` (Hub id or local dir), `train_dir`/`validation_dir`
+    (imagefolder), else the embedded digits. Raises naming a missing path, or a folder without images."""
     if args.dataset_name is not None:
         check_local_path(args.dataset_name, "--dataset_name")
-        splits = load_dataset(args.dataset_name, args.dataset_config_name)
-    elif args.train_dir is not None or args.validation_dir is not None:
+        return load_dataset(args.dataset_name, args.dataset_config_name, streaming=streaming)
+    if args.train_dir is not None or args.validation_dir is not None:
         data_files = {}
         for split, directory in (("train", args.train_dir), ("validation", args.validation_dir)):
             if directory is None:
@@ -104,20 +124,35 @@ def load_splits(args: DataArguments, seed: int = 0, labelled: bool = True) -> Da
             if not any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for _, _, names in os.walk(directory) for name in names):
                 raise ValueError(f"{flag} {directory!r} holds no image files")
             data_files[split] = os.path.join(directory, "**")
-        splits = load_dataset("imagefolder", data_files=data_files)
-    else:
-        splits = load_digits_splits(seed)
+        return load_dataset("imagefolder", data_files=data_files, streaming=streaming)
+    splits = load_digits_splits(seed)
+    return IterableDatasetDict({name: split.to_iterable_dataset() for name, split in splits.items()}) if streaming else splits
 
+
+def check_columns(splits, columns) -> None:
+    """Every split has every one of `columns`: else a ValueError naming the missing column and the ones there are."""
+    if "train" not in splits:
+        raise ValueError(f"The dataset has no 'train' split; it has {list(splits)}")
+    for split in splits.values():
+        names = split.column_names or list(split.features or {})
+        for column in columns:
+            if column not in names:
+                raise ValueError(
+                    f"Column {column!r} not found in the dataset; its columns are {names}. "
+                    "Choose others with --image_column_name / --label_column_name."
+                )
+
+
+def load_splits(args: DataArguments, seed: int = 0, labelled: bool = True) -> DatasetDict:
+    """Train and validation splits with `args.image_column_name` and a ClassLabel `args.label_column_name` (only
+    the image column when not `labelled`: unlabelled images for pretraining), every image checked readable (see
+    `open_source` for where they come from). Raises ValueError naming a missing path or column, or an empty split.
+    """
+    splits = open_source(args, seed)
     if "train" not in splits:
         raise ValueError(f"The dataset has no 'train' split; it has {list(splits)}")
     columns = (args.image_column_name, args.label_column_name) if labelled else (args.image_column_name,)
-    for split in splits.values():
-        for column in columns:
-            if column not in split.column_names:
-                raise ValueError(
-                    f"Column {column!r} not found in the dataset; its columns are {split.column_names}. "
-                    "Choose others with --image_column_name / --label_column_name."
-                )
+    check_columns(splits, columns)
     splits = DatasetDict({name: split.select_columns(list(columns)) for name, split in splits.items()})
     if not len(splits["train"]):
         raise ValueError(f"The dataset's train split has no images (columns {list(columns)})")
@@ -138,9 +173,93 @@ def load_splits(args: DataArguments, seed: int = 0, labelled: bool = True) -> Da
         count = min(args.max_eval_samples, len(splits["validation"]))
         splits["validation"] = splits["validation"].select(range(count))
     splits = splits.cast_column(args.image_column_name, Image(decode=False))
-    for name, split in splits.items():
-        check_images_readable(split, args.image_column_name, name)
+    return drop_unreadable(splits, args)
+
+
+def drop_unreadable(splits: DatasetDict, args: DataArguments) -> DatasetDict:
+    """`splits` without their unreadable images when `args.skip_unreadable_images` (counted in a warning); else
+    a ValueError naming them all."""
+    errors = {name: unreadable_in(split, args.image_column_name, name, args.preprocessing_num_workers)
+              for name, split in splits.items()}  # fmt: skip
+    found = [error for split_errors in errors.values() for _, error in split_errors]
+    if found:
+        listed = "; ".join(found[:10]) + (f"; ... and {len(found) - 10} more" if len(found) > 10 else "")
+        if not args.skip_unreadable_images:
+            raise ValueError(f"{len(found)} unreadable image(s): {listed}. Remove them, or pass --skip_unreadable_images "
+                             "to leave them out")  # fmt: skip
+        logger.warning("Leaving out %d unreadable image(s): %s", len(found), listed)
+        for name, split_errors in errors.items():
+            bad = {index for index, _ in split_errors}
+            splits[name] = splits[name].select([index for index in range(len(splits[name])) if index not in bad])
     return splits
+
+
+STREAM_EVAL_SAMPLES = 1000  # evaluation images taken from the head of a stream that has no evaluation split
+
+
+def check_streaming(args: DataArguments, training_args) -> None:
+    """A stream has no length: `--streaming` needs `--max_steps`."""
+    if args.streaming and training_args.max_steps <= 0:
+        raise ValueError("--streaming needs --max_steps (a stream has no length to count epochs in)")
+
+
+def load_stream(args: DataArguments, seed: int = 0, labelled: bool = True):
+    """(training stream, evaluation Dataset) for `--streaming`: the training split as a shuffled `IterableDataset`
+    of undecoded images, nothing read ahead; the evaluation split map-style (its images checked): the source's own,
+    else the first `max_eval_samples` (default `STREAM_EVAL_SAMPLES`) images of the stream, which training leaves
+    out by name (path or content, so however the stream is later split between processes)."""
+    source = open_source(args, seed, streaming=True)
+    columns = (args.image_column_name, args.label_column_name) if labelled else (args.image_column_name,)
+    check_columns(source, columns)
+    source = IterableDatasetDict({name: split.select_columns(list(columns)) for name, split in source.items()})
+    train = source["train"]
+    if labelled and not isinstance(train.features[args.label_column_name], ClassLabel):
+        raise ValueError(f"--streaming needs the label column {args.label_column_name!r} to be a ClassLabel (its classes "
+                         "known before reading the stream); it is {train.features[args.label_column_name]}")  # fmt: skip
+    count = args.max_eval_samples or STREAM_EVAL_SAMPLES
+    name = next((name for name in ("validation", "val", "valid", "test") if name in source), None)
+    evaluation = source[name] if name is not None else train
+    validation = Dataset.from_list(list(evaluation.take(count)), features=evaluation.features)
+    validation = validation.cast_column(args.image_column_name, Image(decode=False))
+    train = train.cast_column(args.image_column_name, Image(decode=False))
+    if name is None:
+        held_out = {image_key(value) for value in validation[args.image_column_name]}
+        train = train.filter(lambda example: image_key(example[args.image_column_name]) not in held_out)
+    validation = drop_unreadable(DatasetDict(validation=validation), args)["validation"]
+    return train.shuffle(seed=seed, buffer_size=args.shuffle_buffer_size), validation
+
+
+def image_key(value: dict) -> str:
+    """What identifies an undecoded image: its path, else a digest of its bytes."""
+    return value.get("path") or hashlib.sha1(value["bytes"]).hexdigest()
+
+
+class DecodingCollator:
+    """The collator of a stream: decodes and transforms each raw example (`transform`: PIL image -> tensor) in the
+    process (or data-loading worker) that trains on it, and leaves out, with a warning, every image that cannot be
+    read, counting it in `skipped` (a `multiprocessing.Value` the workers share). Examples already transformed (the
+    evaluation split's) are collated as they are."""
+
+    def __init__(self, transform, num_channels: int, args: DataArguments, skipped, labelled: bool = True):
+        self.transform, self.num_channels, self.args = transform, num_channels, args
+        self.skipped, self.labelled = skipped, labelled
+
+    def __call__(self, examples: list[dict]) -> dict:
+        ready = []
+        for example in examples:
+            if "pixel_values" not in example:
+                try:
+                    pixel_values = self.transform(decode_image(example[self.args.image_column_name], self.num_channels))
+                except ValueError as error:
+                    logger.warning("Skipping an unreadable image of the stream: %s", error)
+                    with self.skipped.get_lock():
+                        self.skipped.value += 1
+                    continue
+                example = {"pixel_values": pixel_values, **({"labels": example[self.args.label_column_name]} if self.labelled else {})}
+            ready.append(example)
+        if not ready:
+            raise ValueError(f"Every image of a batch of {len(examples)} from the stream was unreadable")
+        return collate(ready)
 
 
 def check_class_folders(train_dir: str, train: Dataset, label_column: str) -> None:
@@ -182,10 +301,41 @@ def open_image(value) -> PILImage.Image:
         raise ValueError(f"Cannot read image {name}: {error}") from error
 
 
-def check_images_readable(split: Dataset, column: str, split_name: str) -> None:
-    """Open every image once before training starts, so a bad file fails fast and nothing is half-written."""
-    for value in tqdm(split[column], desc=f"Checking {split_name} images", leave=False, disable=len(split) < 5000):
-        open_image(value)
+def decode_image(value, num_channels: int) -> torch.Tensor:
+    """One undecoded `datasets.Image` value -> a (C, H, W) uint8 tensor with `num_channels` (3: RGB, 1: gray),
+    decoded once, straight into the tensor the transforms work on (torchvision's decoders: JPEG, PNG, WebP, GIF);
+    other formats go through PIL. A file that cannot be read is a ValueError naming it."""
+    try:
+        data = value["bytes"] if value.get("bytes") is not None else open(value["path"], "rb").read()
+        return torchvision.io.decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                           mode=ImageReadMode.RGB if num_channels == 3 else ImageReadMode.GRAY)  # fmt: skip
+    except (RuntimeError, OSError):  # not a format torchvision decodes, or not an image at all: PIL says which
+        return pil_to_tensor(open_image(value).convert("RGB" if num_channels == 3 else "L"))
+
+
+def unreadable_images(batch: dict, column: str) -> dict:
+    """`datasets.map` function: the error of each image that cannot be opened ("" for the readable ones)."""
+    errors = []
+    for value in batch[column]:
+        try:
+            open_image(value)
+            errors.append("")
+        except ValueError as error:
+            errors.append(str(error))
+    return {"error": errors}
+
+
+def unreadable_in(split: Dataset, column: str, split_name: str, num_proc: int | None = None) -> list[tuple[int, str]]:
+    """(index, error) of every image of `split` that cannot be opened: each is opened once before training starts,
+    in `num_proc` processes (default: the cores for splits of more than `PARALLEL_CHECK_FROM` images), so bad files
+    are found at once and nothing is half-written."""
+    if num_proc is None:
+        num_proc = (os.cpu_count() or 1) if len(split) > PARALLEL_CHECK_FROM else None
+    checked = split.select_columns([column]).map(
+        unreadable_images, fn_kwargs={"column": column}, batched=True, batch_size=256, num_proc=num_proc,
+        remove_columns=[column], desc=f"Checking {split_name} images",
+    )  # fmt: skip
+    return [(index, error) for index, error in enumerate(checked["error"]) if error]
 
 
 def make_image_processor(image_size, num_channels: int = 3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> ViTImageProcessor:
@@ -224,7 +374,8 @@ def build_transforms(
     image_processor, num_channels: int, train: bool, crop_scale_min=0.8, hflip_prob=0.5, rand_augment_magnitude=0,
     random_erasing_prob=0.0,
 ):  # fmt: skip
-    """torchvision v2 pipeline from the processor's size, mean and std: PIL image -> (C, H, W) float tensor.
+    """torchvision v2 pipeline from the processor's size, mean and std: a (C, H, W) uint8 image (or a PIL image) ->
+    (C, H, W) float tensor; the geometry works on the uint8 pixels, the conversion to float comes last.
 
     Training: RandomResizedCrop + horizontal flip (+ RandAugment when its magnitude is above 0, + RandomErasing
     after normalisation).
@@ -266,12 +417,11 @@ def set_transforms(splits: DatasetDict, image_processor, num_channels: int, args
 
     `augmentation`: `build_transforms`' training arguments (`Ingredients.augmentation`), for the train split only.
     """
-    mode = "RGB" if num_channels == 3 else "L"
     for name, split in splits.items():
         transform = build_transforms(image_processor, num_channels, name == "train", **augmentation)
 
         def apply(batch, transform=transform):
-            images = [open_image(value).convert(mode) for value in batch[args.image_column_name]]
+            images = [decode_image(value, num_channels) for value in batch[args.image_column_name]]
             transformed = {"pixel_values": [transform(image) for image in images]}
             return {**transformed, "labels": batch[args.label_column_name]} if labelled else transformed
 
@@ -284,3 +434,40 @@ def collate(examples) -> dict:
     if "labels" in examples[0]:
         batch["labels"] = torch.tensor([example["labels"] for example in examples])
     return batch
+
+
+@dataclass
+class TrainingData:
+    """What a job trains and evaluates on: the training split (a `Dataset`, or with `--streaming` an
+    `IterableDataset`), the evaluation split (a `Dataset`), and for a stream the count of the unreadable images it
+    skipped (shared with the data-loading workers)."""
+
+    train: Dataset | IterableDataset
+    validation: Dataset
+    skipped: object = None  # multiprocessing.Value("i") for a stream
+    collator: object = collate  # the Trainer's data_collator
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.train, IterableDataset)
+
+    def set_transforms(self, image_processor, num_channels: int, args: DataArguments, labelled: bool = True, **augmentation) -> None:
+        """Decode and transform on the fly: the splits' `set_transform`, or for a stream its `DecodingCollator`;
+        `augmentation` for training only."""
+        if self.streaming:
+            transform = build_transforms(image_processor, num_channels, True, **augmentation)
+            self.collator = DecodingCollator(transform, num_channels, args, self.skipped, labelled)
+            set_transforms(DatasetDict(validation=self.validation), image_processor, num_channels, args, labelled)
+        else:
+            set_transforms(DatasetDict(train=self.train, validation=self.validation), image_processor, num_channels, args,
+                           labelled, **augmentation)  # fmt: skip
+
+
+def load_training_data(args: DataArguments, seed: int = 0, labelled: bool = True) -> TrainingData:
+    """The training and evaluation data `args` name: a stream and its evaluation split with `args.streaming`
+    (`load_stream`), else both splits, every image checked (`load_splits`)."""
+    if args.streaming:
+        train, validation = load_stream(args, seed, labelled)
+        return TrainingData(train, validation, multiprocessing.Value("i", 0))
+    splits = load_splits(args, seed, labelled)
+    return TrainingData(splits["train"], splits["validation"])

@@ -9,6 +9,7 @@ size, or of the backbone's stride); Swin takes multiples of its padding-free siz
 an export runs (`pip install hf_vit[export]`).
 """
 
+import inspect
 import json
 import os
 
@@ -29,16 +30,14 @@ class ExportedForward(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.resamples = "interpolate_pos_encoding" in model.forward.__code__.co_varnames
+        self.resamples = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+        self.classifies = hasattr(model, "classifier")
+        self.output_names = ["logits"] if self.classifies else ["last_hidden_state", "pooler_output"]
 
     def forward(self, pixel_values):
         kwargs = {"interpolate_pos_encoding": True} if self.resamples else {}
         output = self.model(pixel_values, return_dict=True, **kwargs)
-        return output.logits if hasattr(output, "logits") else (output.last_hidden_state, output.pooler_output)
-
-    @property
-    def output_names(self) -> list[str]:
-        return ["logits"] if self.model.config.num_labels and hasattr(self.model, "classifier") else ["last_hidden_state", "pooler_output"]
+        return output.logits if self.classifies else (output.last_hidden_state, output.pooler_output)
 
 
 def load_model(model_name_or_path: str, trust_remote_code: bool = False):
@@ -156,7 +155,10 @@ def check_sizes(model, sizes, dynamic_image_size: bool) -> list[tuple[int, int]]
         return [traced, (traced[0] + step_h, traced[1] + step_w)] if dynamic_image_size else [traced]
     checked = []
     for size in sizes:
-        height, width = (int(part) for part in str(size).lower().split("x")) if "x" in str(size) else (int(size),) * 2
+        parts = str(size).lower().split("x")
+        if len(parts) > 2 or not all(part.isdigit() for part in parts):
+            raise ValueError(f"--check_sizes {size}: expected a side (224) or HEIGHTxWIDTH (224x320)")
+        height, width = int(parts[0]), int(parts[-1])
         if height % step_h or width % step_w or (not dynamic_image_size and (height, width) != traced):
             allowed = f"multiples of {step_h}x{step_w}" if dynamic_image_size else f"{traced[0]}x{traced[1]} (static sizes)"
             raise ValueError(f"--check_sizes {size}: this export takes {allowed}")

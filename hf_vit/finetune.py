@@ -20,8 +20,8 @@ from .cli import (
     usage_errors,
 )  # fmt: skip
 from .data import (
-    DataArguments, collate, describe_dataset, load_splits, make_image_processor, processor_size, set_processor_size,
-    set_transforms,
+    DataArguments, check_streaming, describe_dataset, load_training_data, make_image_processor, processor_size,
+    set_processor_size,
 )  # fmt: skip
 from .families import FAMILIES, Family, family_of
 from .lora import LoraArguments, add_lora, check_lora_arguments, merged_model, trainable_fraction
@@ -29,7 +29,7 @@ from .metrics import compute_metrics
 from .recipes import RecipeArguments, RunFacts, apply_to_training, check_layer_decay, check_recipe_name, resolve_recipe
 from .trainer import (
     BatchMixer, FinetuneTrainingArguments, ImageClassificationTrainer, TeacherInputAdapter, check_backbone_learning_rate,
-    global_batch_size,
+    fsdp_requested, global_batch_size,
 )  # fmt: skip
 
 
@@ -89,7 +89,7 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
     check_recipe_name(recipe_args.recipe)
     check_layer_decay(recipe_args.layer_decay)
     overrides = parse_config_overrides(model_args.config_overrides)
-    # (--train_dir and --validation_dir: load_splits checks them before it reads anything)
+    # (--train_dir and --validation_dir: load_training_data checks them before it reads anything)
     for path, flag in ((model_args.model_name_or_path, "--model_name_or_path"),
                        (model_args.teacher_name_or_path, "--teacher_name_or_path")):  # fmt: skip
         if path is not None:
@@ -107,7 +107,13 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
             raise ValueError(f"--teacher_name_or_path needs a model that distills (--model_type hf_deit), not {family.model_type}")
         AutoConfig.from_pretrained(model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code)
     check_backbone_learning_rate(training_args, config)
+    check_streaming(data_args, training_args)
     return family, overrides
+
+
+def streamed_images(training_args) -> int:
+    """Images a streamed run trains on: --max_steps global batches."""
+    return training_args.max_steps * global_batch_size(training_args)
 
 
 def label_fields(labels: list[str]) -> dict:
@@ -169,16 +175,30 @@ def load_teacher(model_args: ModelArguments, model, image_processor):
     return teacher, teacher_inputs
 
 
-def lora_recipe(ingredients, lora_args: LoraArguments):
-    """With LoRA only the adapters and the head learn, so there are no layers to decay: the recipe's layer decay is
-    dropped, a layer decay given by hand is an error."""
-    if lora_args.lora_rank is None or ingredients.layer_decay == 1.0:
+def turn_off(ingredients, name: str, off, reason: str, flag: str):
+    """`ingredients` with `name` turned `off` for `reason` when the recipe chose it; a value given by hand that does
+    not apply is an error naming `flag` (the setting it clashes with)."""
+    if getattr(ingredients, name) == off:
         return ingredients
-    if ingredients.reasons["layer_decay"] == "given":
-        raise ValueError(f"--layer_decay {ingredients.layer_decay} does not apply with --lora_rank (only the adapters and "
-                         "the head learn); leave it out or pass --layer_decay 1")  # fmt: skip
-    reasons = {**ingredients.reasons, "layer_decay": "LoRA: only the adapters and the head learn"}
-    return dataclasses.replace(ingredients, layer_decay=1.0, reasons=reasons)
+    if ingredients.reasons[name] == "given":
+        raise ValueError(f"--{name} {getattr(ingredients, name)} does not apply with {flag} ({reason}); leave it out or "
+                         f"pass --{name} {off:g}")  # fmt: skip
+    return dataclasses.replace(ingredients, **{name: off}, reasons={**ingredients.reasons, name: f"{flag}: {reason}"})
+
+
+def fit_to_training(ingredients, lora_args: LoraArguments, training_args, streaming: bool = False):
+    """The recipe's ingredients that the way of training rules out, turned off: layer decay with LoRA (only the
+    adapters and the head learn), the EMA under FSDP (it would hold a whole copy of the weights), repeated
+    augmentation for a stream (it needs a sampler of indices)."""
+    if lora_args.lora_rank is not None:
+        ingredients = turn_off(ingredients, "layer_decay", 1.0, "only the adapters and the head learn", "--lora_rank")
+    if fsdp_requested(training_args):
+        ingredients = turn_off(ingredients, "ema_decay", 0.0, "an EMA would hold a whole copy of the sharded weights",
+                               "FSDP")  # fmt: skip
+    if streaming:
+        ingredients = turn_off(ingredients, "repeated_augmentation", 1, "a stream is read in order, not sampled",
+                               "--streaming")  # fmt: skip
+    return ingredients
 
 
 def save_merged(trainer, directory: str) -> None:
@@ -201,16 +221,18 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
         check_lora_arguments(lora_args)
         family, overrides = check_arguments(model_args, data_args, training_args, recipe_args)
         set_seed(training_args.seed)
-        splits = load_splits(data_args, seed=training_args.seed)
-        labels = splits["train"].features[data_args.label_column_name].names
+        data = load_training_data(data_args, seed=training_args.seed)
+        labels = data.train.features[data_args.label_column_name].names
         config = build_config(model_args, family, labels, data_args.image_size, overrides)
-        facts = RunFacts(
-            num_train_images=len(splits["train"]), num_labels=len(labels), image_size=data_args.image_size or config.image_size,
-            model_type=family.model_type, from_checkpoint=model_args.model_name_or_path is not None,
-            has_teacher=model_args.teacher_name_or_path is not None, num_train_epochs=training_args.num_train_epochs,
+        facts = RunFacts(  # a stream: the images its --max_steps feed, once
+            num_train_images=streamed_images(training_args) if data.streaming else len(data.train), num_labels=len(labels),
+            image_size=data_args.image_size or config.image_size, model_type=family.model_type,
+            from_checkpoint=model_args.model_name_or_path is not None, has_teacher=model_args.teacher_name_or_path is not None,
+            num_train_epochs=1 if data.streaming else training_args.num_train_epochs,
             global_batch_size=global_batch_size(training_args), flips_keep_labels=not data_args.uses_embedded_digits,
         )  # fmt: skip
-        ingredients = lora_recipe(resolve_recipe(recipe_args, training_args, overrides, facts), lora_args)
+        ingredients = resolve_recipe(recipe_args, training_args, overrides, facts)
+        ingredients = fit_to_training(ingredients, lora_args, training_args, data.streaming)
         apply_to_training(ingredients, training_args)
         if ingredients.drop_path_rate is not None:
             config.drop_path_rate = ingredients.drop_path_rate
@@ -230,15 +252,17 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
         teacher, teacher_inputs = None, None
         if model_args.teacher_name_or_path is not None:
             teacher, teacher_inputs = load_teacher(model_args, model, image_processor)
-        set_transforms(splits, image_processor, model.config.num_channels, data_args, **ingredients.augmentation)
+        data.set_transforms(image_processor, model.config.num_channels, data_args, **ingredients.augmentation)
         dataset_name, dataset_id = describe_dataset(data_args)
+        if data.streaming:  # each process reads its own share of the stream, rather than the first one reading for all
+            training_args.accelerator_config.dispatch_batches = False
 
         trainer = ImageClassificationTrainer(
             model=model,
             args=training_args,
-            train_dataset=splits["train"],
-            eval_dataset=splits["validation"],
-            data_collator=collate,
+            train_dataset=data.train,
+            eval_dataset=data.validation,
+            data_collator=data.collator,
             processing_class=image_processor,
             compute_metrics=compute_metrics,
             callbacks=list(callbacks),
@@ -254,14 +278,16 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
             card_template=family.card_template,
             recipe_summary=recipe_summary,
         )
-    metrics = trainer.train_and_evaluate(training_args.resume_from_checkpoint)
+    metrics = trainer.train_and_evaluate(training_args.resume_from_checkpoint, data.skipped)
 
     if trainer.is_world_process_zero():
         top5 = f", top-5 {metrics['eval_top5_accuracy']:.2%}" if "eval_top5_accuracy" in metrics else ""
         print(
             f"eval: accuracy {metrics['eval_accuracy']:.2%}{top5}, loss {metrics['eval_loss']:.4f} on "
-            f"{len(splits['validation'])} images of {dataset_name} after {training_args.num_train_epochs:g} epochs "
-            f"-> {training_args.output_dir}"
+            f"{len(data.validation)} images of {dataset_name} after "
+            + (f"{training_args.max_steps} steps of a stream" if data.streaming else f"{training_args.num_train_epochs:g} epochs")
+            + (f" ({metrics['train_skipped_unreadable_images']} unreadable images skipped)" if data.streaming else "")
+            + f" -> {training_args.output_dir}"
         )
     trainer.publish(dataset_name, dataset_id)
     if lora_args.lora_rank is not None and lora_args.lora_merge and trainer.is_world_process_zero():

@@ -20,7 +20,7 @@ from .cli import (
     check_config_overrides, check_local_path, command, grouped_parser, parse_config_overrides, parse_into_dataclasses,
     usage_errors,
 )  # fmt: skip
-from .data import DataArguments, collate, describe_dataset, load_splits, make_image_processor, set_transforms
+from .data import DataArguments, check_streaming, collate, describe_dataset, load_training_data, make_image_processor
 from .families import FAMILIES, family_of
 from .figures import new_figure, save_figure
 from .modeling_mim import pixel_mask
@@ -148,6 +148,12 @@ class ReconstructionPictures(TrainerCallback):
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self.draw(model, state)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):  # a stream may never end an epoch
+        self.draw(model, state)
+
+    def draw(self, model, state) -> None:
         was_training = model.training
         model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -159,7 +165,7 @@ class ReconstructionPictures(TrainerCallback):
         if state.is_world_process_zero:
             hidden = pixel_mask(output.mask.cpu().bool(), model.config.patch_size, self.images.shape[-2:])
             draw_reconstructions(self.to_pixels(self.images), self.to_pixels(self.images).masked_fill(hidden, 0.5),
-                                 self.to_pixels(reconstruction), self.path, f"epoch {state.epoch:g}")  # fmt: skip
+                                 self.to_pixels(reconstruction), self.path, f"epoch {state.epoch:.3g}")  # fmt: skip
 
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float().cpu() * self.std + self.mean).clamp(0, 1)
@@ -186,7 +192,8 @@ def pretrain(args: PretrainArguments, data_args: DataArguments, training_args: P
     with usage_errors():
         family, method, overrides = check_arguments(args, data_args)
         set_seed(training_args.seed)
-        splits = load_splits(data_args, seed=training_args.seed, labelled=False)
+        check_streaming(data_args, training_args)
+        data = load_training_data(data_args, seed=training_args.seed, labelled=False)
         model = build_model(args, family, method, overrides, data_args.image_size)
         config = model.config
         if args.model_name_or_path is not None:
@@ -195,9 +202,11 @@ def pretrain(args: PretrainArguments, data_args: DataArguments, training_args: P
             image_processor = make_image_processor(config.image_size, config.num_channels)
         crop_scale_min = CROP_SCALE_MIN[method] if args.crop_scale_min is None else args.crop_scale_min
         hflip_prob, _ = flip_choice(not data_args.uses_embedded_digits)
-        set_transforms(splits, image_processor, config.num_channels, data_args, labelled=False,
-                       crop_scale_min=crop_scale_min, hflip_prob=hflip_prob)  # fmt: skip
-        shown = splits["validation"].select(range(min(args.reconstruction_images, len(splits["validation"]))))
+        data.set_transforms(image_processor, config.num_channels, data_args, labelled=False, crop_scale_min=crop_scale_min,
+                            hflip_prob=hflip_prob)  # fmt: skip
+        if data.streaming:  # each process reads its own share of the stream
+            training_args.accelerator_config.dispatch_batches = False
+        shown = data.validation.select(range(min(args.reconstruction_images, len(data.validation))))
         pictures = []
         if len(shown):
             images = collate(list(shown))["pixel_values"]
@@ -206,19 +215,20 @@ def pretrain(args: PretrainArguments, data_args: DataArguments, training_args: P
                                                os.path.join(training_args.output_dir, RECONSTRUCTIONS_FILE))]  # fmt: skip
         dataset_name, dataset_id = describe_dataset(data_args)
         summary = [f"{method} ({type(model).__name__}): mask ratio {config.mask_ratio:g}, crop scale min {crop_scale_min:g}, "
-                   f"horizontal flips {hflip_prob:g}, {len(splits['train'])} unlabelled training images"]  # fmt: skip
+                   f"horizontal flips {hflip_prob:g}, "
+                   + ("a stream of unlabelled training images" if data.streaming else f"{len(data.train)} unlabelled training images")]  # fmt: skip
         if training_args.should_log:
             print(summary[0])
         trainer = PretrainingTrainer(
-            model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["validation"],
-            data_collator=collate, processing_class=image_processor, callbacks=[*pictures, *callbacks],
+            model=model, args=training_args, train_dataset=data.train, eval_dataset=data.validation,
+            data_collator=data.collator, processing_class=image_processor, callbacks=[*pictures, *callbacks],
             card_template=CARD_TEMPLATE, recipe_summary=["pretraining", *summary],
             card_fields=dict(method=method.upper() if method == "mae" else "SimMIM", model_class=type(model).__name__,
                              pictures=f"![reconstructions]({RECONSTRUCTIONS_FILE})" if pictures else ""),
         )  # fmt: skip
-    metrics = trainer.train_and_evaluate(training_args.resume_from_checkpoint)
+    metrics = trainer.train_and_evaluate(training_args.resume_from_checkpoint, data.skipped)
     if trainer.is_world_process_zero():
-        print(f"eval: reconstruction loss {metrics['eval_loss']:.4f} on {len(splits['validation'])} images of "
+        print(f"eval: reconstruction loss {metrics['eval_loss']:.4f} on {len(data.validation)} images of "
               f"{dataset_name} after {training_args.num_train_epochs:g} epochs of {method} -> {training_args.output_dir}")  # fmt: skip
     trainer.publish(dataset_name, dataset_id)
     return metrics

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule
 from safetensors.torch import load_file, save_file
 from torchvision.transforms import v2
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -54,8 +57,19 @@ class HfViTTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: the image column is consumed by the transforms."}
     )
-    dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
-    dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin batches in memory (GPU only)."})
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "Data-loading worker processes per training process (default: `default_workers`: none when "
+                  "the model trains on the CPU cores, else the cores per process but one, at most 8)."},
+    )  # fmt: skip
+    dataloader_persistent_workers: bool | None = field(
+        default=None,
+        metadata={"help": "Keep the data-loading workers between epochs, not restarted for each (default: when there are "
+                  "workers)."},
+    )  # fmt: skip
+    dataloader_pin_memory: bool | None = field(
+        default=None, metadata={"help": "Pin batches in page-locked memory for faster copies to the GPU (default: with a GPU)."}
+    )
     cpu_threads_per_process: int | None = field(
         default=None,
         metadata={"help": "Torch threads per process when training on CPU (default: the cores split evenly "
@@ -64,6 +78,12 @@ class HfViTTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.dataloader_num_workers is None:
+            self.dataloader_num_workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+        if self.dataloader_persistent_workers is None:
+            self.dataloader_persistent_workers = self.dataloader_num_workers > 0
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = torch.cuda.is_available()
         if not has_accelerator():
             # `accelerate launch --multi_gpu --num_processes N` without an accelerator would otherwise start N
             # unrelated single-process runs; CPU mode makes them one data-parallel run over gloo.
@@ -107,6 +127,15 @@ class FinetuneTrainingArguments(HfViTTrainingArguments):
         super()._validate_args()
         if unset:
             self.warmup_steps = None
+
+
+def default_workers(processes_on_machine: int) -> int:
+    """Data-loading workers per training process: none when the model trains on the CPU (the input pipeline, well
+    under the training step's cost, would take cores from it: the benchmark's `data` suite), else every core the
+    process has but its own, at most 8."""
+    if not has_accelerator():
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) // max(processes_on_machine, 1) - 1))
 
 
 def has_accelerator() -> bool:
@@ -308,6 +337,40 @@ def check_backbone_learning_rate(training_args, config) -> None:
         raise ValueError(f"--backbone_learning_rate needs a model with a CNN backbone (hf_vit_hybrid), not {config.model_type}")
 
 
+def fsdp_requested(training_args) -> bool:
+    """Whether the run is to be sharded with FSDP: `accelerate launch --use_fsdp` (or its config file), or the
+    Trainer's own `--fsdp` flag."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or bool(training_args.fsdp)
+
+
+def check_fsdp_version() -> None:
+    """FSDP1 shards on accelerators only: asked for on a machine without one, it is refused by name."""
+    launched = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if launched and not has_accelerator() and os.environ.get("FSDP_VERSION", "1") != "2":
+        raise ValueError("FSDP on CPU needs FSDP2 (accelerate launch --use_fsdp --fsdp_version 2): FSDP1 shards on "
+                         "accelerators only")  # fmt: skip
+
+
+def shard_on_cpu(accelerator) -> bool:
+    """accelerate hands `--use_fsdp` to GPUs (and other accelerators) only: on CPU processes it would train
+    data-parallel without a word. FSDP2 shards over CPU processes too (gloo), so switch accelerate to it there, with
+    the FSDP settings the launcher exported. Returns whether it switched."""
+    state = accelerator.state
+    if state.distributed_type != DistributedType.MULTI_CPU or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return False
+    state.fsdp_plugin, state.distributed_type = FullyShardedDataParallelPlugin(), DistributedType.FSDP
+    return True
+
+
+def whole_model(sharded: torch.nn.Module, state_dict: dict) -> torch.nn.Module:
+    """An unsharded model of `sharded`'s own class (FSDP2 subclasses it on the fly) holding `state_dict`: what
+    `save_pretrained` should write, code files included."""
+    model_class = next(cls for cls in type(sharded).__mro__ if FSDPModule not in cls.__mro__)
+    model = model_class(sharded.config)
+    model.load_state_dict(state_dict)
+    return model
+
+
 def unused_parameters(model: torch.nn.Module) -> list[str]:
     """The trainable parameters one training step of `model` leaves without a gradient (an attention-pooling head
     under a pretraining objective, say), found by a step on two random images of the config's size; the random state
@@ -334,6 +397,8 @@ class HfViTTrainer(Trainer):
 
     - weight decay skips biases, norms, position embeddings and prefix tokens;
     - data-parallel runs search for unused parameters only when the model has some (`unused_parameters`);
+    - `accelerate launch --use_fsdp --fsdp_version 2` shards parameters, gradients and optimizer state on CPU
+      processes too (`shard_on_cpu`); checkpoints are FSDP's sharded ones, the final model one whole file;
     - `layer_decay` < 1 lowers each layer's learning rate with its distance from the head (`layer_ids`);
     - `args.backbone_learning_rate` (where the arguments have it) gives a hybrid's backbone its own learning rate;
     - the model card (also the one `push_to_hub` uploads) comes from hf_vit's `card_template`, with the
@@ -350,6 +415,26 @@ class HfViTTrainer(Trainer):
         check_layer_decay(layer_decay)
         self.layer_decay = layer_decay
         self.card_template, self.recipe_summary, self.card_fields = card_template, recipe_summary, card_fields
+
+    def create_accelerator_and_postprocess(self):
+        check_fsdp_version()
+        super().create_accelerator_and_postprocess()
+        if shard_on_cpu(self.accelerator):
+            self.is_fsdp_enabled = True
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        """The Trainer's; the final model of a sharded run (FSDP) is gathered into one whole checkpoint."""
+        final = output_dir is None or os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)
+        if not (self.is_fsdp_enabled and final):
+            return super().save_model(output_dir, _internal_call)
+        # every process takes part in the gather; the first one receives the whole tensors
+        state_dict = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.args.should_save:
+            sharded, self.model = self.model, whole_model(self.accelerator.unwrap_model(self.model), state_dict)
+            try:  # the Trainer's own save (weights, config, code, processor, arguments) of an unsharded copy
+                self._save(self.args.output_dir)
+            finally:
+                self.model = sharded
 
     def get_decay_parameter_names(self, model) -> list[str]:
         parameters = dict(model.named_parameters())
@@ -403,17 +488,23 @@ class HfViTTrainer(Trainer):
                              recipe=self.recipe_summary, curves=CURVES_FILE, extra_fields=self.card_fields)  # fmt: skip
 
 
-    def train_and_evaluate(self, resume_from_checkpoint=None) -> dict:
+    def train_and_evaluate(self, resume_from_checkpoint=None, skipped=None) -> dict:
         """Train, save the model, evaluate; log and save the train and eval metrics and the trainer state. Returns the
-        eval metrics."""
+        eval metrics. `skipped`: the count of unreadable images a stream skipped (a `multiprocessing.Value` per
+        process), summed over the processes into the metrics as `train_skipped_unreadable_images`."""
         train_result = self.train(resume_from_checkpoint=resume_from_checkpoint)
         self.save_model()
+        if skipped is not None:
+            total = self.accelerator.reduce(torch.tensor(skipped.value, device=self.args.device), reduction="sum")
+            train_result.metrics["train_skipped_unreadable_images"] = int(total)
         self.log_metrics("train", train_result.metrics)
         self.save_metrics("train", train_result.metrics)
         metrics = self.evaluate()
         self.log_metrics("eval", metrics)
         self.save_metrics("eval", metrics)
         self.save_state()
+        if skipped is not None:
+            metrics["train_skipped_unreadable_images"] = train_result.metrics["train_skipped_unreadable_images"]
         return metrics
 
     def publish(self, dataset: str, dataset_id: str | None) -> None:

@@ -2,27 +2,29 @@
 training-step peak memory with and without gradient checkpointing, torch.compile, and the ONNX export in
 onnxruntime against PyTorch eager.
 
-    python scripts/benchmark.py                       # CPU fp32, every suite but compile and export
+    python scripts/benchmark.py                       # CPU fp32, every suite but compile, export and data
     python scripts/benchmark.py --suite compile       # torch.compile speed and graph breaks
     python scripts/benchmark.py --suite export        # ViT-S/16 in onnxruntime vs PyTorch eager, batch 1 and 8
+    python scripts/benchmark.py --suite data          # the 224 px input pipeline at 0, 1, 2 workers vs a ViT-S/16 step
     python scripts/benchmark.py --device cuda --amp bf16 --suite inference train compile --json gpu.json
 """
 
 import argparse
 import json
 import platform
+import tempfile
 
 import torch
 
 from hf_vit.lessons import benchmark
 from hf_vit.lessons.report import markdown_table
 
-SUITES = ("inference", "train", "swin", "memory", "compile", "export")
+SUITES = ("inference", "train", "swin", "memory", "compile", "export", "data")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", nargs="+", choices=SUITES, default=[s for s in SUITES if s not in ("compile", "export")])
+    parser.add_argument("--suite", nargs="+", choices=SUITES, default=[s for s in SUITES if s not in ("compile", "export", "data")])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype (default: fp32)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's choice)")
@@ -62,6 +64,10 @@ def main(argv=None) -> int:
     if "export" in args.suite:
         results["export"] = benchmark.export_speed(repeats=args.repeats)
         print(markdown_table(results["export"], ["family", "batch_size", "implementation", "images_per_s", "onnxruntime_ratio"]))
+    if "data" in args.suite:
+        with tempfile.TemporaryDirectory() as directory:
+            results["data"] = benchmark.input_pipeline_speed(benchmark.make_jpeg_imagefolder(directory), repeats=args.repeats)
+        print(markdown_table(results["data"], ["stage", "workers", "batch_size", "images_per_s", "times_the_step"]))
     if "memory" in args.suite:
         memory = benchmark.checkpointing_memory("vit_b16", ["hf_vit", "timm", "transformers"], 32, args.device)
         results["memory_vit_b16_batch32"] = memory

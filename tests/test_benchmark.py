@@ -35,3 +35,11 @@ def test_export_speed_times_onnxruntime_against_pytorch_on_the_same_export():
     assert all(row["images_per_s"] > 0 for row in rows)
     for eager, onnx in (rows[:2], rows[2:]):
         assert eager["onnxruntime_ratio"] == onnx["onnxruntime_ratio"] == pytest.approx(onnx["images_per_s"] / eager["images_per_s"])
+
+
+def test_input_pipeline_speed_reads_a_jpeg_imagefolder_at_each_worker_count(tmp_path):
+    directory = benchmark.make_jpeg_imagefolder(str(tmp_path / "jpegs"), count=24, size=(64, 80))
+    rows = benchmark.input_pipeline_speed(directory, workers=(0, 1), batch_size=4, repeats=1, image_size=32)
+    assert [(row["stage"], row["workers"]) for row in rows] == [
+        ("input pipeline", 0), ("input pipeline", 1), ("ViT-S/16 training step", None)]
+    assert all(row["images_per_s"] > 0 for row in rows) and rows[-1]["times_the_step"] == 1.0

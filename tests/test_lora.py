@@ -37,7 +37,7 @@ def test_lora_trains_adapters_and_head_saves_a_peft_adapter_and_merges(tmp_path,
     assert adapter["r"] == 4 and adapter["lora_alpha"] == 8 and sorted(adapter["target_modules"]) == ["attention.proj", "attention.qkv"]
     assert adapter["modules_to_save"] == ["classifier"] and not (output_dir / "model.safetensors").exists()
     card = (output_dir / "README.md").read_text()
-    assert "LoRA rank 4 on attention.qkv,attention.proj" in card and "layer_decay = 1.0: LoRA" in card
+    assert "LoRA rank 4 on attention.qkv,attention.proj" in card and "layer_decay = 1.0: --lora_rank: only the adapters" in card
 
     labels = load_digits_splits()["train"].features["label"].names
     base = AutoModelForImageClassification.from_pretrained(
@@ -86,7 +86,7 @@ def test_a_lora_target_that_matches_nothing_is_named_and_nothing_is_written(tmp_
                          "--lora_target", "attn.qkv", *SMALL], expect_success=False)  # fmt: skip
     assert result.returncode == 2 and "--lora_target 'attn.qkv' matches no linear layer" in result.stderr
     for flags, message in ((["--lora_rank", "0"], "--lora_rank must be a positive integer, got 0"),
-                           (["--lora_rank", "4", "--layer_decay", "0.75"], "--layer_decay 0.75 does not apply with --lora_rank")):  # fmt: skip
+                           (["--lora_rank", "4", "--layer_decay", "0.75"], r"--layer_decay 0.75 does not apply with --lora_rank \(only the adapters")):  # fmt: skip
         with pytest.raises(UsageError, match=message):
             finetune(*parse_args(["--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(base_checkpoint), *flags, *SMALL]))
     assert not (tmp_path / "out").exists()

@@ -7,5 +7,8 @@
     attention       exercise 3 (full vs window attention cost) and attention rollout
     recipe_study    the recipe study: plain, auto, deit and a distilled DeiT against a small CNN, over seeds
     photo_patches   the study's second dataset: colour crops of the photographs scikit-learn ships
-    benchmark       speed and memory against timm and transformers (needs timm: `pip install hf_vit[bench]`)
+    pretraining_study   SimMIM / MAE pretraining without labels, then fine-tuning on a fraction of the labels
+    segmentation    UperNet on ViT (simple feature pyramid) and Swin backbones, on canvases of digits
+    benchmark       speed and memory against timm and transformers, ONNX in onnxruntime, the input pipeline
+                    (needs timm and onnxruntime: `pip install hf_vit[bench]`)
 """

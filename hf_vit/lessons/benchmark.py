@@ -333,3 +333,49 @@ def export_speed(batch_sizes=(1, 8), repeats: int = 7, family: str = "vit_s16") 
         for name, batch_size in steps
     ]
 
+
+def make_jpeg_imagefolder(directory: str, count: int = 256, size=(256, 320), num_classes: int = 4, seed: int = 0) -> str:
+    """An imagefolder of `count` JPEG photographs-to-be (smooth random colour fields with edges), `size` px, in
+    `num_classes` class folders: what a 224 px training pipeline reads."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        folder = os.path.join(directory, f"class{index % num_classes}")
+        os.makedirs(folder, exist_ok=True)
+        low = rng.integers(0, 256, (size[0] // 16, size[1] // 16, 3)).astype(np.uint8)
+        image = Image.fromarray(low).resize(size[::-1], Image.BICUBIC)
+        image.save(os.path.join(folder, f"{index}.jpg"), quality=90)
+    return directory
+
+
+def input_pipeline_speed(directory: str, workers=(0, 1, 2), batch_size: int = 16, repeats: int = 3, image_size: int = 224) -> list[dict]:
+    """Images/s of the training input pipeline on the imagefolder at `directory` (decode, DeiT's ImageNet
+    augmentation at `image_size` px: RandomResizedCrop, flip, RandAugment 9, RandomErasing 0.25, then batching),
+    with each number of data-loading workers (median of `repeats` passes after a warm one), and of the ViT-S/16
+    training step (224 px) at the same batch size on the same machine."""
+    from ..data import DataArguments, collate, load_training_data, make_image_processor
+
+    data = load_training_data(DataArguments(train_dir=directory, train_val_split=0.05))
+    data.set_transforms(make_image_processor(image_size), 3, DataArguments(), crop_scale_min=0.08, hflip_prob=0.5,
+                        rand_augment_magnitude=9, random_erasing_prob=0.25)  # fmt: skip
+    rows = []
+    for count in workers:
+        loader = torch.utils.data.DataLoader(data.train, batch_size=batch_size, shuffle=True, num_workers=count,
+                                             persistent_workers=count > 0, collate_fn=collate)  # fmt: skip
+        seconds = []
+        for _ in tqdm(range(repeats + 1), desc=f"input pipeline, {count} workers", leave=False):
+            start = time.perf_counter()
+            for _batch in loader:
+                pass
+            seconds.append(time.perf_counter() - start)
+        rows.append(dict(stage="input pipeline", workers=count, batch_size=batch_size,
+                         images_per_s=len(data.train) / statistics.median(seconds[1:])))  # fmt: skip
+    step = training_step(build("vit_s16", "hf_vit"), batch_size, MODELS["vit_s16"][0])
+    seconds = interleaved_medians({"step": step}, max(repeats, 3), desc="ViT-S/16 training step")["step"]
+    rows.append(dict(stage="ViT-S/16 training step", workers=None, batch_size=batch_size, images_per_s=batch_size / seconds))
+    for row in rows:
+        row["times_the_step"] = row["images_per_s"] / rows[-1]["images_per_s"]  # > 1: the pipeline keeps up
+    return rows
+

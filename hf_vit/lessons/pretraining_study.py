@@ -9,6 +9,7 @@ the same fine-tuning budget (epochs, batch, the labelled images).
 
 import os
 import statistics
+import textwrap
 import time
 
 from ..data import DataArguments
@@ -84,5 +85,7 @@ def plot_accuracy_by_fraction(rows: list[dict], path: str, title: str) -> None:
         means = [row["mean_accuracy"] for row in points]
         errors = [[m - row["min_accuracy"] for m, row in zip(means, points)], [row["max_accuracy"] - m for m, row in zip(means, points)]]
         axes.errorbar([100 * row["labelled_fraction"] for row in points], means, yerr=errors, marker="o", capsize=4, label=name)
-    axes.set(xlabel="labelled training images (%)", ylabel="eval accuracy", title=title[:90], ylim=(0, 1), xscale="log")
+    axes.set(xlabel="labelled training images (%)", ylabel="eval accuracy", title=textwrap.fill(title, 70), ylim=(0, 1),
+             xscale="log")  # fmt: skip
+    axes.title.set_fontsize(9)
     save_plot(figure, path, axes)

@@ -90,8 +90,8 @@ def segmentation_scores(predictions: np.ndarray, labels: np.ndarray, num_labels:
                 digit_iou=float((intersection[1:][present[1:]] / union[1:][present[1:]]).mean()))  # fmt: skip
 
 
-def study_segmentation(output_dir: str, backbones=tuple(BACKBONES), train_canvases: int = 2000, eval_canvases: int = 200,
-                       epochs: float = 30, batch_size: int = 16, learning_rate: float = 1e-3, size: int = 32,
+def study_segmentation(output_dir: str, backbones=tuple(BACKBONES), train_canvases: int = 1000, eval_canvases: int = 200,
+                       epochs: float = 10, batch_size: int = 16, learning_rate: float = 1e-3, size: int = 32,
                        seed: int = 0) -> list[dict]:  # fmt: skip
     """Train UperNet on each backbone; rows of mIoU, digit mIoU, pixel accuracy; writes results.* and masks.png."""
     train, validation = digit_canvases("train", train_canvases, size, seed=seed), digit_canvases("validation", eval_canvases, size, seed=seed + 1)
