@@ -114,19 +114,96 @@ def open_source(args: DataArguments, seed: int = 0, streaming: bool = False):
         check_local_path(args.dataset_name, "--dataset_name")
         return load_dataset(args.dataset_name, args.dataset_config_name, streaming=streaming)
     if args.train_dir is not None or args.validation_dir is not None:
-        data_files = {}
-        for split, directory in (("train", args.train_dir), ("validation", args.validation_dir)):
-            if directory is None:
-                continue
-            flag = f"--{split if split == 'train' else 'validation'}_dir"
+        directories = {split: directory for split, directory in (("train", args.train_dir), ("validation", args.validation_dir))
+                       if directory is not None}  # fmt: skip
+        for split, directory in directories.items():
+            flag = f"--{split}_dir"
             if not os.path.isdir(directory):
                 raise FileNotFoundError(f"{flag} {directory!r} is not a directory")
-            if not any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for _, _, names in os.walk(directory) for name in names):
+            if next(image_files(directory), None) is None:
                 raise ValueError(f"{flag} {directory!r} holds no image files")
-            data_files[split] = os.path.join(directory, "**")
+        with_metadata = any(os.path.isfile(os.path.join(d, name)) for d in directories.values() for name in METADATA_FILES)
+        if streaming and not with_metadata:
+            return stream_image_folders(directories)
+        data_files = {split: os.path.join(directory, "**") for split, directory in directories.items()}
         return load_dataset("imagefolder", data_files=data_files, streaming=streaming)
     splits = load_digits_splits(seed)
     return IterableDatasetDict({name: split.to_iterable_dataset() for name, split in splits.items()}) if streaming else splits
+
+
+# imagefolder's metadata files (extra columns per image); a folder with one is streamed by `datasets` itself
+METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+
+
+def is_image_file(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_hidden(name: str) -> bool:
+    """What `datasets` leaves out of a data directory."""
+    return name.startswith((".", "__"))
+
+
+def image_files(directory: str):
+    """The image files under `directory`, walked lazily (sorted within each folder, hidden ones left out)."""
+    for root, folders, names in os.walk(directory):
+        folders[:] = sorted(folder for folder in folders if not is_hidden(folder))
+        yield from (os.path.join(root, name) for name in sorted(names) if is_image_file(name) and not is_hidden(name))
+
+
+def labelled_images(folders: tuple[str, ...], labels: tuple[int, ...]):
+    """Undecoded images under the class `folders` with their `labels`, one image of each class in turn while the
+    class has any left."""
+    walks = {label: image_files(folder) for label, folder in zip(labels, folders)}
+    while walks:
+        for label, walk in list(walks.items()):
+            path = next(walk, None)
+            if path is None:
+                del walks[label]
+            else:
+                yield {"image": {"path": path, "bytes": None}, "label": label}
+
+
+def unlabelled_images(directory: str):
+    yield from ({"image": {"path": path, "bytes": None}} for path in image_files(directory))
+
+
+def class_folders(directory: str) -> list[str]:
+    """The folders of `directory` that hold images (each looked into up to its first), sorted; images beside class
+    folders are an error (imagefolder would label them by the parent folder's name)."""
+    entries = [entry for entry in os.scandir(directory) if not is_hidden(entry.name)]
+    folders = sorted(entry.path for entry in entries if entry.is_dir() and next(image_files(entry.path), None))
+    loose = sorted(entry.name for entry in entries if entry.is_file() and is_image_file(entry.name))
+    if folders and loose:
+        raise ValueError(f"{directory!r} holds images beside its class folders ({', '.join(loose[:3])}, ...): put "
+                         "every image in the folder of its class")  # fmt: skip
+    return folders
+
+
+def stream_image_folders(directories: dict[str, str]) -> IterableDatasetDict:
+    """Imagefolders (split -> directory) as streams that start at once, however many files they hold: only the
+    class folders are listed (each up to its first image), to name the labels as `imagefolder` does (sorted over
+    every split, folders without images left out); their files are walked as the stream is read, one image of each
+    class in turn, so that a shuffle buffer mixes the classes however many images each holds (`datasets`' own
+    imagefolder stream lists and checks every file first, then reads them class by class). Images nested deeper
+    take their top-level folder's class; a folder of images without class folders streams them unlabelled.
+    Columns: `image` (undecoded), `label` (ClassLabel)."""
+    folders = {split: class_folders(directory) for split, directory in directories.items()}
+    names = sorted({os.path.basename(folder) for split_folders in folders.values() for folder in split_folders})
+    features = Features({"image": Image(), "label": ClassLabel(names=names)})
+    streams = {}
+    for split, directory in directories.items():
+        if not folders[split]:
+            streams[split] = IterableDataset.from_generator(
+                unlabelled_images, gen_kwargs={"directory": directory}, features=Features({"image": Image()})
+            )
+            continue
+        labels = tuple(names.index(os.path.basename(folder)) for folder in folders[split])
+        # tuples, not lists: `datasets` would cut lists into shards and read those, so the classes one after another
+        streams[split] = IterableDataset.from_generator(
+            labelled_images, gen_kwargs={"folders": tuple(folders[split]), "labels": labels}, features=features
+        )
+    return IterableDatasetDict(streams)
 
 
 def check_columns(splits, columns) -> None:
@@ -218,10 +295,9 @@ def load_stream(args: DataArguments, seed: int = 0, labelled: bool = True):
                          "known before reading the stream); it is {train.features[args.label_column_name]}")  # fmt: skip
     count = args.max_eval_samples or STREAM_EVAL_SAMPLES
     name = next((name for name in ("validation", "val", "valid", "test") if name in source), None)
-    evaluation = source[name] if name is not None else train
-    validation = Dataset.from_list(list(evaluation.take(count)), features=evaluation.features)
-    validation = validation.cast_column(args.image_column_name, Image(decode=False))
     train = train.cast_column(args.image_column_name, Image(decode=False))
+    evaluation = source[name].cast_column(args.image_column_name, Image(decode=False)) if name is not None else train
+    validation = Dataset.from_list(list(evaluation.take(count)), features=evaluation.features)
     if name is None:
         held_out = {image_key(value) for value in validation[args.image_column_name]}
         train = train.filter(lambda example: image_key(example[args.image_column_name]) not in held_out)

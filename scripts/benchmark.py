@@ -1,11 +1,12 @@
 """Benchmark hf_vit against timm and transformers: images/s (inference and training), the Swin resolution growth,
-training-step peak memory with and without gradient checkpointing, torch.compile, and the ONNX export in
-onnxruntime against PyTorch eager.
+training-step peak memory with and without gradient checkpointing, torch.compile, the ONNX export in
+onnxruntime against PyTorch eager, the input pipeline, and the time to the first training steps.
 
-    python scripts/benchmark.py                       # CPU fp32, every suite but compile, export and data
+    python scripts/benchmark.py                       # CPU fp32, every suite but compile, export, data and startup
     python scripts/benchmark.py --suite compile       # torch.compile speed and graph breaks
     python scripts/benchmark.py --suite export        # ViT-S/16 in onnxruntime vs PyTorch eager, batch 1 and 8
     python scripts/benchmark.py --suite data          # the 224 px input pipeline at 0, 1, 2 workers vs a ViT-S/16 step
+    python scripts/benchmark.py --suite startup       # finetune.py's first steps on 1,000 and 100,000 images, streamed or not
     python scripts/benchmark.py --device cuda --amp bf16 --suite inference train compile --json gpu.json
 """
 
@@ -19,12 +20,12 @@ import torch
 from hf_vit.lessons import benchmark
 from hf_vit.lessons.report import markdown_table
 
-SUITES = ("inference", "train", "swin", "memory", "compile", "export", "data")
+SUITES = ("inference", "train", "swin", "memory", "compile", "export", "data", "startup")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", nargs="+", choices=SUITES, default=[s for s in SUITES if s not in ("compile", "export", "data")])
+    parser.add_argument("--suite", nargs="+", choices=SUITES, default=[s for s in SUITES if s not in ("compile", "export", "data", "startup")])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype (default: fp32)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's choice)")
@@ -68,6 +69,10 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as directory:
             results["data"] = benchmark.input_pipeline_speed(benchmark.make_jpeg_imagefolder(directory), repeats=args.repeats)
         print(markdown_table(results["data"], ["stage", "workers", "batch_size", "images_per_s", "times_the_step"]))
+    if "startup" in args.suite:
+        with tempfile.TemporaryDirectory() as directory:
+            results["startup"] = benchmark.time_to_first_steps(directory)
+        print(markdown_table(results["startup"], ["images", "streaming", "seconds", "runs"]))
     if "memory" in args.suite:
         memory = benchmark.checkpointing_memory("vit_b16", ["hf_vit", "timm", "transformers"], 32, args.device)
         results["memory_vit_b16_batch32"] = memory

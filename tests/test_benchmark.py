@@ -43,3 +43,10 @@ def test_input_pipeline_speed_reads_a_jpeg_imagefolder_at_each_worker_count(tmp_
     assert [(row["stage"], row["workers"]) for row in rows] == [
         ("input pipeline", 0), ("input pipeline", 1), ("ViT-S/16 training step", None)]
     assert all(row["images_per_s"] > 0 for row in rows) and rows[-1]["times_the_step"] == 1.0
+
+
+def test_time_to_first_steps_runs_the_script_streamed_and_map_style(tmp_path):
+    rows = benchmark.time_to_first_steps(str(tmp_path), counts=(40,), rounds=1, steps=1)
+    assert [(row["images"], row["streaming"], row["runs"]) for row in rows] == [(40, True, 1), (40, False, 1)]
+    assert all(row["seconds"] > 0 for row in rows)
+    assert (tmp_path / "run_40_True_0" / "model.safetensors").is_file() and (tmp_path / "run_40_False_0" / "all_results.json").is_file()

@@ -14,7 +14,7 @@ from transformers import (
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
 import hf_vit
-from conftest import randomize
+from conftest import HUB_TOKEN, randomize
 from hf_vit.cli import UsageError
 from hf_vit.convert import convert_checkpoint
 from hf_vit.data import DataArguments
@@ -203,6 +203,27 @@ def test_simmim_pretrains_swin_on_an_imagefolder_in_process(tmp_path):
     assert "SimMIM" in (output_dir / "README.md").read_text()
     backbone = hf_vit.HfSwinBackbone.from_pretrained(output_dir, out_features=["stage1", "stage3"])
     assert [m.shape[1] for m in backbone(torch.randn(1, 3, 32, 32)).feature_maps] == [16, 64]
+
+
+def test_a_pretrained_model_is_pushed_with_its_card_picture_and_code_and_loads_back(tmp_path, hub):
+    output_dir = tmp_path / "simmim"
+    pretrain(
+        PretrainArguments(method="simmim", config_overrides=FAST[FAST.index("--config_overrides") + 1], reconstruction_images=2),
+        DataArguments(max_train_samples=64, max_eval_samples=16),
+        PretrainTrainingArguments(output_dir=str(output_dir), num_train_epochs=1, per_device_train_batch_size=32,
+                                  disable_tqdm=True, save_strategy="no", push_to_hub=True,
+                                  hub_model_id="user/digits-simmim", hub_token=HUB_TOKEN),
+    )  # fmt: skip
+    pushed = hub.repos["user/digits-simmim"].files()
+    assert {"config.json", "model.safetensors", "README.md", "reconstructions.png", "modeling_vit.py", "modeling_mim.py"} <= set(pushed)
+    assert "SimMIM" in pushed["README.md"].decode()
+
+    pixels = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    mask = random_block_mask(2, (8, 8), 2, 0.5)
+    local = AutoModelForMaskedImageModeling.from_pretrained(output_dir).eval()
+    from_hub = AutoModelForMaskedImageModeling.from_pretrained("user/digits-simmim", cache_dir=tmp_path / "cache").eval()
+    torch.testing.assert_close(from_hub(pixels, bool_masked_pos=mask).loss, local(pixels, bool_masked_pos=mask).loss)
 
 
 def test_mae_pretraining_script_in_two_processes_then_fine_tuning_from_it(tmp_path):

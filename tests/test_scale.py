@@ -1,5 +1,5 @@
 """Training at scale on this machine's CPUs: FSDP2 that really shards (and resumes), the shipped accelerate
-configs for data parallelism on one and on two machines (two ranks over 127.0.0.1)."""
+configs for data parallelism on one and on two machines (two ranks over 127.0.0.1), streamed and large datasets."""
 
 import json
 import logging
@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from datasets import Image
 from transformers import AutoModelForImageClassification
 
 from conftest import REPO_ROOT
-from hf_vit.data import DataArguments, load_splits
+from hf_vit.data import DataArguments, load_splits, load_stream, open_source
 from test_finetune import FAST, SCRIPTS, make_imagefolder, run_script
 
 CONFIGS = REPO_ROOT / "scripts" / "accelerate"
@@ -104,6 +105,29 @@ def test_streaming_an_imagefolder_in_two_processes_skips_and_counts_unreadable_i
     assert "4 unreadable images skipped" in result.stdout and result.stderr.count("Skipping an unreadable image") == 4
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2
     assert "on 8 images of imagefolder images after 2 steps of a stream" in result.stdout
+
+
+def test_an_imagefolder_stream_lists_no_file_ahead_mixes_classes_and_labels_as_imagefolder(tmp_path):
+    images = make_imagefolder(tmp_path / "train", classes=("ant", "bee", "cat"), per_class=6, size=(8, 8))
+    validation = make_imagefolder(tmp_path / "validation", classes=("ant", "cat"), per_class=2, size=(8, 8))
+    args = DataArguments(train_dir=str(images), validation_dir=str(validation), streaming=True)
+    streams = open_source(args, streaming=True)
+    make_imagefolder(tmp_path / "more", classes=("bee",), per_class=1, size=(8, 8))
+    (tmp_path / "more" / "bee" / "0.png").rename(images / "bee" / "late.png")  # added after the stream was opened
+    undecoded = streams["train"].cast_column("image", Image(decode=False))
+    train = [(example["label"], example["image"]["path"]) for example in undecoded]
+    assert len(train) == 19 and any(path.endswith("late.png") for _, path in train)  # nothing was listed ahead
+    assert [label for label, _ in train[:6]] == [0, 1, 2, 0, 1, 2]  # one image of each class in turn
+    # the labels imagefolder gives the same folders, over both splits (the validation split lacks "bee")
+    map_style = open_source(DataArguments(train_dir=str(images), validation_dir=str(validation)))
+    assert streams["train"].features["label"].names == map_style["train"].features["label"].names == ["ant", "bee", "cat"]
+    assert sorted(example["label"] for example in streams["validation"]) == sorted(map_style["validation"]["label"]) == [0, 0, 2, 2]
+    _, evaluation = load_stream(args)
+    assert len(evaluation) == 4
+
+    (images / "loose.png").write_bytes((images / "ant" / "0.png").read_bytes())
+    with pytest.raises(ValueError, match=r"holds images beside its class folders \(loose.png"):
+        open_source(args, streaming=True)
 
 
 def test_streaming_needs_max_steps_and_a_class_label(tmp_path):

@@ -5,7 +5,8 @@ interleaved rounds (A, B, C, then B, C, A, ...) so that a machine slowing down m
 always runs right after the same peer (their allocations shape the heap the next one finds), and reports
 medians and ratios. Peak memory of a training step is measured in a fresh subprocess per model, above what the
 model and optimizer hold (on CPU the resident set's high-water mark, reset just before the step; on CUDA
-`max_memory_allocated`).
+`max_memory_allocated`). Beside the models: the ONNX export in onnxruntime, the training input pipeline, and the
+time `finetune.py` takes to its first steps on small and large imagefolders.
 """
 
 import contextlib
@@ -379,3 +380,26 @@ def input_pipeline_speed(directory: str, workers=(0, 1, 2), batch_size: int = 16
         row["times_the_step"] = row["images_per_s"] / rows[-1]["images_per_s"]  # > 1: the pipeline keeps up
     return rows
 
+
+
+def time_to_first_steps(directory: str, counts=(1_000, 100_000), rounds: int = 2, steps: int = 3) -> list[dict]:
+    """Seconds from the command to its end for `finetune.py --max_steps {steps}` (a fresh process: imports, data,
+    model, the steps, an evaluation on 64 images) on imagefolders of `counts` 32 px JPEGs in 10 classes, streamed
+    and map-style (every image checked first), the runs interleaved over `rounds`; medians."""
+    folders = {count: make_jpeg_imagefolder(os.path.join(directory, f"images_{count}"), count, size=(32, 32), num_classes=10)
+               for count in counts}  # fmt: skip
+    seconds = {(count, streaming): [] for count in counts for streaming in (True, False)}
+    for round_index in tqdm(range(rounds), desc="time to the first steps"):
+        for (count, streaming), runs in seconds.items():
+            output_dir = os.path.join(directory, f"run_{count}_{streaming}_{round_index}")
+            command = [sys.executable, "-c", "from hf_vit.finetune import main; raise SystemExit(main())",
+                       "--train_dir", folders[count], "--output_dir", output_dir, "--max_steps", str(steps),
+                       "--per_device_train_batch_size", "16", "--max_eval_samples", "64", "--save_strategy", "no",
+                       "--disable_tqdm", "true", *(["--streaming"] if streaming else [])]  # fmt: skip
+            # a cache of its own: a map-style run must not find the previous one's prepared dataset
+            env = {**os.environ, "HF_DATASETS_CACHE": os.path.join(output_dir, "datasets_cache")}
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, env=env)
+            runs.append(time.perf_counter() - start)
+    return [dict(images=count, streaming=streaming, seconds=statistics.median(runs), runs=len(runs))
+            for (count, streaming), runs in seconds.items()]  # fmt: skip
