@@ -34,7 +34,11 @@ def test_fsdp_shards_parameters_gradients_and_optimizer_on_cpu_resumes_and_saves
     result = run_script([*common, "--num_train_epochs", "1"], launcher=launcher("fsdp.yaml", "--main_process_port", str(free_port())))
     checkpoint = output_dir / "checkpoint-2"  # 128 images / (32 x 2 processes) = 2 steps
     # FSDP's sharded checkpoint: one file of model and one of optimizer state per process, no whole optimizer.pt
-    assert sorted(p.name for p in (checkpoint / "pytorch_model_fsdp_0").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    shards = sorted((checkpoint / "pytorch_model_fsdp_0").glob("*.distcp"))
+    assert [p.name for p in shards] == ["__0_0.distcp", "__1_0.distcp"]
+    # each process holds about half of the weights (replicated ones would all be written by the first process)
+    sizes = [p.stat().st_size for p in shards]
+    assert min(sizes) > 0.3 * sum(sizes), sizes
     assert len(list((checkpoint / "optimizer_0").glob("*.distcp"))) == 2 and not (checkpoint / "optimizer.pt").exists()
     assert "find_unused_parameters" not in result.stderr  # no DistributedDataParallel anywhere
     model = AutoModelForImageClassification.from_pretrained(output_dir)  # the final model, gathered whole
