@@ -27,9 +27,10 @@ def _name(option) -> str:
     return getattr(option, "value", option)
 
 
-def evaluations_by_epoch(log_history) -> list[dict]:
-    """The eval log entries, one per epoch (the last one wins: the final `evaluate()` repeats the last epoch's)."""
-    by_epoch = {entry.get("epoch"): entry for entry in log_history or [] if "eval_accuracy" in entry}
+def evaluations_by_epoch(log_history, metric: str = "eval_accuracy") -> list[dict]:
+    """The eval log entries holding `metric`, one per epoch (the last one wins: the final `evaluate()` repeats the
+    last epoch's)."""
+    by_epoch = {entry.get("epoch"): entry for entry in log_history or [] if metric in entry}
     return list(by_epoch.values())
 
 
@@ -37,7 +38,7 @@ def plot_training_curves(log_history, path: str) -> None:
     """Loss (training and evaluation), evaluation accuracy (for classifiers) and learning rate against the epoch,
     in one PNG."""
     train = [entry for entry in log_history if "loss" in entry and "epoch" in entry]
-    evals = {entry.get("epoch"): entry for entry in log_history if "eval_loss" in entry}.values()  # last per epoch
+    evals = evaluations_by_epoch(log_history, "eval_loss")
     accuracies = evaluations_by_epoch(log_history)
     figure, all_axes = new_figure(1, 3 if accuracies else 2, figsize=(13 if accuracies else 9, 3.8))
     loss_axes, lr_axes = all_axes[0], all_axes[-1]
@@ -88,7 +89,7 @@ def render_model_card(model, template: str, dataset=None, dataset_id=None, train
     """
     config = model.config
     evals = evaluations_by_epoch(log_history)
-    evaluations = [entry for entry in log_history or [] if "eval_loss" in entry]
+    evaluations = evaluations_by_epoch(log_history, "eval_loss")
     labels = list((config.id2label or {}).values())
     fields = {key: value for key, value in config.to_dict().items() if isinstance(value, (int, float, str, list))}
     started_from = getattr(config, "_name_or_path", "")  # set by from_pretrained, empty for fresh models

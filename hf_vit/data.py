@@ -34,6 +34,7 @@ from .configuration_utils import to_2tuple
 logger = logging.get_logger(__name__)
 
 DIGITS = "digits"
+EVALUATION_SPLITS = ("validation", "val", "valid", "test")  # the names a dataset's evaluation split goes by, in order
 PARALLEL_CHECK_FROM = 5_000  # images in a split from which opening them all is worth a pool of processes
 IMAGE_EXTENSIONS = set(ImageFolder.EXTENSIONS)  # the files `imagefolder` reads
 
@@ -206,6 +207,15 @@ def stream_image_folders(directories: dict[str, str]) -> IterableDatasetDict:
     return IterableDatasetDict(streams)
 
 
+def data_columns(args: DataArguments, labelled: bool) -> tuple[str, ...]:
+    """The columns a job reads: the image column, and the label column when `labelled`."""
+    return (args.image_column_name, args.label_column_name) if labelled else (args.image_column_name,)
+
+
+def evaluation_split_name(splits) -> str | None:
+    return next((name for name in EVALUATION_SPLITS if name in splits), None)
+
+
 def check_columns(splits, columns) -> None:
     """Every split has every one of `columns`: else a ValueError naming the missing column and the ones there are."""
     if "train" not in splits:
@@ -226,18 +236,17 @@ def load_splits(args: DataArguments, seed: int = 0, labelled: bool = True) -> Da
     `open_source` for where they come from). Raises ValueError naming a missing path or column, or an empty split.
     """
     splits = open_source(args, seed)
-    if "train" not in splits:
-        raise ValueError(f"The dataset has no 'train' split; it has {list(splits)}")
-    columns = (args.image_column_name, args.label_column_name) if labelled else (args.image_column_name,)
+    columns = data_columns(args, labelled)
     check_columns(splits, columns)
     splits = DatasetDict({name: split.select_columns(list(columns)) for name, split in splits.items()})
     if not len(splits["train"]):
         raise ValueError(f"The dataset's train split has no images (columns {list(columns)})")
-    validation = next((splits[name] for name in ("validation", "val", "valid", "test") if name in splits), None)
-    train = splits["train"]
-    if validation is None:
+    train, name = splits["train"], evaluation_split_name(splits)
+    if name is None:
         parts = train.train_test_split(test_size=args.train_val_split, seed=seed)
         train, validation = parts["train"], parts["test"]
+    else:
+        validation = splits[name]
     splits = DatasetDict(train=train, validation=validation)
 
     if labelled and not isinstance(train.features[args.label_column_name], ClassLabel):
@@ -286,15 +295,15 @@ def load_stream(args: DataArguments, seed: int = 0, labelled: bool = True):
     else the first `max_eval_samples` (default `STREAM_EVAL_SAMPLES`) images of the stream, which training leaves
     out by name (path or content, so however the stream is later split between processes)."""
     source = open_source(args, seed, streaming=True)
-    columns = (args.image_column_name, args.label_column_name) if labelled else (args.image_column_name,)
+    columns = data_columns(args, labelled)
     check_columns(source, columns)
     source = IterableDatasetDict({name: split.select_columns(list(columns)) for name, split in source.items()})
     train = source["train"]
     if labelled and not isinstance(train.features[args.label_column_name], ClassLabel):
         raise ValueError(f"--streaming needs the label column {args.label_column_name!r} to be a ClassLabel (its classes "
-                         "known before reading the stream); it is {train.features[args.label_column_name]}")  # fmt: skip
+                         f"known before reading the stream); it is {train.features[args.label_column_name]}")  # fmt: skip
     count = args.max_eval_samples or STREAM_EVAL_SAMPLES
-    name = next((name for name in ("validation", "val", "valid", "test") if name in source), None)
+    name = evaluation_split_name(source)
     train = train.cast_column(args.image_column_name, Image(decode=False))
     evaluation = source[name].cast_column(args.image_column_name, Image(decode=False)) if name is not None else train
     validation = Dataset.from_list(list(evaluation.take(count)), features=evaluation.features)
@@ -382,7 +391,11 @@ def decode_image(value, num_channels: int) -> torch.Tensor:
     decoded once, straight into the tensor the transforms work on (torchvision's decoders: JPEG, PNG, WebP, GIF);
     other formats go through PIL. A file that cannot be read is a ValueError naming it."""
     try:
-        data = value["bytes"] if value.get("bytes") is not None else open(value["path"], "rb").read()
+        if value.get("bytes") is not None:
+            data = value["bytes"]
+        else:
+            with open(value["path"], "rb") as file:
+                data = file.read()
         return torchvision.io.decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                                            mode=ImageReadMode.RGB if num_channels == 3 else ImageReadMode.GRAY)  # fmt: skip
     except (RuntimeError, OSError):  # not a format torchvision decodes, or not an image at all: PIL says which
@@ -526,6 +539,10 @@ class TrainingData:
     @property
     def streaming(self) -> bool:
         return isinstance(self.train, IterableDataset)
+
+    def length(self, training_args) -> str:
+        """How long the run trains, for its closing line: "N steps of a stream" or "N epochs"."""
+        return f"{training_args.max_steps} steps of a stream" if self.streaming else f"{training_args.num_train_epochs:g} epochs"
 
     def set_transforms(self, image_processor, num_channels: int, args: DataArguments, labelled: bool = True, **augmentation) -> None:
         """Decode and transform on the fly: the splits' `set_transform`, or for a stream its `DecodingCollator`;

@@ -60,20 +60,19 @@ def check_exportable(model) -> None:
         raise ValueError("the model is in training mode (dropout, stochastic depth): call model.eval() before exporting")
 
 
-def size_step(model) -> tuple[tuple[int, int], bool]:
-    """((h, w) the exported image sides are multiples of, whether they may differ from the traced size)."""
+def size_step(model) -> tuple[int, int]:
+    """(h, w) the exported image sides are multiples of."""
     config = model.config
     if getattr(config, "window_size", None) is not None:  # Swin: whole windows at every stage
         step = config.total_stride * config.window_size
-        return (step, step), True
-    embeddings = model.base_model.patch_embeddings
-    return tuple(embeddings.input_multiple), True
+        return step, step
+    return tuple(model.base_model.patch_embeddings.input_multiple)
 
 
 def example_size(model) -> tuple[int, int]:
     """The traced image size: the config's, rounded down to a multiple of the export step (Swin's may not be one),
     and at least two steps (torch.export fixes a dimension traced at one step to that size)."""
-    step_h, step_w = size_step(model)[0]
+    step_h, step_w = size_step(model)
     height, width = to_2tuple(model.config.image_size)
     return max(2 * step_h, height // step_h * step_h), max(2 * step_w, width // step_w * step_w)
 
@@ -81,9 +80,9 @@ def example_size(model) -> tuple[int, int]:
 def dynamic_shapes(model, dynamic_image_size: bool) -> dict:
     """torch.export's dynamic dimensions: the batch, and the sides as multiples of the step (a step of one pixel,
     the hybrid's CNN: any side the CNN takes, its range found by torch.export)."""
-    (step_h, step_w), resizable = size_step(model)
+    step_h, step_w = size_step(model)
     axes = {0: torch.export.Dim("batch", min=1, max=4096)}
-    if dynamic_image_size and resizable:
+    if dynamic_image_size:
         for axis, step, name in ((2, step_h, "rows"), (3, step_w, "columns")):
             axes[axis] = torch.export.Dim.AUTO if step == 1 else step * torch.export.Dim(name, min=1, max=4096 // step)
     return {"pixel_values": axes}
@@ -149,7 +148,7 @@ def check_with_onnxruntime(forward, onnx_path: str, sizes, batch_sizes=(1, 3), t
 def check_sizes(model, sizes, dynamic_image_size: bool) -> list[tuple[int, int]]:
     """The (h, w) sizes to check: `sizes` (each a side or "HxW"), every one a multiple of the export step, or the
     traced size and, with dynamic sides, one step more."""
-    (step_h, step_w), _ = size_step(model)
+    step_h, step_w = size_step(model)
     traced = example_size(model)
     if not sizes:
         return [traced, (traced[0] + step_h, traced[1] + step_w)] if dynamic_image_size else [traced]
@@ -173,7 +172,6 @@ def export_checkpoint(model_name_or_path: str, output_dir: str, dynamic_image_si
     export that does not match PyTorch raise a ValueError naming the problem; files are written only after every
     check before the export passed."""
     model = load_model(model_name_or_path, trust_remote_code)
-    check_exportable(model)
     sizes = check_sizes(model, sizes, dynamic_image_size)
     forward, program = export_model(model, output_dir, dynamic_image_size)
     differences = check_with_onnxruntime(forward, os.path.join(output_dir, ONNX_FILE), sizes)
@@ -181,7 +179,7 @@ def export_checkpoint(model_name_or_path: str, output_dir: str, dynamic_image_si
     report = dict(
         source=model_name_or_path, model_type=model.config.model_type, outputs=forward.output_names,
         dynamic_axes=dynamic_axes(program),
-        size_step=list(size_step(model)[0]), max_abs_difference=differences, files=[ONNX_FILE, PROGRAM_FILE],
+        size_step=list(size_step(model)), max_abs_difference=differences, files=[ONNX_FILE, PROGRAM_FILE],
     )  # fmt: skip
     with open(os.path.join(output_dir, REPORT_FILE), "w") as f:
         json.dump(report, f, indent=2)

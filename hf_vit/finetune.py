@@ -254,8 +254,6 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
             teacher, teacher_inputs = load_teacher(model_args, model, image_processor)
         data.set_transforms(image_processor, model.config.num_channels, data_args, **ingredients.augmentation)
         dataset_name, dataset_id = describe_dataset(data_args)
-        if data.streaming:  # each process reads its own share of the stream, rather than the first one reading for all
-            training_args.accelerator_config.dispatch_batches = False
 
         trainer = ImageClassificationTrainer(
             model=model,
@@ -284,8 +282,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
         top5 = f", top-5 {metrics['eval_top5_accuracy']:.2%}" if "eval_top5_accuracy" in metrics else ""
         print(
             f"eval: accuracy {metrics['eval_accuracy']:.2%}{top5}, loss {metrics['eval_loss']:.4f} on "
-            f"{len(data.validation)} images of {dataset_name} after "
-            + (f"{training_args.max_steps} steps of a stream" if data.streaming else f"{training_args.num_train_epochs:g} epochs")
+            f"{len(data.validation)} images of {dataset_name} after {data.length(training_args)}"
             + (f" ({metrics['train_skipped_unreadable_images']} unreadable images skipped)" if data.streaming else "")
             + f" -> {training_args.output_dir}"
         )

@@ -204,8 +204,6 @@ def pretrain(args: PretrainArguments, data_args: DataArguments, training_args: P
         hflip_prob, _ = flip_choice(not data_args.uses_embedded_digits)
         data.set_transforms(image_processor, config.num_channels, data_args, labelled=False, crop_scale_min=crop_scale_min,
                             hflip_prob=hflip_prob)  # fmt: skip
-        if data.streaming:  # each process reads its own share of the stream
-            training_args.accelerator_config.dispatch_batches = False
         shown = data.validation.select(range(min(args.reconstruction_images, len(data.validation))))
         pictures = []
         if len(shown):
@@ -229,7 +227,7 @@ def pretrain(args: PretrainArguments, data_args: DataArguments, training_args: P
     metrics = trainer.train_and_evaluate(training_args.resume_from_checkpoint, data.skipped)
     if trainer.is_world_process_zero():
         print(f"eval: reconstruction loss {metrics['eval_loss']:.4f} on {len(data.validation)} images of "
-              f"{dataset_name} after {training_args.num_train_epochs:g} epochs of {method} -> {training_args.output_dir}")  # fmt: skip
+              f"{dataset_name} after {data.length(training_args)} of {method} -> {training_args.output_dir}")  # fmt: skip
     trainer.publish(dataset_name, dataset_id)
     return metrics
 

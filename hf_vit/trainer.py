@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from datasets import IterableDataset
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
 from safetensors.torch import load_file, save_file
@@ -337,16 +338,19 @@ def check_backbone_learning_rate(training_args, config) -> None:
         raise ValueError(f"--backbone_learning_rate needs a model with a CNN backbone (hf_vit_hybrid), not {config.model_type}")
 
 
+def fsdp_launched() -> bool:
+    """Whether `accelerate launch --use_fsdp` (or its config file) started this process."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
 def fsdp_requested(training_args) -> bool:
-    """Whether the run is to be sharded with FSDP: `accelerate launch --use_fsdp` (or its config file), or the
-    Trainer's own `--fsdp` flag."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or bool(training_args.fsdp)
+    """Whether the run is to be sharded with FSDP: `accelerate launch --use_fsdp`, or the Trainer's own `--fsdp`."""
+    return fsdp_launched() or bool(training_args.fsdp)
 
 
 def check_fsdp_version() -> None:
     """FSDP1 shards on accelerators only: asked for on a machine without one, it is refused by name."""
-    launched = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    if launched and not has_accelerator() and os.environ.get("FSDP_VERSION", "1") != "2":
+    if fsdp_launched() and not has_accelerator() and os.environ.get("FSDP_VERSION", "1") != "2":
         raise ValueError("FSDP on CPU needs FSDP2 (accelerate launch --use_fsdp --fsdp_version 2): FSDP1 shards on "
                          "accelerators only")  # fmt: skip
 
@@ -356,7 +360,7 @@ def shard_on_cpu(accelerator) -> bool:
     data-parallel without a word. FSDP2 shards over CPU processes too (gloo), so switch accelerate to it there, with
     the FSDP settings the launcher exported. Returns whether it switched."""
     state = accelerator.state
-    if state.distributed_type != DistributedType.MULTI_CPU or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+    if state.distributed_type != DistributedType.MULTI_CPU or not fsdp_launched():
         return False
     state.fsdp_plugin, state.distributed_type = FullyShardedDataParallelPlugin(), DistributedType.FSDP
     return True
@@ -397,6 +401,7 @@ class HfViTTrainer(Trainer):
 
     - weight decay skips biases, norms, position embeddings and prefix tokens;
     - data-parallel runs search for unused parameters only when the model has some (`unused_parameters`);
+    - every process reads its own share of a streamed (`datasets.IterableDataset`) training set;
     - `accelerate launch --use_fsdp --fsdp_version 2` shards parameters, gradients and optimizer state on CPU
       processes too (`shard_on_cpu`); checkpoints are FSDP's sharded ones, the final model one whole file;
     - `layer_decay` < 1 lowers each layer's learning rate with its distance from the head (`layer_ids`);
@@ -410,6 +415,9 @@ class HfViTTrainer(Trainer):
         if args is not None and model is not None and args.world_size > 1 and args.ddp_find_unused_parameters is None:
             # DDP's search for unused parameters costs a pass over the graph every step: ask the model instead
             args.ddp_find_unused_parameters = bool(unused_parameters(model))
+        if args is not None and isinstance(kwargs.get("train_dataset"), IterableDataset):
+            # each process reads its own share of a stream, rather than the first one reading for all
+            args.accelerator_config.dispatch_batches = False
         super().__init__(model, args, *positional, **kwargs)
         check_backbone_learning_rate(self.args, self.model.config)
         check_layer_decay(layer_decay)
@@ -486,7 +494,6 @@ class HfViTTrainer(Trainer):
             write_model_card(self.args.output_dir, self.model, self.card_template, dataset=dataset, dataset_id=dataset_id,
                              training_args=self.args, log_history=self.state.log_history, load_id=load_id,
                              recipe=self.recipe_summary, curves=CURVES_FILE, extra_fields=self.card_fields)  # fmt: skip
-
 
     def train_and_evaluate(self, resume_from_checkpoint=None, skipped=None) -> dict:
         """Train, save the model, evaluate; log and save the train and eval metrics and the trainer state. Returns the

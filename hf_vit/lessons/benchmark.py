@@ -381,7 +381,6 @@ def input_pipeline_speed(directory: str, workers=(0, 1, 2), batch_size: int = 16
     return rows
 
 
-
 def time_to_first_steps(directory: str, counts=(1_000, 100_000), rounds: int = 2, steps: int = 3) -> list[dict]:
     """Seconds from the command to its end for `finetune.py --max_steps {steps}` (a fresh process: imports, data,
     model, the steps, an evaluation on 64 images) on imagefolders of `counts` 32 px JPEGs in 10 classes, streamed
