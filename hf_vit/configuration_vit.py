@@ -28,6 +28,7 @@ VIT_PRESETS = {
 
 
 POOLINGS = ("cls", "mean", "cls_mean", "map")
+POSITION_EMBEDDING_INITS = ("trunc_normal", "sincos")
 
 
 class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig):
@@ -50,6 +51,10 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
         layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon.
         qkv_bias (`bool`, defaults to `True`): bias in the query/key/value projection.
         initializer_range (`float`, defaults to 0.02): std of the truncated-normal initialisation.
+        position_embedding_init (`str`, defaults to `"trunc_normal"`): how the learned position embeddings start:
+            `"trunc_normal"` as every other weight (ViT, DeiT); `"sincos"` at MAE's 2D sine-cosine table for the
+            grid (zeros for the CLS / distillation token), so that training from scratch starts knowing where each
+            patch is (fixed in Beyer et al. 2022's plain ViT; here only the start); needs hidden_size divisible by 4.
         pooling (`str`, defaults to `"cls"`): what the head reads, `pooler_output`: `"cls"` the CLS token;
             `"mean"` the average of the grid tokens (normalised after pooling, as timm's `global_pool="avg"`);
             `"cls_mean"` the CLS token concatenated with the average of the normalised grid tokens, (B, 2 *
@@ -90,6 +95,7 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
     initializer_range: float = 0.02
+    position_embedding_init: str = "trunc_normal"
     pooling: str = "cls"
     class_token: bool = True
     num_register_tokens: int = 0
@@ -115,6 +121,10 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
                 f"({self.num_attention_heads})"
             )
         check_choice(self, "pooling", POOLINGS)
+        check_choice(self, "position_embedding_init", POSITION_EMBEDDING_INITS)
+        if self.position_embedding_init == "sincos" and self.hidden_size % 4:
+            raise ValueError(f"position_embedding_init='sincos' needs hidden_size divisible by 4 (a sine and a cosine "
+                             f"per axis), got {self.hidden_size}")  # fmt: skip
         if not self.class_token and self.pooling not in ("mean", "map"):
             raise ValueError(f"class_token=False needs pooling='mean' or 'map' (there is no CLS token to pool), got {self.pooling!r}")
         if isinstance(self.num_register_tokens, bool) or not isinstance(self.num_register_tokens, int) or self.num_register_tokens < 0:

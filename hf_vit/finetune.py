@@ -26,7 +26,10 @@ from .data import (
 from .families import FAMILIES, Family, family_of
 from .lora import LoraArguments, add_lora, check_lora_arguments, merged_model, trainable_fraction
 from .metrics import compute_metrics
-from .recipes import RecipeArguments, RunFacts, apply_to_training, check_layer_decay, check_recipe_name, resolve_recipe
+from .recipes import (
+    RecipeArguments, RunFacts, apply_to_config, apply_to_training, check_layer_decay, check_recipe_name,
+    config_ingredients_given, resolve_recipe,
+)  # fmt: skip
 from .trainer import (
     BatchMixer, FinetuneTrainingArguments, ImageClassificationTrainer, TeacherInputAdapter, check_backbone_learning_rate,
     fsdp_requested, global_batch_size,
@@ -100,8 +103,12 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
     else:
         config = family.config(model_args.preset)
     check_config_overrides(config, overrides)
+    flags = config_ingredients_given(recipe_args)
+    for name in flags:
+        if name not in config.to_dict():
+            raise ValueError(f"--{name} does not apply to {family.model_type}: its config has no {name!r} field")
     size = {} if data_args.image_size is None else {"image_size": data_args.image_size}
-    type(config)(**{**config.to_dict(), **overrides, **size})  # the config's own validation of the values
+    type(config)(**{**config.to_dict(), **overrides, **flags, **size})  # the config's own validation of the values
     if model_args.teacher_name_or_path is not None:
         if "teacher_logits" not in inspect.signature(family.classifier_class.forward).parameters:
             raise ValueError(f"--teacher_name_or_path needs a model that distills (--model_type hf_deit), not {family.model_type}")
@@ -230,12 +237,12 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
             from_checkpoint=model_args.model_name_or_path is not None, has_teacher=model_args.teacher_name_or_path is not None,
             num_train_epochs=1 if data.streaming else training_args.num_train_epochs,
             global_batch_size=global_batch_size(training_args), flips_keep_labels=not data_args.uses_embedded_digits,
+            position_embeddings=hasattr(config, "position_embedding_init"),
         )  # fmt: skip
         ingredients = resolve_recipe(recipe_args, training_args, overrides, facts)
         ingredients = fit_to_training(ingredients, lora_args, training_args, data.streaming)
         apply_to_training(ingredients, training_args)
-        if ingredients.drop_path_rate is not None:
-            config.drop_path_rate = ingredients.drop_path_rate
+        apply_to_config(ingredients, config)
         recipe_summary = [f"recipe {recipe_args.recipe!r} for {facts.describe()}:", *ingredients.describe()]
         if training_args.should_log:
             print("\n  ".join(recipe_summary))

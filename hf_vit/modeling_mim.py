@@ -64,6 +64,12 @@ def sincos_position_embeddings(grid_size, dim: int) -> torch.Tensor:
     return torch.cat([part for angle in angles for part in (angle.sin(), angle.cos())], dim=1).float()
 
 
+def sincos_position_table(grid_size, dim: int, num_prefix: int) -> torch.Tensor:
+    """(1, num_prefix + gh * gw, dim): zeros for the prefix tokens, then `sincos_position_embeddings` for the grid."""
+    table = sincos_position_embeddings(grid_size, dim)
+    return torch.cat([torch.zeros(num_prefix, dim), table])[None]
+
+
 def random_masking(batch_size: int, num_tokens: int, mask_ratio: float, noise=None, device=None):
     """MAE's per-sample random masking, as transformers' ViTMAE draws it: the tokens with the smallest `noise` (B, N)
     are kept. Returns (ids_keep (B, K), mask (B, N) with 1 for dropped tokens, ids_restore (B, N)), K = int(N * (1 -
@@ -186,10 +192,8 @@ class MaskedAutoencoderDecoder(nn.Module):
         self.prediction = nn.Linear(dim, patch_h * patch_w * config.num_channels)
 
     def sincos_table(self) -> torch.Tensor:
-        """MAE's fixed positions, (1, prefix + N, dim): zeros for the prefix tokens, `sincos_position_embeddings` for
-        the grid."""
-        table = sincos_position_embeddings(self.grid_size, self.position_embeddings.shape[-1])
-        return torch.cat([torch.zeros(self.num_prefix_tokens, table.shape[-1]), table])[None]
+        """MAE's fixed positions, (1, prefix + N, dim)."""
+        return sincos_position_table(self.grid_size, self.position_embeddings.shape[-1], self.num_prefix_tokens)
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid_size) -> torch.Tensor:
         hidden_states = self.embed(latent)

@@ -28,7 +28,7 @@ from .layers import (
 from .modeling_io import backbone_output, check_pixel_values, classifier_output, resolve_output_flags
 from .modeling_mim import (
     MaskedAutoencoderDecoder, MaskedAutoencoderOutput, PretrainingHeadLoading, SimMIMOutput, mae_loss, mae_reconstruction,
-    patchify, random_block_mask, random_masking, simmim_decoder, simmim_loss, simmim_reconstruction, sincos_position_embeddings,
+    patchify, random_block_mask, random_masking, simmim_decoder, simmim_loss, simmim_reconstruction, sincos_position_table,
 )  # fmt: skip
 
 
@@ -90,6 +90,10 @@ class TokenEmbeddings(nn.Module):
         num_positions = self.num_positioned_prefix + self.grid_size[0] * self.grid_size[1]
         self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, hidden_size))
         self.dropout = nn.Dropout(dropout)
+
+    def sincos_table(self) -> torch.Tensor:
+        """MAE's 2D sine-cosine positions for the grid, zeros for the positioned prefix: (1, positions, C)."""
+        return sincos_position_table(self.grid_size, self.position_embeddings.shape[-1], self.num_positioned_prefix)
 
     @torch.no_grad()
     def resize_grid(self, grid_size) -> None:
@@ -187,6 +191,8 @@ class HfViTPreTrainedModel(PretrainingHeadLoading, PreTrainedModel):
                           module.mask_token):  # fmt: skip
                 if token is not None:
                     init.trunc_normal_(token, std=std, a=-2 * std, b=2 * std)
+            if self.config.position_embedding_init == "sincos":
+                init.copy_(module.position_embeddings, module.sincos_table())
         elif isinstance(module, MaskedAutoencoderDecoder):
             init.trunc_normal_(module.mask_token, std=std, a=-2 * std, b=2 * std)
             init.copy_(module.position_embeddings, module.sincos_table())
@@ -368,9 +374,7 @@ class HfViTForPreTraining(HfViTPreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, TokenEmbeddings):  # MAE's positions: the fixed sine-cosine table; here only the start
-            table = sincos_position_embeddings(module.grid_size, module.position_embeddings.shape[-1])
-            prefix = torch.zeros(module.num_positioned_prefix, table.shape[-1])
-            init.copy_(module.position_embeddings, torch.cat([prefix, table])[None])
+            init.copy_(module.position_embeddings, module.sincos_table())
 
     def forward(
         self,

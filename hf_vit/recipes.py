@@ -27,6 +27,7 @@ class RunFacts:
     num_train_epochs: float
     global_batch_size: int
     flips_keep_labels: bool = True  # False where a mirrored image is another class (digits)
+    position_embeddings: bool = True  # learned absolute position embeddings (ViT, DeiT, hybrid; not Swin)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -61,6 +62,7 @@ class Ingredients:
     repeated_augmentation: int  # 1: off
     ema_decay: float  # 0: off
     drop_path_rate: float | None  # None: the model's own
+    position_embedding_init: str | None = None  # None: the model's own
     layer_decay: float = 1.0  # 1: off
     reasons: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -78,6 +80,8 @@ class Ingredients:
 INGREDIENTS = [f.name for f in dataclasses.fields(Ingredients) if f.name != "reasons"]
 # Ingredients that are TrainingArguments flags; the others are RecipeArguments flags.
 TRAINING_INGREDIENTS = ("learning_rate", "weight_decay", "warmup_steps")
+# Ingredients that are model config fields: --config_overrides may give them too.
+CONFIG_INGREDIENTS = ("drop_path_rate", "position_embedding_init")
 
 
 @dataclass
@@ -113,6 +117,11 @@ class RecipeArguments:
     drop_path_rate: float | None = field(
         default=None, metadata={"help": "Stochastic depth of the last block (also a config field)."}
     )
+    position_embedding_init: str | None = field(
+        default=None,
+        metadata={"help": "How a model trained from scratch starts its position embeddings: trunc_normal (ViT's) or "
+                  "sincos (a 2D sine-cosine table); also a config field."},
+    )  # fmt: skip
     layer_decay: float | None = field(
         default=None,
         metadata={"help": "Layer-wise learning-rate decay: block i of n learns at decay^(n + 1 - i) of the rate, "
@@ -126,7 +135,7 @@ Choice = tuple[object, str]  # (value, reason)
 PLAIN = dict(
     learning_rate=1e-3, weight_decay=0.05, warmup_steps=0.02, crop_scale_min=0.8, rand_augment_magnitude=0,
     random_erasing_prob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.0, repeated_augmentation=1,
-    ema_decay=0.0, drop_path_rate=None, layer_decay=1.0,
+    ema_decay=0.0, drop_path_rate=None, position_embedding_init=None, layer_decay=1.0,
 )  # fmt: skip
 
 # DeiT's regularisers, (off, at ImageNet scale: Touvron et al. 2021, table 9, 1.28M images x 300 epochs);
@@ -140,6 +149,9 @@ DEIT_IMAGES_SEEN = 1_281_167 * 300
 # Up to this many images seen (training images x epochs), every DeiT regulariser lowered accuracy in the recipe
 # study (digits: 1,437 images x 15 epochs; `hf_vit.lessons.recipe_study`): the model is still underfitting there.
 UNDERFITTING_IMAGES_SEEN = 1_437 * 15
+# RandAugment's smallest magnitude for a student from scratch with a teacher and the sine-cosine position start
+# (`distillation_start`), measured in the recipe study.
+DISTILLATION_RAND_AUGMENT = 5
 
 
 def regularisation_strength(facts: RunFacts) -> float:
@@ -172,15 +184,35 @@ def deit_ema_decay(total_steps: int) -> float:
     return 1.0 - 15.0 / max(total_steps, 15)
 
 
+def distillation_start(facts: RunFacts, strength: float) -> dict[str, Choice]:
+    """Below DeiT's budget, a from-scratch student with learned position embeddings and a teacher starts its
+    positions at the 2D sine-cosine table and sees RandAugment at `DISTILLATION_RAND_AUGMENT` at least; otherwise
+    the model keeps its own start (DeiT's at its budget; from a checkpoint its weights are loaded)."""
+    model_own = ("no teacher" if not facts.has_teacher else "from a checkpoint, its weights" if facts.from_checkpoint
+                 else "no learned position embeddings" if not facts.position_embeddings
+                 else "DeiT's own at DeiT's budget" if strength >= 1.0 else None)  # fmt: skip
+    if model_own is not None:
+        return dict(position_embedding_init=(None, f"the model's own: {model_own}"))
+    magnitude = max(DISTILLATION_RAND_AUGMENT, round(DEIT_REGULARISERS["rand_augment_magnitude"][1] * strength))
+    return dict(
+        position_embedding_init=("sincos", "a student from scratch with a teacher below DeiT's budget: its positions start "
+                                 "knowing where each patch is, so it fits its images early and RandAugment pays (recipe study)"),
+        rand_augment_magnitude=(magnitude, f"at least {DISTILLATION_RAND_AUGMENT} for a student with the sine-cosine start: "
+                                "the teacher labels each augmented view (recipe study, digits x 15 epochs: it lowered "
+                                "accuracy without the start, or without the teacher)"),
+    )  # fmt: skip
+
+
 def deit_recipe(facts: RunFacts) -> dict[str, Choice]:
     """DeiT's recipe scaled to the run: its regularisers (crop, RandAugment, erasing, Mixup, CutMix, label
     smoothing, stochastic depth) at `regularisation_strength`, its learning-rate rule with a floor, its EMA over
-    the last ~1/15 of the steps, repeated augmentation once the strength passes 1/2."""
+    the last ~1/15 of the steps, repeated augmentation once the strength passes 1/2; below DeiT's budget, a student
+    from scratch with a teacher gets the sine-cosine start and RandAugment (`distillation_start`)."""
     strength, batch, steps = regularisation_strength(facts), facts.global_batch_size, facts.total_steps
     scaled = f"DeiT's, at strength {strength:.2f} ({facts.num_train_images} images x {facts.num_train_epochs:g} epochs)"
     choices = plain_recipe(facts) | {
         name: (type(full)(round(off + (full - off) * strength, 3)), scaled) for name, (off, full) in DEIT_REGULARISERS.items()
-    }
+    } | distillation_start(facts, strength)  # fmt: skip
     repeats = 3 if strength >= 0.5 else 1
     return choices | dict(
         learning_rate=(deit_learning_rate(batch), f"DeiT: 5e-4 x max(global batch {batch}, 512) / 512"),
@@ -237,16 +269,28 @@ def check_recipe_name(name: str) -> None:
 
 def resolve_recipe(recipe_args: RecipeArguments, training_args, config_overrides: dict, facts: RunFacts) -> Ingredients:
     """Every ingredient: the user's flag where given (a RecipeArguments field, a TrainingArguments field such as
-    `learning_rate`, or `drop_path_rate` in the config overrides), else the recipe's choice for these facts."""
+    `learning_rate`, or a `CONFIG_INGREDIENTS` field in the config overrides), else the recipe's choice for these facts."""
     check_recipe_name(recipe_args.recipe)
     chosen = RECIPES[recipe_args.recipe](facts)
     values, reasons = {}, {}
     for name in INGREDIENTS:
         given = getattr(training_args if name in TRAINING_INGREDIENTS else recipe_args, name)
-        if name == "drop_path_rate" and given is None:
-            given = config_overrides.get("drop_path_rate")
+        if name in CONFIG_INGREDIENTS and given is None:
+            given = config_overrides.get(name)
         values[name], reasons[name] = (given, "given") if given is not None else chosen[name]
     return Ingredients(**values, reasons=reasons)
+
+
+def config_ingredients_given(recipe_args: RecipeArguments) -> dict:
+    """The config-field ingredients given as flags (`--drop_path_rate`, `--position_embedding_init`)."""
+    return {name: getattr(recipe_args, name) for name in CONFIG_INGREDIENTS if getattr(recipe_args, name) is not None}
+
+
+def apply_to_config(ingredients: Ingredients, config) -> None:
+    """Write the config-field ingredients the recipe or the user set (None: the model's own) into `config`."""
+    for name in CONFIG_INGREDIENTS:
+        if getattr(ingredients, name) is not None:
+            setattr(config, name, getattr(ingredients, name))
 
 
 def apply_to_training(ingredients: Ingredients, training_args) -> None:

@@ -12,7 +12,7 @@ and recipe_study.png.
 
 import argparse
 
-from hf_vit.lessons.recipe_study import FINE_TUNING_RUNS, RUNS, study_fine_tuning, study_recipes
+from hf_vit.lessons.recipe_study import ABLATIONS, FINE_TUNING_RUNS, RUNS, study_fine_tuning, study_recipes
 
 
 def main(argv=None) -> int:
@@ -20,7 +20,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--study", choices=["recipes", "fine_tuning"], default="recipes")
     parser.add_argument("--datasets", nargs="+", choices=["digits", "photo_patches"], default=["digits", "photo_patches"])
-    parser.add_argument("--runs", nargs="+", choices=[*RUNS, *FINE_TUNING_RUNS], default=None, help="default: all of the study's")
+    parser.add_argument("--runs", nargs="+", choices=[*RUNS, *ABLATIONS, *FINE_TUNING_RUNS], default=None,
+                        help="default: the study's, without the ablations")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=float, default=15)
     parser.add_argument("--batch_size", type=int, default=16)

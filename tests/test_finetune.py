@@ -78,6 +78,7 @@ def test_short_run_writes_a_complete_checkpoint_that_resumes_and_serves(tmp_path
     assert "$" not in card.replace("${", "")  # every template field was filled
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {str(d): str(d) for d in range(10)} and config["image_size"] == 32
+    assert config["position_embedding_init"] == "trunc_normal" and "position_embedding_init = None" in card  # no teacher
 
     classifier = pipeline("image-classification", model=str(output_dir))
     image = load_digits_splits()["validation"][0]["image"]

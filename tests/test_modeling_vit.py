@@ -10,6 +10,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from conftest import randomize
 from hf_vit import HfDeiTForImageClassification, HfViTConfig, HfViTForImageClassification, HfViTModel
 from hf_vit.layers import DropPath
+from hf_vit.modeling_mim import sincos_position_embeddings
 
 TINY_FIELDS = ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_labels")
 
@@ -152,6 +153,29 @@ def test_initialisation_uses_truncated_normal_position_embeddings(tiny_vit_confi
     positions = model.embeddings.position_embeddings
     assert positions.std().item() == pytest.approx(0.88 * 0.02, rel=0.1)  # std of a normal cut at +-2 sigma
     assert positions.abs().max().item() <= 2 * 0.02 + 1e-6  # truncated at two standard deviations
+
+
+@pytest.mark.parametrize("model_class", [HfViTForImageClassification, HfDeiTForImageClassification])
+def test_sincos_position_start_is_maes_table_learnable_and_kept_when_loading(tiny_vit_config, tmp_path, model_class):
+    config = model_class.config_class(**{name: getattr(tiny_vit_config, name) for name in TINY_FIELDS},
+                                      position_embedding_init="sincos")  # fmt: skip
+    model = model_class(config)
+    embeddings = model.base_model.embeddings
+    prefix = embeddings.num_positioned_prefix  # CLS (and distillation) token: zeros
+    assert prefix == (2 if model_class is HfDeiTForImageClassification else 1)
+    positions = embeddings.position_embeddings
+    torch.testing.assert_close(positions[0, prefix:], sincos_position_embeddings((4, 4), 32))
+    assert torch.count_nonzero(positions[0, :prefix]) == 0 and positions.requires_grad
+    assert torch.count_nonzero(embeddings.cls_token) > 0  # the tokens keep their truncated-normal start
+    with torch.no_grad():
+        positions.add_(1.0)  # trained weights are loaded as saved, not restarted at the table
+    model.save_pretrained(tmp_path)
+    loaded = model_class.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.base_model.embeddings.position_embeddings, positions)
+    with pytest.raises(ValueError, match="position_embedding_init='sincos' needs hidden_size divisible by 4"):
+        HfViTConfig(hidden_size=30, num_attention_heads=3, position_embedding_init="sincos")
+    with pytest.raises(ValueError, match=r"position_embedding_init must be one of \['trunc_normal', 'sincos'\]"):
+        HfViTConfig(position_embedding_init="learned")
 
 
 def test_torch_compile_has_no_graph_breaks_in_the_encoder(tiny_vit_config):

@@ -12,6 +12,7 @@ from hf_vit.recipes import (
     INGREDIENTS,
     PLAIN,
     RecipeArguments,
+    DISTILLATION_RAND_AUGMENT,
     RunFacts,
     regularisation_strength,
     resolve_recipe,
@@ -51,7 +52,29 @@ def test_deit_on_small_data_keeps_its_regularisers_off_and_a_usable_learning_rat
     assert ingredients.crop_scale_min == 1.0 and ingredients.mixup_alpha == 0.0  # no crop, no Mixup
     assert ingredients.repeated_augmentation == 1 and ingredients.hflip_prob == 0.0
     assert ingredients.learning_rate == 5e-4  # DeiT's linear rule alone would give 5e-4 x 16 / 512 = 1.6e-5
-    assert "at strength 0.00" in ingredients.reasons["mixup_alpha"]
+    assert "at strength 0.00" in ingredients.reasons["mixup_alpha"] and ingredients.position_embedding_init is None
+
+
+@pytest.mark.parametrize("recipe", ["auto", "deit"])
+def test_a_student_from_scratch_with_a_teacher_starts_at_sincos_with_randaugment(recipe):
+    student = dataclasses.replace(DIGITS, model_type="hf_deit", has_teacher=True)
+    ingredients = resolve(recipe, student)
+    assert ingredients.position_embedding_init == "sincos" and ingredients.rand_augment_magnitude == DISTILLATION_RAND_AUGMENT
+    assert "the teacher labels each augmented view" in ingredients.reasons["rand_augment_magnitude"]
+    assert ingredients.mixup_alpha == 0.0 and ingredients.crop_scale_min == 1.0  # the other regularisers stay off
+    longer = dataclasses.replace(student, num_train_images=50_000, num_train_epochs=300)
+    ingredients = resolve(recipe, longer)
+    assert ingredients.position_embedding_init == "sincos"
+    assert ingredients.rand_augment_magnitude == round(9 * regularisation_strength(longer)) > DISTILLATION_RAND_AUGMENT
+    # the model's own start and DeiT's RandAugment at its strength: without a teacher, at DeiT's budget, from a
+    # checkpoint (its weights are loaded), for a model without learned position embeddings (Swin)
+    for facts in (DIGITS, dataclasses.replace(IMAGENET, model_type="hf_deit", has_teacher=True),
+                  dataclasses.replace(student, from_checkpoint=True),
+                  dataclasses.replace(student, model_type="hf_swin", position_embeddings=False)):  # fmt: skip
+        ingredients = resolve(recipe, facts)
+        assert ingredients.position_embedding_init is None, facts
+        assert ingredients.rand_augment_magnitude == round(9 * regularisation_strength(facts)), facts
+    assert resolve("plain", student).position_embedding_init is None and resolve("plain", student).rand_augment_magnitude == 0
 
 
 def test_auto_warms_up_longer_from_scratch_and_keeps_rate_and_layers_from_a_checkpoint():
@@ -83,6 +106,7 @@ EXPLICIT = dict(
     learning_rate="0.0123", weight_decay="0.3", warmup_steps="7", crop_scale_min="0.5", hflip_prob="0.25",
     rand_augment_magnitude="4", random_erasing_prob="0.1", mixup_alpha="0.3", cutmix_alpha="0.4",
     label_smoothing="0.2", repeated_augmentation="2", ema_decay="0.9", drop_path_rate="0.05", layer_decay="0.8",
+    position_embedding_init="trunc_normal",
 )  # fmt: skip
 
 
@@ -92,9 +116,11 @@ def test_an_explicit_flag_always_wins(recipe, facts):
     assert set(EXPLICIT) == set(INGREDIENTS)
     for name, value in EXPLICIT.items():
         ingredients = resolve(recipe, facts, f"--{name}", value)
-        assert getattr(ingredients, name) == pytest.approx(float(value)) and ingredients.reasons[name] == "given", name
-    by_config = resolve(recipe, facts, "--config_overrides", "drop_path_rate=0.07")
+        expected = value if name == "position_embedding_init" else pytest.approx(float(value))
+        assert getattr(ingredients, name) == expected and ingredients.reasons[name] == "given", name
+    by_config = resolve(recipe, facts, "--config_overrides", "drop_path_rate=0.07,position_embedding_init=trunc_normal")
     assert by_config.drop_path_rate == 0.07 and by_config.reasons["drop_path_rate"] == "given"
+    assert by_config.position_embedding_init == "trunc_normal" and by_config.reasons["position_embedding_init"] == "given"
     assert resolve(recipe, facts, "--ema_decay", "0").ema_decay == 0  # 0 turns an ingredient off
 
 

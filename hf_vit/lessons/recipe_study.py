@@ -2,8 +2,9 @@
 
 On the embedded digits (1,437 gray 8x8 digits) and the photo patches (`photo_patches`: 400 colour crops of real
 photographs, 8 classes), for each seed: a small CNN (a transformers ResNet, 3 stages) trained first, then the
-article's ViT with the plain, auto and DeiT recipes, and DeiT (distillation token) with the auto recipe and hard
-distillation from that CNN. Every run has the same epochs and batch.
+article's ViT with the plain, auto and DeiT recipes, and DeiT (distillation token) with the DeiT and the auto
+recipe and hard distillation from that CNN (`ABLATIONS`: the same without the sine-cosine start or its RandAugment).
+Every run has the same epochs and batch.
 
     study_recipes(output_dir, ...) -> rows (mean, min, max accuracy per dataset and run); results.* and a plot
 
@@ -33,13 +34,22 @@ from .photo_patches import make_photo_patches
 from .report import save_results
 
 TEACHER = "CNN (ResNet, 3 stages)"
-# run name: (model type, recipe, distilled from the CNN)
+# run name: (model type, recipe and flags, distilled from the CNN)
 RUNS = {
-    "ViT, plain recipe": ("hf_vit", "plain", False),
-    "ViT, auto recipe": ("hf_vit", "auto", False),
-    "ViT, deit recipe": ("hf_vit", "deit", False),
-    "DeiT, auto recipe + CNN teacher": ("hf_deit", "auto", True),
+    "ViT, plain recipe": ("hf_vit", dict(recipe="plain"), False),
+    "ViT, auto recipe": ("hf_vit", dict(recipe="auto"), False),
+    "ViT, deit recipe": ("hf_vit", dict(recipe="deit"), False),
+    "DeiT, deit recipe + CNN teacher": ("hf_deit", dict(recipe="deit"), True),
+    "DeiT, auto recipe + CNN teacher": ("hf_deit", dict(recipe="auto"), True),
 }
+# What the sine-cosine start and its RandAugment do, one at a time (`--runs`; not in the default study).
+ABLATIONS = {
+    "DeiT, auto recipe + CNN teacher, truncated-normal start, no RandAugment":
+        ("hf_deit", dict(recipe="auto", position_embedding_init="trunc_normal", rand_augment_magnitude=0), True),
+    "DeiT, auto recipe + CNN teacher, no RandAugment": ("hf_deit", dict(recipe="auto", rand_augment_magnitude=0), True),
+    "DeiT, auto recipe + CNN teacher, truncated-normal start":
+        ("hf_deit", dict(recipe="auto", position_embedding_init="trunc_normal"), True),
+}  # fmt: skip
 
 
 # run name: (from the checkpoint, learning rate, layer decay); every other ingredient is the auto recipe's
@@ -104,10 +114,10 @@ def study_recipes(output_dir: str, datasets=(DIGITS, "photo_patches"), runs=tupl
             accuracies.setdefault((dataset, TEACHER), []).append(metrics["eval_accuracy"])
             seconds.setdefault((dataset, TEACHER), []).append(time.perf_counter() - start)
             for name in runs:
-                model_type, recipe, distilled = RUNS[name]
+                model_type, recipe, distilled = (RUNS | ABLATIONS)[name]
                 model_args = ModelArguments(model_type=model_type, teacher_name_or_path=teacher.output_dir if distilled else None)
                 start = time.perf_counter()
-                metrics = finetune(model_args, data_args, training(name), RecipeArguments(recipe=recipe))
+                metrics = finetune(model_args, data_args, training(name), RecipeArguments(**recipe))
                 accuracies.setdefault((dataset, name), []).append(metrics["eval_accuracy"])
                 seconds.setdefault((dataset, name), []).append(time.perf_counter() - start)
     title = f"final eval accuracy over seeds {list(seeds)}, {epochs:g} epochs, batch {batch_size}"
