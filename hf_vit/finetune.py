@@ -107,6 +107,10 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
     for name in flags:
         if name not in config.to_dict():
             raise ValueError(f"--{name} does not apply to {family.model_type}: its config has no {name!r} field")
+    start = flags.get("position_embedding_init", overrides.get("position_embedding_init"))
+    if start is not None and model_args.model_name_or_path is not None:  # it would be saved, and do nothing
+        raise ValueError(f"position_embedding_init={start!r} sets how a model trained from scratch starts; "
+                         "--model_name_or_path loads the checkpoint's position embeddings")  # fmt: skip
     size = {} if data_args.image_size is None else {"image_size": data_args.image_size}
     type(config)(**{**config.to_dict(), **overrides, **flags, **size})  # the config's own validation of the values
     if model_args.teacher_name_or_path is not None:

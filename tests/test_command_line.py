@@ -61,6 +61,18 @@ def test_bad_arguments_fail_in_one_line_with_exit_code_2_before_any_data_or_file
     assert not output_dir.exists()
 
 
+@pytest.mark.parametrize("flags", [["--position_embedding_init", "sincos"],
+                                   ["--config_overrides", "position_embedding_init='sincos'"]])  # fmt: skip
+def test_a_position_start_for_a_checkpoint_is_refused_before_any_data(tmp_path, broken_images, capsys, tiny_vit_config, flags):
+    HfViTForImageClassification(tiny_vit_config).save_pretrained(tmp_path / "checkpoint")
+    output_dir = tmp_path / "out"
+    assert main(["--output_dir", str(output_dir), "--train_dir", str(broken_images), "--model_name_or_path",
+                 str(tmp_path / "checkpoint"), *flags]) == 2  # fmt: skip
+    error = capsys.readouterr().err
+    assert "position_embedding_init='sincos' sets how a model trained from scratch starts; --model_name_or_path loads" in error
+    assert not output_dir.exists()
+
+
 def test_the_script_exits_2_with_one_line_and_traceback_shows_the_whole_story(tmp_path):
     args = ["--output_dir", str(tmp_path / "out"), "--model_type", "hf_nonsense"]
     result = run_script(args, expect_success=False)
