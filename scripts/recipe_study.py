@@ -1,6 +1,7 @@
-"""The recipe study: the article's ViT with the plain, auto and DeiT recipes, and DeiT distilled from a small CNN,
-over seeds, on the embedded digits and on crops of real photographs (both shipped, nothing is downloaded); with
-`--study fine_tuning`, learning rates and layer-wise decay when fine-tuning a checkpoint on a new label set.
+"""The recipe study: the article's ViT with the plain and DeiT recipes (from scratch the default, auto, is DeiT's
+scaled to the run), and DeiT distilled from a small CNN, over seeds, on the embedded digits and on crops of real
+photographs (both shipped, nothing is downloaded); with `--study fine_tuning`, learning rates and layer-wise decay
+when fine-tuning a checkpoint on a new label set.
 
     python scripts/recipe_study.py --output_dir docs/learn/recipes                  # seeds 0-2, 15 epochs
     python scripts/recipe_study.py --output_dir runs/study --seeds 0 --epochs 2     # a quick look

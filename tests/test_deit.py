@@ -262,7 +262,7 @@ def test_teacher_needs_a_distilling_student(tmp_path):
 
 
 def test_recipe_study_writes_its_table_and_plot(tmp_path):
-    runs = ["ViT, plain recipe", "DeiT, auto recipe + CNN teacher, truncated-normal start"]  # the second an ablation
+    runs = ["ViT, plain recipe", "DeiT, deit recipe + CNN teacher, truncated-normal start"]  # the second an ablation
     result = run_script(["--output_dir", str(tmp_path), "--seeds", "0", "--epochs", "1", "--max_train_samples", "48",
                          "--runs", *runs], script="recipe_study.py")  # fmt: skip
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
@@ -270,10 +270,10 @@ def test_recipe_study_writes_its_table_and_plot(tmp_path):
         (dataset, run) for dataset in ("digits", "photo_patches") for run in ["CNN (ResNet, 3 stages)", *runs]
     ]
     assert all(0 <= row["min_accuracy"] <= row["mean_accuracy"] <= row["max_accuracy"] <= 1 for row in rows)
-    assert "| photo_patches | DeiT, auto recipe + CNN teacher, truncated-normal start |" in result.stdout
+    assert "| photo_patches | DeiT, deit recipe + CNN teacher, truncated-normal start |" in result.stdout
     assert (tmp_path / "results.csv").read_text().startswith("dataset,run,mean_accuracy")
     assert (tmp_path / "recipe_study.png").read_bytes()[:4] == b"\x89PNG"
-    distilled = tmp_path / "photo_patches" / "seed0" / "DeiT_auto_recipe_and_CNN_teacher_truncated-normal_start"
+    distilled = tmp_path / "photo_patches" / "seed0" / "DeiT_deit_recipe_and_CNN_teacher_truncated-normal_start"
     config = json.loads((distilled / "config.json").read_text())
     assert config["model_type"] == "hf_deit" and config["distillation_type"] == "hard"
     assert config["position_embedding_init"] == "trunc_normal"  # the ablation's flag, over the recipe's sine-cosine start

@@ -44,6 +44,7 @@ def test_deit_at_imagenet_scale_is_deits_table_9():
         assert getattr(ingredients, name) == value, name
     assert ingredients.repeated_augmentation == 3 and ingredients.learning_rate == pytest.approx(1e-3)  # 5e-4 x 1024 / 512
     assert ingredients.ema_decay == pytest.approx(1 - 15 / (1252 * 300)) and ingredients.hflip_prob == 0.5
+    assert ingredients.warmup_steps == 0.02  # 5 of 300 epochs, in whole percents
 
 
 def test_deit_on_small_data_keeps_its_regularisers_off_and_a_usable_learning_rate():
@@ -52,6 +53,7 @@ def test_deit_on_small_data_keeps_its_regularisers_off_and_a_usable_learning_rat
     assert ingredients.crop_scale_min == 1.0 and ingredients.mixup_alpha == 0.0  # no crop, no Mixup
     assert ingredients.repeated_augmentation == 1 and ingredients.hflip_prob == 0.0
     assert ingredients.learning_rate == 5e-4  # DeiT's linear rule alone would give 5e-4 x 16 / 512 = 1.6e-5
+    assert ingredients.warmup_steps == 0.1 and "steadied the first epochs" in ingredients.reasons["warmup_steps"]
     assert "at strength 0.00" in ingredients.reasons["mixup_alpha"] and ingredients.position_embedding_init is None
 
 
@@ -77,7 +79,20 @@ def test_a_student_from_scratch_with_a_teacher_starts_at_sincos_with_randaugment
     assert resolve("plain", student).position_embedding_init is None and resolve("plain", student).rand_augment_magnitude == 0
 
 
-def test_auto_warms_up_longer_from_scratch_and_keeps_rate_and_layers_from_a_checkpoint():
+def test_deit_warms_up_longer_the_less_it_regularises():
+    sizes = [(1437, 15), (1437, 20), (1437, 60), (50_000, 100), (1_281_167, 300)]
+    warmups = [resolve("deit", dataclasses.replace(DIGITS, num_train_images=n, num_train_epochs=e)).warmup_steps for n, e in sizes]
+    assert warmups[:2] == [0.1, 0.1] and warmups[-1] == 0.02 and warmups == sorted(warmups, reverse=True)
+    assert warmups[2] < 0.1 and warmups[3] > 0.02  # (1437, 20) is the quick start: strength 0.03, still 10 %
+    assert resolve("deit", dataclasses.replace(DIGITS, from_checkpoint=True)).warmup_steps == 0.05
+
+
+@pytest.mark.parametrize("facts", [DIGITS, IMAGENET, dataclasses.replace(DIGITS, model_type="hf_deit", has_teacher=True)])
+def test_auto_from_scratch_is_deit_scaled_to_the_run(facts):
+    assert resolve("auto", facts) == resolve("deit", facts)
+
+
+def test_auto_keeps_rate_and_layers_from_a_checkpoint():
     scratch, tuned = resolve("auto", DIGITS), resolve("auto", dataclasses.replace(DIGITS, from_checkpoint=True))
     assert scratch.warmup_steps == 0.1 and scratch.learning_rate == 5e-4 and scratch.ema_decay > 0.98
     assert (tuned.learning_rate, tuned.layer_decay, tuned.warmup_steps) == (5e-4, 1.0, 0.05)
