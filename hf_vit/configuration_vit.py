@@ -29,6 +29,7 @@ VIT_PRESETS = {
 
 POOLINGS = ("cls", "mean", "cls_mean", "map")
 POSITION_EMBEDDING_INITS = ("trunc_normal", "sincos")
+PATCH_EMBEDDING_INITS = ("trunc_normal", "xavier")
 
 
 class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig):
@@ -154,6 +155,11 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
         patch_embedding_type (`str`, defaults to `"patch"`): `"patch"` is one Conv2d with kernel = stride =
             patch_size; `"conv_stem"` a stack of 3x3 stride-2 convolutions (Xiao et al. 2021) with the same output
             grid, needing a power-of-two patch_size.
+        patch_embedding_init (`str`, defaults to `"trunc_normal"`): how the `"patch"` projection starts:
+            `"trunc_normal"` as every other weight; `"xavier"` as MAE's, Xavier-uniform over the flattened kernel
+            like a linear layer, so that each patch's content starts at the scale of the sine-cosine positions
+            (`position_embedding_init="sincos"`; with 4 px patches the truncated normal starts it ~6x below them);
+            only the start; needs `"patch"`.
 
     Masked-image-modeling pretraining (`HfViTForPreTraining`: MAE; `HfViTForMaskedImageModeling`: SimMIM); the
     other models ignore these fields:
@@ -174,6 +180,7 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
 
     patch_size: int | list[int] | tuple[int, int] = 16
     patch_embedding_type: str = "patch"
+    patch_embedding_init: str = "trunc_normal"
     mask_ratio: float = 0.75
     mask_patch_size: int | None = None
     norm_pix_loss: bool = False
@@ -186,6 +193,10 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
         super().__post_init__(**kwargs)
         check_positive(self, "patch_size")
         check_choice(self, "patch_embedding_type", ("patch", "conv_stem"))
+        check_choice(self, "patch_embedding_init", PATCH_EMBEDDING_INITS)
+        if self.patch_embedding_init == "xavier" and self.patch_embedding_type != "patch":
+            raise ValueError(f"patch_embedding_init='xavier' starts the 'patch' projection (one linear map per patch); "
+                             f"patch_embedding_type={self.patch_embedding_type!r} has none")  # fmt: skip
         for image, patch in zip(to_2tuple(self.image_size), to_2tuple(self.patch_size)):
             if image % patch:
                 raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")

@@ -107,10 +107,11 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
     for name in flags:
         if name not in config.to_dict():
             raise ValueError(f"--{name} does not apply to {family.model_type}: its config has no {name!r} field")
-    start = flags.get("position_embedding_init", overrides.get("position_embedding_init"))
-    if start is not None and model_args.model_name_or_path is not None:  # it would be saved, and do nothing
-        raise ValueError(f"position_embedding_init={start!r} sets how a model trained from scratch starts; "
-                         "--model_name_or_path loads the checkpoint's position embeddings")  # fmt: skip
+    for name in ("position_embedding_init", "patch_embedding_init"):
+        start = flags.get(name, overrides.get(name))
+        if start is not None and model_args.model_name_or_path is not None:  # it would be saved, and do nothing
+            raise ValueError(f"{name}={start!r} sets how a model trained from scratch starts; --model_name_or_path "
+                             "loads the checkpoint's weights")  # fmt: skip
     size = {} if data_args.image_size is None else {"image_size": data_args.image_size}
     type(config)(**{**config.to_dict(), **overrides, **flags, **size})  # the config's own validation of the values
     if model_args.teacher_name_or_path is not None:
@@ -242,6 +243,7 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
             num_train_epochs=1 if data.streaming else training_args.num_train_epochs,
             global_batch_size=global_batch_size(training_args), flips_keep_labels=not data_args.uses_embedded_digits,
             position_embeddings=hasattr(config, "position_embedding_init"),
+            patch_projection=getattr(config, "patch_embedding_type", None) == "patch",
         )  # fmt: skip
         ingredients = resolve_recipe(recipe_args, training_args, overrides, facts)
         ingredients = fit_to_training(ingredients, lora_args, training_args, data.streaming)

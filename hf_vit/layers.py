@@ -6,6 +6,8 @@ Checkpoints carry this file next to their modeling file (``trust_remote_code``),
 transformers and the configuration helpers, never the rest of hf_vit.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -203,6 +205,16 @@ class GridEmbedding(nn.Module):
         return tuple(size // step for size, step in zip(to_2tuple(image_size), self.input_multiple))
 
 
+class PatchProjection(nn.Conv2d):
+    """A Conv2d with kernel = stride = patch size: one linear map (C * p * p) -> hidden applied to every patch."""
+
+    def linear_xavier_bound(self) -> float:
+        """Xavier-uniform's bound for that linear map (MAE's start; torch's Conv2d fans would count the kernel in
+        the output too)."""
+        hidden_size, *patch = self.weight.shape
+        return math.sqrt(6.0 / (math.prod(patch) + hidden_size))
+
+
 class PatchEmbedding(GridEmbedding):
     """Cuts the image into non-overlapping patches and projects each to `hidden_size`.
 
@@ -213,7 +225,7 @@ class PatchEmbedding(GridEmbedding):
     def __init__(self, patch_size, num_channels: int, hidden_size: int):
         super().__init__()
         self.input_multiple = to_2tuple(patch_size)
-        self.projection = nn.Conv2d(num_channels, hidden_size, kernel_size=self.input_multiple, stride=self.input_multiple)
+        self.projection = PatchProjection(num_channels, hidden_size, kernel_size=self.input_multiple, stride=self.input_multiple)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.projection(pixel_values)

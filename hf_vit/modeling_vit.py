@@ -20,6 +20,7 @@ from .layers import (
     GridEmbedding,
     MultiHeadSelfAttention,
     PatchEmbedding,
+    PatchProjection,
     PreNormBlock,
     drop_path_rates,
     init_transformer_weights,
@@ -193,6 +194,9 @@ class HfViTPreTrainedModel(PretrainingHeadLoading, PreTrainedModel):
                     init.trunc_normal_(token, std=std, a=-2 * std, b=2 * std)
             if self.config.position_embedding_init == "sincos":
                 init.copy_(module.position_embeddings, module.sincos_table())
+        elif isinstance(module, PatchProjection) and self.config.patch_embedding_init == "xavier":
+            bound = module.linear_xavier_bound()
+            init.uniform_(module.weight, -bound, bound)
         elif isinstance(module, MaskedAutoencoderDecoder):
             init.trunc_normal_(module.mask_token, std=std, a=-2 * std, b=2 * std)
             init.copy_(module.position_embeddings, module.sincos_table())

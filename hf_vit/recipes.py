@@ -28,6 +28,7 @@ class RunFacts:
     global_batch_size: int
     flips_keep_labels: bool = True  # False where a mirrored image is another class (digits)
     position_embeddings: bool = True  # learned absolute position embeddings (ViT, DeiT, hybrid; not Swin)
+    patch_projection: bool = True  # a linear patch projection (ViT, DeiT; not a conv stem, a hybrid, Swin)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -63,6 +64,7 @@ class Ingredients:
     ema_decay: float  # 0: off
     drop_path_rate: float | None  # None: the model's own
     position_embedding_init: str | None = None  # None: the model's own
+    patch_embedding_init: str | None = None  # None: the model's own
     layer_decay: float = 1.0  # 1: off
     reasons: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -81,7 +83,7 @@ INGREDIENTS = [f.name for f in dataclasses.fields(Ingredients) if f.name != "rea
 # Ingredients that are TrainingArguments flags; the others are RecipeArguments flags.
 TRAINING_INGREDIENTS = ("learning_rate", "weight_decay", "warmup_steps")
 # Ingredients that are model config fields: --config_overrides may give them too.
-CONFIG_INGREDIENTS = ("drop_path_rate", "position_embedding_init")
+CONFIG_INGREDIENTS = ("drop_path_rate", "position_embedding_init", "patch_embedding_init")
 
 
 @dataclass
@@ -122,6 +124,11 @@ class RecipeArguments:
         metadata={"help": "How a model trained from scratch starts its position embeddings: trunc_normal (ViT's) or "
                   "sincos (a 2D sine-cosine table); also a config field."},
     )  # fmt: skip
+    patch_embedding_init: str | None = field(
+        default=None,
+        metadata={"help": "How a model trained from scratch starts its linear patch projection: trunc_normal (ViT's) "
+                  "or xavier (MAE's); also a config field."},
+    )  # fmt: skip
     layer_decay: float | None = field(
         default=None,
         metadata={"help": "Layer-wise learning-rate decay: block i of n learns at decay^(n + 1 - i) of the rate, "
@@ -135,7 +142,8 @@ Choice = tuple[object, str]  # (value, reason)
 PLAIN = dict(
     learning_rate=1e-3, weight_decay=0.05, warmup_steps=0.02, crop_scale_min=0.8, rand_augment_magnitude=0,
     random_erasing_prob=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.0, repeated_augmentation=1,
-    ema_decay=0.0, drop_path_rate=None, position_embedding_init=None, layer_decay=1.0,
+    ema_decay=0.0, drop_path_rate=None, position_embedding_init=None, patch_embedding_init=None,
+    layer_decay=1.0,
 )  # fmt: skip
 
 # DeiT's regularisers, (off, at ImageNet scale: Touvron et al. 2021, table 9, 1.28M images x 300 epochs);
@@ -198,18 +206,24 @@ def deit_warmup(facts: RunFacts, strength: float) -> Choice:
 
 
 def distillation_start(facts: RunFacts, strength: float) -> dict[str, Choice]:
-    """Below DeiT's budget, a from-scratch student with learned position embeddings and a teacher starts its
-    positions at the 2D sine-cosine table and sees RandAugment at `DISTILLATION_RAND_AUGMENT` at least; otherwise
-    the model keeps its own start (DeiT's at its budget; from a checkpoint its weights are loaded)."""
+    """Below DeiT's budget, a from-scratch student with learned position embeddings and a teacher starts as MAE's
+    encoder does (its positions at the 2D sine-cosine table, its linear patch projection at Xavier's bound) and sees
+    RandAugment at `DISTILLATION_RAND_AUGMENT` at least; otherwise the model keeps its own start (DeiT's at its
+    budget; from a checkpoint its weights are loaded)."""
     model_own = ("no teacher" if not facts.has_teacher else "from a checkpoint, its weights" if facts.from_checkpoint
                  else "no learned position embeddings" if not facts.position_embeddings
                  else "DeiT's own at DeiT's budget" if strength >= 1.0 else None)  # fmt: skip
     if model_own is not None:
-        return dict(position_embedding_init=(None, f"the model's own: {model_own}"))
+        return dict(position_embedding_init=(None, f"the model's own: {model_own}"),
+                    patch_embedding_init=(None, f"the model's own: {model_own}"))  # fmt: skip
     magnitude = max(DISTILLATION_RAND_AUGMENT, round(DEIT_REGULARISERS["rand_augment_magnitude"][1] * strength))
+    projection = ("xavier", "MAE's, beside the sine-cosine start: a patch's content starts at the scale of its position, "
+                  "not below it (with small patches far below), so the student leaves chance sooner (recipe study)") \
+        if facts.patch_projection else (None, "the model's own: no linear patch projection")  # fmt: skip
     return dict(
         position_embedding_init=("sincos", "a student from scratch with a teacher below DeiT's budget: its positions start "
                                  "knowing where each patch is, so it fits its images early and RandAugment pays (recipe study)"),
+        patch_embedding_init=projection,
         rand_augment_magnitude=(magnitude, f"at least {DISTILLATION_RAND_AUGMENT} for a student with the sine-cosine start: "
                                 "the teacher labels each augmented view (recipe study, digits x 15 epochs: it lowered "
                                 "accuracy without the start, or without the teacher)"),

@@ -41,6 +41,11 @@ def broken_images(tmp_path):
         (["--position_embedding_init", "learned"], r"position_embedding_init must be one of \['trunc_normal', 'sincos'\]"),
         (["--model_type", "hf_swin", "--position_embedding_init", "sincos"],
          "--position_embedding_init does not apply to hf_swin: its config has no 'position_embedding_init' field"),
+        (["--patch_embedding_init", "kaiming"], r"patch_embedding_init must be one of \['trunc_normal', 'xavier'\]"),
+        (["--patch_embedding_init", "xavier", "--config_overrides", "patch_embedding_type=conv_stem"],
+         "patch_embedding_init='xavier' starts the 'patch' projection .*; patch_embedding_type='conv_stem' has none"),
+        (["--model_type", "hf_vit_hybrid", "--patch_embedding_init", "xavier"],
+         "--patch_embedding_init does not apply to hf_vit_hybrid: its config has no 'patch_embedding_init' field"),
         (["--drop_path_rate", "1.5"], "drop_path_rate must be in"),
         (["--model_name_or_path", "./no_such_checkpoint"], "--model_name_or_path './no_such_checkpoint': no such file"),
         (["--teacher_name_or_path", "./teacher"], "needs a model that distills"),
@@ -61,15 +66,18 @@ def test_bad_arguments_fail_in_one_line_with_exit_code_2_before_any_data_or_file
     assert not output_dir.exists()
 
 
-@pytest.mark.parametrize("flags", [["--position_embedding_init", "sincos"],
-                                   ["--config_overrides", "position_embedding_init='sincos'"]])  # fmt: skip
-def test_a_position_start_for_a_checkpoint_is_refused_before_any_data(tmp_path, broken_images, capsys, tiny_vit_config, flags):
+@pytest.mark.parametrize("flags, start", [
+    (["--position_embedding_init", "sincos"], "position_embedding_init='sincos'"),
+    (["--config_overrides", "position_embedding_init='sincos'"], "position_embedding_init='sincos'"),
+    (["--patch_embedding_init", "xavier"], "patch_embedding_init='xavier'"),
+])  # fmt: skip
+def test_a_start_for_a_checkpoint_is_refused_before_any_data(tmp_path, broken_images, capsys, tiny_vit_config, flags, start):
     HfViTForImageClassification(tiny_vit_config).save_pretrained(tmp_path / "checkpoint")
     output_dir = tmp_path / "out"
     assert main(["--output_dir", str(output_dir), "--train_dir", str(broken_images), "--model_name_or_path",
                  str(tmp_path / "checkpoint"), *flags]) == 2  # fmt: skip
     error = capsys.readouterr().err
-    assert "position_embedding_init='sincos' sets how a model trained from scratch starts; --model_name_or_path loads" in error
+    assert f"{start} sets how a model trained from scratch starts; --model_name_or_path loads" in error
     assert not output_dir.exists()
 
 

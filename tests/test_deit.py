@@ -277,6 +277,7 @@ def test_recipe_study_writes_its_table_and_plot(tmp_path):
     config = json.loads((distilled / "config.json").read_text())
     assert config["model_type"] == "hf_deit" and config["distillation_type"] == "hard"
     assert config["position_embedding_init"] == "trunc_normal"  # the ablation's flag, over the recipe's sine-cosine start
+    assert config["patch_embedding_init"] == "xavier"  # the recipe's, for a student from scratch with a teacher
 
 
 def test_deit_attention_implementations_agree_and_checkpointing_matches(tiny_deit_config):

@@ -79,6 +79,7 @@ def test_short_run_writes_a_complete_checkpoint_that_resumes_and_serves(tmp_path
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {str(d): str(d) for d in range(10)} and config["image_size"] == 32
     assert config["position_embedding_init"] == "trunc_normal" and "position_embedding_init = None" in card  # no teacher
+    assert config["patch_embedding_init"] == "trunc_normal" and "patch_embedding_init = None" in card
 
     classifier = pipeline("image-classification", model=str(output_dir))
     image = load_digits_splits()["validation"][0]["image"]

@@ -178,6 +178,23 @@ def test_sincos_position_start_is_maes_table_learnable_and_kept_when_loading(tin
         HfViTConfig(position_embedding_init="learned")
 
 
+def test_xavier_patch_start_is_maes_bound_and_kept_when_loading(tiny_vit_config, tmp_path):
+    default = HfViTForImageClassification(tiny_vit_config)
+    model = HfViTForImageClassification(HfViTConfig(**tiny_vit_config.to_dict() | {"patch_embedding_init": "xavier"}))
+    weight = model.base_model.patch_embeddings.projection.weight  # (hidden 32, 3, 8, 8): a linear map 192 -> 32
+    bound = (6 / (3 * 8 * 8 + 32)) ** 0.5  # MAE: xavier_uniform_ over weight.view(32, -1)
+    assert 0.9 * bound < weight.abs().max().item() <= bound and weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
+    assert weight.std().item() > 4 * default.base_model.patch_embeddings.projection.weight.std().item()
+    with torch.no_grad():
+        weight.mul_(0.5)  # trained weights are loaded as saved, not restarted
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(HfViTForImageClassification.from_pretrained(tmp_path).base_model.patch_embeddings.projection.weight, weight)
+    with pytest.raises(ValueError, match=r"patch_embedding_init must be one of \['trunc_normal', 'xavier'\]"):
+        HfViTConfig(patch_embedding_init="kaiming")
+    with pytest.raises(ValueError, match="patch_embedding_type='conv_stem' has none"):
+        HfViTConfig(patch_embedding_type="conv_stem", patch_embedding_init="xavier")
+
+
 def test_torch_compile_has_no_graph_breaks_in_the_encoder(tiny_vit_config):
     model = HfViTForImageClassification(tiny_vit_config).eval()
     explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))

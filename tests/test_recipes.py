@@ -62,6 +62,10 @@ def test_a_student_from_scratch_with_a_teacher_starts_at_sincos_with_randaugment
     student = dataclasses.replace(DIGITS, model_type="hf_deit", has_teacher=True)
     ingredients = resolve(recipe, student)
     assert ingredients.position_embedding_init == "sincos" and ingredients.rand_augment_magnitude == DISTILLATION_RAND_AUGMENT
+    assert ingredients.patch_embedding_init == "xavier"  # MAE's start beside the table
+    convolutional = resolve(recipe, dataclasses.replace(student, patch_projection=False))  # a conv stem, a hybrid
+    assert (convolutional.position_embedding_init, convolutional.patch_embedding_init) == ("sincos", None)
+    assert "no linear patch projection" in convolutional.reasons["patch_embedding_init"]
     assert "the teacher labels each augmented view" in ingredients.reasons["rand_augment_magnitude"]
     assert ingredients.mixup_alpha == 0.0 and ingredients.crop_scale_min == 1.0  # the other regularisers stay off
     longer = dataclasses.replace(student, num_train_images=50_000, num_train_epochs=300)
@@ -74,9 +78,10 @@ def test_a_student_from_scratch_with_a_teacher_starts_at_sincos_with_randaugment
                   dataclasses.replace(student, from_checkpoint=True),
                   dataclasses.replace(student, model_type="hf_swin", position_embeddings=False)):  # fmt: skip
         ingredients = resolve(recipe, facts)
-        assert ingredients.position_embedding_init is None, facts
+        assert ingredients.position_embedding_init is None and ingredients.patch_embedding_init is None, facts
         assert ingredients.rand_augment_magnitude == round(9 * regularisation_strength(facts)), facts
-    assert resolve("plain", student).position_embedding_init is None and resolve("plain", student).rand_augment_magnitude == 0
+    plain = resolve("plain", student)
+    assert (plain.position_embedding_init, plain.patch_embedding_init, plain.rand_augment_magnitude) == (None, None, 0)
 
 
 def test_deit_warms_up_longer_the_less_it_regularises():
@@ -121,7 +126,7 @@ EXPLICIT = dict(
     learning_rate="0.0123", weight_decay="0.3", warmup_steps="7", crop_scale_min="0.5", hflip_prob="0.25",
     rand_augment_magnitude="4", random_erasing_prob="0.1", mixup_alpha="0.3", cutmix_alpha="0.4",
     label_smoothing="0.2", repeated_augmentation="2", ema_decay="0.9", drop_path_rate="0.05", layer_decay="0.8",
-    position_embedding_init="trunc_normal",
+    position_embedding_init="trunc_normal", patch_embedding_init="trunc_normal",
 )  # fmt: skip
 
 
@@ -131,11 +136,13 @@ def test_an_explicit_flag_always_wins(recipe, facts):
     assert set(EXPLICIT) == set(INGREDIENTS)
     for name, value in EXPLICIT.items():
         ingredients = resolve(recipe, facts, f"--{name}", value)
-        expected = value if name == "position_embedding_init" else pytest.approx(float(value))
+        expected = value if name.endswith("_embedding_init") else pytest.approx(float(value))
         assert getattr(ingredients, name) == expected and ingredients.reasons[name] == "given", name
-    by_config = resolve(recipe, facts, "--config_overrides", "drop_path_rate=0.07,position_embedding_init=trunc_normal")
+    by_config = resolve(recipe, facts, "--config_overrides",
+                        "drop_path_rate=0.07,position_embedding_init=trunc_normal,patch_embedding_init=trunc_normal")
     assert by_config.drop_path_rate == 0.07 and by_config.reasons["drop_path_rate"] == "given"
-    assert by_config.position_embedding_init == "trunc_normal" and by_config.reasons["position_embedding_init"] == "given"
+    for name in ("position_embedding_init", "patch_embedding_init"):
+        assert getattr(by_config, name) == "trunc_normal" and by_config.reasons[name] == "given"
     assert resolve(recipe, facts, "--ema_decay", "0").ema_decay == 0  # 0 turns an ingredient off
 
 

@@ -3,9 +3,9 @@
 On the embedded digits (1,437 gray 8x8 digits) and the photo patches (`photo_patches`: 400 colour crops of real
 photographs, 8 classes), for each seed: a small CNN (a transformers ResNet, 3 stages) trained first, then the
 article's ViT with the plain and the DeiT recipe, and DeiT (distillation token) with the DeiT recipe and hard
-distillation from that CNN (`ABLATIONS`: the same without the sine-cosine start or its RandAugment). From scratch the
-default `auto` recipe is the DeiT recipe scaled to the run, so its rows are these. Every run has the same epochs and
-batch.
+distillation from that CNN (`ABLATIONS`: the same without parts of MAE's start, the sine-cosine positions or the
+Xavier patch projection, or without RandAugment). From scratch the default `auto` recipe is the DeiT recipe scaled
+to the run, so its rows are these. Every run has the same epochs and batch.
 
     study_recipes(output_dir, ...) -> rows (mean, min, max accuracy per dataset and run); results.* and a plot
 
@@ -41,13 +41,15 @@ RUNS = {
     "ViT, deit recipe": ("hf_vit", dict(recipe="deit"), False),
     "DeiT, deit recipe + CNN teacher": ("hf_deit", dict(recipe="deit"), True),
 }
-# What the sine-cosine start and its RandAugment do, one at a time (`--runs`; not in the default study).
+# What MAE's start (sine-cosine positions, Xavier patch projection) and RandAugment do (`--runs`; not by default).
 ABLATIONS = {
     "DeiT, deit recipe + CNN teacher, truncated-normal start, no RandAugment":
         ("hf_deit", dict(recipe="deit", position_embedding_init="trunc_normal", rand_augment_magnitude=0), True),
     "DeiT, deit recipe + CNN teacher, no RandAugment": ("hf_deit", dict(recipe="deit", rand_augment_magnitude=0), True),
     "DeiT, deit recipe + CNN teacher, truncated-normal start":
         ("hf_deit", dict(recipe="deit", position_embedding_init="trunc_normal"), True),
+    "DeiT, deit recipe + CNN teacher, truncated-normal patch projection":
+        ("hf_deit", dict(recipe="deit", patch_embedding_init="trunc_normal"), True),
 }  # fmt: skip
 
 
