@@ -27,8 +27,8 @@ from .families import FAMILIES, Family, family_of
 from .lora import LoraArguments, add_lora, check_lora_arguments, merged_model, trainable_fraction
 from .metrics import compute_metrics
 from .recipes import (
-    RecipeArguments, RunFacts, apply_to_config, apply_to_training, check_layer_decay, check_recipe_name,
-    config_ingredients_given, resolve_recipe,
+    START_INGREDIENTS, RecipeArguments, RunFacts, apply_to_config, apply_to_training, check_layer_decay,
+    check_recipe_name, config_ingredients_given, resolve_recipe,
 )  # fmt: skip
 from .trainer import (
     BatchMixer, FinetuneTrainingArguments, ImageClassificationTrainer, TeacherInputAdapter, check_backbone_learning_rate,
@@ -107,7 +107,7 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
     for name in flags:
         if name not in config.to_dict():
             raise ValueError(f"--{name} does not apply to {family.model_type}: its config has no {name!r} field")
-    for name in ("position_embedding_init", "patch_embedding_init"):
+    for name in START_INGREDIENTS:
         start = flags.get(name, overrides.get(name))
         if start is not None and model_args.model_name_or_path is not None:  # it would be saved, and do nothing
             raise ValueError(f"{name}={start!r} sets how a model trained from scratch starts; --model_name_or_path "

@@ -82,8 +82,10 @@ class Ingredients:
 INGREDIENTS = [f.name for f in dataclasses.fields(Ingredients) if f.name != "reasons"]
 # Ingredients that are TrainingArguments flags; the others are RecipeArguments flags.
 TRAINING_INGREDIENTS = ("learning_rate", "weight_decay", "warmup_steps")
+# Config-field ingredients that set only how a model trained from scratch starts (a checkpoint loads its weights).
+START_INGREDIENTS = ("position_embedding_init", "patch_embedding_init")
 # Ingredients that are model config fields: --config_overrides may give them too.
-CONFIG_INGREDIENTS = ("drop_path_rate", "position_embedding_init", "patch_embedding_init")
+CONFIG_INGREDIENTS = ("drop_path_rate", *START_INGREDIENTS)
 
 
 @dataclass
@@ -214,8 +216,7 @@ def distillation_start(facts: RunFacts, strength: float) -> dict[str, Choice]:
                  else "no learned position embeddings" if not facts.position_embeddings
                  else "DeiT's own at DeiT's budget" if strength >= 1.0 else None)  # fmt: skip
     if model_own is not None:
-        return dict(position_embedding_init=(None, f"the model's own: {model_own}"),
-                    patch_embedding_init=(None, f"the model's own: {model_own}"))  # fmt: skip
+        return {name: (None, f"the model's own: {model_own}") for name in START_INGREDIENTS}
     magnitude = max(DISTILLATION_RAND_AUGMENT, round(DEIT_REGULARISERS["rand_augment_magnitude"][1] * strength))
     projection = ("xavier", "MAE's, beside the sine-cosine start: a patch's content starts at the scale of its position, "
                   "not below it (with small patches far below), so the student leaves chance sooner (recipe study)") \
@@ -309,7 +310,7 @@ def resolve_recipe(recipe_args: RecipeArguments, training_args, config_overrides
 
 
 def config_ingredients_given(recipe_args: RecipeArguments) -> dict:
-    """The config-field ingredients given as flags (`--drop_path_rate`, `--position_embedding_init`)."""
+    """The `CONFIG_INGREDIENTS` given as flags (`--drop_path_rate`, `--position_embedding_init`, ...)."""
     return {name: getattr(recipe_args, name) for name in CONFIG_INGREDIENTS if getattr(recipe_args, name) is not None}
 
 
