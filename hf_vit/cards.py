@@ -2,11 +2,13 @@
 Hub metadata (model-index with the task, dataset and accuracy) and the training-curves picture they link to."""
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from string import Template
 
 from huggingface_hub import EvalResult, ModelCard
 
+from .cli import looks_like_local_path
 from .figures import new_figure, save_plot
 
 CURVES_FILE = "training_curves.png"
@@ -20,6 +22,14 @@ def read_template(name: str) -> str:
         if (directory / name).is_file():
             return (directory / name).read_text()
     raise FileNotFoundError(f"No model card template {name} in {[str(d) for d in TEMPLATE_DIRS]}")
+
+
+def public_name(name_or_path: str) -> str:
+    """A checkpoint as a card may name it: a Hub id as it is, a local path by its folder's name only (a card can be
+    pushed, and the rest of a local path says only where its author keeps files)."""
+    if looks_like_local_path(name_or_path):
+        return f"a local checkpoint `{os.path.basename(os.path.normpath(name_or_path))}`"
+    return name_or_path
 
 
 def _name(option) -> str:
@@ -104,7 +114,7 @@ def render_model_card(model, template: str, dataset=None, dataset_id=None, train
         labels=", ".join(map(str, labels[:20])) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else ""),
         dataset=dataset or "unknown",
         eval_accuracy=f"{evals[-1]['eval_accuracy']:.4f}" if evals else "not evaluated",
-        source=source or (f"fine-tuned from {started_from}" if started_from else "trained from scratch"),
+        source=source or (f"fine-tuned from {public_name(started_from)}" if started_from else "trained from scratch"),
         hyperparameters=hyperparameters,
         load_id=load_id or "path/to/this/checkpoint",
         eval_loss=f"{evaluations[-1]['eval_loss']:.4f}" if evaluations else "not evaluated",
@@ -127,9 +137,23 @@ def render_model_card(model, template: str, dataset=None, dataset_id=None, train
     return card.content
 
 
+@contextmanager
+def replaced_atomically(path: str):
+    """Yields a temporary path beside `path` to write; when the block ends it replaces `path` in one step, so a crash
+    or a full disk mid-write leaves the old file (or none), never half a file."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 def write_model_card(output_dir, model, template: str, **kwargs) -> str:
-    """Render the card of `model` from `template` into `output_dir/README.md` and return its path."""
+    """Render the card of `model` from `template` into `output_dir/README.md` (atomically) and return its path."""
     path = os.path.join(output_dir, "README.md")
-    with open(path, "w") as f:
-        f.write(render_model_card(model, template, **kwargs))
+    card = render_model_card(model, template, **kwargs)
+    with replaced_atomically(path) as temporary, open(temporary, "w") as f:
+        f.write(card)
     return path

@@ -6,6 +6,7 @@ does for a bad flag), found before any data is read or any file written; a crash
     main = command(parse_args, job)  # a script's main(argv) over run_command
     grouped_parser(...) / parse_into_dataclasses(parser, argv)   # dataclass flags, the newcomer's first
     parse_config_overrides(text) / check_config_overrides(config, overrides)   # --config_overrides
+    check_output_dir(output_dir, overwrite, resuming)   # a directory holding a run is not written over
 """
 
 import ast
@@ -78,6 +79,23 @@ def check_local_path(name: str, what: str) -> None:
     """A path-like `name` must exist: FileNotFoundError naming `what` (e.g. "--model_name_or_path") if not."""
     if looks_like_local_path(name) and not os.path.exists(name):
         raise FileNotFoundError(f"{what} {name!r}: no such file or directory")
+
+
+OVERWRITE_HELP = "Replace what the output directory holds (else a directory that is not empty is refused)."
+
+
+def check_output_dir(output_dir: str, overwrite: bool = False, resuming: bool = False) -> None:
+    """An output directory that already holds files is refused, naming it, unless the job is told to overwrite it
+    (`--overwrite_output_dir`) or goes on with the run in it (`--resume_from_checkpoint`): a second run would
+    otherwise overwrite the first one's model, card and curves, and mix its checkpoints with the first one's."""
+    if overwrite or resuming or not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return
+    held = sorted(os.listdir(output_dir))
+    raise FileExistsError(
+        f"--output_dir {output_dir!r} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); "
+        "choose another directory, pass --overwrite_output_dir to replace it, or --resume_from_checkpoint to go on "
+        "with it"
+    )
 
 
 def grouped_parser(dataclass_types, start_here, description: str) -> HfArgumentParser:

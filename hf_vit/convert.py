@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from transformers import AutoImageProcessor, BitImageProcessor, PreTrainedConfig
 from transformers.utils import logging
 
-from .cards import write_model_card
-from .cli import check_local_path
-from .data import make_image_processor, set_processor_size
+from .cards import public_name, write_model_card
+from .cli import check_local_path, check_output_dir, usage_errors
+from .data import checkpoint_image_processor, set_processor_size
 from .families import FAMILIES, converter_for
 from .key_maps import CheckpointMismatchError, load_converted_state_dict, rename_keys
 
@@ -139,49 +139,41 @@ def timm_image_processor(pretrained_cfg: dict):
     )
 
 
-def transformers_image_processor(directory: str, config):
-    """The source's own processor; a checkpoint saved without one (a user's `model.save_pretrained`) gets hf_vit's
-    (resize to the config's image size, mean and std 0.5), with a warning that says so."""
-    if os.path.isfile(os.path.join(directory, "preprocessor_config.json")):
-        return AutoImageProcessor.from_pretrained(directory)
-    logger.warning(
-        "%s has no preprocessor_config.json: the image processor is built from config.json (resize to %s, mean and std "
-        "0.5); if the model was trained with other values, save its processor beside it and convert again",
-        directory, config.image_size,
-    )  # fmt: skip
-    return make_image_processor(config.image_size, config.num_channels)
-
-
 def convert_checkpoint(source: str, output_dir: str, image_size: int | None = None, push_to_hub: bool = False,
-                       hub_model_id: str | None = None, token: str | None = None, window_size: int | None = None):  # fmt: skip
+                       hub_model_id: str | None = None, token: str | None = None, window_size: int | None = None,
+                       overwrite_output_dir: bool = False):  # fmt: skip
     """Convert a transformers or timm checkpoint (directory or Hub id) into an hf_vit checkpoint in `output_dir`:
     config, safetensors weights, code, image processor and model card. Returns the model.
 
     `image_size` resamples the position embeddings to a new resolution for good (and sizes the processor);
-    `window_size` (Swin) resamples the relative position bias tables to a new window.
+    `window_size` (Swin) resamples the relative position bias tables to a new window. The source and the arguments
+    are checked before anything is written (a `UsageError` names the problem); an `output_dir` that holds files is
+    refused unless `overwrite_output_dir`.
     """
-    if push_to_hub and hub_model_id is None:
-        raise ValueError("push_to_hub needs hub_model_id")
-    config, state_dict, directory = read_source(source)
-    if "architecture" in config:
-        model = from_timm(config, state_dict)
-        processor = timm_image_processor(config.get("pretrained_cfg") or {})
-    elif "model_type" in config:
-        model = from_transformers(config, state_dict)
-        processor = transformers_image_processor(directory, model.config)
-    else:
-        raise ValueError(f"{source}/config.json has neither `architecture` (timm) nor `model_type` (transformers)")
-    if window_size is not None:
-        if not hasattr(model, "set_window_size"):
-            raise ValueError(f"window_size applies to hf_swin models; {source} converts to {model.config.model_type}")
-        model.set_window_size(window_size)
-    if image_size is not None:
-        model.set_image_size(image_size)
-        set_processor_size(processor, image_size)
+    with usage_errors():
+        if push_to_hub and hub_model_id is None:
+            raise ValueError("push_to_hub needs hub_model_id")
+        check_output_dir(output_dir, overwrite_output_dir)
+        config, state_dict, directory = read_source(source)
+        if "architecture" in config:
+            model = from_timm(config, state_dict)
+            processor = timm_image_processor(config.get("pretrained_cfg") or {})
+        elif "model_type" in config:
+            model = from_transformers(config, state_dict)
+            processor = checkpoint_image_processor(directory, model.config)
+        else:
+            raise ValueError(f"{source}/config.json has neither `architecture` (timm) nor `model_type` (transformers)")
+        if window_size is not None:
+            if not hasattr(model, "set_window_size"):
+                raise ValueError(f"window_size applies to hf_swin models; {source} converts to {model.config.model_type}")
+            model.set_window_size(window_size)
+        if image_size is not None:
+            model.set_image_size(image_size)
+            set_processor_size(processor, image_size)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     template = FAMILIES[model.config.model_type].card_template
-    write_model_card(output_dir, model, template, source=f"converted from `{source}`", load_id=hub_model_id)
+    write_model_card(output_dir, model, template, source=f"converted from {public_name(source)}", load_id=hub_model_id)
     if push_to_hub:
         api = HfApi(token=token)
         api.create_repo(hub_model_id, exist_ok=True)

@@ -25,7 +25,7 @@ from PIL import Image as PILImage
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
-from transformers import ViTImageProcessor
+from transformers import AutoImageProcessor, ViTImageProcessor
 from transformers.utils import logging
 
 from .cli import check_local_path, looks_like_local_path
@@ -436,6 +436,20 @@ def make_image_processor(image_size, num_channels: int = 3, mean=(0.5, 0.5, 0.5)
                              image_std=list(std[:num_channels]))  # fmt: skip
 
 
+def checkpoint_image_processor(name_or_path: str, config, trust_remote_code: bool = False):
+    """The checkpoint's own image processor; one saved without it (a user's `model.save_pretrained`) gets hf_vit's
+    (`make_image_processor`: resize to the config's image size, mean and std 0.5), with a warning that says so."""
+    try:
+        return AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError:
+        logger.warning(
+            "%s has no preprocessor_config.json: the image processor is built from config.json (resize to %s, mean and "
+            "std 0.5); if the model was trained with other values, save its processor beside it",
+            name_or_path, config.image_size,
+        )  # fmt: skip
+        return make_image_processor(config.image_size, config.num_channels)
+
+
 def set_processor_size(image_processor, image_size) -> None:
     """Make `image_processor` produce inputs of `image_size` (a side, or (height, width) as timm-converted configs
     store it); a center-cropping processor keeps its crop fraction (it resizes the short side to the crop's short
@@ -541,8 +555,10 @@ class TrainingData:
         return isinstance(self.train, IterableDataset)
 
     def length(self, training_args) -> str:
-        """How long the run trains, for its closing line: "N steps of a stream" or "N epochs"."""
-        return f"{training_args.max_steps} steps of a stream" if self.streaming else f"{training_args.num_train_epochs:g} epochs"
+        """How long the run trains, for its closing line: "N steps" (of a stream) or "N epochs"."""
+        if training_args.max_steps > 0:
+            return f"{training_args.max_steps} steps" + (" of a stream" if self.streaming else "")
+        return f"{training_args.num_train_epochs:g} epochs"
 
     def set_transforms(self, image_processor, num_channels: int, args: DataArguments, labelled: bool = True, **augmentation) -> None:
         """Decode and transform on the fly: the splits' `set_transform`, or for a stream its `DecodingCollator`;

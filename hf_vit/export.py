@@ -14,9 +14,10 @@ import json
 import os
 
 import torch
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from .cli import check_local_path
+from .cli import check_local_path, check_output_dir, usage_errors
+from .data import checkpoint_image_processor
 from .configuration_utils import to_2tuple
 
 ONNX_FILE, PROGRAM_FILE, REPORT_FILE = "model.onnx", "model.pt2", "export_report.json"
@@ -166,16 +167,19 @@ def check_sizes(model, sizes, dynamic_image_size: bool) -> list[tuple[int, int]]
 
 
 def export_checkpoint(model_name_or_path: str, output_dir: str, dynamic_image_size: bool = True, sizes=None,
-                      trust_remote_code: bool = False) -> dict:  # fmt: skip
+                      trust_remote_code: bool = False, overwrite_output_dir: bool = False) -> dict:  # fmt: skip
     """Export a checkpoint (directory or Hub id) to `output_dir`: model.onnx, model.pt2, its image processor, and
-    export_report.json (dynamic axes, onnxruntime's largest difference per checked size). Bad input and an
-    export that does not match PyTorch raise a ValueError naming the problem; files are written only after every
-    check before the export passed."""
-    model = load_model(model_name_or_path, trust_remote_code)
-    sizes = check_sizes(model, sizes, dynamic_image_size)
+    export_report.json (dynamic axes, onnxruntime's largest difference per checked size). Bad input (a `UsageError`:
+    the checkpoint, the sizes, an `output_dir` that holds files without `overwrite_output_dir`) is found before
+    anything is written; an export that does not match PyTorch raises a ValueError."""
+    with usage_errors():
+        check_output_dir(output_dir, overwrite_output_dir)
+        model = load_model(model_name_or_path, trust_remote_code)
+        processor = checkpoint_image_processor(model_name_or_path, model.config, trust_remote_code)
+        sizes = check_sizes(model, sizes, dynamic_image_size)
     forward, program = export_model(model, output_dir, dynamic_image_size)
     differences = check_with_onnxruntime(forward, os.path.join(output_dir, ONNX_FILE), sizes)
-    AutoImageProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code).save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
     report = dict(
         source=model_name_or_path, model_type=model.config.model_type, outputs=forward.output_names,
         dynamic_axes=dynamic_axes(program),

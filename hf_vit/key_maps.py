@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .cli import UsageError
+
 
 @dataclass(frozen=True)
 class KeyMap:
@@ -135,8 +137,9 @@ IGNORED_SOURCE_KEYS = [
 _SEPARATE_QKV = re.compile(r"^(.*\.attention)\.(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$")
 
 
-class CheckpointMismatchError(ValueError):
-    """The converted weights don't fit the model: the message lists every missing, unexpected or misshapen key."""
+class CheckpointMismatchError(UsageError):
+    """The weights don't fit the model: the message lists every missing, unexpected or misshapen key. A problem of
+    the input, so a command reports it in one line."""
 
 
 def rename_keys(state_dict: dict, rules, base: str = "vit", head: str = "classifier") -> dict:

@@ -253,7 +253,7 @@ def resample_position_embeddings(
 def init_transformer_weights(module: nn.Module, std: float) -> None:
     """ViT initialisation: normal(std) weights truncated at two standard deviations, zero biases, unit norms,
     LayerScale at its initial value, the attention-pooling probe like a token."""
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
+    if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
         init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
         if module.bias is not None:
             init.zeros_(module.bias)

@@ -38,6 +38,9 @@ def deit_loss(cls_logits, distillation_logits, labels, teacher_logits, config) -
     `labels` may be class ids or (B, num_labels) soft targets (Mixup / CutMix); they only enter the label terms.
     """
     alpha, tau = config.distillation_alpha, config.distillation_tau
+    # every term in fp32, whatever the model computes in (bf16 / fp16 mixed precision)
+    cls_logits, distillation_logits = cls_logits.float(), distillation_logits.float()
+    teacher_logits = None if teacher_logits is None else teacher_logits.float()
     label_loss = image_classification_loss(cls_logits, labels, config)
     if teacher_logits is None:
         distillation = image_classification_loss(distillation_logits, labels, config)

@@ -60,16 +60,17 @@ def resolve_output_flags(config, output_attentions, output_hidden_states, return
 
 
 def image_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
-    """Loss for a (B, num_labels) head.
+    """Loss for a (B, num_labels) head, computed in fp32.
 
     Float label distributions of shape (B, num_labels) (Mixup, CutMix, label smoothing) give soft-target
     cross-entropy unless `config.problem_type` says multi-label or regression; everything else follows
     transformers: integer labels -> cross-entropy, `problem_type` multi_label_classification -> BCE,
     regression -> MSE.
     """
+    logits = logits.float()  # in fp32 whatever the model computes in: a bf16 / fp16 softmax loses the small terms
     soft_targets = labels.is_floating_point() and labels.shape == logits.shape and config.num_labels > 1
     if soft_targets and config.problem_type in (None, "single_label_classification"):
-        return torch.sum(-labels.to(logits.device) * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        return torch.sum(-labels.to(logits.device) * F.log_softmax(logits, dim=-1), dim=-1).mean()
     return ForSequenceClassificationLoss(labels, logits, config)
 
 

@@ -36,12 +36,16 @@ MASKED = -100.0
 
 def window_and_shift(height, width, window_size: int, shift_size: int):
     """The window and shift a (height x width) map uses: a map smaller than the window is one window of its own size;
-    a map of exactly one window is not shifted. Sizes may be symbolic (torch.export): `sym_min` / `sym_ite` keep the
-    second rule a graph operation, so one exported graph serves maps of one window and of many."""
+    a map of exactly one window is not shifted. While torch.export traces, sizes are symbolic: `sym_ite` keeps the
+    second rule a graph operation, so one exported graph serves maps of one window and of many. Elsewhere it is a
+    plain test: `torch.compile` may turn `shift_size` itself into a symbol, and `sym_ite` needs both its branches of
+    one type."""
     smaller_side = torch.sym_min(height, width)
     if smaller_side < window_size:
         return smaller_side, 0
-    return window_size, torch.sym_ite(smaller_side > window_size, shift_size, 0)
+    if torch.compiler.is_exporting():
+        return window_size, torch.sym_ite(smaller_side > window_size, shift_size, 0)
+    return window_size, shift_size if smaller_side > window_size else 0
 
 
 # Orders, masks and indices depend only on the geometry, so each is built once per resolution and kept here
@@ -157,7 +161,8 @@ def resize_relative_position_bias_table(table: torch.Tensor, window_size: int, n
     source, target = 2 * window_size - 1, 2 * new_window_size - 1
     points = torch.tensor(_geometric_offsets(source, target))
     targets = torch.arange(-(target // 2), target // 2 + 0.1, 1.0)
-    weights = _linear_interpolation_matrix(points, targets)  # (target, source), the same for both axes
+    # (target, source), the same for both axes; on the table's device (a model on a GPU resizes there)
+    weights = _linear_interpolation_matrix(points, targets).to(table.device)
     grid = table.float().T.reshape(-1, source, source)  # (heads, rows, columns)
     resized = weights @ grid @ weights.T
     return resized.reshape(-1, target * target).T.to(table.dtype).contiguous()
@@ -328,6 +333,12 @@ class HfSwinPreTrainedModel(PretrainingHeadLoading, PreTrainedModel):
             for tensor in (module.position_embeddings, module.mask_token):
                 if tensor is not None:
                     init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters besides biases and norms (every 1-D parameter) that take no weight decay: the
+        relative position bias tables, absolute position embeddings and the mask token (Swin's and timm's)."""
+        tables = ("relative_position_bias_table", "position_embeddings", "mask_token")
+        return {name for name, _ in self.named_parameters() if name.endswith(tables)}
 
     def set_window_size(self, window_size: int) -> None:
         """Attend in windows of this side from now on (Swin at a higher resolution: 12 at 384 px): every relative

@@ -201,6 +201,12 @@ class HfViTPreTrainedModel(PretrainingHeadLoading, PreTrainedModel):
             init.trunc_normal_(module.mask_token, std=std, a=-2 * std, b=2 * std)
             init.copy_(module.position_embeddings, module.sincos_table())
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters besides biases and norms (every 1-D parameter) that take no weight decay: the
+        tokens and position embeddings, which decay would only pull towards zero (DeiT's and timm's)."""
+        tokens = ("position_embeddings", "cls_token", "distillation_token", "register_tokens", "mask_token")
+        return {name for name, _ in self.named_parameters() if name.endswith(tokens)}
+
     def head_reads_prefix_only(self, output_attentions: bool | None, output_hidden_states: bool | None) -> bool:
         """Whether a classifier call needs the prefix tokens only from the last block (`prefix_tokens_only`): CLS
         pooling, and no per-token output asked for by the call or the config."""

@@ -14,13 +14,16 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, TrainerCallback, set_seed
+from transformers import AutoConfig, HfArgumentParser, TrainerCallback, set_seed
 
 from .cli import (
-    check_config_overrides, check_local_path, command, grouped_parser, parse_config_overrides, parse_into_dataclasses,
+    check_config_overrides, check_local_path, check_output_dir, command, grouped_parser, parse_config_overrides, parse_into_dataclasses,
     usage_errors,
 )  # fmt: skip
-from .data import DataArguments, check_streaming, collate, describe_dataset, load_training_data, make_image_processor
+from .data import (
+    DataArguments, check_streaming, checkpoint_image_processor, collate, describe_dataset, load_training_data,
+    make_image_processor,
+)  # fmt: skip
 from .families import FAMILIES, family_of
 from .figures import new_figure, save_figure
 from .modeling_mim import pixel_mask
@@ -92,8 +95,10 @@ def parse_args(argv=None):
     return tuple(parse_into_dataclasses(build_parser(), argv))
 
 
-def check_arguments(args: PretrainArguments, data_args: DataArguments):
+def check_arguments(args: PretrainArguments, data_args: DataArguments, training_args: PretrainTrainingArguments):
     """Everything that can be checked before data is touched. Returns (family, method, config overrides)."""
+    check_output_dir(training_args.output_dir, training_args.overwrite_output_dir,
+                     training_args.resume_from_checkpoint is not None)  # fmt: skip
     family = family_of(args.model_type)
     if args.model_name_or_path is not None:
         check_local_path(args.model_name_or_path, "--model_name_or_path")
@@ -189,41 +194,41 @@ def draw_reconstructions(images, masked, reconstructions, path: str, title: str)
 def pretrain(args: PretrainArguments, data_args: DataArguments, training_args: PretrainTrainingArguments, callbacks=()) -> dict:
     """Pretrain, evaluate (reconstruction loss), save the model + processor + code + card + curves + reconstruction
     picture, push when asked. Returns the eval metrics. Bad input raises a `UsageError` before any data is read."""
-    with usage_errors():
-        family, method, overrides = check_arguments(args, data_args)
+    with usage_errors():  # the user's input, checked: arguments, then data
+        family, method, overrides = check_arguments(args, data_args, training_args)
         set_seed(training_args.seed)
         check_streaming(data_args, training_args)
         data = load_training_data(data_args, seed=training_args.seed, labelled=False)
-        model = build_model(args, family, method, overrides, data_args.image_size)
-        config = model.config
-        if args.model_name_or_path is not None:
-            image_processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
-        else:
-            image_processor = make_image_processor(config.image_size, config.num_channels)
-        crop_scale_min = CROP_SCALE_MIN[method] if args.crop_scale_min is None else args.crop_scale_min
-        hflip_prob, _ = flip_choice(not data_args.uses_embedded_digits)
-        data.set_transforms(image_processor, config.num_channels, data_args, labelled=False, crop_scale_min=crop_scale_min,
-                            hflip_prob=hflip_prob)  # fmt: skip
-        shown = data.validation.select(range(min(args.reconstruction_images, len(data.validation))))
-        pictures = []
-        if len(shown):
-            images = collate(list(shown))["pixel_values"]
-            pictures = [ReconstructionPictures(images, image_processor.image_mean[: config.num_channels],
-                                               image_processor.image_std[: config.num_channels],
-                                               os.path.join(training_args.output_dir, RECONSTRUCTIONS_FILE))]  # fmt: skip
-        dataset_name, dataset_id = describe_dataset(data_args)
-        summary = [f"{method} ({type(model).__name__}): mask ratio {config.mask_ratio:g}, crop scale min {crop_scale_min:g}, "
-                   f"horizontal flips {hflip_prob:g}, "
-                   + ("a stream of unlabelled training images" if data.streaming else f"{len(data.train)} unlabelled training images")]  # fmt: skip
-        if training_args.should_log:
-            print(summary[0])
-        trainer = PretrainingTrainer(
-            model=model, args=training_args, train_dataset=data.train, eval_dataset=data.validation,
-            data_collator=data.collator, processing_class=image_processor, callbacks=[*pictures, *callbacks],
-            card_template=CARD_TEMPLATE, recipe_summary=["pretraining", *summary],
-            card_fields=dict(method=method.upper() if method == "mae" else "SimMIM", model_class=type(model).__name__,
-                             pictures=f"![reconstructions]({RECONSTRUCTIONS_FILE})" if pictures else ""),
-        )  # fmt: skip
+    model = build_model(args, family, method, overrides, data_args.image_size)
+    config = model.config
+    if args.model_name_or_path is not None:
+        image_processor = checkpoint_image_processor(args.model_name_or_path, config, args.trust_remote_code)
+    else:
+        image_processor = make_image_processor(config.image_size, config.num_channels)
+    crop_scale_min = CROP_SCALE_MIN[method] if args.crop_scale_min is None else args.crop_scale_min
+    hflip_prob, _ = flip_choice(not data_args.uses_embedded_digits)
+    data.set_transforms(image_processor, config.num_channels, data_args, labelled=False, crop_scale_min=crop_scale_min,
+                        hflip_prob=hflip_prob)  # fmt: skip
+    shown = data.validation.select(range(min(args.reconstruction_images, len(data.validation))))
+    pictures = []
+    if len(shown):
+        images = collate(list(shown))["pixel_values"]
+        pictures = [ReconstructionPictures(images, image_processor.image_mean[: config.num_channels],
+                                           image_processor.image_std[: config.num_channels],
+                                           os.path.join(training_args.output_dir, RECONSTRUCTIONS_FILE))]  # fmt: skip
+    dataset_name, dataset_id = describe_dataset(data_args)
+    summary = [f"{method} ({type(model).__name__}): mask ratio {config.mask_ratio:g}, crop scale min {crop_scale_min:g}, "
+               f"horizontal flips {hflip_prob:g}, "
+               + ("a stream of unlabelled training images" if data.streaming else f"{len(data.train)} unlabelled training images")]  # fmt: skip
+    if training_args.should_log:
+        print(summary[0])
+    trainer = PretrainingTrainer(
+        model=model, args=training_args, train_dataset=data.train, eval_dataset=data.validation,
+        data_collator=data.collator, processing_class=image_processor, callbacks=[*pictures, *callbacks],
+        card_template=CARD_TEMPLATE, recipe_summary=["pretraining", *summary],
+        card_fields=dict(method=method.upper() if method == "mae" else "SimMIM", model_class=type(model).__name__,
+                         pictures=f"![reconstructions]({RECONSTRUCTIONS_FILE})" if pictures else ""),
+    )  # fmt: skip
     metrics = trainer.train_and_evaluate(training_args.resume_from_checkpoint, data.skipped)
     if trainer.is_world_process_zero():
         print(f"eval: reconstruction loss {metrics['eval_loss']:.4f} on {len(data.validation)} images of "

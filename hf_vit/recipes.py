@@ -29,6 +29,7 @@ class RunFacts:
     flips_keep_labels: bool = True  # False where a mirrored image is another class (digits)
     position_embeddings: bool = True  # learned absolute position embeddings (ViT, DeiT, hybrid; not Swin)
     patch_projection: bool = True  # a linear patch projection (ViT, DeiT; not a conv stem, a hybrid, Swin)
+    max_steps: int = 0  # > 0: the run stops after this many optimiser steps, whatever the epochs say
 
     @property
     def steps_per_epoch(self) -> int:
@@ -36,14 +37,25 @@ class RunFacts:
 
     @property
     def total_steps(self) -> int:
-        return int(self.steps_per_epoch * self.num_train_epochs)
+        """Optimiser steps the run takes: `max_steps` when set, else the epochs'."""
+        return self.max_steps if self.max_steps > 0 else int(self.steps_per_epoch * self.num_train_epochs)
+
+    @property
+    def images_seen(self) -> float:
+        """Training images the run sees, repeats included."""
+        if self.max_steps > 0:
+            return self.max_steps * self.global_batch_size
+        return self.num_train_images * self.num_train_epochs
+
+    @property
+    def length(self) -> str:
+        return f"{self.max_steps} steps" if self.max_steps > 0 else f"{self.num_train_epochs:g} epochs"
 
     def describe(self) -> str:
         source = "from a checkpoint" if self.from_checkpoint else "from scratch"
         teacher = "with a teacher" if self.has_teacher else "no teacher"
         return (f"{self.model_type} {source}, {self.num_train_images} training images of {self.image_size} px in "
-                f"{self.num_labels} classes x {self.num_train_epochs:g} epochs, global batch {self.global_batch_size}, "
-                f"{teacher}")  # fmt: skip
+                f"{self.num_labels} classes x {self.length}, global batch {self.global_batch_size}, {teacher}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -170,7 +182,7 @@ DISTILLATION_RAND_AUGMENT = 5
 def regularisation_strength(facts: RunFacts) -> float:
     """How much of DeiT's regularisation a run can use, in [0, 1]: 0 up to the images seen (training images x
     epochs) at which the study found every regulariser hurting, 1 at DeiT's ImageNet budget, log-linear between."""
-    seen = facts.num_train_images * facts.num_train_epochs
+    seen = facts.images_seen
     position = math.log(max(seen, 1) / UNDERFITTING_IMAGES_SEEN) / math.log(DEIT_IMAGES_SEEN / UNDERFITTING_IMAGES_SEEN)
     return min(max(position, 0.0), 1.0)
 
@@ -238,7 +250,7 @@ def deit_recipe(facts: RunFacts) -> dict[str, Choice]:
     DeiT's as the strength grows (`deit_warmup`); below DeiT's budget, a student from scratch with a teacher gets the
     sine-cosine start and RandAugment (`distillation_start`)."""
     strength, batch, steps = regularisation_strength(facts), facts.global_batch_size, facts.total_steps
-    scaled = f"DeiT's, at strength {strength:.2f} ({facts.num_train_images} images x {facts.num_train_epochs:g} epochs)"
+    scaled = f"DeiT's, at strength {strength:.2f} ({facts.num_train_images} images x {facts.length})"
     choices = plain_recipe(facts) | {
         name: (type(full)(round(off + (full - off) * strength, 3)), scaled) for name, (off, full) in DEIT_REGULARISERS.items()
     } | distillation_start(facts, strength)  # fmt: skip

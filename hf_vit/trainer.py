@@ -12,6 +12,7 @@
 import inspect
 import math
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -22,20 +23,17 @@ from datasets import IterableDataset
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule
 from safetensors.torch import load_file, save_file
-from torchvision.transforms import v2
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 from transformers.utils import logging
 
-from .cards import CURVES_FILE, plot_training_curves, write_model_card
+from .cards import CURVES_FILE, plot_training_curves, replaced_atomically, write_model_card
 from .key_maps import CheckpointMismatchError
 from .layers import PreNormBlock
 from .recipes import TRAINING_INGREDIENTS, check_layer_decay
 
 logger = logging.get_logger(__name__)
 
-# Parameters that weight decay would only pull towards zero for no benefit (DeiT's and timm's no_weight_decay).
-NO_WEIGHT_DECAY = ("position_embeddings", "cls_token", "distillation_token", "register_tokens")
 EMA_FILE = "ema.safetensors"  # the EMA of the weights, in every checkpoint of a run with one
 
 
@@ -71,6 +69,11 @@ class HfViTTrainingArguments(TrainingArguments):
     dataloader_pin_memory: bool | None = field(
         default=None, metadata={"help": "Pin batches in page-locked memory for faster copies to the GPU (default: with a GPU)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Write over a run already in the output directory: its checkpoints are removed when training "
+                  "starts, its other files replaced (else an output directory that is not empty is refused)."},
+    )  # fmt: skip
     cpu_threads_per_process: int | None = field(
         default=None,
         metadata={"help": "Torch threads per process when training on CPU (default: the cores split evenly "
@@ -150,71 +153,123 @@ def global_batch_size(training_args) -> int:
 
 
 class BatchMixer:
-    """Mixup / CutMix on a training batch (torchvision v2), then label smoothing: ids -> (B, C) soft targets."""
+    """Mixup / CutMix on a training batch, then label smoothing: labels (B,) ids -> (B, C) soft targets.
+
+    One mixing ratio per batch, and each image is mixed with the one before it in the batch (the first with the last;
+    `partners`), as torchvision's MixUp / CutMix pair them; `RepeatedAugmentationSampler` lays its copies out so that
+    no image meets a copy of itself. CutMix's box and its label weight follow torchvision's.
+    """
 
     def __init__(self, num_classes: int, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, label_smoothing=0.0):
         self.num_classes, self.label_smoothing = num_classes, label_smoothing
-        mixers, weights = [], []
-        if mixup_alpha > 0:
-            mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
-            weights.append(1 - switch_prob if cutmix_alpha > 0 else 1.0)
-        if cutmix_alpha > 0:
-            mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
-            weights.append(switch_prob if mixup_alpha > 0 else 1.0)
-        self.mix = v2.RandomChoice(mixers, p=weights) if mixers else None
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        # the chance of CutMix when a batch is mixed
+        self.cutmix_prob = (switch_prob if mixup_alpha > 0 else 1.0) if cutmix_alpha > 0 else 0.0
 
     @property
     def active(self) -> bool:
-        return self.mix is not None or self.label_smoothing > 0
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0 or self.label_smoothing > 0
+
+    @staticmethod
+    def partners(batch_size: int) -> torch.Tensor:
+        """(B,) the index each image is mixed with: the one before it, the first with the last."""
+        return torch.arange(batch_size).roll(1)
 
     def __call__(self, pixel_values: torch.Tensor, labels: torch.Tensor):
-        if self.mix is not None:
-            pixel_values, labels = self.mix(pixel_values, labels)
-        elif not labels.is_floating_point():
-            labels = F.one_hot(labels, self.num_classes).float()
+        targets = labels.float() if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
+        if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
+            partners = self.partners(len(pixel_values)).to(pixel_values.device)
+            cutmix = torch.rand(()).item() < self.cutmix_prob  # host-side draws: nothing waits for the device
+            alpha = self.cutmix_alpha if cutmix else self.mixup_alpha
+            lam = float(torch.distributions.Beta(alpha, alpha).sample())
+            if cutmix:
+                pixel_values, lam = cut_and_paste(pixel_values, pixel_values[partners], lam)
+            else:
+                pixel_values = pixel_values * lam + pixel_values[partners] * (1 - lam)
+            targets = targets * lam + targets[partners] * (1 - lam)
         if self.label_smoothing > 0:
-            labels = labels * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
-        return pixel_values, labels
+            targets = targets * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
+        return pixel_values, targets
+
+
+def cut_and_paste(images: torch.Tensor, others: torch.Tensor, lam: float) -> tuple[torch.Tensor, float]:
+    """CutMix: a box of area ~(1 - lam) at a random centre, clipped to the image, pasted from `others`; returns the
+    images and the share of each image left (the label weight). (B, C, H, W) -> (B, C, H, W)."""
+    height, width = images.shape[-2:]
+    centre_y, centre_x = int(torch.randint(height, ())), int(torch.randint(width, ()))
+    half = 0.5 * math.sqrt(1.0 - lam)
+    half_h, half_w = int(half * height), int(half * width)
+    top, bottom = max(centre_y - half_h, 0), min(centre_y + half_h, height)
+    left, right = max(centre_x - half_w, 0), min(centre_x + half_w, width)
+    images = images.clone()
+    images[..., top:bottom, left:right] = others[..., top:bottom, left:right]
+    return images, 1.0 - (bottom - top) * (right - left) / (height * width)
+
+
+def images_per_batch(batch_size: int, repeats: int) -> int:
+    """How many images a batch of `batch_size` holds under `repeats`-fold repeated augmentation: the fewest that
+    need no more than `repeats` copies each and keep every copy away from the image before it (`BatchMixer.partners`:
+    position i holds image i mod m, so only the first and the last position could meet)."""
+    images = max(-(-batch_size // repeats), min(2, batch_size))
+    while images < batch_size and (batch_size - 1) % images == 0:
+        images += 1
+    return images
 
 
 class RepeatedAugmentationSampler(torch.utils.data.Sampler):
-    """Repeated augmentation (Hoffer et al. 2020, DeiT): each epoch draws ceil(n / repeats) images and yields each
-    `repeats` times in a row, trimmed to n indices, so the epoch keeps its length and the copies, each augmented
-    on its own, land in the same global batch.
+    """Repeated augmentation (Hoffer et al. 2020, DeiT): each image `repeats` times per epoch, each copy augmented on
+    its own, the copies in the same batch; the epoch keeps its length (n indices from about n / repeats images).
 
-    Every process draws the same order (seeded by seed + epoch); accelerate then hands each process disjoint
-    batches of it.
+    Each batch of `batch_size` indices holds m images laid out as [a, b, c, ..., a, b, c, ...] (`images_per_batch`),
+    so the copies of an image stand m apart and `BatchMixer` never mixes an image with itself. Every process draws the
+    same order (seeded by seed + epoch); accelerate hands each process whole batches of it.
     """
 
-    def __init__(self, num_samples: int, repeats: int = 3, seed: int = 0):
-        self.num_samples, self.repeats, self.seed, self.epoch = num_samples, repeats, seed, 0
+    def __init__(self, num_samples: int, batch_size: int, repeats: int = 3, seed: int = 0):
+        self.num_samples, self.repeats, self.seed, self.batch_size, self.epoch = num_samples, repeats, seed, batch_size, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        chosen = torch.randperm(self.num_samples, generator=generator)[: math.ceil(self.num_samples / self.repeats)]
-        return iter(chosen.repeat_interleave(self.repeats)[: self.num_samples].tolist())
+        order = torch.randperm(self.num_samples, generator=generator).tolist()
+        indices, drawn = [], 0
+        for start in range(0, self.num_samples, self.batch_size):
+            size = min(self.batch_size, self.num_samples - start)
+            count = images_per_batch(size, self.repeats)
+            images = [order[(drawn + i) % self.num_samples] for i in range(count)]
+            drawn += count
+            indices += [images[position % count] for position in range(size)]
+        return iter(indices)
 
     def __len__(self) -> int:
         return self.num_samples
 
 
+def averaged_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What an EMA of `model` follows, by state-dict name: its trainable parameters and its buffers (BatchNorm
+    statistics). Frozen weights (a LoRA base model, a frozen backbone) never change, so averaging them is a no-op."""
+    parameters = dict(model.named_parameters())
+    return {name: tensor for name, tensor in model.state_dict(keep_vars=True).items()
+            if name not in parameters or parameters[name].requires_grad}  # fmt: skip
+
+
 class ModelEMA:
-    """Exponential moving average of a model's weights: `ema = decay * ema + (1 - decay) * weights` per step.
+    """Exponential moving average of a model's weights: `ema = decay * ema + (1 - decay) * weights` per step, over
+    what can change (`averaged_tensors`).
 
     Saved with every checkpoint (`EMA_FILE`) and restored on resume, so a resumed run averages what the
     uninterrupted one would have."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        self.shadow = {name: tensor.detach().clone() for name, tensor in averaged_tensors(model).items()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         averaged, trained = [], []  # one fused lerp over all floating-point tensors: it runs every step
-        for name, tensor in model.state_dict().items():
+        for name, tensor in averaged_tensors(model).items():
             if tensor.dtype.is_floating_point:
                 averaged.append(self.shadow[name])
                 trained.append(tensor.detach())
@@ -222,18 +277,28 @@ class ModelEMA:
                 self.shadow[name].copy_(tensor)
         torch._foreach_lerp_(averaged, trained, 1 - self.decay)
 
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Write the averaged values into `model` for good."""
+        for name, tensor in averaged_tensors(model).items():
+            tensor.copy_(self.shadow[name])
+
     @contextmanager
     def applied_to(self, model: torch.nn.Module):
         """Swap the averaged weights in for the duration of the block."""
-        trained = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-        model.load_state_dict(self.shadow)
+        trained = {name: tensor.detach().clone() for name, tensor in averaged_tensors(model).items()}
+        self.copy_to(model)
         try:
             yield model
         finally:
-            model.load_state_dict(trained)
+            with torch.no_grad():
+                for name, tensor in averaged_tensors(model).items():
+                    tensor.copy_(trained[name])
 
     def save(self, directory: str) -> None:
-        save_file({name: tensor.contiguous() for name, tensor in self.shadow.items()}, os.path.join(directory, EMA_FILE))
+        tensors = {name: tensor.contiguous() for name, tensor in self.shadow.items()}
+        with replaced_atomically(os.path.join(directory, EMA_FILE)) as path:
+            save_file(tensors, path)
 
     @torch.no_grad()
     def load(self, directory: str) -> None:
@@ -282,10 +347,10 @@ class TeacherInputAdapter:
         return (images - self.teacher_mean.to(device)) / self.teacher_std.to(device)
 
 
-def check_teacher_labels(teacher_config, student_config) -> None:
+def check_teacher_labels(teacher_config, student_labels: list[str]) -> None:
     """The teacher's classes must be the student's, in the same order."""
     teacher = [teacher_config.id2label[i] for i in range(teacher_config.num_labels)]
-    student = [student_config.id2label[i] for i in range(student_config.num_labels)]
+    student = list(student_labels)
     if teacher != student:
         raise ValueError(f"The teacher's labels {teacher} differ from the student's {student}; distill from a "
                          "teacher trained on the same classes in the same order")  # fmt: skip
@@ -375,16 +440,23 @@ def whole_model(sharded: torch.nn.Module, state_dict: dict) -> torch.nn.Module:
     return model
 
 
+def hf_vit_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The hf_vit model itself, under a PEFT wrapper (LoRA) if there is one."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def unused_parameters(model: torch.nn.Module) -> list[str]:
     """The trainable parameters one training step of `model` leaves without a gradient (an attention-pooling head
-    under a pretraining objective, say), found by a step on two random images of the config's size; the random state
-    and the model's gradients are left as they were."""
+    under a pretraining objective, say), found by a step on two random images of the config's size; the random state,
+    the model's gradients and its buffers (BatchNorm statistics, which the step in training mode moves) are left as
+    they were."""
     config = model.config
     height, width = (config.image_size, config.image_size) if isinstance(config.image_size, int) else config.image_size
     inputs = {"pixel_values": torch.randn(2, config.num_channels, height, width, device=model.device)}
-    if "labels" in inspect.signature(model.forward).parameters:
+    if "labels" in inspect.signature(hf_vit_model(model).forward).parameters:  # PEFT's forward takes **kwargs
         inputs["labels"] = torch.zeros(2, dtype=torch.long, device=model.device)
     was_training, saved = model.training, {name: p.grad for name, p in model.named_parameters()}
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     with torch.random.fork_rng(devices=[]):
         model.train()
         model.zero_grad(set_to_none=True)
@@ -392,6 +464,9 @@ def unused_parameters(model: torch.nn.Module) -> list[str]:
     unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     for name, p in model.named_parameters():
         p.grad = saved[name]
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(buffers[name])
     model.train(was_training)
     return unused
 
@@ -445,10 +520,15 @@ class HfViTTrainer(Trainer):
                 self.model = sharded
 
     def get_decay_parameter_names(self, model) -> list[str]:
+        """The Trainer's (no biases, no norms), without 1-D parameters and what the model declares
+        (`no_weight_decay()`: tokens, position embeddings, Swin's relative position bias tables)."""
+        hf_model = hf_vit_model(model)
+        declared = hf_model.no_weight_decay() if hasattr(hf_model, "no_weight_decay") else ()  # a CNN teacher has none
+        no_decay = {id(hf_model.get_parameter(name)) for name in declared}
         parameters = dict(model.named_parameters())
         return [
             name for name in super().get_decay_parameter_names(model)
-            if parameters[name].ndim > 1 and not name.endswith(NO_WEIGHT_DECAY)
+            if parameters[name].ndim > 1 and id(parameters[name]) not in no_decay
         ]  # fmt: skip
 
     def learning_rates(self, model) -> dict[int, float]:
@@ -495,10 +575,23 @@ class HfViTTrainer(Trainer):
                              training_args=self.args, log_history=self.state.log_history, load_id=load_id,
                              recipe=self.recipe_summary, curves=CURVES_FILE, extra_fields=self.card_fields)  # fmt: skip
 
+    def remove_previous_checkpoints(self) -> None:
+        """Remove the checkpoints an earlier run left in the output directory (`--overwrite_output_dir`), so that they
+        can neither be resumed nor counted against `save_total_limit` with this run's."""
+        if not self.is_world_process_zero() or not os.path.isdir(self.args.output_dir):
+            return
+        for name in sorted(os.listdir(self.args.output_dir)):
+            path = os.path.join(self.args.output_dir, name)
+            if name.startswith(PREFIX_CHECKPOINT_DIR) and os.path.isdir(path):
+                logger.warning("--overwrite_output_dir: removing the earlier run's %s", path)
+                shutil.rmtree(path)
+
     def train_and_evaluate(self, resume_from_checkpoint=None, skipped=None) -> dict:
         """Train, save the model, evaluate; log and save the train and eval metrics and the trainer state. Returns the
         eval metrics. `skipped`: the count of unreadable images a stream skipped (a `multiprocessing.Value` per
         process), summed over the processes into the metrics as `train_skipped_unreadable_images`."""
+        if self.args.overwrite_output_dir and not resume_from_checkpoint:
+            self.remove_previous_checkpoints()
         train_result = self.train(resume_from_checkpoint=resume_from_checkpoint)
         self.save_model()
         if skipped is not None:
@@ -529,6 +622,9 @@ class PretrainingTrainer(HfViTTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.can_return_loss = True  # the Trainer computes an eval loss without labels only when told so
+        # Evaluation keeps the loss only: the reconstructions (and MAE's masks) of a whole evaluation set would not fit
+        # in memory (ImageNet-val: ~30 GB).
+        self.args.prediction_loss_only = True
 
 
 class ImageClassificationTrainer(HfViTTrainer):
@@ -546,7 +642,8 @@ class ImageClassificationTrainer(HfViTTrainer):
         super().__init__(*args, **kwargs)
         self.teacher = None
         if teacher is not None:
-            check_teacher_labels(teacher.config, self.model.config)
+            config = self.model.config
+            check_teacher_labels(teacher.config, [config.id2label[i] for i in range(config.num_labels)])
             self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.teacher_inputs = teacher_inputs or (lambda pixel_values: pixel_values)
         unset = [name for name in TRAINING_INGREDIENTS if getattr(self.args, name) is None]
@@ -562,7 +659,7 @@ class ImageClassificationTrainer(HfViTTrainer):
     def _get_train_sampler(self, train_dataset=None):
         if self.repeated_augmentation > 1:
             dataset = train_dataset if train_dataset is not None else self.train_dataset
-            return RepeatedAugmentationSampler(len(dataset), self.repeated_augmentation, self.args.seed)
+            return RepeatedAugmentationSampler(len(dataset), self._train_batch_size, self.repeated_augmentation, self.args.seed)
         return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -10,7 +10,7 @@ vit_*_reg4_dinov2, vit_*_siglip_*, swin_*) checkpoint into an hf_vit checkpoint.
 
 import argparse
 
-from hf_vit.cli import TRACEBACK_FLAG, TRACEBACK_HELP, run_command, usage_errors
+from hf_vit.cli import OVERWRITE_HELP, TRACEBACK_FLAG, TRACEBACK_HELP, run_command
 from hf_vit.convert import convert_checkpoint
 
 
@@ -24,13 +24,13 @@ def main(argv=None) -> int:
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", default=None)
     parser.add_argument("--hub_token", default=None, help="default: HF_TOKEN or the cached login")
+    parser.add_argument("--overwrite_output_dir", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument(TRACEBACK_FLAG, action="store_true", help=TRACEBACK_HELP)
     args = parser.parse_args(argv)
 
     def body():
-        with usage_errors():
-            model = convert_checkpoint(args.source, args.output_dir, args.image_size, args.push_to_hub,
-                                       args.hub_model_id, args.hub_token, args.window_size)  # fmt: skip
+        model = convert_checkpoint(args.source, args.output_dir, args.image_size, args.push_to_hub, args.hub_model_id,
+                                   args.hub_token, args.window_size, args.overwrite_output_dir)  # fmt: skip
         print(f"{args.source} -> {args.output_dir}: {model.config.model_type}, {model.num_parameters():,} parameters, "
               f"{model.config.num_labels} labels" + (f", pushed to {args.hub_model_id}" if args.push_to_hub else ""))  # fmt: skip
 

@@ -12,7 +12,7 @@ export fails. export_report.json records the dynamic axes and the differences.
 
 import argparse
 
-from hf_vit.cli import TRACEBACK_FLAG, TRACEBACK_HELP, run_command, usage_errors
+from hf_vit.cli import OVERWRITE_HELP, TRACEBACK_FLAG, TRACEBACK_HELP, run_command
 from hf_vit.export import export_checkpoint
 
 
@@ -24,13 +24,13 @@ def main(argv=None) -> int:
     parser.add_argument("--check_sizes", nargs="+", default=None,
                         help="image sizes (a side or HxW) onnxruntime is checked at (default: the traced size and one step more)")
     parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--overwrite_output_dir", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument(TRACEBACK_FLAG, action="store_true", help=TRACEBACK_HELP)
     args = parser.parse_args(argv)
 
     def body():
-        with usage_errors():
-            report = export_checkpoint(args.model_name_or_path, args.output_dir, not args.static_image_size, args.check_sizes,
-                                       args.trust_remote_code)  # fmt: skip
+        report = export_checkpoint(args.model_name_or_path, args.output_dir, not args.static_image_size, args.check_sizes,
+                                   args.trust_remote_code, args.overwrite_output_dir)  # fmt: skip
         worst = max(report["max_abs_difference"].values())
         print(f"{args.model_name_or_path} -> {args.output_dir}/{{{', '.join(report['files'])}}}: {report['model_type']}, "
               f"outputs {report['outputs']}, dynamic axes {report['dynamic_axes']}; onnxruntime vs PyTorch at most "

@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+from collections import Counter
 import sys
 
 import pytest
@@ -139,22 +140,44 @@ def test_deit_checkpoint_loads_as_remote_code(tmp_path, tiny_deit_config):
     assert_loads_as_remote_code(model, tmp_path / "deit", torch.randn(2, 3, 32, 32))
 
 
-def test_repeated_augmentation_sampler_repeats_keeps_length_and_shards_disjointly():
-    sampler = RepeatedAugmentationSampler(100, repeats=3, seed=1)
+def test_repeated_augmentation_sampler_repeats_within_batches_keeps_length_and_shards_disjointly():
+    sampler = RepeatedAugmentationSampler(100, batch_size=16, repeats=3, seed=1)
     indices = list(sampler)
     assert len(indices) == len(sampler) == 100
-    assert all(indices[i] == indices[i + 1] == indices[i + 2] for i in range(0, 99, 3))
-    assert len(set(indices)) == 34  # ceil(100 / 3) images, the last one trimmed to a single copy
-    assert list(RepeatedAugmentationSampler(100, 3, seed=1)) == indices  # same order on every process
+    batches = [indices[start : start + 16] for start in range(0, 100, 16)]
+    assert all(max(Counter(batch).values()) <= 3 for batch in batches)  # at most `repeats` copies, in the same batch
+    assert all(len(set(batch)) < len(batch) for batch in batches[:-1])  # and they are repeated there
+    assert len(set(indices)) == sum(len(set(batch)) for batch in batches) < 50  # no image in two batches, ~n / 3
+    assert list(RepeatedAugmentationSampler(100, 16, 3, seed=1)) == indices  # same order on every process
     sampler.set_epoch(1)
     assert list(sampler) != indices
-    batches = torch.utils.data.BatchSampler(RepeatedAugmentationSampler(96, 3, seed=0), batch_size=8, drop_last=False)
+    batches = torch.utils.data.BatchSampler(RepeatedAugmentationSampler(96, 8, 3, seed=0), batch_size=8, drop_last=False)
     shards = [list(BatchSamplerShard(batches, num_processes=2, process_index=rank)) for rank in (0, 1)]
     positions = [{(i, j) for i, batch in enumerate(shard) for j in range(len(batch))} for shard in shards]
     assert len(shards[0]) == len(shards[1]) == 6
     flat = [index for shard in shards for batch in shard for index in batch]
-    assert sorted(flat) == sorted(RepeatedAugmentationSampler(96, 3, seed=0))  # together they cover the epoch once
+    assert sorted(flat) == sorted(RepeatedAugmentationSampler(96, 8, 3, seed=0))  # together they cover the epoch once
     assert shards[0] != shards[1] and positions[0] == positions[1]
+
+
+@pytest.mark.parametrize("batch_size, repeats", [(16, 3), (7, 3), (128, 3), (5, 2), (2, 3), (9, 4)])
+def test_no_image_is_mixed_with_its_own_copy_under_repeated_augmentation(batch_size, repeats):
+    """Labels name the images: a mixed target is pure (one class) exactly when an image met a copy of itself."""
+    num_images = 4 * batch_size + 3  # a last, smaller batch too
+    sampler = RepeatedAugmentationSampler(num_images, batch_size, repeats, seed=0)
+    loader = torch.utils.data.DataLoader(torch.arange(num_images), batch_size=batch_size, sampler=sampler)
+    mixer = BatchMixer(num_classes=num_images, mixup_alpha=1.0, cutmix_alpha=1.0)
+    torch.manual_seed(0)
+    for images in loader:
+        if len(images) == 1:
+            continue
+        assert max(Counter(images.tolist()).values()) <= repeats
+        partners = images[BatchMixer.partners(len(images))]
+        assert not torch.any(partners == images)
+        for _ in range(3):  # Mixup and CutMix draws
+            _, targets = mixer(torch.randn(len(images), 3, 16, 16), images)
+            mixed = (targets > 0).sum(-1)
+            assert torch.all((mixed == 2) | (targets.max(-1).values == 1.0))  # two images, unless lam drew 0 or 1
 
 
 def test_ema_follows_the_update_rule_and_swaps_weights_in_and_out():
