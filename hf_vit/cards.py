@@ -2,14 +2,13 @@
 Hub metadata (model-index with the task, dataset and accuracy) and the training-curves picture they link to."""
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from string import Template
 
 from huggingface_hub import EvalResult, ModelCard
 
-from .cli import looks_like_local_path
 from .figures import new_figure, save_plot
+from .guards import looks_like_local_path, replaced_atomically
 
 CURVES_FILE = "training_curves.png"
 
@@ -53,11 +52,17 @@ def plot_training_curves(log_history, path: str) -> None:
     figure, all_axes = new_figure(1, 3 if accuracies else 2, figsize=(13 if accuracies else 9, 3.8))
     loss_axes, lr_axes = all_axes[0], all_axes[-1]
     loss_axes.plot([e["epoch"] for e in train], [e["loss"] for e in train], marker="o", markersize=3, label="training")
-    loss_axes.plot([e["epoch"] for e in evals], [e["eval_loss"] for e in evals], marker="o", markersize=3, label="evaluation")
+    loss_axes.plot(
+        [e["epoch"] for e in evals], [e["eval_loss"] for e in evals], marker="o", markersize=3, label="evaluation"
+    )
     if accuracies:
-        all_axes[1].plot([e["epoch"] for e in accuracies], [e["eval_accuracy"] for e in accuracies], marker="o", markersize=3)
+        all_axes[1].plot(
+            [e["epoch"] for e in accuracies], [e["eval_accuracy"] for e in accuracies], marker="o", markersize=3
+        )
         all_axes[1].set(xlabel="epoch", ylabel="accuracy", title="evaluation accuracy", ylim=(0, 1))
-    lr_axes.plot([e["epoch"] for e in train if "learning_rate" in e], [e["learning_rate"] for e in train if "learning_rate" in e])
+    lr_axes.plot(
+        [e["epoch"] for e in train if "learning_rate" in e], [e["learning_rate"] for e in train if "learning_rate" in e]
+    )
     loss_axes.set(xlabel="epoch", ylabel="loss", title="loss")
     lr_axes.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
     save_plot(figure, path, *all_axes)
@@ -68,10 +73,10 @@ def training_summary(training_args, log_history, recipe=None) -> str:
     if training_args is None:
         return "Not trained by hf_vit: converted weights, see the source above."
     world = training_args.world_size
+    batch = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world
     lines = [
         f"- epochs: {training_args.num_train_epochs:g}",
-        f"- global batch size: {training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world}"
-        f" ({world} process{'es' if world > 1 else ''})",
+        f"- global batch size: {batch} ({world} process{'es' if world > 1 else ''})",
         f"- optimizer: {_name(training_args.optim)}, learning rate {training_args.learning_rate:g}, weight decay "
         f"{training_args.weight_decay:g}, {_name(training_args.lr_scheduler_type)} schedule, warmup "
         f"{training_args.warmup_steps:g}",
@@ -89,8 +94,19 @@ def training_summary(training_args, log_history, recipe=None) -> str:
     return "\n".join(lines)
 
 
-def render_model_card(model, template: str, dataset=None, dataset_id=None, training_args=None, log_history=None,
-                      load_id=None, source=None, recipe=None, curves=None, extra_fields=None) -> str:  # fmt: skip
+def render_model_card(
+    model,
+    template: str,
+    dataset=None,
+    dataset_id=None,
+    training_args=None,
+    log_history=None,
+    load_id=None,
+    source=None,
+    recipe=None,
+    curves=None,
+    extra_fields=None,
+) -> str:
     """The card of `model` from the template file named `template` (`Family.card_template`).
 
     `dataset` names the data for people; `dataset_id`, a Hub dataset id, is listed in the metadata (a local path
@@ -129,25 +145,18 @@ def render_model_card(model, template: str, dataset=None, dataset_id=None, train
         card.data.datasets = [dataset_id]
     if evals:
         card.data.metrics = ["accuracy"]
-        card.data.eval_results = [EvalResult(
-            task_type="image-classification", task_name="Image Classification", dataset_type=dataset_id or "custom",
-            dataset_name=dataset or dataset_id or "unknown", metric_type="accuracy", metric_name="Accuracy",
-            metric_value=round(evals[-1]["eval_accuracy"], 4),
-        )]  # fmt: skip
+        card.data.eval_results = [
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type=dataset_id or "custom",
+                dataset_name=dataset or dataset_id or "unknown",
+                metric_type="accuracy",
+                metric_name="Accuracy",
+                metric_value=round(evals[-1]["eval_accuracy"], 4),
+            )
+        ]
     return card.content
-
-
-@contextmanager
-def replaced_atomically(path: str):
-    """Yields a temporary path beside `path` to write; when the block ends it replaces `path` in one step, so a crash
-    or a full disk mid-write leaves the old file (or none), never half a file."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def write_model_card(output_dir, model, template: str, **kwargs) -> str:

@@ -1,39 +1,23 @@
-"""What the scripts share on the command line: bad input becomes one line on stderr and exit code 2 (as argparse
+"""What the jobs share on the command line: bad input becomes one line on stderr and exit code 2 (as argparse
 does for a bad flag), found before any data is read or any file written; a crash keeps its traceback.
 
-    with usage_errors(): ...        # ValueError / OSError raised inside -> UsageError
     run_command(main_body, argv)    # UsageError -> "error: <message>", exit 2; `--traceback` shows it whole
-    main = command(parse_args, job)  # a script's main(argv) over run_command
+    main = command(parse_args, job)  # a job's main(argv) over run_command
     grouped_parser(...) / parse_into_dataclasses(parser, argv)   # dataclass flags, the newcomer's first
     parse_config_overrides(text) / check_config_overrides(config, overrides)   # --config_overrides
-    check_output_dir(output_dir, overwrite, resuming)   # a directory holding a run is not written over
 """
 
 import ast
 import difflib
 import os
 import sys
-from contextlib import contextmanager
 
 from transformers import HfArgumentParser
 
+from .guards import UsageError, usage_errors
+
 TRACEBACK_FLAG = "--traceback"
 TRACEBACK_HELP = "Show the full traceback of an input error instead of its one-line message."
-
-
-class UsageError(ValueError):
-    """Bad input (a flag, a path, a column, an image, a config field) found before the work started."""
-
-
-@contextmanager
-def usage_errors():
-    """Re-raise the ValueErrors and OSErrors of the block, which checks what the user gave, as UsageErrors."""
-    try:
-        yield
-    except UsageError:
-        raise
-    except (ValueError, OSError) as error:
-        raise UsageError(str(error)) from error
 
 
 def run_command(body, argv=None) -> int:
@@ -64,40 +48,6 @@ def command(parse_args, job):
     return main
 
 
-def looks_like_local_path(name: str) -> bool:
-    """A name meant as a local path, not a Hub id ("owner/name" or "name"): it starts with "/", ".", "~" or a
-    drive, has more than one separator, or exists on disk."""
-    return (
-        os.path.exists(name)
-        or name.startswith(("/", ".", "~", "\\"))
-        or os.path.splitdrive(name)[0] != ""
-        or name.replace("\\", "/").count("/") > 1
-    )
-
-
-def check_local_path(name: str, what: str) -> None:
-    """A path-like `name` must exist: FileNotFoundError naming `what` (e.g. "--model_name_or_path") if not."""
-    if looks_like_local_path(name) and not os.path.exists(name):
-        raise FileNotFoundError(f"{what} {name!r}: no such file or directory")
-
-
-OVERWRITE_HELP = "Replace what the output directory holds (else a directory that is not empty is refused)."
-
-
-def check_output_dir(output_dir: str, overwrite: bool = False, resuming: bool = False) -> None:
-    """An output directory that already holds files is refused, naming it, unless the job is told to overwrite it
-    (`--overwrite_output_dir`) or goes on with the run in it (`--resume_from_checkpoint`): a second run would
-    otherwise overwrite the first one's model, card and curves, and mix its checkpoints with the first one's."""
-    if overwrite or resuming or not os.path.isdir(output_dir) or not os.listdir(output_dir):
-        return
-    held = sorted(os.listdir(output_dir))
-    raise FileExistsError(
-        f"--output_dir {output_dir!r} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); "
-        "choose another directory, pass --overwrite_output_dir to replace it, or --resume_from_checkpoint to go on "
-        "with it"
-    )
-
-
 def grouped_parser(dataclass_types, start_here, description: str) -> HfArgumentParser:
     """An `HfArgumentParser` over `dataclass_types` whose --help shows the `start_here` flags first (in a group of
     their own), then each dataclass's group, and `--traceback`."""
@@ -126,7 +76,9 @@ def parse_into_dataclasses(parser: HfArgumentParser, argv=None) -> list:
     if unknown:
         flag = next((item for item in unknown if item.startswith("--")), unknown[0])
         close = difflib.get_close_matches(flag.split("=")[0], parser._option_string_actions, n=1)
-        raise ValueError(f"unrecognized arguments: {' '.join(unknown)}" + (f"; did you mean {close[0]}?" if close else ""))
+        raise ValueError(
+            f"unrecognized arguments: {' '.join(unknown)}" + (f"; did you mean {close[0]}?" if close else "")
+        )
     return arguments
 
 
@@ -163,8 +115,14 @@ def _split_top_level(text: str) -> list[str]:
 def check_config_overrides(config, overrides: dict) -> None:
     """Every override must name a field of `config`: a typo would otherwise be written into config.json and do
     nothing."""
-    settable = set(config.to_dict()) - {"_name_or_path", "model_type", "transformers_version", "architectures",
-                                        "id2label", "label2id"}  # fmt: skip
+    settable = set(config.to_dict()) - {
+        "_name_or_path",
+        "model_type",
+        "transformers_version",
+        "architectures",
+        "id2label",
+        "label2id",
+    }
     for name in overrides:
         if name not in settable:
             close = difflib.get_close_matches(name, settable, n=3)

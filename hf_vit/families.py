@@ -1,151 +1,90 @@
-"""The family registry: what each hf_vit family is, declared once.
+"""The four families, each declared once: its classes (the presets are its configuration's, its weight-decay and
+layer groups its models'), the preset `finetune.py` trains by default, its model card, and the checkpoints it
+converts from. Importing this module registers them (`registry.register`); `import hf_vit` does."""
 
-    FAMILIES[model_type] -> Family: config, base model, classifier, backbone, default preset, card, converters
+from .interop.key_maps import (
+    TIMM_SWIN,
+    TIMM_VIT,
+    TRANSFORMERS_DINOV2,
+    TRANSFORMERS_DINOV2_WITH_REGISTERS,
+    TRANSFORMERS_SWIN,
+    TRANSFORMERS_VIT,
+    TRANSFORMERS_VIT_MAE,
+)
+from .models.configuration_deit import HfDeiTConfig
+from .models.configuration_hybrid import HfViTHybridConfig
+from .models.configuration_swin import HfSwinConfig
+from .models.configuration_vit import HfViTConfig
+from .models.modeling_deit import HfDeiTBackbone, HfDeiTForImageClassification, HfDeiTForPreTraining, HfDeiTModel
+from .models.modeling_hybrid import HfViTHybridBackbone, HfViTHybridForImageClassification, HfViTHybridModel
+from .models.modeling_swin import (
+    HfSwinBackbone,
+    HfSwinForImageClassification,
+    HfSwinForMaskedImageModeling,
+    HfSwinModel,
+)
+from .models.modeling_vit import (
+    HfViTBackbone,
+    HfViTForImageClassification,
+    HfViTForMaskedImageModeling,
+    HfViTForPreTraining,
+    HfViTModel,
+)
+from .registry import Family, register
 
-`finetune`, `convert`, the card writer and the benchmark read it. Importing this module registers every family
-with transformers' Auto classes and marks the classes for remote code, so `save_pretrained` writes `auto_map` and
-copies the code files into the checkpoint.
-"""
-
-from dataclasses import dataclass, field
-
-from transformers import (
-    AutoBackbone,
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForMaskedImageModeling,
-    AutoModelForPreTraining,
-    ViTImageProcessor,
-    ViTImageProcessorPil,
+VIT = register(
+    Family(
+        HfViTConfig,
+        HfViTModel,
+        HfViTForImageClassification,
+        "vit-cifar-patch4-32",
+        "hf_vit.md",
+        backbone_class=HfViTBackbone,
+        pretraining_class=HfViTForPreTraining,
+        masked_image_modeling_class=HfViTForMaskedImageModeling,
+        converters={
+            "transformers:vit": TRANSFORMERS_VIT,
+            "transformers:vit_mae": TRANSFORMERS_VIT_MAE,
+            "transformers:dinov2": TRANSFORMERS_DINOV2,
+            "transformers:dinov2_with_registers": TRANSFORMERS_DINOV2_WITH_REGISTERS,
+            "timm:VisionTransformer": TIMM_VIT,
+        },
+    )
 )
 
-from .configuration_deit import HfDeiTConfig
-from .configuration_hybrid import HfViTHybridConfig
-from .configuration_swin import HfSwinConfig
-from .configuration_vit import HfViTConfig
-from .key_maps import (
-    TIMM_SWIN, TIMM_VIT, TRANSFORMERS_DINOV2, TRANSFORMERS_DINOV2_WITH_REGISTERS, TRANSFORMERS_SWIN, TRANSFORMERS_VIT,
-    TRANSFORMERS_VIT_MAE, KeyMap,
-)  # fmt: skip
-from .modeling_deit import HfDeiTBackbone, HfDeiTForImageClassification, HfDeiTForPreTraining, HfDeiTModel
-from .modeling_hybrid import HfViTHybridBackbone, HfViTHybridForImageClassification, HfViTHybridModel
-from .modeling_swin import HfSwinBackbone, HfSwinForImageClassification, HfSwinForMaskedImageModeling, HfSwinModel
-from .modeling_vit import (
-    HfViTBackbone, HfViTForImageClassification, HfViTForMaskedImageModeling, HfViTForPreTraining, HfViTModel,
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Family:
-    """One model family: its classes, the preset `finetune.py --model_type` trains by default, its model card
-    template (in `model_cards/`), and the source architectures it converts from (`"transformers:<model_type>"` or
-    `"timm:<class name>"` -> key map). Its masked-image-modeling pretraining: `pretraining_class` (MAE,
-    `AutoModelForPreTraining`) and `masked_image_modeling_class` (SimMIM, `AutoModelForMaskedImageModeling`)."""
-
-    config_class: type
-    base_model_class: type
-    classifier_class: type
-    default_preset: str
-    card_template: str
-    backbone_class: type | None = None
-    pretraining_class: type | None = None
-    masked_image_modeling_class: type | None = None
-    converters: dict[str, KeyMap] = field(default_factory=dict)
-
-    @property
-    def model_type(self) -> str:
-        return self.config_class.model_type
-
-    def model_class_for(self, architecture: str | None) -> type:
-        """The class that holds a source architecture's weights: the pretraining class for a `...ForPreTraining`
-        (MAE), the masked-image-modeling class for a `...ForMaskedImageModeling` (SimMIM), else the classifier."""
-        for suffix, model_class in (("ForPreTraining", self.pretraining_class),
-                                    ("ForMaskedImageModeling", self.masked_image_modeling_class)):  # fmt: skip
-            if (architecture or "").endswith(suffix):
-                if model_class is None:
-                    raise ValueError(f"{architecture} has no {self.model_type} counterpart (hf_vit pretrains "
-                                     f"{self.model_type} with {self.pretraining_methods or 'nothing'})")  # fmt: skip
-                return model_class
-        return self.classifier_class
-
-    @property
-    def pretraining_methods(self) -> list[str]:
-        """The masked-image-modeling methods the family has: "mae" and / or "simmim"."""
-        return [name for name, model_class in (("mae", self.pretraining_class), ("simmim", self.masked_image_modeling_class))
-                if model_class is not None]  # fmt: skip
-
-    def config(self, preset: str | None = None, **overrides):
-        """The config of `preset` (default: `default_preset`) with `overrides` applied."""
-        return self.config_class.from_preset(preset or self.default_preset, **overrides)
-
-
-FAMILIES = {
-    family.model_type: family
-    for family in (
-        Family(
-            HfViTConfig, HfViTModel, HfViTForImageClassification, "vit-cifar-patch4-32", "hf_vit.md",
-            backbone_class=HfViTBackbone, pretraining_class=HfViTForPreTraining,
-            masked_image_modeling_class=HfViTForMaskedImageModeling,
-            converters={
-                "transformers:vit": TRANSFORMERS_VIT, "transformers:vit_mae": TRANSFORMERS_VIT_MAE, "transformers:dinov2": TRANSFORMERS_DINOV2,
-                "transformers:dinov2_with_registers": TRANSFORMERS_DINOV2_WITH_REGISTERS, "timm:VisionTransformer": TIMM_VIT,
-            },
-        ),
-        Family(
-            HfDeiTConfig, HfDeiTModel, HfDeiTForImageClassification, "deit-cifar-patch4-32", "hf_deit.md",
-            backbone_class=HfDeiTBackbone, pretraining_class=HfDeiTForPreTraining,
-            converters={"transformers:deit": TRANSFORMERS_VIT, "timm:VisionTransformerDistilled": TIMM_VIT},
-        ),
-        Family(
-            HfViTHybridConfig, HfViTHybridModel, HfViTHybridForImageClassification, "vit-hybrid-resnet-tiny-32",
-            "hf_vit_hybrid.md", backbone_class=HfViTHybridBackbone,
-        ),
-        Family(
-            HfSwinConfig, HfSwinModel, HfSwinForImageClassification, "swin-cifar-patch2-window4-32", "hf_swin.md",
-            backbone_class=HfSwinBackbone, masked_image_modeling_class=HfSwinForMaskedImageModeling,
-            converters={"transformers:swin": TRANSFORMERS_SWIN, "timm:SwinTransformer": TIMM_SWIN},
-        ),
+DEIT = register(
+    Family(
+        HfDeiTConfig,
+        HfDeiTModel,
+        HfDeiTForImageClassification,
+        "deit-cifar-patch4-32",
+        "hf_deit.md",
+        backbone_class=HfDeiTBackbone,
+        pretraining_class=HfDeiTForPreTraining,
+        converters={"transformers:deit": TRANSFORMERS_VIT, "timm:VisionTransformerDistilled": TIMM_VIT},
     )
-}  # fmt: skip
+)
 
-
-def family_of(model_type: str) -> Family:
-    """The family of an hf_vit model type; a clear error for anything else."""
-    if model_type not in FAMILIES:
-        raise ValueError(f"{model_type!r} is not an hf_vit model type; choose one of {sorted(FAMILIES)}")
-    return FAMILIES[model_type]
-
-
-def converter_for(source: str) -> tuple[Family, KeyMap] | None:
-    """The family and key map that convert `source` ("transformers:vit", "timm:SwinTransformer", ...), or None."""
-    for family in FAMILIES.values():
-        if source in family.converters:
-            return family, family.converters[source]
-    return None
-
-
-def register(family: Family) -> None:
-    """Make the Auto classes resolve the family's model type, and let checkpoints carry its code."""
-    config_class = family.config_class
-    AutoConfig.register(family.model_type, config_class, exist_ok=True)
-    AutoModel.register(config_class, family.base_model_class, exist_ok=True)
-    AutoModelForImageClassification.register(config_class, family.classifier_class, exist_ok=True)
-    # Both backends: registered as one (positional) class, transformers files it under "pil", looks for the
-    # default "torchvision" first, and warns on every load that it fell back.
-    AutoImageProcessor.register(
-        config_class, image_processor_classes={"torchvision": ViTImageProcessor, "pil": ViTImageProcessorPil}, exist_ok=True
+HYBRID = register(
+    Family(
+        HfViTHybridConfig,
+        HfViTHybridModel,
+        HfViTHybridForImageClassification,
+        "vit-hybrid-resnet-tiny-32",
+        "hf_vit_hybrid.md",
+        backbone_class=HfViTHybridBackbone,
     )
-    config_class.register_for_auto_class()
-    family.base_model_class.register_for_auto_class("AutoModel")
-    family.classifier_class.register_for_auto_class("AutoModelForImageClassification")
-    for auto_class, model_class in ((AutoBackbone, family.backbone_class), (AutoModelForPreTraining, family.pretraining_class),
-                                    (AutoModelForMaskedImageModeling, family.masked_image_modeling_class)):  # fmt: skip
-        if model_class is not None:
-            auto_class.register(config_class, model_class, exist_ok=True)
-            model_class.register_for_auto_class(auto_class.__name__)
+)
 
-
-for _family in FAMILIES.values():
-    register(_family)
+SWIN = register(
+    Family(
+        HfSwinConfig,
+        HfSwinModel,
+        HfSwinForImageClassification,
+        "swin-cifar-patch2-window4-32",
+        "hf_swin.md",
+        backbone_class=HfSwinBackbone,
+        masked_image_modeling_class=HfSwinForMaskedImageModeling,
+        converters={"transformers:swin": TRANSFORMERS_SWIN, "timm:SwinTransformer": TIMM_SWIN},
+    )
+)

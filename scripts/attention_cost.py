@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 
-from hf_vit.lessons.attention import attention_cost, attention_cost_sweep
+from hf_vit_lessons.attention import attention_cost, attention_cost_sweep
 
 
 def main(argv=None) -> int:
@@ -23,17 +23,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     figures = attention_cost(args.side, args.side, args.dim, args.window, runs=args.runs)
     print(f"full attention over {figures['tokens']} tokens: {figures['full_seconds'] * 1000:.2f} ms per call")
-    print(f"window attention, {figures['num_windows']} windows of {figures['window_tokens']} tokens: "
-          f"{figures['window_seconds'] * 1000:.2f} ms per call")  # fmt: skip
-    print(f"theoretical speedup (N^2 d / (windows w^2 w^2 d)): {figures['theoretical_speedup']:.1f}x; "
-          f"measured: {figures['measured_speedup']:.1f}x")  # fmt: skip
+    print(
+        f"window attention, {figures['num_windows']} windows of {figures['window_tokens']} tokens: "
+        f"{figures['window_seconds'] * 1000:.2f} ms per call"
+    )
+    print(
+        f"theoretical speedup (N^2 d / (windows w^2 w^2 d)): {figures['theoretical_speedup']:.1f}x; "
+        f"measured: {figures['measured_speedup']:.1f}x"
+    )
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "attention_cost_single.json"), "w") as f:
         json.dump(figures, f, indent=2)
     if args.sweep:
         for row in attention_cost_sweep(output_dir=args.output_dir, dim=args.dim, window=args.window, runs=args.runs):
-            print(f"{row['tokens']:6d} tokens: full {row['full_seconds'] * 1000:8.2f} ms, window "
-                  f"{row['window_seconds'] * 1000:6.2f} ms, speedup {row['measured_speedup']:.1f}x")  # fmt: skip
+            print(
+                f"{row['tokens']:6d} tokens: full {row['full_seconds'] * 1000:8.2f} ms, window "
+                f"{row['window_seconds'] * 1000:6.2f} ms, speedup {row['measured_speedup']:.1f}x"
+            )
     return 0
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from hf_vit.data import DataArguments, load_splits, open_image
-from hf_vit.lessons.attention import attention_rollout, save_attention_maps
+from hf_vit.training.data import DataArguments, load_splits, open_image
+from hf_vit_lessons.attention import attention_rollout, save_attention_maps
 
 
 def main(argv=None) -> int:
@@ -24,7 +24,9 @@ def main(argv=None) -> int:
     parser.add_argument("--trust_remote_code", action="store_true")
     parser.add_argument("--output_dir", default="runs/attention_maps")
     args = parser.parse_args(argv)
-    model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    model = AutoModelForImageClassification.from_pretrained(
+        args.model_name_or_path, trust_remote_code=args.trust_remote_code
+    )
     processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
     image = open_image(args.image or load_splits(DataArguments())["validation"][args.index]["image"])
     pixels = processor(image.convert("RGB"), return_tensors="pt")["pixel_values"]

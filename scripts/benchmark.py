@@ -6,7 +6,7 @@ onnxruntime against PyTorch eager, the input pipeline, and the time to the first
     python scripts/benchmark.py --suite compile       # torch.compile speed and graph breaks
     python scripts/benchmark.py --suite export        # ViT-S/16 in onnxruntime vs PyTorch eager, batch 1 and 8
     python scripts/benchmark.py --suite data          # the 224 px input pipeline at 0, 1, 2 workers vs a ViT-S/16 step
-    python scripts/benchmark.py --suite startup       # finetune.py's first steps on 1,000 and 100,000 images, streamed or not
+    python scripts/benchmark.py --suite startup       # finetune.py's first steps on 1,000 and 100,000 images
     python scripts/benchmark.py --device cuda --amp bf16 --suite inference train compile --json gpu.json
 """
 
@@ -17,8 +17,8 @@ import tempfile
 
 import torch
 
-from hf_vit.lessons import benchmark
-from hf_vit.lessons.report import markdown_table
+from hf_vit_lessons import benchmark
+from hf_vit_lessons.report import markdown_table
 
 SUITES = ("inference", "train", "swin", "memory", "compile", "export", "data", "startup")
 OPT_IN = ("compile", "export", "data", "startup")  # run only when named
@@ -36,8 +36,13 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     speed = dict(repeats=args.repeats, device=args.device, amp=args.amp)
-    results = dict(torch=torch.__version__, machine=platform.processor() or platform.machine(),
-                   threads=torch.get_num_threads(), device=args.device, amp=args.amp or "fp32")  # fmt: skip
+    results = dict(
+        torch=torch.__version__,
+        machine=platform.processor() or platform.machine(),
+        threads=torch.get_num_threads(),
+        device=args.device,
+        amp=args.amp or "fp32",
+    )
     rows = []
 
     def add(suite: str, new_rows: list[dict]) -> None:
@@ -46,29 +51,51 @@ def main(argv=None) -> int:
     if "inference" in args.suite:
         for family in ("vit_s16", "deit_s_distilled", "swin_t", "hybrid_r50"):
             for batch_size in (1, 8):
-                add("inference", benchmark.compare_speed(family, list(benchmark.MODELS[family][1]), "inference", batch_size, **speed))
+                add(
+                    "inference",
+                    benchmark.compare_speed(
+                        family, list(benchmark.MODELS[family][1]), "inference", batch_size, **speed
+                    ),
+                )
     if "train" in args.suite:
         implementations = ["hf_vit", "hf_vit_every_token", "timm", "transformers"]
         add("train", benchmark.compare_speed("vit_cifar", implementations, "train", 128, **speed))
         add("train", benchmark.compare_speed("vit_s16", implementations, "train", 16, **speed))
     if "compile" in args.suite:
-        add("compile", benchmark.compare_speed("vit_s16", ["hf_vit", "timm"], "inference", 8, compile_ours=True, **speed))
-        results["graph_breaks"] = {family: benchmark.graph_breaks(family, ours)
-                                   for family, ours in (("vit_s16", "hf_vit"), ("swin_t", "hf_swin"))}  # fmt: skip
+        add(
+            "compile",
+            benchmark.compare_speed("vit_s16", ["hf_vit", "timm"], "inference", 8, compile_ours=True, **speed),
+        )
+        results["graph_breaks"] = {
+            family: benchmark.graph_breaks(family, ours)
+            for family, ours in (("vit_s16", "hf_vit"), ("swin_t", "hf_swin"))
+        }
         print("graph breaks (torch._dynamo.explain):", results["graph_breaks"])
     results["speed"] = rows
     if rows:
-        print(markdown_table(rows, ["suite", "family", "mode", "batch_size", "implementation", "images_per_s", "hf_vit_ratio"]))
+        print(
+            markdown_table(
+                rows, ["suite", "family", "mode", "batch_size", "implementation", "images_per_s", "hf_vit_ratio"]
+            )
+        )
     if "swin" in args.suite:
-        results["swin_growth"] = benchmark.swin_resolution_growth(["hf_swin", "timm"], repeats=max(3, args.repeats // 2))
+        results["swin_growth"] = benchmark.swin_resolution_growth(
+            ["hf_swin", "timm"], repeats=max(3, args.repeats // 2)
+        )
         for name, figures in results["swin_growth"].items():
             print(f"swin_t {name}: " + ", ".join(f"{key} {value:.3f}" for key, value in figures.items()))
     if "export" in args.suite:
         results["export"] = benchmark.export_speed(repeats=args.repeats)
-        print(markdown_table(results["export"], ["family", "batch_size", "implementation", "images_per_s", "onnxruntime_ratio"]))
+        print(
+            markdown_table(
+                results["export"], ["family", "batch_size", "implementation", "images_per_s", "onnxruntime_ratio"]
+            )
+        )
     if "data" in args.suite:
         with tempfile.TemporaryDirectory() as directory:
-            results["data"] = benchmark.input_pipeline_speed(benchmark.make_jpeg_imagefolder(directory), repeats=args.repeats)
+            results["data"] = benchmark.input_pipeline_speed(
+                benchmark.make_jpeg_imagefolder(directory), repeats=args.repeats
+            )
         print(markdown_table(results["data"], ["stage", "workers", "batch_size", "images_per_s", "times_the_step"]))
     if "startup" in args.suite:
         with tempfile.TemporaryDirectory() as directory:

@@ -7,8 +7,8 @@ ConvNet, Adam 1e-3, batch 128, with and without augmentation (random flip + rand
 
 import argparse
 
-from hf_vit.data import DataArguments
-from hf_vit.lessons.vit_vs_cnn import compare_vit_cnn
+from hf_vit.training.data import DataArguments
+from hf_vit_lessons.vit_vs_cnn import compare_vit_cnn
 
 
 def main(argv=None) -> int:
@@ -31,7 +31,9 @@ def main(argv=None) -> int:
     for name in ("image_column_name", "label_column_name"):
         if getattr(args, name):
             setattr(data_args, name, getattr(args, name))
-    compare_vit_cnn(args.output_dir, data_args, args.epochs, args.batch_size, args.learning_rate, args.device, args.seed)
+    compare_vit_cnn(
+        args.output_dir, data_args, args.epochs, args.batch_size, args.learning_rate, args.device, args.seed
+    )
     return 0
 
 

@@ -7,15 +7,17 @@ optimizer (Adam, no augmentation), evaluated on the full test split. Prints and 
 
 import argparse
 
-from hf_vit.data import DataArguments
-from hf_vit.lessons.vit_vs_cnn import DATA_EFFICIENCY_MODELS, data_efficiency
+from hf_vit.training.data import DataArguments
+from hf_vit_lessons.vit_vs_cnn import DATA_EFFICIENCY_MODELS, data_efficiency
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_name", default=None, help="a Hub dataset or local directory (default: digits)")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3, 1.0])
-    parser.add_argument("--models", nargs="+", choices=list(DATA_EFFICIENCY_MODELS), default=list(DATA_EFFICIENCY_MODELS))
+    parser.add_argument(
+        "--models", nargs="+", choices=list(DATA_EFFICIENCY_MODELS), default=list(DATA_EFFICIENCY_MODELS)
+    )
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -23,8 +25,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    data_efficiency(args.output_dir, DataArguments(dataset_name=args.dataset_name), args.fractions, args.models,
-                    args.epochs, args.batch_size, args.learning_rate, args.device, args.seed)  # fmt: skip
+    options = vars(args)
+    data_efficiency(data_args=DataArguments(dataset_name=options.pop("dataset_name")), **options)
     return 0
 
 

@@ -4,10 +4,10 @@
     accelerate launch scripts/pretrain.py --model_type hf_swin --output_dir runs/swin-simmim --train_dir my_images/
     accelerate launch scripts/pretrain.py --help                                # every flag, ours and the Trainer's
 
-See hf_vit/pretrain.py for what it does; this file is only the command line.
+See hf_vit/training/pretrain.py for what it does; this file is only the command line.
 """
 
-from hf_vit.pretrain import main
+from hf_vit.training.pretrain import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

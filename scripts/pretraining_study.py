@@ -8,7 +8,7 @@ from scratch with the same fine-tuning budget, over seeds. Prints and saves the 
 
 import argparse
 
-from hf_vit.lessons.pretraining_study import RUNS, study_pretraining
+from hf_vit_lessons.pretraining_study import RUNS, study_pretraining
 
 
 def main(argv=None) -> int:
@@ -21,8 +21,7 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune_epochs", type=float, default=20)
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args(argv)
-    study_pretraining(args.output_dir, args.fractions, args.seeds, args.pretrain_epochs, args.finetune_epochs, args.batch_size,
-                      args.runs)  # fmt: skip
+    study_pretraining(**vars(args))
     return 0
 
 

@@ -8,7 +8,7 @@ downloaded). Prints and saves the table (mIoU, digit mIoU, pixel accuracy) and m
 
 import argparse
 
-from hf_vit.lessons.segmentation import BACKBONES, study_segmentation
+from hf_vit_lessons.segmentation import BACKBONES, study_segmentation
 
 
 def main(argv=None) -> int:
@@ -23,8 +23,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=32, help="canvas side in pixels, a multiple of 16")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    study_segmentation(args.output_dir, args.backbones, args.train_canvases, args.eval_canvases, args.epochs, args.batch_size,
-                       args.learning_rate, args.size, args.seed)  # fmt: skip
+    study_segmentation(**vars(args))
     return 0
 
 

@@ -13,17 +13,24 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from hf_vit import HfViTConfig, HfViTForImageClassification
-from hf_vit.data import DataArguments, load_splits
-from hf_vit.lessons.loop import image_tensors
-from hf_vit.lessons.patches import check_patches
+from hf_vit.training.data import DataArguments, load_splits
+from hf_vit_lessons.loop import image_tensors
+from hf_vit_lessons.patches import check_patches
 
 
 def report(name: str, figures: dict) -> None:
     print(f"[{name}] (a) image: {figures['image_shape']} (channels, height, width)")
     print(f"[{name}] (b) {figures['num_patches']} patches of {figures['patch_shape']}")
     mismatched = figures["mismatched_patches"]
-    print(f"[{name}] (c) " + ("verified: every patch block matches the patch embedding input" if not mismatched
-                              else f"mismatch at patches {mismatched}") + f"; reconstruction exact: {figures['reconstruction_exact']}")  # fmt: skip
+    print(
+        f"[{name}] (c) "
+        + (
+            "verified: every patch block matches the patch embedding input"
+            if not mismatched
+            else f"mismatch at patches {mismatched}"
+        )
+        + f"; reconstruction exact: {figures['reconstruction_exact']}"
+    )
     pairs = ", ".join(f"({i}, {j}) {s:.3f}" for i, j, s in figures["most_similar_pairs"])
     print(f"[{name}] (d) {figures['similarity_shape']} cosine similarity; most similar pairs: {pairs}")
 

@@ -32,13 +32,22 @@ def hub():
     return HUB
 
 
+# A 2-layer, 32 px, patch-8 ViT encoder: fast enough to build dozens of times.
+TINY_VIT = dict(
+    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+)
+# ViT-Tiny's width on two blocks: the smallest shape the parity tests' timm and transformers models share.
+SMALL_VIT = dict(hidden_size=192, num_hidden_layers=2, num_attention_heads=3, intermediate_size=768, num_labels=10)
+
+
+# `accelerate launch` of two data-parallel processes (CPU processes over gloo where there is no GPU)
+TWO_PROCESSES = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")  # fmt: skip
+
+
 @pytest.fixture
 def tiny_vit_config():
-    """A 2-layer, 32 px, patch-8 ViT: fast enough to build dozens of times."""
-    return hf_vit.HfViTConfig(
-        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, num_labels=5,
-    )  # fmt: skip
+    return hf_vit.HfViTConfig(**TINY_VIT, num_labels=5)
 
 
 def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:

@@ -182,21 +182,32 @@ class HubServer:
                         elif line["key"] == "deletedFile":
                             files.pop(value["path"], None)
                         elif line["key"] == "deletedFolder":
-                            files = {p: c for p, c in files.items() if not p.startswith(value["path"].rstrip("/") + "/")}
+                            files = {
+                                p: c for p, c in files.items() if not p.startswith(value["path"].rstrip("/") + "/")
+                            }
                         elif line["key"] != "header":
                             return self.error(400, f"Unsupported commit operation {line['key']!r} (no LFS here)")
                     sha = hashlib.sha1(json.dumps(lines, sort_keys=True).encode() + str(len(repo.commits)).encode())
                     repo.commits.append((sha.hexdigest(), files))
                 sha = repo.sha()
-                self.send(200, {"commitUrl": f"{server.url}/{repo_id}/commit/{sha}", "commitOid": sha,
-                                "pullRequestUrl": None})  # fmt: skip
+                self.send(
+                    200, {"commitUrl": f"{server.url}/{repo_id}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None}
+                )
 
             def model_info(self, repo_id, revision="main"):
                 if (snapshot := self.snapshot(repo_id, revision)) is None:
                     return
                 files, sha = snapshot
-                self.send(200, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": False,
-                                "siblings": [{"rfilename": p, "size": len(c)} for p, c in sorted(files.items())]})  # fmt: skip
+                self.send(
+                    200,
+                    {
+                        "id": repo_id,
+                        "modelId": repo_id,
+                        "sha": sha,
+                        "private": False,
+                        "siblings": [{"rfilename": p, "size": len(c)} for p, c in sorted(files.items())],
+                    },
+                )
 
             def tree(self, repo_id, revision, folder=None):
                 if (snapshot := self.snapshot(repo_id, revision)) is None:
@@ -208,7 +219,7 @@ class HubServer:
                 for path, content in sorted(files.items()):
                     if not path.startswith(prefix):
                         continue
-                    rest = path[len(prefix):]
+                    rest = path[len(prefix) :]
                     if "/" in rest and not recursive:
                         folders.add(prefix + rest.split("/")[0])
                         continue

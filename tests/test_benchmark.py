@@ -2,7 +2,7 @@
 
 import pytest
 
-from hf_vit.lessons import benchmark
+from hf_vit_lessons import benchmark
 
 
 def test_compare_speed_gives_one_row_per_implementation_with_ratios():
@@ -10,7 +10,9 @@ def test_compare_speed_gives_one_row_per_implementation_with_ratios():
     assert [row["implementation"] for row in rows] == ["hf_vit", "timm", "transformers"]
     ours = rows[0]["images_per_s"]
     assert all(row["images_per_s"] > 0 for row in rows)
-    assert [row["hf_vit_ratio"] for row in rows] == pytest.approx([1.0] + [ours / row["images_per_s"] for row in rows[1:]])
+    assert [row["hf_vit_ratio"] for row in rows] == pytest.approx(
+        [1.0] + [ours / row["images_per_s"] for row in rows[1:]]
+    )
 
 
 def test_memory_probe_sees_gradient_checkpointing_shrink_the_step_and_repeats_itself():
@@ -31,17 +33,28 @@ def test_the_vit_compiles_as_one_graph():
 def test_export_speed_times_onnxruntime_against_pytorch_on_the_same_export():
     rows = benchmark.export_speed(batch_sizes=(1, 2), repeats=2, family="vit_cifar")
     assert [(row["implementation"], row["batch_size"]) for row in rows] == [
-        ("pytorch eager", 1), ("onnxruntime", 1), ("pytorch eager", 2), ("onnxruntime", 2)]
+        ("pytorch eager", 1),
+        ("onnxruntime", 1),
+        ("pytorch eager", 2),
+        ("onnxruntime", 2),
+    ]
     assert all(row["images_per_s"] > 0 for row in rows)
     for eager, onnx in (rows[:2], rows[2:]):
-        assert eager["onnxruntime_ratio"] == onnx["onnxruntime_ratio"] == pytest.approx(onnx["images_per_s"] / eager["images_per_s"])
+        assert (
+            eager["onnxruntime_ratio"]
+            == onnx["onnxruntime_ratio"]
+            == pytest.approx(onnx["images_per_s"] / eager["images_per_s"])
+        )
 
 
 def test_input_pipeline_speed_reads_a_jpeg_imagefolder_at_each_worker_count(tmp_path):
     directory = benchmark.make_jpeg_imagefolder(str(tmp_path / "jpegs"), count=24, size=(64, 80))
     rows = benchmark.input_pipeline_speed(directory, workers=(0, 1), batch_size=4, repeats=1, image_size=32)
     assert [(row["stage"], row["workers"]) for row in rows] == [
-        ("input pipeline", 0), ("input pipeline", 1), ("ViT-S/16 training step", None)]
+        ("input pipeline", 0),
+        ("input pipeline", 1),
+        ("ViT-S/16 training step", None),
+    ]
     assert all(row["images_per_s"] > 0 for row in rows) and rows[-1]["times_the_step"] == 1.0
 
 
@@ -49,4 +62,6 @@ def test_time_to_first_steps_runs_the_script_streamed_and_map_style(tmp_path):
     rows = benchmark.time_to_first_steps(str(tmp_path), counts=(40,), rounds=1, steps=1)
     assert [(row["images"], row["streaming"], row["runs"]) for row in rows] == [(40, True, 1), (40, False, 1)]
     assert all(row["seconds"] > 0 for row in rows)
-    assert (tmp_path / "run_40_True_0" / "model.safetensors").is_file() and (tmp_path / "run_40_False_0" / "all_results.json").is_file()
+    assert (tmp_path / "run_40_True_0" / "model.safetensors").is_file() and (
+        tmp_path / "run_40_False_0" / "all_results.json"
+    ).is_file()

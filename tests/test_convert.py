@@ -22,12 +22,14 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from conftest import HUB_TOKEN, REPO_ROOT, randomize
 from hf_vit import HfDeiTForImageClassification, HfSwinForImageClassification, HfViTForImageClassification
-from hf_vit.convert import CheckpointMismatchError, convert_checkpoint
+from hf_vit.guards import CheckpointMismatchError
+from hf_vit.interop.convert import convert_checkpoint
+
+from conftest import HUB_TOKEN, REPO_ROOT, SMALL_VIT, randomize
 from test_finetune import make_imagefolder, run_script
 
-SMALL = dict(hidden_size=192, num_hidden_layers=2, num_attention_heads=3, intermediate_size=768, num_labels=10)
+SMALL = SMALL_VIT
 SWIN_SMALL = dict(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], num_labels=10)
 LABELS = {i: f"kind_{i}" for i in range(10)}
 CONVERT = str(REPO_ROOT / "scripts" / "convert_checkpoint.py")
@@ -43,7 +45,9 @@ def assert_same_logits(ours, reference_logits, pixels, **kwargs):
 def save_transformers(model, path):
     model.config.id2label, model.config.label2id = LABELS, {v: k for k, v in LABELS.items()}
     model.save_pretrained(path)
-    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6]).save_pretrained(path)
+    ViTImageProcessor(
+        size={"height": 224, "width": 224}, image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6]
+    ).save_pretrained(path)
     return path
 
 
@@ -58,7 +62,9 @@ def test_transformers_vit_converts_through_the_script_with_processor_card_and_la
     pixels = torch.randn(2, 3, 224, 224)
     assert_same_logits(converted, lambda x: reference(x).logits, pixels)
     pixels = torch.randn(2, 3, 288, 256)
-    assert_same_logits(converted, lambda x: reference(x, interpolate_pos_encoding=True).logits, pixels, interpolate_pos_encoding=True)
+    assert_same_logits(
+        converted, lambda x: reference(x, interpolate_pos_encoding=True).logits, pixels, interpolate_pos_encoding=True
+    )
     processor = AutoImageProcessor.from_pretrained(tmp_path / "out")
     assert list(processor.image_mean) == [0.1, 0.2, 0.3] and processor.size == {"height": 224, "width": 224}
     card = (tmp_path / "out" / "README.md").read_text()
@@ -67,8 +73,9 @@ def test_transformers_vit_converts_through_the_script_with_processor_card_and_la
 
 
 def subprocess_convert(args, env=None):
-    result = subprocess.run([sys.executable, CONVERT, *args], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, **(env or {})})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, CONVERT, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -94,7 +101,9 @@ def save_timm(tmp_path, name, architecture, std=0.2, **model_args):
     return reference, str(tmp_path / name)
 
 
-@pytest.mark.parametrize("model_args", [dict(global_pool="token"), dict(global_pool="avg", class_token=False, fc_norm=True)])
+@pytest.mark.parametrize(
+    "model_args", [dict(global_pool="token"), dict(global_pool="avg", class_token=False, fc_norm=True)]
+)
 def test_timm_vit_converts_with_and_without_class_token(tmp_path, model_args):
     reference, source = save_timm(tmp_path, "vit", "vit_tiny_patch16_224", depth=2, dynamic_img_size=True, **model_args)
     config = json.loads((tmp_path / "vit" / "config.json").read_text())
@@ -121,7 +130,9 @@ def test_timm_distilled_deit_and_swin_convert(tmp_path):
 
 def test_pickled_weights_load_with_weights_only_and_safetensors_win(tmp_path):
     reference, source = save_timm(tmp_path, "vit", "vit_tiny_patch16_224", depth=2)
-    torch.save({k: torch.zeros_like(v) for k, v in reference.state_dict().items()}, tmp_path / "vit" / "pytorch_model.bin")
+    torch.save(
+        {k: torch.zeros_like(v) for k, v in reference.state_dict().items()}, tmp_path / "vit" / "pytorch_model.bin"
+    )
     assert_same_logits(convert_checkpoint(source, str(tmp_path / "a")), reference, torch.randn(1, 3, 224, 224))
     (tmp_path / "vit" / "model.safetensors").unlink()
     zeros = convert_checkpoint(source, str(tmp_path / "b"))
@@ -138,7 +149,11 @@ def test_bad_sources_fail_loudly(tmp_path):
     state = {k: v for k, v in reference.state_dict().items() if not k.startswith("blocks.1.mlp")}
     state["blocks.0.extra.weight"] = torch.zeros(1)
     save_file(state, tmp_path / "vit" / "model.safetensors")
-    with pytest.raises(CheckpointMismatchError, match=r"missing keys \(4\): vit\.encoder\.layers\.1\.mlp\.fc1\.bias.*unexpected keys \(1\): vit\.encoder\.layers\.0\.extra\.weight"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"missing keys \(4\): vit\.encoder\.layers\.1\.mlp\.fc1\.bias.*"
+        r"unexpected keys \(1\): vit\.encoder\.layers\.0\.extra\.weight",
+    ):
         convert_checkpoint(source, str(tmp_path / "out2"))
     assert not (tmp_path / "out2").exists()
     with pytest.raises(ValueError, match="push_to_hub needs hub_model_id"):
@@ -148,14 +163,43 @@ def test_bad_sources_fail_loudly(tmp_path):
 
 def test_converted_checkpoint_fine_tunes_on_new_labels_and_size_and_goes_through_the_hub(tmp_path, hub):
     _, source = save_timm(tmp_path, "vit", "vit_tiny_patch16_224", depth=1)
-    subprocess_convert(["--source", source, "--output_dir", str(tmp_path / "converted"), "--push_to_hub",
-                        "--hub_model_id", "user/converted-vit"], env={"HF_TOKEN": HUB_TOKEN})  # fmt: skip
-    assert {"model.safetensors", "preprocessor_config.json", "README.md", "modeling_vit.py"} <= set(hub.repos["user/converted-vit"].files())
+    subprocess_convert(
+        [
+            "--source",
+            source,
+            "--output_dir",
+            str(tmp_path / "converted"),
+            "--push_to_hub",
+            "--hub_model_id",
+            "user/converted-vit",
+        ],
+        env={"HF_TOKEN": HUB_TOKEN},
+    )
+    assert {"model.safetensors", "preprocessor_config.json", "README.md", "modeling_vit.py"} <= set(
+        hub.repos["user/converted-vit"].files()
+    )
     images = make_imagefolder(tmp_path / "images", per_class=8)
     out = tmp_path / "tuned"
-    run_script(["--model_name_or_path", "user/converted-vit", "--train_dir", str(images), "--image_size", "64",
-                "--output_dir", str(out), "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
-                "--disable_tqdm", "true", "--save_strategy", "no"])  # fmt: skip
+    run_script(
+        [
+            "--model_name_or_path",
+            "user/converted-vit",
+            "--train_dir",
+            str(images),
+            "--image_size",
+            "64",
+            "--output_dir",
+            str(out),
+            "--num_train_epochs",
+            "1",
+            "--per_device_train_batch_size",
+            "8",
+            "--disable_tqdm",
+            "true",
+            "--save_strategy",
+            "no",
+        ]
+    )
     tuned = AutoModelForImageClassification.from_pretrained(out)
     assert tuned.config.image_size == 64 and tuned.config.num_labels == 2
     assert tuned.vit.embeddings.position_embeddings.shape == (1, 1 + 16, 192)

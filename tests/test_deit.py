@@ -4,7 +4,6 @@ import copy
 import json
 import math
 from collections import Counter
-import sys
 
 import pytest
 import timm
@@ -20,29 +19,34 @@ from transformers import (
     ResNetForImageClassification,
 )
 
-from conftest import randomize
 from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfDeiTModel
-from hf_vit.key_maps import TIMM_VIT_RULES, TRANSFORMERS_VIT_RULES, load_converted_state_dict, rename_keys
-from hf_vit.data import DataArguments, collate, load_splits, make_image_processor, set_transforms
-from hf_vit.recipes import deit_ema_decay
-from hf_vit.trainer import (
-    BatchMixer,
-    FinetuneTrainingArguments,
-    ImageClassificationTrainer,
-    ModelEMA,
-    RepeatedAugmentationSampler,
-    TeacherInputAdapter,
-)
+from hf_vit.interop.key_maps import TIMM_VIT_RULES, TRANSFORMERS_VIT_RULES, load_converted_state_dict, rename_keys
+from hf_vit.processors import make_image_processor
+from hf_vit.training.arguments import FinetuneTrainingArguments
+from hf_vit.training.data import DataArguments, collate, load_splits
+from hf_vit.training.recipes import deit_ema_decay
+from hf_vit.training.regularisation import BatchMixer, ModelEMA, RepeatedAugmentationSampler, TeacherInputAdapter
+from hf_vit.training.trainer import ImageClassificationTrainer
+from hf_vit.training.transforms import set_transforms
+
+from conftest import SMALL_VIT, TWO_PROCESSES, randomize
 from test_ecosystem import assert_loads_as_remote_code
 from test_finetune import TINY, run_script
 
-SMALL = dict(hidden_size=192, num_hidden_layers=2, num_attention_heads=3, intermediate_size=768, num_labels=10)
+SMALL = SMALL_VIT
 
 
 @pytest.fixture
 def tiny_deit_config():
-    return HfDeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, num_labels=5)  # fmt: skip
+    return HfDeiTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=5,
+    )
 
 
 def heads(model, pixels):
@@ -88,16 +92,21 @@ def test_inference_averages_both_heads_and_bad_combinations_fail(tiny_deit_confi
         model(torch.randn(2, 3, 32, 32), teacher_logits=torch.randn(2, 5))
     tiny_deit_config.distillation_type = "none"
     with pytest.raises(ValueError, match="distillation_type='none'"):
-        HfDeiTForImageClassification(tiny_deit_config)(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1]),
-                                                       teacher_logits=torch.randn(2, 5))  # fmt: skip
+        HfDeiTForImageClassification(tiny_deit_config)(
+            torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1]), teacher_logits=torch.randn(2, 5)
+        )
 
 
 @pytest.mark.parametrize(
     "fields, named",
-    [(dict(distillation_type="kl"), "distillation_type"), (dict(distillation_alpha=1.5), "distillation_alpha"),
-     (dict(distillation_tau=0), "distillation_tau"), (dict(pooling="mean"), "pooling"),
-     (dict(hidden_size=100, num_attention_heads=3), "hidden_size")],
-)  # fmt: skip
+    [
+        (dict(distillation_type="kl"), "distillation_type"),
+        (dict(distillation_alpha=1.5), "distillation_alpha"),
+        (dict(distillation_tau=0), "distillation_tau"),
+        (dict(pooling="mean"), "pooling"),
+        (dict(hidden_size=100, num_attention_heads=3), "hidden_size"),
+    ],
+)
 def test_invalid_deit_config_names_the_field(fields, named):
     with pytest.raises(ValueError, match=named):
         HfDeiTConfig(**fields)
@@ -151,7 +160,9 @@ def test_repeated_augmentation_sampler_repeats_within_batches_keeps_length_and_s
     assert list(RepeatedAugmentationSampler(100, 16, 3, seed=1)) == indices  # same order on every process
     sampler.set_epoch(1)
     assert list(sampler) != indices
-    batches = torch.utils.data.BatchSampler(RepeatedAugmentationSampler(96, 8, 3, seed=0), batch_size=8, drop_last=False)
+    batches = torch.utils.data.BatchSampler(
+        RepeatedAugmentationSampler(96, 8, 3, seed=0), batch_size=8, drop_last=False
+    )
     shards = [list(BatchSamplerShard(batches, num_processes=2, process_index=rank)) for rank in (0, 1)]
     positions = [{(i, j) for i, batch in enumerate(shard) for j in range(len(batch))} for shard in shards]
     assert len(shards[0]) == len(shards[1]) == 6
@@ -212,15 +223,23 @@ def test_teacher_inputs_resize_and_renormalise():
     pixels = torch.full((1, 3, 8, 8), 1.0)  # white in the student's normalisation
     out = adapt(pixels)
     assert out.shape == (1, 3, 16, 16)
-    torch.testing.assert_close(out[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    torch.testing.assert_close(
+        out[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    )
     same = TeacherInputAdapter([0.5] * 3, [0.5] * 3, (8, 8), [0.5] * 3, [0.5] * 3)
     assert same(pixels) is pixels
 
 
 def make_resnet_teacher(path, labels, image_size=48):
     """A transformers CNN teacher with its own size and ImageNet normalisation."""
-    config = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], num_labels=len(labels),
-                          id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})  # fmt: skip
+    config = ResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[16, 32],
+        depths=[1, 1],
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
     ResNetForImageClassification(config).save_pretrained(path)
     ConvNextImageProcessor(size={"shortest_edge": image_size}, crop_pct=1.0).save_pretrained(path)
     return path
@@ -231,18 +250,31 @@ def test_trainer_keeps_the_teacher_frozen_and_out_of_the_checkpoint(tmp_path, ti
     teacher = ResNetForImageClassification.from_pretrained(make_resnet_teacher(tmp_path / "teacher", labels))
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     tiny_deit_config.num_labels, tiny_deit_config.id2label = 10, dict(enumerate(labels))
-    tiny_deit_config.label2id = {l: i for i, l in enumerate(labels)}
+    tiny_deit_config.label2id = {name: i for i, name in enumerate(labels)}
     student = HfDeiTForImageClassification(tiny_deit_config)
     data_args = DataArguments(max_train_samples=64)
     splits = load_splits(data_args)
     processor = make_image_processor(32)
     set_transforms(splits, processor, 3, data_args, crop_scale_min=0.8, hflip_prob=0.0)
-    args = FinetuneTrainingArguments(output_dir=str(tmp_path / "student"), num_train_epochs=1, eval_strategy="no",
-                                     save_strategy="no", disable_tqdm=True, learning_rate=1e-3, weight_decay=0.05,
-                                     warmup_steps=0.02)  # fmt: skip
+    args = FinetuneTrainingArguments(
+        output_dir=str(tmp_path / "student"),
+        num_train_epochs=1,
+        eval_strategy="no",
+        save_strategy="no",
+        disable_tqdm=True,
+        learning_rate=1e-3,
+        weight_decay=0.05,
+        warmup_steps=0.02,
+    )
     adapt = TeacherInputAdapter([0.5] * 3, [0.5] * 3, (48, 48), processor.image_mean, processor.image_std)
-    trainer = ImageClassificationTrainer(model=student, args=args, train_dataset=splits["train"], data_collator=collate,
-                                         teacher=teacher, teacher_inputs=adapt)  # fmt: skip
+    trainer = ImageClassificationTrainer(
+        model=student,
+        args=args,
+        train_dataset=splits["train"],
+        data_collator=collate,
+        teacher=teacher,
+        teacher_inputs=adapt,
+    )
     assert not trainer.teacher.training and not any(p.requires_grad for p in trainer.teacher.parameters())
     trainer.train()
     for key, value in trainer.teacher.state_dict().items():
@@ -261,33 +293,60 @@ def test_trainer_keeps_the_teacher_frozen_and_out_of_the_checkpoint(tmp_path, ti
 def test_whole_recipe_with_a_teacher_runs_end_to_end_in_two_processes(tmp_path):
     teacher = make_resnet_teacher(tmp_path / "teacher", [str(d) for d in range(10)])
     output_dir = tmp_path / "deit"
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")  # fmt: skip
-    args = ["--output_dir", str(output_dir), "--model_type", "hf_deit", "--recipe", "deit", "--teacher_name_or_path",
-            str(teacher), "--num_train_epochs", "2", "--max_train_samples", "96", "--max_eval_samples", "32",
-            "--config_overrides", TINY, "--disable_tqdm", "true", "--per_device_train_batch_size", "16"]  # fmt: skip
+    launcher = TWO_PROCESSES
+    args = [
+        "--output_dir",
+        str(output_dir),
+        "--model_type",
+        "hf_deit",
+        "--recipe",
+        "deit",
+        "--teacher_name_or_path",
+        str(teacher),
+        "--num_train_epochs",
+        "2",
+        "--max_train_samples",
+        "96",
+        "--max_eval_samples",
+        "32",
+        "--config_overrides",
+        TINY,
+        "--disable_tqdm",
+        "true",
+        "--per_device_train_batch_size",
+        "16",
+    ]
     result = run_script(args, launcher=launcher)
     assert result.stdout.count("eval: accuracy") == 1
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 2 * math.ceil(96 / 32)
     config = json.loads((output_dir / "config.json").read_text())
-    assert config["model_type"] == "hf_deit" and config["drop_path_rate"] == 0.0  # DeiT's 0.1 scaled to 96 images x 2 epochs
-    assert result.stdout.count("recipe 'deit' for hf_deit from scratch, 96 training images of 32 px in 10 classes") == 1 and "drop_path_rate = 0.0: DeiT's, at strength 0.00" in result.stdout
+    assert (
+        config["model_type"] == "hf_deit" and config["drop_path_rate"] == 0.0
+    )  # DeiT's 0.1 scaled to 96 images x 2 epochs
+    assert (
+        result.stdout.count("recipe 'deit' for hf_deit from scratch, 96 training images of 32 px in 10 classes") == 1
+        and "drop_path_rate = 0.0: DeiT's, at strength 0.00" in result.stdout
+    )
     saved = load_file(output_dir / "model.safetensors")
     assert "deit.embeddings.distillation_token" in saved and not any("teacher" in key for key in saved)
 
 
 def test_teacher_needs_a_distilling_student(tmp_path):
     teacher = make_resnet_teacher(tmp_path / "teacher", [str(d) for d in range(10)])
-    result = run_script(["--output_dir", str(tmp_path / "out"), "--teacher_name_or_path", str(teacher),
-                         "--config_overrides", TINY], expect_success=False)  # fmt: skip
+    result = run_script(
+        ["--output_dir", str(tmp_path / "out"), "--teacher_name_or_path", str(teacher), "--config_overrides", TINY],
+        expect_success=False,
+    )
     assert result.returncode != 0 and "needs a model that distills (--model_type hf_deit)" in result.stderr
 
 
 def test_recipe_study_writes_its_table_and_plot(tmp_path):
     runs = ["ViT, plain recipe", "DeiT, deit recipe + CNN teacher, truncated-normal start"]  # the second an ablation
-    result = run_script(["--output_dir", str(tmp_path), "--seeds", "0", "--epochs", "1", "--max_train_samples", "48",
-                         "--runs", *runs], script="recipe_study.py")  # fmt: skip
+    result = run_script(
+        ["--output_dir", str(tmp_path), "--seeds", "0", "--epochs", "1", "--max_train_samples", "48", "--runs", *runs],
+        script="recipe_study.py",
+    )
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [(row["dataset"], row["run"]) for row in rows] == [
         (dataset, run) for dataset in ("digits", "photo_patches") for run in ["CNN (ResNet, 3 stages)", *runs]
@@ -299,12 +358,16 @@ def test_recipe_study_writes_its_table_and_plot(tmp_path):
     distilled = tmp_path / "photo_patches" / "seed0" / "DeiT_deit_recipe_and_CNN_teacher_truncated-normal_start"
     config = json.loads((distilled / "config.json").read_text())
     assert config["model_type"] == "hf_deit" and config["distillation_type"] == "hard"
-    assert config["position_embedding_init"] == "trunc_normal"  # the ablation's flag, over the recipe's sine-cosine start
+    assert (
+        config["position_embedding_init"] == "trunc_normal"
+    )  # the ablation's flag, over the recipe's sine-cosine start
     assert config["patch_embedding_init"] == "xavier"  # the recipe's, for a student from scratch with a teacher
 
 
 def test_deit_attention_implementations_agree_and_checkpointing_matches(tiny_deit_config):
-    eager = randomize(HfDeiTForImageClassification._from_config(copy.deepcopy(tiny_deit_config), attn_implementation="eager"))
+    eager = randomize(
+        HfDeiTForImageClassification._from_config(copy.deepcopy(tiny_deit_config), attn_implementation="eager")
+    )
     sdpa = HfDeiTForImageClassification._from_config(copy.deepcopy(tiny_deit_config), attn_implementation="sdpa").eval()
     sdpa.load_state_dict(eager.state_dict())
     pixels, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 4])
@@ -314,6 +377,8 @@ def test_deit_attention_implementations_agree_and_checkpointing_matches(tiny_dei
     checkpointed.load_state_dict(eager.state_dict())
     checkpointed.gradient_checkpointing_enable()
     for model in (eager.train(), checkpointed):
-        model(pixels, labels=labels, teacher_logits=torch.randn(2, 5, generator=torch.Generator().manual_seed(0))).loss.backward()
+        model(
+            pixels, labels=labels, teacher_logits=torch.randn(2, 5, generator=torch.Generator().manual_seed(0))
+        ).loss.backward()
     for (name, a), b in zip(eager.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)

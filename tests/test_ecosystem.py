@@ -12,10 +12,12 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
-from conftest import REPO_ROOT, randomize
 from hf_vit import HfViTForImageClassification, HfViTModel
-from hf_vit.data import make_image_processor
-from hf_vit.metrics import load_metric
+from hf_vit.processors import make_image_processor
+from hf_vit.training.metrics import load_metric
+
+from conftest import REPO_ROOT, randomize
+
 
 def blocking(*packages: str) -> str:
     """Python code after which `packages` (and their submodules) look not installed: every finder says it has

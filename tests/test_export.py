@@ -8,24 +8,44 @@ import pytest
 import torch
 
 import hf_vit
-from conftest import randomize
-from hf_vit.cli import UsageError
-from hf_vit.data import make_image_processor
-from hf_vit.export import PROGRAM_FILE, check_exportable, export_checkpoint
+from hf_vit.guards import UsageError
+from hf_vit.interop.export import PROGRAM_FILE, check_exportable, export_checkpoint
+from hf_vit.processors import make_image_processor
+
+from conftest import TINY_VIT, randomize
 from test_finetune import run_script
 
-VIT = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=3)
+VIT = {**TINY_VIT, "num_labels": 3}
 MODELS = {
     # the later-ViT options together: registers, LayerScale, qk-norm, grid-only positions, CLS + mean pooling
-    "hf_vit": lambda: hf_vit.HfViTForImageClassification(hf_vit.HfViTConfig(
-        **VIT, num_register_tokens=2, layer_scale_init_value=0.1, qk_norm=True, prefix_position_embeddings=False, pooling="cls_mean")),
+    "hf_vit": lambda: hf_vit.HfViTForImageClassification(
+        hf_vit.HfViTConfig(
+            **VIT,
+            num_register_tokens=2,
+            layer_scale_init_value=0.1,
+            qk_norm=True,
+            prefix_position_embeddings=False,
+            pooling="cls_mean",
+        )
+    ),
     "hf_deit": lambda: hf_vit.HfDeiTForImageClassification(hf_vit.HfDeiTConfig(**VIT)),
-    "hf_vit_hybrid": lambda: hf_vit.HfViTHybridForImageClassification(hf_vit.HfViTHybridConfig.from_preset(
-        "vit-hybrid-resnet-tiny-32", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=3)),
+    "hf_vit_hybrid": lambda: hf_vit.HfViTHybridForImageClassification(
+        hf_vit.HfViTHybridConfig.from_preset(
+            "vit-hybrid-resnet-tiny-32",
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=3,
+        )
+    ),
     # one stage of two blocks (regular and shifted windows): traced at 16 px, exported for every multiple of 8
-    "hf_swin": lambda: hf_vit.HfSwinForImageClassification(hf_vit.HfSwinConfig(
-        image_size=16, patch_size=2, window_size=4, embed_dim=16, depths=[2], num_heads=[2], num_labels=3)),
-}  # fmt: skip
+    "hf_swin": lambda: hf_vit.HfSwinForImageClassification(
+        hf_vit.HfSwinConfig(
+            image_size=16, patch_size=2, window_size=4, embed_dim=16, depths=[2], num_heads=[2], num_labels=3
+        )
+    ),
+}
 
 
 def saved(model, directory):
@@ -56,8 +76,18 @@ def test_every_family_exports_with_dynamic_batch_and_size_and_matches_pytorch(tm
 
 def test_a_base_model_exports_its_hidden_states_and_the_script_reports(tmp_path):
     encoder = hf_vit.HfViTModel(hf_vit.HfViTConfig(**{**VIT, "pooling": "map"}))
-    result = run_script(["--model_name_or_path", str(saved(encoder, tmp_path / "encoder")), "--output_dir", str(tmp_path / "onnx"),
-                         "--check_sizes", "32", "24x40"], script="export.py")  # fmt: skip
+    result = run_script(
+        [
+            "--model_name_or_path",
+            str(saved(encoder, tmp_path / "encoder")),
+            "--output_dir",
+            str(tmp_path / "onnx"),
+            "--check_sizes",
+            "32",
+            "24x40",
+        ],
+        script="export.py",
+    )
     assert "outputs ['last_hidden_state', 'pooler_output']" in result.stdout
     report = json.loads((tmp_path / "onnx" / "export_report.json").read_text())
     assert list(report["max_abs_difference"]) == ["1 x 32 x 32", "3 x 32 x 32", "1 x 24 x 40", "3 x 24 x 40"]
@@ -66,14 +96,19 @@ def test_a_base_model_exports_its_hidden_states_and_the_script_reports(tmp_path)
 def test_what_cannot_be_exported_is_named_and_nothing_is_written(tmp_path):
     model = MODELS["hf_vit"]()
     model.config._attn_implementation = "flex_attention"
-    with pytest.raises(ValueError, match=r"attn_implementation='flex_attention' cannot be exported: load the model with 'sdpa'"):
+    with pytest.raises(
+        ValueError, match=r"attn_implementation='flex_attention' cannot be exported: load the model with 'sdpa'"
+    ):
         check_exportable(model.eval())
     model.config._attn_implementation = "sdpa"
     with pytest.raises(ValueError, match=r"the model is in training mode"):
         check_exportable(model.train())
     source = saved(MODELS["hf_swin"](), tmp_path / "swin")
-    result = run_script(["--model_name_or_path", str(source), "--output_dir", str(tmp_path / "out"), "--check_sizes", "20"],
-                        script="export.py", expect_success=False)  # fmt: skip
+    result = run_script(
+        ["--model_name_or_path", str(source), "--output_dir", str(tmp_path / "out"), "--check_sizes", "20"],
+        script="export.py",
+        expect_success=False,
+    )
     assert result.returncode == 2 and "--check_sizes 20: this export takes multiples of 8x8" in result.stderr
     with pytest.raises(UsageError, match=r"this export takes 16x16 \(static sizes\)"):
         with hf_vit.cli.usage_errors():

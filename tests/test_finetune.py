@@ -12,22 +12,37 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, TrainerCallback, pipeline
 
-from conftest import HUB_TOKEN, REPO_ROOT
-from hf_vit.data import load_digits_splits
 from hf_vit.cli import parse_config_overrides
-from hf_vit.finetune import finetune, parse_args
+from hf_vit.training.data import load_digits_splits
+from hf_vit.training.finetune import finetune, parse_args
+
+from conftest import HUB_TOKEN, REPO_ROOT, TWO_PROCESSES
 from test_ecosystem import run_without_hf_vit
 
 SCRIPTS = REPO_ROOT / "scripts"
 TINY = "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64"
-FAST = ["--max_train_samples", "128", "--max_eval_samples", "64", "--per_device_train_batch_size", "64", "--config_overrides", TINY, "--disable_tqdm", "true"]
+FAST = [
+    "--max_train_samples",
+    "128",
+    "--max_eval_samples",
+    "64",
+    "--per_device_train_batch_size",
+    "64",
+    "--config_overrides",
+    TINY,
+    "--disable_tqdm",
+    "true",
+]
 
 
 def run_script(args, *, launcher=(sys.executable,), env=None, expect_success=True, script="finetune.py"):
     result = subprocess.run(
-        [*launcher, str(SCRIPTS / script), *args], capture_output=True, text=True, timeout=600,
+        [*launcher, str(SCRIPTS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
     if expect_success:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
@@ -38,7 +53,9 @@ def make_imagefolder(root, classes=("cat", "dog"), per_class=12, size=(20, 24), 
     for index, name in enumerate(classes):
         (root / name).mkdir(parents=True)
         for i in range(per_class):
-            pixels = np.full((*size, 3), 40 + 60 * index, dtype=np.uint8) + rng.integers(0, 40, (*size, 3), dtype=np.uint8)
+            pixels = np.full((*size, 3), 40 + 60 * index, dtype=np.uint8) + rng.integers(
+                0, 40, (*size, 3), dtype=np.uint8
+            )
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     if corrupt is not None:
         (root / classes[0] / corrupt).write_bytes(b"this is not a png")
@@ -57,8 +74,11 @@ def test_digits_are_real_and_split_the_same_way_every_time():
 
 def test_config_overrides_parse_literals_and_lists():
     assert parse_config_overrides("hidden_size=64,hidden_act=gelu,depths=[2, 2],qkv_bias=False") == {
-        "hidden_size": 64, "hidden_act": "gelu", "depths": [2, 2], "qkv_bias": False,
-    }  # fmt: skip
+        "hidden_size": 64,
+        "hidden_act": "gelu",
+        "depths": [2, 2],
+        "qkv_bias": False,
+    }
     with pytest.raises(ValueError, match="expected key=value"):
         parse_config_overrides("hidden_size")
 
@@ -78,15 +98,26 @@ def test_short_run_writes_a_complete_checkpoint_that_resumes_and_serves(tmp_path
     assert "$" not in card.replace("${", "")  # every template field was filled
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {str(d): str(d) for d in range(10)} and config["image_size"] == 32
-    assert config["position_embedding_init"] == "trunc_normal" and "position_embedding_init = None" in card  # no teacher
+    assert (
+        config["position_embedding_init"] == "trunc_normal" and "position_embedding_init = None" in card
+    )  # no teacher
     assert config["patch_embedding_init"] == "trunc_normal" and "patch_embedding_init = None" in card
 
     classifier = pipeline("image-classification", model=str(output_dir))
     image = load_digits_splits()["validation"][0]["image"]
     assert len(classifier(image)) == 5
 
-    resumed_args = parse_args(["--output_dir", str(output_dir), "--num_train_epochs", "2", *FAST,
-                               "--resume_from_checkpoint", str(output_dir / "checkpoint-2")])  # fmt: skip
+    resumed_args = parse_args(
+        [
+            "--output_dir",
+            str(output_dir),
+            "--num_train_epochs",
+            "2",
+            *FAST,
+            "--resume_from_checkpoint",
+            str(output_dir / "checkpoint-2"),
+        ]
+    )
     finetune(*resumed_args)
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and state["epoch"] == 2.0
@@ -96,9 +127,22 @@ def test_imagefolder_data_trains_at_a_requested_size(tmp_path):
     make_imagefolder(tmp_path / "train")
     make_imagefolder(tmp_path / "val", per_class=4)
     output_dir = tmp_path / "out"
-    args = ["--output_dir", str(output_dir), "--train_dir", str(tmp_path / "train"), "--validation_dir",
-            str(tmp_path / "val"), "--image_size", "24", "--num_train_epochs", "1", "--config_overrides", TINY,
-            "--disable_tqdm", "true"]  # fmt: skip
+    args = [
+        "--output_dir",
+        str(output_dir),
+        "--train_dir",
+        str(tmp_path / "train"),
+        "--validation_dir",
+        str(tmp_path / "val"),
+        "--image_size",
+        "24",
+        "--num_train_epochs",
+        "1",
+        "--config_overrides",
+        TINY,
+        "--disable_tqdm",
+        "true",
+    ]
     metrics = finetune(*parse_args(args))
     assert metrics["eval_samples_per_second"] > 0
     model = AutoModelForImageClassification.from_pretrained(output_dir)
@@ -106,18 +150,34 @@ def test_imagefolder_data_trains_at_a_requested_size(tmp_path):
 
 
 def test_checkpoint_fine_tunes_on_new_labels_at_a_new_size(tmp_path, tiny_vit_config):
-    from conftest import randomize
     from hf_vit import HfViTForImageClassification
-    from hf_vit.data import make_image_processor
+    from hf_vit.processors import make_image_processor
+
+    from conftest import randomize
 
     source = randomize(HfViTForImageClassification(tiny_vit_config))  # 5 labels, 32 px, patch 8
     source.save_pretrained(tmp_path / "source")
     make_image_processor(32).save_pretrained(tmp_path / "source")
     make_imagefolder(tmp_path / "train", classes=("ant", "bee", "wasp"), per_class=6)
     output_dir = tmp_path / "tuned"
-    args = ["--output_dir", str(output_dir), "--model_name_or_path", str(tmp_path / "source"), "--train_dir",
-            str(tmp_path / "train"), "--image_size", "48", "--num_train_epochs", "1", "--learning_rate", "5e-5",
-            "--disable_tqdm", "true", "--train_val_split", "0.25"]  # fmt: skip
+    args = [
+        "--output_dir",
+        str(output_dir),
+        "--model_name_or_path",
+        str(tmp_path / "source"),
+        "--train_dir",
+        str(tmp_path / "train"),
+        "--image_size",
+        "48",
+        "--num_train_epochs",
+        "1",
+        "--learning_rate",
+        "5e-5",
+        "--disable_tqdm",
+        "true",
+        "--train_val_split",
+        "0.25",
+    ]
     finetune(*parse_args(args))
     tuned = AutoModelForImageClassification.from_pretrained(output_dir)
     assert tuned.config.id2label == {0: "ant", 1: "bee", 2: "wasp"} and tuned.classifier.weight.shape == (3, 32)
@@ -133,8 +193,18 @@ def test_a_local_dataset_directory_works_as_dataset_name(tmp_path):
     (tmp_path / "digits").mkdir()
     splits["train"].select(range(100)).to_parquet(tmp_path / "digits" / "train.parquet")
     splits["validation"].select(range(40)).to_parquet(tmp_path / "digits" / "validation.parquet")
-    args = ["--output_dir", str(tmp_path / "out"), "--dataset_name", str(tmp_path / "digits"), "--num_train_epochs",
-            "1", "--config_overrides", TINY, "--disable_tqdm", "true"]  # fmt: skip
+    args = [
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--dataset_name",
+        str(tmp_path / "digits"),
+        "--num_train_epochs",
+        "1",
+        "--config_overrides",
+        TINY,
+        "--disable_tqdm",
+        "true",
+    ]
     metrics = finetune(*parse_args(args))
     assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["eval_samples_per_second"] > 0
     assert metrics["epoch"] == 1.0
@@ -168,8 +238,7 @@ def test_bad_input_fails_with_a_clear_error_and_writes_nothing(tmp_path, case, m
 
 def test_two_processes_under_accelerate_launch_train_one_model(tmp_path):
     output_dir = tmp_path / "ddp"
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")  # fmt: skip
+    launcher = TWO_PROCESSES
     result = run_script(["--output_dir", str(output_dir), "--num_train_epochs", "1", *FAST], launcher=launcher)
     assert result.stdout.count("eval: accuracy") == 1  # only the main process reports
     assert "find_unused_parameters=True was specified" not in result.stderr  # the model uses every parameter
@@ -182,12 +251,29 @@ def test_two_processes_under_accelerate_launch_train_one_model(tmp_path):
 
 def test_push_to_hub_and_load_back_with_a_fresh_cache(tmp_path, hub):
     output_dir = tmp_path / "pushed"
-    args = ["--output_dir", str(output_dir), "--num_train_epochs", "1", *FAST, "--push_to_hub",
-            "--hub_model_id", "user/digits-vit", "--save_strategy", "no"]  # fmt: skip
+    args = [
+        "--output_dir",
+        str(output_dir),
+        "--num_train_epochs",
+        "1",
+        *FAST,
+        "--push_to_hub",
+        "--hub_model_id",
+        "user/digits-vit",
+        "--save_strategy",
+        "no",
+    ]
     run_script(args, env={"HF_TOKEN": HUB_TOKEN})
     pushed = set(hub.repos["user/digits-vit"].files())
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_vit.py",
-            "configuration_vit.py", "layers.py"} <= pushed  # fmt: skip
+    assert {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "README.md",
+        "modeling_vit.py",
+        "configuration_vit.py",
+        "layers.py",
+    } <= pushed
     assert "hf_vit" in hub.repos["user/digits-vit"].files()["README.md"].decode()
 
     pixels = torch.randn(2, 3, 32, 32)
@@ -210,8 +296,16 @@ def test_push_to_hub_and_load_back_with_a_fresh_cache(tmp_path, hub):
 
 
 def test_push_with_a_wrong_token_fails_clearly(tmp_path, hub):
-    args = ["--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1", *FAST, "--push_to_hub",
-            "--hub_model_id", "user/never-created"]  # fmt: skip
+    args = [
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--num_train_epochs",
+        "1",
+        *FAST,
+        "--push_to_hub",
+        "--hub_model_id",
+        "user/never-created",
+    ]
     result = run_script(args, env={"HF_TOKEN": "hf_wrong"}, expect_success=False)
     assert result.returncode != 0
     assert "401" in result.stderr and "Invalid credentials" in result.stderr, result.stderr[-3000:]
@@ -241,8 +335,24 @@ class KillAtEpoch(TrainerCallback):
 
 def test_a_run_with_an_ema_killed_after_epoch_two_resumes_to_the_same_weights(tmp_path):
     # an average long enough (decay 0.9 over 6 steps an epoch) that restarting it would change the weights
-    common = ["--recipe", "deit", "--ema_decay", "0.9", "--num_train_epochs", "3", "--max_train_samples", "96",
-              "--max_eval_samples", "48", "--disable_tqdm", "true", "--report_to", "none", "--seed", "0"]  # fmt: skip
+    common = [
+        "--recipe",
+        "deit",
+        "--ema_decay",
+        "0.9",
+        "--num_train_epochs",
+        "3",
+        "--max_train_samples",
+        "96",
+        "--max_eval_samples",
+        "48",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+    ]
     whole = finetune(*parse_args(["--output_dir", str(tmp_path / "whole"), *common]))
     with pytest.raises(Killed):
         finetune(*parse_args(["--output_dir", str(tmp_path / "killed"), *common]), callbacks=[KillAtEpoch(2)])
@@ -251,11 +361,23 @@ def test_a_run_with_an_ema_killed_after_epoch_two_resumes_to_the_same_weights(tm
     run_script(["--output_dir", str(tmp_path / "killed"), *common, "--resume_from_checkpoint", str(checkpoint)])
     resumed = json.loads((tmp_path / "killed" / "eval_results.json").read_text())
     assert resumed["eval_accuracy"] == whole["eval_accuracy"]
-    expected, got = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
+    expected, got = (
+        load_file(tmp_path / "whole" / "model.safetensors"),
+        load_file(tmp_path / "killed" / "model.safetensors"),
+    )
     assert expected.keys() == got.keys()
     assert max((expected[key] - got[key]).abs().max().item() for key in expected) <= 1e-4
 
     (tmp_path / "whole" / "checkpoint-18" / "ema.safetensors").unlink()  # the one checkpoint kept
     with pytest.raises(FileNotFoundError, match="has no ema.safetensors: it was saved without an EMA"):
-        finetune(*parse_args(["--output_dir", str(tmp_path / "whole"), *common,
-                              "--resume_from_checkpoint", str(tmp_path / "whole" / "checkpoint-18")]))  # fmt: skip
+        finetune(
+            *parse_args(
+                [
+                    "--output_dir",
+                    str(tmp_path / "whole"),
+                    *common,
+                    "--resume_from_checkpoint",
+                    str(tmp_path / "whole" / "checkpoint-18"),
+                ]
+            )
+        )

@@ -10,7 +10,6 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_hybrid import HybridEmbed
 from transformers import AutoConfig, AutoModel, BitConfig, ConvNextConfig, ResNetConfig, ResNetModel, pipeline
 
-from conftest import randomize
 from hf_vit import (
     HfDeiTConfig,
     HfDeiTModel,
@@ -19,10 +18,13 @@ from hf_vit import (
     HfViTHybridForImageClassification,
     HfViTHybridModel,
 )
-from hf_vit.data import load_digits_splits
-from hf_vit.finetune import finetune, parse_args
-from hf_vit.key_maps import TIMM_VIT_RULES, load_converted_state_dict, rename_keys
-from hf_vit.trainer import FinetuneTrainingArguments, ImageClassificationTrainer
+from hf_vit.interop.key_maps import TIMM_VIT_RULES, load_converted_state_dict, rename_keys
+from hf_vit.training.arguments import FinetuneTrainingArguments
+from hf_vit.training.data import load_digits_splits
+from hf_vit.training.finetune import finetune, parse_args
+from hf_vit.training.trainer import ImageClassificationTrainer
+
+from conftest import randomize
 from test_ecosystem import assert_loads_as_remote_code
 
 ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=3)
@@ -52,7 +54,9 @@ TIMM_VIT_HYBRID_RULES = [
 
 
 def tiny_hybrid_config(**overrides) -> HfViTHybridConfig:
-    return HfViTHybridConfig(**{**ENCODER, "image_size": 64, "backbone_config": {**TINY_RESNET, "out_features": ["stage2"]}, **overrides})
+    return HfViTHybridConfig(
+        **{**ENCODER, "image_size": 64, "backbone_config": {**TINY_RESNET, "out_features": ["stage2"]}, **overrides}
+    )
 
 
 @pytest.mark.parametrize(
@@ -61,15 +65,39 @@ def tiny_hybrid_config(**overrides) -> HfViTHybridConfig:
         # ResNet-50 to its last stage, as the article: stride 32, 7x7 + CLS = 50 tokens at 224 px.
         (ResNetConfig(out_features=["stage4"]), 224, (7, 7), (160, 96), (5, 3)),
         # ResNet-18's first three stages: stride 16.
-        (ResNetConfig(layer_type="basic", depths=[2, 2, 2], hidden_sizes=[64, 128, 256], out_features=["stage3"]),
-         224, (14, 14), (96, 64), (6, 4)),  # fmt: skip
+        (
+            ResNetConfig(layer_type="basic", depths=[2, 2, 2], hidden_sizes=[64, 128, 256], out_features=["stage3"]),
+            224,
+            (14, 14),
+            (96, 64),
+            (6, 4),
+        ),
         # BiT (ResNetV2) to stage 2: stem stride 4, then one stride-2 stage.
-        (BitConfig(embedding_size=32, hidden_sizes=[32, 64], depths=[1, 1], num_groups=8, out_features=["stage2"]), 64, (8, 8), (48, 80), (6, 10)),
+        (
+            BitConfig(embedding_size=32, hidden_sizes=[32, 64], depths=[1, 1], num_groups=8, out_features=["stage2"]),
+            64,
+            (8, 8),
+            (48, 80),
+            (6, 10),
+        ),
         # ConvNeXt to stage 3: the 4x4 patchify stem, then two stride-2 stages.
-        (ConvNextConfig(num_stages=3, hidden_sizes=[16, 32, 64], depths=[1, 1, 1], out_features=["stage3"]), 64, (4, 4), (96, 32), (6, 2)),
+        (
+            ConvNextConfig(num_stages=3, hidden_sizes=[16, 32, 64], depths=[1, 1, 1], out_features=["stage3"]),
+            64,
+            (4, 4),
+            (96, 32),
+            (6, 2),
+        ),
         # hf_swin's own backbone to stage 2: patch 4, one merge.
-        (HfSwinConfig(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, image_size=64, out_features=["stage2"]),
-         64, (8, 8), (80, 48), (10, 6)),  # fmt: skip
+        (
+            HfSwinConfig(
+                embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=4, image_size=64, out_features=["stage2"]
+            ),
+            64,
+            (8, 8),
+            (80, 48),
+            (10, 6),
+        ),
     ],
     ids=["resnet50", "resnet18", "bit", "convnext", "hf_swin"],
 )
@@ -79,7 +107,10 @@ def test_tokens_follow_the_backbone_stride_at_any_size(backbone_config, image_si
     assert model.embeddings.position_embeddings.shape == (1, 1 + grid[0] * grid[1], 32)
     with torch.no_grad():
         output = model(torch.randn(2, 3, image_size, image_size))
-        assert output.last_hidden_state.shape == (2, 1 + grid[0] * grid[1], 32) and output.pooler_output.shape == (2, 32)
+        assert output.last_hidden_state.shape == (2, 1 + grid[0] * grid[1], 32) and output.pooler_output.shape == (
+            2,
+            32,
+        )
         other = model(torch.randn(1, 3, *other_size), interpolate_pos_encoding=True)
     assert other.last_hidden_state.shape == (1, 1 + other_grid[0] * other_grid[1], 32)
     with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
@@ -94,11 +125,15 @@ def test_set_image_size_resamples_the_grid_for_good(tmp_path):
     assert model.config.image_size == 48 and model.vit.embeddings.position_embeddings.shape == (1, 1 + 36, 32)
     torch.testing.assert_close(model(pixels).logits, expected)
     model.save_pretrained(tmp_path)
-    torch.testing.assert_close(HfViTHybridForImageClassification.from_pretrained(tmp_path).eval()(pixels).logits, expected)
+    torch.testing.assert_close(
+        HfViTHybridForImageClassification.from_pretrained(tmp_path).eval()(pixels).logits, expected
+    )
 
 
 def test_default_is_the_articles_resnet50_hybrid_with_the_expected_parameter_count():
-    config = HfViTHybridConfig(hidden_size=192, num_attention_heads=3, num_hidden_layers=2, intermediate_size=768, num_labels=10)
+    config = HfViTHybridConfig(
+        hidden_size=192, num_attention_heads=3, num_hidden_layers=2, intermediate_size=768, num_labels=10
+    )
     model = HfViTHybridForImageClassification(config)
     resnet50_without_head = 23_508_032  # torchvision's resnet50 (25,557,032) minus its 2048 -> 1000 fc layer
     assert sum(p.numel() for p in model.vit.patch_embeddings.backbone.parameters()) == resnet50_without_head
@@ -111,22 +146,40 @@ def test_default_is_the_articles_resnet50_hybrid_with_the_expected_parameter_cou
 @pytest.mark.parametrize(
     "timm_resnet, out_index, backbone_config",
     [
-        ("resnet18", 2, ResNetConfig(layer_type="basic", depths=[2, 2], hidden_sizes=[64, 128], out_features=["stage2"])),
+        (
+            "resnet18",
+            2,
+            ResNetConfig(layer_type="basic", depths=[2, 2], hidden_sizes=[64, 128], out_features=["stage2"]),
+        ),
         ("resnet50", 4, ResNetConfig(out_features=["stage4"])),  # bottlenecks, projection shortcuts in every stage
     ],
 )
 def test_parity_with_timms_hybrid_vision_transformer(timm_resnet, out_index, backbone_config):
     torch.manual_seed(0)
     backbone = timm.create_model(timm_resnet, features_only=True, out_indices=(out_index,))
-    reference = VisionTransformer(img_size=64, patch_size=1, embed_dim=64, depth=2, num_heads=4, num_classes=7,
-                                  embed_layer=partial(HybridEmbed, backbone=backbone))  # fmt: skip
+    reference = VisionTransformer(
+        img_size=64,
+        patch_size=1,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        num_classes=7,
+        embed_layer=partial(HybridEmbed, backbone=backbone),
+    )
     randomize(reference, std=0.05)
     for module in reference.modules():  # BatchNorm statistics that are not the identity
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.normal_(0, 0.1)
             module.running_var.uniform_(0.5, 1.5)
-    config = HfViTHybridConfig(image_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=256, num_labels=7, backbone_config=backbone_config)  # fmt: skip
+    config = HfViTHybridConfig(
+        image_size=64,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        num_labels=7,
+        backbone_config=backbone_config,
+    )
     ours = HfViTHybridForImageClassification(config).eval()
     load_converted_state_dict(ours, rename_keys(reference.state_dict(), TIMM_VIT_HYBRID_RULES))
     pixels = torch.randn(2, 3, 64, 64)
@@ -159,7 +212,9 @@ def test_frozen_backbone_gets_no_gradients_and_keeps_its_statistics():
 
 def test_backbone_learning_rate_gets_its_own_parameter_groups(tmp_path):
     model = HfViTHybridForImageClassification(tiny_hybrid_config())
-    args = FinetuneTrainingArguments(output_dir=str(tmp_path), **OPTIMIZATION, backbone_learning_rate=1e-5, eval_strategy="no")
+    args = FinetuneTrainingArguments(
+        output_dir=str(tmp_path), **OPTIMIZATION, backbone_learning_rate=1e-5, eval_strategy="no"
+    )
     optimizer = ImageClassificationTrainer(model=model, args=args).create_optimizer()
     backbone_ids = {id(p) for p in model.vit.patch_embeddings.backbone.parameters()}
     learning_rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
@@ -174,7 +229,9 @@ def test_backbone_learning_rate_gets_its_own_parameter_groups(tmp_path):
 def test_backbone_learning_rate_needs_a_backbone(tmp_path, tiny_vit_config):
     from hf_vit import HfViTForImageClassification
 
-    args = FinetuneTrainingArguments(output_dir=str(tmp_path), **OPTIMIZATION, backbone_learning_rate=1e-5, eval_strategy="no")
+    args = FinetuneTrainingArguments(
+        output_dir=str(tmp_path), **OPTIMIZATION, backbone_learning_rate=1e-5, eval_strategy="no"
+    )
     with pytest.raises(ValueError, match="backbone_learning_rate needs a model with a CNN backbone"):
         ImageClassificationTrainer(model=HfViTForImageClassification(tiny_vit_config), args=args).create_optimizer()
 
@@ -183,7 +240,9 @@ def test_pretrained_backbone_initialises_a_fresh_model_and_is_not_refetched(tmp_
     resnet = randomize(ResNetModel(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"})))
     resnet.save_pretrained(tmp_path / "resnet")
     # Without backbone_config the checkpoint's own configuration is used, tapping its last stage.
-    config = HfViTHybridConfig(**ENCODER, image_size=64, backbone=str(tmp_path / "resnet"), use_pretrained_backbone=True)
+    config = HfViTHybridConfig(
+        **ENCODER, image_size=64, backbone=str(tmp_path / "resnet"), use_pretrained_backbone=True
+    )
     assert config.backbone_config.out_features == ["stage2"] and config.backbone_config.hidden_sizes == [8, 16]
     model = HfViTHybridForImageClassification(config).eval()
     for name, value in resnet.state_dict().items():
@@ -228,7 +287,9 @@ def test_wrong_channels_or_size_name_expected_and_received_shapes():
 
 
 def test_auto_classes_save_load_and_remote_code(tmp_path):
-    config = AutoConfig.for_model("hf_vit_hybrid", **ENCODER, image_size=64, backbone_config={**TINY_RESNET, "out_features": ["stage2"]})
+    config = AutoConfig.for_model(
+        "hf_vit_hybrid", **ENCODER, image_size=64, backbone_config={**TINY_RESNET, "out_features": ["stage2"]}
+    )
     assert isinstance(AutoModel.from_config(config), HfViTHybridModel)
     model = randomize(HfViTHybridForImageClassification(config), std=0.05)
     pixels = torch.randn(2, 3, 64, 64)
@@ -271,9 +332,24 @@ def test_conv_stem_on_deit_keeps_the_sequence_length():
 
 
 def test_finetune_trains_a_hybrid_with_a_lower_backbone_learning_rate(tmp_path):
-    args = ["--model_type", "hf_vit_hybrid", "--output_dir", str(tmp_path / "run"), "--num_train_epochs", "1",
-            "--max_train_samples", "128", "--max_eval_samples", "64", "--per_device_train_batch_size", "64",
-            "--backbone_learning_rate", "1e-4", "--disable_tqdm", "true"]  # fmt: skip
+    args = [
+        "--model_type",
+        "hf_vit_hybrid",
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--num_train_epochs",
+        "1",
+        "--max_train_samples",
+        "128",
+        "--max_eval_samples",
+        "64",
+        "--per_device_train_batch_size",
+        "64",
+        "--backbone_learning_rate",
+        "1e-4",
+        "--disable_tqdm",
+        "true",
+    ]
     metrics = finetune(*parse_args(args))
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     model = HfViTHybridForImageClassification.from_pretrained(tmp_path / "run")
@@ -286,6 +362,6 @@ def test_finetune_trains_a_hybrid_with_a_lower_backbone_learning_rate(tmp_path):
 
 def test_stages_after_the_tapped_one_are_reported(caplog):
     config = tiny_hybrid_config(backbone_config={**TINY_RESNET, "out_features": ["stage1"]})
-    with caplog.at_level("WARNING", logger="hf_vit.modeling_hybrid"):
+    with caplog.at_level("WARNING", logger="hf_vit.models.modeling_hybrid"):
         HfViTHybridModel(config)
     assert "runs stages ['stage2'] after the tapped stage1" in caplog.text

@@ -7,9 +7,11 @@ import torch
 from timm.optim import param_groups_layer_decay
 
 from hf_vit import HfViTHybridConfig, HfViTHybridForImageClassification
-from hf_vit.families import converter_for
-from hf_vit.key_maps import rename_keys
-from hf_vit.trainer import FinetuneTrainingArguments, ImageClassificationTrainer, backbone_of, layer_decay_scales
+from hf_vit.interop.key_maps import rename_keys
+from hf_vit.registry import converter_for
+from hf_vit.training.arguments import FinetuneTrainingArguments
+from hf_vit.training.recipes import Ingredients
+from hf_vit.training.trainer import ImageClassificationTrainer, layer_decay_scales
 
 DECAY = 0.65
 
@@ -49,20 +51,23 @@ def test_every_parameter_gets_timms_layer_decay_scale(architecture, model_args):
 def test_the_trainer_splits_its_weight_decay_groups_by_layer_and_keeps_the_backbone_lowest(tmp_path):
     config = HfViTHybridConfig.from_preset("vit-hybrid-resnet-tiny-32", num_hidden_layers=2, num_labels=3)
     model = HfViTHybridForImageClassification(config)
-    args = FinetuneTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.05, warmup_steps=0,
-                                     eval_strategy="no")
-    optimizer = ImageClassificationTrainer(model=model, args=args, layer_decay=0.5).create_optimizer()
+    args = FinetuneTrainingArguments(
+        output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.05, warmup_steps=0, eval_strategy="no"
+    )
+    optimizer = ImageClassificationTrainer(
+        model=model, args=args, ingredients=Ingredients.off(layer_decay=0.5)
+    ).create_optimizer()
     rate = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
     decay = {id(param): group["weight_decay"] for group in optimizer.param_groups for param in group["params"]}
     assert len(rate) == sum(1 for _ in model.parameters())  # every parameter, once
-    assert {rate[id(param)] for param in backbone_of(model).parameters()} == {1e-3 * 0.5**3}  # 2 blocks + 2 - 1
+    assert {rate[id(param)] for param in model.backbone_parameters()} == {1e-3 * 0.5**3}  # 2 blocks + 2 - 1
     assert rate[id(model.vit.embeddings.position_embeddings)] == 1e-3 * 0.5**3
     assert rate[id(model.vit.encoder.layers[1].mlp.fc1.weight)] == 1e-3 * 0.5
     assert rate[id(model.vit.layernorm.weight)] == 1e-3 * 0.5  # the final norm goes with the last block, as in timm
     assert rate[id(model.classifier.weight)] == 1e-3
     assert decay[id(model.classifier.weight)] == 0.05 and decay[id(model.classifier.bias)] == 0.0
     with pytest.raises(ValueError, match="layer_decay must be in"):
-        ImageClassificationTrainer(model=model, args=args, layer_decay=1.5)
+        ImageClassificationTrainer(model=model, args=args, ingredients=Ingredients.off(layer_decay=1.5))
 
 
 def test_layer_decay_needs_transformer_blocks():

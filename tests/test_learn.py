@@ -7,20 +7,25 @@ import sys
 import numpy as np
 import torch
 
-from conftest import REPO_ROOT, randomize
 from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfViTConfig, HfViTForImageClassification
-from hf_vit.data import make_image_processor
-from hf_vit.lessons.attention import attention_cost, attention_cost_sweep, attention_rollout
+from hf_vit.processors import make_image_processor
+from hf_vit_lessons.attention import attention_cost, attention_cost_sweep, attention_rollout
+
+from conftest import REPO_ROOT, randomize
 
 
 def run(script, *args):
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / script), *args], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / script), *args], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
 def save_article_vit(path):
-    model = randomize(HfViTForImageClassification(HfViTConfig.from_preset("vit-cifar-patch4-32", num_labels=10)), std=0.05)
+    model = randomize(
+        HfViTForImageClassification(HfViTConfig.from_preset("vit-cifar-patch4-32", num_labels=10)), std=0.05
+    )
     model.config.id2label = {i: str(i) for i in range(10)}
     model.save_pretrained(path)
     make_image_processor(32).save_pretrained(path)
@@ -51,7 +56,9 @@ def test_data_efficiency_trains_every_model_on_each_fraction_and_plots(tmp_path)
 
 def test_visualize_patches_verifies_every_patch_and_saves_the_similarity(tmp_path):
     save_article_vit(tmp_path / "trained")
-    out = run("visualize_patches.py", "--model_name_or_path", str(tmp_path / "trained"), "--output_dir", str(tmp_path / "out"))
+    out = run(
+        "visualize_patches.py", "--model_name_or_path", str(tmp_path / "trained"), "--output_dir", str(tmp_path / "out")
+    )
     assert "[random] (a) image: [3, 32, 32]" in out
     assert "(b) 64 patches of [3, 4, 4]" in out
     assert "(c) verified: every patch block matches the patch embedding input; reconstruction exact: True" in out
@@ -76,7 +83,9 @@ def test_attention_cost_reports_the_theoretical_and_measured_speedup(tmp_path):
 
 def test_attention_rollout_script_and_distillation_prefix(tmp_path):
     save_article_vit(tmp_path / "vit")
-    out = run("attention_maps.py", "--model_name_or_path", str(tmp_path / "vit"), "--output_dir", str(tmp_path / "maps"))
+    out = run(
+        "attention_maps.py", "--model_name_or_path", str(tmp_path / "vit"), "--output_dir", str(tmp_path / "maps")
+    )
     assert "4 layers; the rollout peaks at patch (row, col)" in out
     maps = np.load(tmp_path / "maps" / "attention_rollout.npy")
     assert maps.shape == (5, 8, 8) and (tmp_path / "maps" / "attention_maps.png").exists()
@@ -87,7 +96,7 @@ def test_attention_rollout_script_and_distillation_prefix(tmp_path):
 
 
 def test_segmentation_lesson_trains_upernet_on_both_backbones_and_draws_masks(tmp_path):
-    from hf_vit.lessons.segmentation import digit_canvases, segmentation_scores
+    from hf_vit_lessons.segmentation import digit_canvases, segmentation_scores
 
     canvases = digit_canvases("validation", 4, seed=3)
     first = canvases[0]
@@ -97,7 +106,17 @@ def test_segmentation_lesson_trains_upernet_on_both_backbones_and_draws_masks(tm
     assert all(len(set(cell[cell > 0].tolist())) <= 1 for cell in cells)
     labels = canvases[:]["labels"].numpy()
     assert segmentation_scores(labels, labels) == {"mean_iou": 1.0, "pixel_accuracy": 1.0, "digit_iou": 1.0}
-    run("segmentation.py", "--output_dir", str(tmp_path), "--train_canvases", "32", "--eval_canvases", "8", "--epochs", "1")
+    run(
+        "segmentation.py",
+        "--output_dir",
+        str(tmp_path),
+        "--train_canvases",
+        "32",
+        "--eval_canvases",
+        "8",
+        "--epochs",
+        "1",
+    )
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [row["backbone"] for row in rows] == ["hf_vit + simple feature pyramid", "hf_swin"]
     assert all(0 <= row["mean_iou"] <= 1 and 0 <= row["pixel_accuracy"] <= 1 for row in rows)
@@ -105,10 +124,27 @@ def test_segmentation_lesson_trains_upernet_on_both_backbones_and_draws_masks(tm
 
 
 def test_pretraining_study_pretrains_then_fine_tunes_against_scratch(tmp_path):
-    run("pretraining_study.py", "--output_dir", str(tmp_path), "--runs", "ViT from scratch", "ViT, SimMIM-pretrained",
-        "--fractions", "0.05", "--seeds", "0", "--pretrain_epochs", "1", "--finetune_epochs", "1")
+    run(
+        "pretraining_study.py",
+        "--output_dir",
+        str(tmp_path),
+        "--runs",
+        "ViT from scratch",
+        "ViT, SimMIM-pretrained",
+        "--fractions",
+        "0.05",
+        "--seeds",
+        "0",
+        "--pretrain_epochs",
+        "1",
+        "--finetune_epochs",
+        "1",
+    )
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert [(row["run"], row["labelled_images"]) for row in rows] == [("ViT from scratch", 72), ("ViT, SimMIM-pretrained", 72)]
+    assert [(row["run"], row["labelled_images"]) for row in rows] == [
+        ("ViT from scratch", 72),
+        ("ViT, SimMIM-pretrained", 72),
+    ]
     assert all(0 <= row["mean_accuracy"] <= 1 for row in rows)
     assert (tmp_path / "pretraining.png").is_file() and (tmp_path / "simmim" / "reconstructions.png").is_file()
     assert json.loads((tmp_path / "simmim" / "config.json").read_text())["mask_ratio"] == 0.6

@@ -8,21 +8,40 @@ from peft import PeftModel
 from transformers import AutoModelForImageClassification
 
 import hf_vit
+from hf_vit.guards import UsageError
+from hf_vit.processors import make_image_processor
+from hf_vit.training.data import load_digits_splits
+from hf_vit.training.finetune import finetune, parse_args
+from hf_vit.training.lora import LoraArguments, add_lora, head_modules, lora_targets
+
 from conftest import randomize
-from hf_vit.cli import UsageError
-from hf_vit.data import load_digits_splits, make_image_processor
-from hf_vit.finetune import finetune, parse_args
-from hf_vit.lora import add_lora, head_modules, lora_targets, LoraArguments
 from test_finetune import run_script
 
-SMALL = ["--max_train_samples", "96", "--max_eval_samples", "32", "--per_device_train_batch_size", "32",
-         "--disable_tqdm", "true", "--num_train_epochs", "2"]  # fmt: skip
+SMALL = [
+    "--max_train_samples",
+    "96",
+    "--max_eval_samples",
+    "32",
+    "--per_device_train_batch_size",
+    "32",
+    "--disable_tqdm",
+    "true",
+    "--num_train_epochs",
+    "2",
+]
 
 
 @pytest.fixture
 def base_checkpoint(tmp_path):
-    config = hf_vit.HfViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                intermediate_size=64, num_labels=3)  # fmt: skip
+    config = hf_vit.HfViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=3,
+    )
     model = randomize(hf_vit.HfViTForImageClassification(config), std=0.05)
     model.save_pretrained(tmp_path / "base")
     make_image_processor(32).save_pretrained(tmp_path / "base")
@@ -31,19 +50,44 @@ def base_checkpoint(tmp_path):
 
 def test_lora_trains_adapters_and_head_saves_a_peft_adapter_and_merges(tmp_path, base_checkpoint):
     output_dir = tmp_path / "lora"
-    metrics = finetune(*parse_args(["--output_dir", str(output_dir), "--model_name_or_path", str(base_checkpoint),
-                                    "--lora_rank", "4", "--lora_merge", "true", "--recipe", "finetune", *SMALL]))  # fmt: skip
+    metrics = finetune(
+        *parse_args(
+            [
+                "--output_dir",
+                str(output_dir),
+                "--model_name_or_path",
+                str(base_checkpoint),
+                "--lora_rank",
+                "4",
+                "--lora_merge",
+                "true",
+                "--recipe",
+                "finetune",
+                *SMALL,
+            ]
+        )
+    )
     adapter = json.loads((output_dir / "adapter_config.json").read_text())
-    assert adapter["r"] == 4 and adapter["lora_alpha"] == 8 and sorted(adapter["target_modules"]) == ["attention.proj", "attention.qkv"]
+    assert (
+        adapter["r"] == 4
+        and adapter["lora_alpha"] == 8
+        and sorted(adapter["target_modules"]) == ["attention.proj", "attention.qkv"]
+    )
     assert adapter["modules_to_save"] == ["classifier"] and not (output_dir / "model.safetensors").exists()
     card = (output_dir / "README.md").read_text()
-    assert "LoRA rank 4 on attention.qkv,attention.proj" in card and "layer_decay = 1.0: --lora_rank: only the adapters" in card
+    assert (
+        "LoRA rank 4 on attention.qkv,attention.proj" in card
+        and "layer_decay = 1.0: --lora_rank: only the adapters" in card
+    )
 
     labels = load_digits_splits()["train"].features["label"].names
     base = AutoModelForImageClassification.from_pretrained(
-        base_checkpoint, num_labels=10, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        base_checkpoint,
+        num_labels=10,
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
         ignore_mismatched_sizes=True,
-    )  # fmt: skip
+    )
     reloaded = PeftModel.from_pretrained(base, output_dir).eval()
     merged = AutoModelForImageClassification.from_pretrained(output_dir / "merged").eval()
     assert type(merged) is hf_vit.HfViTForImageClassification
@@ -53,40 +97,99 @@ def test_lora_trains_adapters_and_head_saves_a_peft_adapter_and_merges(tmp_path,
         torch.testing.assert_close(merged(pixels).logits, reloaded(pixel_values=pixels).logits, atol=1e-5, rtol=0)
         # the adapters changed the encoder: the merged weights are not the base checkpoint's
         original = hf_vit.HfViTForImageClassification.from_pretrained(base_checkpoint)
-        assert not torch.allclose(merged.vit.encoder.layers[0].attention.qkv.weight, original.vit.encoder.layers[0].attention.qkv.weight)
+        assert not torch.allclose(
+            merged.vit.encoder.layers[0].attention.qkv.weight, original.vit.encoder.layers[0].attention.qkv.weight
+        )
         assert torch.equal(merged.vit.encoder.layers[0].mlp.fc1.weight, original.vit.encoder.layers[0].mlp.fc1.weight)
     assert metrics["eval_accuracy"] >= 0
 
 
 def test_only_adapters_and_heads_learn_on_every_family():
     configs = {
-        "vit": (hf_vit.HfViTForImageClassification, hf_vit.HfViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                                                       num_attention_heads=4, intermediate_size=64, num_labels=3)),
-        "deit": (hf_vit.HfDeiTForImageClassification, hf_vit.HfDeiTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                                                         num_attention_heads=4, intermediate_size=64, num_labels=3)),
-        "swin": (hf_vit.HfSwinForImageClassification, hf_vit.HfSwinConfig.from_preset(
-            "swin-cifar-patch2-window4-32", embed_dim=16, depths=[1, 1], num_heads=[1, 2], num_labels=3)),
-    }  # fmt: skip
+        "vit": (
+            hf_vit.HfViTForImageClassification,
+            hf_vit.HfViTConfig(
+                image_size=32,
+                patch_size=8,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                num_labels=3,
+            ),
+        ),
+        "deit": (
+            hf_vit.HfDeiTForImageClassification,
+            hf_vit.HfDeiTConfig(
+                image_size=32,
+                patch_size=8,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                num_labels=3,
+            ),
+        ),
+        "swin": (
+            hf_vit.HfSwinForImageClassification,
+            hf_vit.HfSwinConfig.from_preset(
+                "swin-cifar-patch2-window4-32", embed_dim=16, depths=[1, 1], num_heads=[1, 2], num_labels=3
+            ),
+        ),
+    }
     for name, (model_class, config) in configs.items():
         model = model_class(config)
         expected_heads = ["classifier", "distillation_classifier"] if name == "deit" else ["classifier"]
         assert head_modules(model) == expected_heads
         peft_model = add_lora(model, LoraArguments(lora_rank=2))
         trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
-        assert trainable and all("lora_" in n or any(f"{head}.modules_to_save" in n for head in expected_heads) for n in trainable), name
+        assert trainable and all(
+            "lora_" in n or any(f"{head}.modules_to_save" in n for head in expected_heads) for n in trainable
+        ), name
         peft_model(pixel_values=torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1])).loss.backward()
 
 
 def test_a_lora_target_that_matches_nothing_is_named_and_nothing_is_written(tmp_path, base_checkpoint):
     model = hf_vit.HfViTForImageClassification.from_pretrained(base_checkpoint)
-    with pytest.raises(ValueError, match=r"--lora_target 'attention\.query' matches no linear layer of HfViTForImageClassification; "
-                                         r"its linear layers end in \[.*'attention\.qkv'.*\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"--lora_target 'attention\.query' matches no linear layer of HfViTForImageClassification; "
+        r"its linear layers end in \[.*'attention\.qkv'.*\]",
+    ):
         lora_targets(model, "attention.qkv,attention.query")
-    result = run_script(["--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(base_checkpoint), "--lora_rank", "4",
-                         "--lora_target", "attn.qkv", *SMALL], expect_success=False)  # fmt: skip
+    result = run_script(
+        [
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--model_name_or_path",
+            str(base_checkpoint),
+            "--lora_rank",
+            "4",
+            "--lora_target",
+            "attn.qkv",
+            *SMALL,
+        ],
+        expect_success=False,
+    )
     assert result.returncode == 2 and "--lora_target 'attn.qkv' matches no linear layer" in result.stderr
-    for flags, message in ((["--lora_rank", "0"], "--lora_rank must be a positive integer, got 0"),
-                           (["--lora_rank", "4", "--layer_decay", "0.75"], r"--layer_decay 0.75 does not apply with --lora_rank \(only the adapters")):  # fmt: skip
+    for flags, message in (
+        (["--lora_rank", "0"], "--lora_rank must be a positive integer, got 0"),
+        (
+            ["--lora_rank", "4", "--layer_decay", "0.75"],
+            r"--layer_decay 0.75 does not apply with --lora_rank \(only the adapters",
+        ),
+    ):
         with pytest.raises(UsageError, match=message):
-            finetune(*parse_args(["--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(base_checkpoint), *flags, *SMALL]))
+            finetune(
+                *parse_args(
+                    [
+                        "--output_dir",
+                        str(tmp_path / "out"),
+                        "--model_name_or_path",
+                        str(base_checkpoint),
+                        *flags,
+                        *SMALL,
+                    ]
+                )
+            )
     assert not (tmp_path / "out").exists()

@@ -3,16 +3,25 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoModelForImageClassification
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModel, AutoModelForImageClassification
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
-from conftest import randomize
 from hf_vit import HfDeiTForImageClassification, HfViTConfig, HfViTForImageClassification, HfViTModel
-from hf_vit.layers import DropPath
-from hf_vit.modeling_mim import sincos_position_embeddings
+from hf_vit.models.layers import DropPath
+from hf_vit.models.modeling_mim import sincos_position_embeddings
 
-TINY_FIELDS = ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_labels")
+from conftest import randomize
+
+TINY_FIELDS = (
+    "image_size",
+    "patch_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "num_labels",
+)
 
 
 def test_base_model_outputs_and_shapes(tiny_vit_config):
@@ -56,14 +65,17 @@ def test_multi_label_and_regression_follow_problem_type(tiny_vit_config):
     pixels, targets = torch.randn(2, 3, 32, 32), torch.tensor([[1.0, 0, 1, 0, 0], [0, 1, 0, 0, 1]])
     out = model(pixels, labels=targets)
     torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, targets))
-    regression = HfViTForImageClassification(HfViTConfig(**{**tiny_vit_config.to_dict(), "num_labels": 1,
-                                                            "problem_type": "regression", "id2label": None}))  # fmt: skip
+    regression = HfViTForImageClassification(
+        HfViTConfig(**{**tiny_vit_config.to_dict(), "num_labels": 1, "problem_type": "regression", "id2label": None})
+    )
     out = regression.eval()(pixels, labels=torch.tensor([0.5, -1.0]))
     torch.testing.assert_close(out.loss, F.mse_loss(out.logits.squeeze(), torch.tensor([0.5, -1.0])))
 
 
 def test_eager_and_sdpa_agree_and_sdpa_refuses_attention_maps(tiny_vit_config):
-    eager = randomize(HfViTForImageClassification._from_config(copy.deepcopy(tiny_vit_config), attn_implementation="eager"))
+    eager = randomize(
+        HfViTForImageClassification._from_config(copy.deepcopy(tiny_vit_config), attn_implementation="eager")
+    )
     sdpa = HfViTForImageClassification._from_config(copy.deepcopy(tiny_vit_config), attn_implementation="sdpa").eval()
     sdpa.load_state_dict(eager.state_dict())
     assert (eager.config._attn_implementation, sdpa.config._attn_implementation) == ("eager", "sdpa")
@@ -91,7 +103,9 @@ def test_interpolate_pos_encoding_runs_other_sizes_and_keeps_the_trained_grid_ex
     out = model(torch.randn(2, 3, 64, 40), interpolate_pos_encoding=True)
     assert out.last_hidden_state.shape == (2, 1 + 8 * 5, 32)
     pixels = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(model(pixels).last_hidden_state, model(pixels, interpolate_pos_encoding=True).last_hidden_state)
+    torch.testing.assert_close(
+        model(pixels).last_hidden_state, model(pixels, interpolate_pos_encoding=True).last_hidden_state
+    )
 
 
 def test_set_image_size_resamples_position_embeddings_for_good(tiny_vit_config, tmp_path):
@@ -157,8 +171,9 @@ def test_initialisation_uses_truncated_normal_position_embeddings(tiny_vit_confi
 
 @pytest.mark.parametrize("model_class", [HfViTForImageClassification, HfDeiTForImageClassification])
 def test_sincos_position_start_is_maes_table_learnable_and_kept_when_loading(tiny_vit_config, tmp_path, model_class):
-    config = model_class.config_class(**{name: getattr(tiny_vit_config, name) for name in TINY_FIELDS},
-                                      position_embedding_init="sincos")  # fmt: skip
+    config = model_class.config_class(
+        **{name: getattr(tiny_vit_config, name) for name in TINY_FIELDS}, position_embedding_init="sincos"
+    )
     model = model_class(config)
     embeddings = model.base_model.embeddings
     prefix = embeddings.num_positioned_prefix  # CLS (and distillation) token: zeros
@@ -183,12 +198,16 @@ def test_xavier_patch_start_is_maes_bound_and_kept_when_loading(tiny_vit_config,
     model = HfViTForImageClassification(HfViTConfig(**tiny_vit_config.to_dict() | {"patch_embedding_init": "xavier"}))
     weight = model.base_model.patch_embeddings.projection.weight  # (hidden 32, 3, 8, 8): a linear map 192 -> 32
     bound = (6 / (3 * 8 * 8 + 32)) ** 0.5  # MAE: xavier_uniform_ over weight.view(32, -1)
-    assert 0.9 * bound < weight.abs().max().item() <= bound and weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
+    assert 0.9 * bound < weight.abs().max().item() <= bound and weight.std().item() == pytest.approx(
+        bound / 3**0.5, rel=0.1
+    )
     assert weight.std().item() > 4 * default.base_model.patch_embeddings.projection.weight.std().item()
     with torch.no_grad():
         weight.mul_(0.5)  # trained weights are loaded as saved, not restarted
     model.save_pretrained(tmp_path)
-    torch.testing.assert_close(HfViTForImageClassification.from_pretrained(tmp_path).base_model.patch_embeddings.projection.weight, weight)
+    torch.testing.assert_close(
+        HfViTForImageClassification.from_pretrained(tmp_path).base_model.patch_embeddings.projection.weight, weight
+    )
     with pytest.raises(ValueError, match=r"patch_embedding_init must be one of \['trunc_normal', 'xavier'\]"):
         HfViTConfig(patch_embedding_init="kaiming")
     with pytest.raises(ValueError, match="patch_embedding_type='conv_stem' has none"):

@@ -6,7 +6,6 @@ import copy
 import logging
 
 import pytest
-import timm
 import torch
 from safetensors.torch import save_file
 from transformers import (
@@ -18,16 +17,17 @@ from transformers import (
     Dinov2WithRegistersForImageClassification,
 )
 
-from conftest import randomize
 from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfViTConfig, HfViTForImageClassification
-from hf_vit.convert import CheckpointMismatchError, convert_checkpoint, from_transformers
-from hf_vit.finetune import finetune, parse_args
+from hf_vit.guards import CheckpointMismatchError
+from hf_vit.interop.convert import convert_checkpoint, from_transformers
+from hf_vit.training.finetune import finetune, parse_args
+
+from conftest import TINY_VIT, randomize
 from test_convert import assert_same_logits, save_timm
 from test_ecosystem import assert_loads_as_remote_code
 from test_finetune import make_imagefolder
 
-TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64, num_labels=5)  # fmt: skip
+TINY = {**TINY_VIT, "num_labels": 5}
 OPTIONS = {
     "registers": dict(num_register_tokens=3),
     "layer scale": dict(layer_scale_init_value=0.1),
@@ -35,9 +35,10 @@ OPTIONS = {
     "grid-only position embeddings": dict(prefix_position_embeddings=False, num_register_tokens=2),
     "cls_mean pooling": dict(pooling="cls_mean", num_register_tokens=2),
     "map pooling without CLS": dict(pooling="map", class_token=False),
-    "everything": dict(num_register_tokens=4, layer_scale_init_value=0.1, qk_norm=True,
-                       prefix_position_embeddings=False, pooling="map"),
-}  # fmt: skip
+    "everything": dict(
+        num_register_tokens=4, layer_scale_init_value=0.1, qk_norm=True, prefix_position_embeddings=False, pooling="map"
+    ),
+}
 
 
 def classifier(options, attn_implementation="sdpa", model_class=HfViTForImageClassification):
@@ -94,7 +95,9 @@ def test_cls_mean_pooling_reads_the_cls_token_and_the_grid_mean_not_the_register
 
 
 def test_deit_with_registers_and_layer_scale_keeps_its_two_heads_on_their_tokens():
-    model = classifier(dict(num_register_tokens=2, layer_scale_init_value=0.1), model_class=HfDeiTForImageClassification)
+    model = classifier(
+        dict(num_register_tokens=2, layer_scale_init_value=0.1), model_class=HfDeiTForImageClassification
+    )
     pixels = torch.randn(2, 3, 32, 32)
     out = model(pixels)
     full = model.deit(pixels).last_hidden_state  # every token, prefix first: CLS, distillation, 2 registers
@@ -126,27 +129,44 @@ def test_bad_option_values_name_the_field(config, message):
 
 TIMM_SOURCES = {
     "dinov2": ("vit_small_patch14_dinov2", dict(img_size=56), dict(layer_scale_init_value=1e-5)),
-    "dinov2 with registers": ("vit_small_patch14_reg4_dinov2", dict(img_size=56),
-                              dict(num_register_tokens=4, prefix_position_embeddings=False)),
-    "deit iii": ("deit3_small_patch16_224", dict(img_size=64), dict(layer_scale_init_value=1e-6, prefix_position_embeddings=False)),
-    "siglip": ("vit_base_patch16_siglip_224", dict(img_size=64, embed_dim=192, num_heads=3), dict(pooling="map", class_token=False)),
+    "dinov2 with registers": (
+        "vit_small_patch14_reg4_dinov2",
+        dict(img_size=56),
+        dict(num_register_tokens=4, prefix_position_embeddings=False),
+    ),
+    "deit iii": (
+        "deit3_small_patch16_224",
+        dict(img_size=64),
+        dict(layer_scale_init_value=1e-6, prefix_position_embeddings=False),
+    ),
+    "siglip": (
+        "vit_base_patch16_siglip_224",
+        dict(img_size=64, embed_dim=192, num_heads=3),
+        dict(pooling="map", class_token=False),
+    ),
     "qk-norm": ("vit_tiny_patch16_224", dict(img_size=64, qk_norm=True), dict(qk_norm=True)),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("architecture, model_args, expected", TIMM_SOURCES.values(), ids=TIMM_SOURCES.keys())
 def test_timm_sources_convert_with_parity_at_two_sizes(tmp_path, architecture, model_args, expected):
-    reference, source = save_timm(tmp_path, "source", architecture, std=0.1, depth=2, dynamic_img_size=True, **model_args)
+    reference, source = save_timm(
+        tmp_path, "source", architecture, std=0.1, depth=2, dynamic_img_size=True, **model_args
+    )
     converted = convert_checkpoint(source, str(tmp_path / "out"))
     assert {key: getattr(converted.config, key) for key in expected} == expected
     size, patch = model_args["img_size"], converted.config.patch_size[0]
     assert_same_logits(converted, reference, torch.randn(2, 3, size, size))
     # timm resamples its position embeddings as hf_vit does (antialiased bicubic, prefix apart)
-    assert_same_logits(converted, reference, torch.randn(2, 3, size + 2 * patch, size + patch), interpolate_pos_encoding=True)
+    assert_same_logits(
+        converted, reference, torch.randn(2, 3, size + 2 * patch, size + patch), interpolate_pos_encoding=True
+    )
 
 
 def test_unsupported_timm_variants_name_the_option(tmp_path):
-    _, source = save_timm(tmp_path, "giant", "vit_giant_patch14_dinov2", img_size=28, depth=1, embed_dim=48, num_heads=2)
+    _, source = save_timm(
+        tmp_path, "giant", "vit_giant_patch14_dinov2", img_size=28, depth=1, embed_dim=48, num_heads=2
+    )
     with pytest.raises(ValueError, match=r"uses \['mlp_layer=GluMlp'\], which hf_vit does not implement"):
         convert_checkpoint(source, str(tmp_path / "out"))
     _, source = save_timm(tmp_path, "registers", "vit_tiny_patch16_224", img_size=32, depth=1, reg_tokens=2)
@@ -155,8 +175,15 @@ def test_unsupported_timm_variants_name_the_option(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-DINOV2_SMALL = dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=3, image_size=56, patch_size=14,
-                    layerscale_value=0.5, num_labels=10)  # fmt: skip
+DINOV2_SMALL = dict(
+    hidden_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    image_size=56,
+    patch_size=14,
+    layerscale_value=0.5,
+    num_labels=10,
+)
 
 
 @pytest.mark.parametrize(
@@ -170,39 +197,55 @@ DINOV2_SMALL = dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=3, 
 def test_transformers_dinov2_converts_with_parity_at_two_sizes(tmp_path, caplog, model_class, config):
     reference = randomize(model_class(config), std=0.2)
     reference.save_pretrained(tmp_path / "source")  # a user's own save: no preprocessor_config.json
-    with caplog.at_level(logging.WARNING, logger="hf_vit.convert"):
+    with caplog.at_level(logging.WARNING, logger="hf_vit.interop.convert"):
         converted = convert_checkpoint(str(tmp_path / "source"), str(tmp_path / "out"))
     assert [record.getMessage() for record in caplog.records if "preprocessor_config.json" in record.getMessage()] != []
     processor = AutoImageProcessor.from_pretrained(tmp_path / "out")
     assert processor.size == {"height": 56, "width": 56}
-    assert converted.config.pooling == "cls_mean" and converted.config.num_register_tokens == config.to_dict().get("num_register_tokens", 0)
+    assert converted.config.pooling == "cls_mean" and converted.config.num_register_tokens == config.to_dict().get(
+        "num_register_tokens", 0
+    )
     assert_same_logits(converted, lambda x: reference(x).logits, torch.randn(2, 3, 56, 56))
-    # Dinov2 resamples with plain bicubic, Dinov2WithRegisters with antialiased bicubic: each converted model keeps its own
-    assert_same_logits(converted, lambda x: reference(x).logits, torch.randn(2, 3, 84, 70), interpolate_pos_encoding=True)
+    # Dinov2 resamples with plain bicubic, Dinov2WithRegisters with antialiased bicubic: each converted model keeps
+    # its own
+    assert_same_logits(
+        converted, lambda x: reference(x).logits, torch.randn(2, 3, 84, 70), interpolate_pos_encoding=True
+    )
 
 
 def test_a_bare_dinov2_with_the_hubs_key_names_converts_and_a_register_mismatch_is_named():
     reference = randomize(Dinov2Model(Dinov2Config(**DINOV2_SMALL)), std=0.2)
     legacy = {}
     for key, tensor in reference.state_dict().items():  # the names the Hub checkpoints were saved with
-        key = key.replace("attention.q_proj", "attention.attention.query").replace("attention.k_proj", "attention.attention.key")
-        key = key.replace("attention.v_proj", "attention.attention.value").replace("attention.o_proj", "attention.output.dense")
+        key = key.replace("attention.q_proj", "attention.attention.query").replace(
+            "attention.k_proj", "attention.attention.key"
+        )
+        key = key.replace("attention.v_proj", "attention.attention.value").replace(
+            "attention.o_proj", "attention.output.dense"
+        )
         legacy[key] = tensor
     converted = from_transformers(reference.config.to_dict(), legacy)
     pixels = torch.randn(2, 3, 56, 56)
     with torch.no_grad():
-        torch.testing.assert_close(converted.vit(pixels).last_hidden_state, reference(pixels).last_hidden_state, atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            converted.vit(pixels).last_hidden_state, reference(pixels).last_hidden_state, atol=1e-4, rtol=0
+        )
     with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \(1\): vit\.embeddings\.register_tokens"):
-        from_transformers(Dinov2Config(**DINOV2_SMALL).to_dict(), {
-            **{f"dinov2.{key}": tensor for key, tensor in legacy.items()},
-            "dinov2.embeddings.register_tokens": torch.zeros(1, 4, 96),
-        })  # fmt: skip
+        from_transformers(
+            Dinov2Config(**DINOV2_SMALL).to_dict(),
+            {
+                **{f"dinov2.{key}": tensor for key, tensor in legacy.items()},
+                "dinov2.embeddings.register_tokens": torch.zeros(1, 4, 96),
+            },
+        )
     with pytest.raises(ValueError, match=r"uses \['use_swiglu_ffn=True'\]"):
         from_transformers(Dinov2Config(**DINOV2_SMALL, use_swiglu_ffn=True).to_dict(), legacy)
 
 
 def test_a_pooling_mismatch_is_named(tmp_path):
-    reference, source = save_timm(tmp_path, "siglip", "vit_base_patch16_siglip_224", img_size=32, depth=1, embed_dim=48, num_heads=2)
+    reference, source = save_timm(
+        tmp_path, "siglip", "vit_base_patch16_siglip_224", img_size=32, depth=1, embed_dim=48, num_heads=2
+    )
     state = {key: tensor for key, tensor in reference.state_dict().items() if not key.startswith("attn_pool.")}
     save_file(state, tmp_path / "siglip" / "model.safetensors")
     with pytest.raises(CheckpointMismatchError, match=r"missing keys \(\d+\): vit\.pooler\.kv\.bias"):
@@ -214,10 +257,33 @@ def test_a_converted_dinov2_with_registers_fine_tunes_at_its_own_size_with_the_f
     _, source = save_timm(tmp_path, "source", "vit_small_patch14_reg4_dinov2", img_size=56, depth=2)
     convert_checkpoint(source, str(tmp_path / "dinov2"))  # timm configs store the size as [56, 56]
     images = make_imagefolder(tmp_path / "images", per_class=6, size=(56, 56))
-    metrics = finetune(*parse_args(["--model_name_or_path", str(tmp_path / "dinov2"), "--train_dir", str(images),
-                                    "--output_dir", str(tmp_path / "tuned"), "--recipe", "finetune", "--num_train_epochs", "1",
-                                    "--disable_tqdm", "true", "--report_to", "none", "--save_strategy", "no"]))  # fmt: skip
+    metrics = finetune(
+        *parse_args(
+            [
+                "--model_name_or_path",
+                str(tmp_path / "dinov2"),
+                "--train_dir",
+                str(images),
+                "--output_dir",
+                str(tmp_path / "tuned"),
+                "--recipe",
+                "finetune",
+                "--num_train_epochs",
+                "1",
+                "--disable_tqdm",
+                "true",
+                "--report_to",
+                "none",
+                "--save_strategy",
+                "no",
+            ]
+        )
+    )
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     tuned = HfViTForImageClassification.from_pretrained(tmp_path / "tuned")
-    assert (tuned.config.num_register_tokens, tuned.config.num_labels, tuned.config.layer_scale_init_value) == (4, 2, 1e-5)
+    assert (tuned.config.num_register_tokens, tuned.config.num_labels, tuned.config.layer_scale_init_value) == (
+        4,
+        2,
+        1e-5,
+    )
     assert AutoImageProcessor.from_pretrained(tmp_path / "tuned").crop_size == {"height": 56, "width": 56}

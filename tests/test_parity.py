@@ -5,17 +5,13 @@ import timm
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from conftest import randomize
 from hf_vit import HfViTConfig, HfViTForImageClassification
-from hf_vit.key_maps import (
-    TIMM_VIT_RULES,
-    TRANSFORMERS_VIT_RULES,
-    CheckpointMismatchError,
-    load_converted_state_dict,
-    rename_keys,
-)
+from hf_vit.guards import CheckpointMismatchError
+from hf_vit.interop.key_maps import TIMM_VIT_RULES, TRANSFORMERS_VIT_RULES, load_converted_state_dict, rename_keys
 
-SMALL = dict(hidden_size=192, num_hidden_layers=2, num_attention_heads=3, intermediate_size=768, num_labels=10)
+from conftest import SMALL_VIT, randomize
+
+SMALL = SMALL_VIT
 
 
 def transformers_vit(attn_implementation):
@@ -57,9 +53,11 @@ def test_legacy_transformers_key_names_on_the_hub_are_accepted():
 
 @pytest.mark.parametrize("global_pool, pooling", [("token", "cls"), ("avg", "mean")])
 def test_timm_vit_parity(global_pool, pooling):
-    reference = randomize(timm.create_model(
-        "vit_tiny_patch16_224", depth=2, num_classes=10, global_pool=global_pool, dynamic_img_size=True
-    ))  # fmt: skip
+    reference = randomize(
+        timm.create_model(
+            "vit_tiny_patch16_224", depth=2, num_classes=10, global_pool=global_pool, dynamic_img_size=True
+        )
+    )
     ours = HfViTForImageClassification(HfViTConfig(**SMALL, pooling=pooling, interpolation_antialias=True)).eval()
     load_converted_state_dict(ours, rename_keys(reference.state_dict(), TIMM_VIT_RULES))
     with torch.no_grad():
@@ -78,7 +76,9 @@ def test_mismatched_checkpoints_fail_loudly_with_the_key_names():
     with pytest.raises(CheckpointMismatchError, match=r"missing keys \(\d+\): vit\.encoder\.layers\.2\.attention"):
         load_converted_state_dict(ours, state_dict)
     ours = HfViTForImageClassification(HfViTConfig(**{**SMALL, "num_labels": 7}))
-    with pytest.raises(CheckpointMismatchError, match=r"classifier\.weight: checkpoint \(10, 192\) vs model \(7, 192\)"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"classifier\.weight: checkpoint \(10, 192\) vs model \(7, 192\)"
+    ):
         load_converted_state_dict(ours, state_dict)
     state_dict["extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \(1\): extra\.weight"):

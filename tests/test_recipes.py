@@ -6,24 +6,41 @@ import json
 import pytest
 
 from hf_vit.cli import parse_config_overrides
-from hf_vit.finetune import parse_args
-from hf_vit.recipes import (
+from hf_vit.training.arguments import FinetuneTrainingArguments
+from hf_vit.training.finetune import parse_args
+from hf_vit.training.recipes import (
     DEIT_REGULARISERS,
+    DISTILLATION_RAND_AUGMENT,
     INGREDIENTS,
     PLAIN,
-    RecipeArguments,
-    DISTILLATION_RAND_AUGMENT,
     RunFacts,
     regularisation_strength,
     resolve_recipe,
 )
-from hf_vit.trainer import FinetuneTrainingArguments, ImageClassificationTrainer
+from hf_vit.training.trainer import ImageClassificationTrainer
+
 from test_finetune import TINY, run_script
 
-DIGITS = RunFacts(num_train_images=1437, num_labels=10, image_size=32, model_type="hf_vit", from_checkpoint=False,
-                  has_teacher=False, num_train_epochs=15, global_batch_size=16, flips_keep_labels=False)  # fmt: skip
-IMAGENET = dataclasses.replace(DIGITS, num_train_images=1_281_167, num_train_epochs=300, global_batch_size=1024,
-                               image_size=224, num_labels=1000, flips_keep_labels=True)  # fmt: skip
+DIGITS = RunFacts(
+    num_train_images=1437,
+    num_labels=10,
+    image_size=32,
+    model_type="hf_vit",
+    from_checkpoint=False,
+    has_teacher=False,
+    num_train_epochs=15,
+    global_batch_size=16,
+    flips_keep_labels=False,
+)
+IMAGENET = dataclasses.replace(
+    DIGITS,
+    num_train_images=1_281_167,
+    num_train_epochs=300,
+    global_batch_size=1024,
+    image_size=224,
+    num_labels=1000,
+    flips_keep_labels=True,
+)
 
 
 def resolve(recipe: str, facts: RunFacts, *flags: str):
@@ -33,7 +50,9 @@ def resolve(recipe: str, facts: RunFacts, *flags: str):
 
 def test_regularisation_strength_grows_with_the_images_seen():
     sizes = [(400, 15), (1437, 15), (1437, 60), (50_000, 20), (50_000, 300), (1_281_167, 300)]
-    strengths = [regularisation_strength(dataclasses.replace(DIGITS, num_train_images=n, num_train_epochs=e)) for n, e in sizes]
+    strengths = [
+        regularisation_strength(dataclasses.replace(DIGITS, num_train_images=n, num_train_epochs=e)) for n, e in sizes
+    ]
     assert strengths[:2] == [0.0, 0.0] and strengths[-1] == 1.0
     assert strengths == sorted(strengths) and 0 < strengths[2] < strengths[3] < strengths[4] < 1
 
@@ -42,7 +61,9 @@ def test_deit_at_imagenet_scale_is_deits_table_9():
     ingredients = resolve("deit", IMAGENET)
     for name, (_, value) in DEIT_REGULARISERS.items():
         assert getattr(ingredients, name) == value, name
-    assert ingredients.repeated_augmentation == 3 and ingredients.learning_rate == pytest.approx(1e-3)  # 5e-4 x 1024 / 512
+    assert ingredients.repeated_augmentation == 3 and ingredients.learning_rate == pytest.approx(
+        1e-3
+    )  # 5e-4 x 1024 / 512
     assert ingredients.ema_decay == pytest.approx(1 - 15 / (1252 * 300)) and ingredients.hflip_prob == 0.5
     assert ingredients.warmup_steps == 0.02  # 5 of 300 epochs, in whole percents
 
@@ -61,7 +82,10 @@ def test_deit_on_small_data_keeps_its_regularisers_off_and_a_usable_learning_rat
 def test_a_student_from_scratch_with_a_teacher_starts_at_sincos_with_randaugment(recipe):
     student = dataclasses.replace(DIGITS, model_type="hf_deit", has_teacher=True)
     ingredients = resolve(recipe, student)
-    assert ingredients.position_embedding_init == "sincos" and ingredients.rand_augment_magnitude == DISTILLATION_RAND_AUGMENT
+    assert (
+        ingredients.position_embedding_init == "sincos"
+        and ingredients.rand_augment_magnitude == DISTILLATION_RAND_AUGMENT
+    )
     assert ingredients.patch_embedding_init == "xavier"  # MAE's start beside the table
     convolutional = resolve(recipe, dataclasses.replace(student, patch_projection=False))  # a conv stem, a hybrid
     assert (convolutional.position_embedding_init, convolutional.patch_embedding_init) == ("sincos", None)
@@ -74,9 +98,12 @@ def test_a_student_from_scratch_with_a_teacher_starts_at_sincos_with_randaugment
     assert ingredients.rand_augment_magnitude == round(9 * regularisation_strength(longer)) > DISTILLATION_RAND_AUGMENT
     # the model's own start and DeiT's RandAugment at its strength: without a teacher, at DeiT's budget, from a
     # checkpoint (its weights are loaded), for a model without learned position embeddings (Swin)
-    for facts in (DIGITS, dataclasses.replace(IMAGENET, model_type="hf_deit", has_teacher=True),
-                  dataclasses.replace(student, from_checkpoint=True),
-                  dataclasses.replace(student, model_type="hf_swin", position_embeddings=False)):  # fmt: skip
+    for facts in (
+        DIGITS,
+        dataclasses.replace(IMAGENET, model_type="hf_deit", has_teacher=True),
+        dataclasses.replace(student, from_checkpoint=True),
+        dataclasses.replace(student, model_type="hf_swin", position_embeddings=False),
+    ):
         ingredients = resolve(recipe, facts)
         assert ingredients.position_embedding_init is None and ingredients.patch_embedding_init is None, facts
         assert ingredients.rand_augment_magnitude == round(9 * regularisation_strength(facts)), facts
@@ -86,13 +113,18 @@ def test_a_student_from_scratch_with_a_teacher_starts_at_sincos_with_randaugment
 
 def test_deit_warms_up_longer_the_less_it_regularises():
     sizes = [(1437, 15), (1437, 20), (1437, 60), (50_000, 100), (1_281_167, 300)]
-    warmups = [resolve("deit", dataclasses.replace(DIGITS, num_train_images=n, num_train_epochs=e)).warmup_steps for n, e in sizes]
+    warmups = [
+        resolve("deit", dataclasses.replace(DIGITS, num_train_images=n, num_train_epochs=e)).warmup_steps
+        for n, e in sizes
+    ]
     assert warmups[:2] == [0.1, 0.1] and warmups[-1] == 0.02 and warmups == sorted(warmups, reverse=True)
     assert warmups[2] < 0.1 and warmups[3] > 0.02  # (1437, 20) is the quick start: strength 0.03, still 10 %
     assert resolve("deit", dataclasses.replace(DIGITS, from_checkpoint=True)).warmup_steps == 0.05
 
 
-@pytest.mark.parametrize("facts", [DIGITS, IMAGENET, dataclasses.replace(DIGITS, model_type="hf_deit", has_teacher=True)])
+@pytest.mark.parametrize(
+    "facts", [DIGITS, IMAGENET, dataclasses.replace(DIGITS, model_type="hf_deit", has_teacher=True)]
+)
 def test_auto_from_scratch_is_deit_scaled_to_the_run(facts):
     assert resolve("auto", facts) == resolve("deit", facts)
 
@@ -103,7 +135,9 @@ def test_auto_keeps_rate_and_layers_from_a_checkpoint():
     assert (tuned.learning_rate, tuned.layer_decay, tuned.warmup_steps) == (5e-4, 1.0, 0.05)
     assert "fine-tuning study" in tuned.reasons["layer_decay"] and "lost 20 points" in tuned.reasons["learning_rate"]
     assert resolve("auto", IMAGENET, "--layer_decay", "0.65").layer_decay == 0.65
-    middle = resolve("auto", dataclasses.replace(DIGITS, num_train_images=50_000, num_train_epochs=100, flips_keep_labels=True))
+    middle = resolve(
+        "auto", dataclasses.replace(DIGITS, num_train_images=50_000, num_train_epochs=100, flips_keep_labels=True)
+    )
     assert 0 < middle.mixup_alpha < 0.8 and 0 < middle.rand_augment_magnitude < 9 and middle.hflip_prob == 0.5
     assert 0.08 < middle.crop_scale_min < 1.0
 
@@ -123,11 +157,24 @@ def test_plain_recipe_is_the_plain_values():
 
 
 EXPLICIT = dict(
-    learning_rate="0.0123", weight_decay="0.3", warmup_steps="7", crop_scale_min="0.5", hflip_prob="0.25",
-    rand_augment_magnitude="4", random_erasing_prob="0.1", mixup_alpha="0.3", cutmix_alpha="0.4",
-    label_smoothing="0.2", repeated_augmentation="2", ema_decay="0.9", drop_path_rate="0.05", layer_decay="0.8",
-    position_embedding_init="trunc_normal", patch_embedding_init="trunc_normal",
-)  # fmt: skip
+    learning_rate="0.0123",
+    weight_decay="0.3",
+    warmup_steps="7",
+    crop_scale_min="0.5",
+    hflip_prob="0.25",
+    rand_augment_magnitude="4",
+    random_erasing_prob="0.1",
+    mixup_alpha="0.3",
+    cutmix_alpha="0.4",
+    mixup_switch_prob="0.6",
+    label_smoothing="0.2",
+    repeated_augmentation="2",
+    ema_decay="0.9",
+    drop_path_rate="0.05",
+    layer_decay="0.8",
+    position_embedding_init="trunc_normal",
+    patch_embedding_init="trunc_normal",
+)
 
 
 @pytest.mark.parametrize("recipe", ["auto", "deit", "finetune", "plain"])
@@ -138,8 +185,12 @@ def test_an_explicit_flag_always_wins(recipe, facts):
         ingredients = resolve(recipe, facts, f"--{name}", value)
         expected = value if name.endswith("_embedding_init") else pytest.approx(float(value))
         assert getattr(ingredients, name) == expected and ingredients.reasons[name] == "given", name
-    by_config = resolve(recipe, facts, "--config_overrides",
-                        "drop_path_rate=0.07,position_embedding_init=trunc_normal,patch_embedding_init=trunc_normal")
+    by_config = resolve(
+        recipe,
+        facts,
+        "--config_overrides",
+        "drop_path_rate=0.07,position_embedding_init=trunc_normal,patch_embedding_init=trunc_normal",
+    )
     assert by_config.drop_path_rate == 0.07 and by_config.reasons["drop_path_rate"] == "given"
     for name in ("position_embedding_init", "patch_embedding_init"):
         assert getattr(by_config, name) == "trunc_normal" and by_config.reasons[name] == "given"
@@ -147,9 +198,13 @@ def test_an_explicit_flag_always_wins(recipe, facts):
 
 
 def test_unknown_recipe_fails_before_any_data_is_read(tmp_path):
-    result = run_script(["--output_dir", str(tmp_path / "out"), "--recipe", "fast", "--config_overrides", TINY],
-                        expect_success=False)  # fmt: skip
-    assert result.returncode != 0 and "Unknown --recipe 'fast'; choose one of ['auto', 'deit', 'finetune', 'plain']" in result.stderr
+    result = run_script(
+        ["--output_dir", str(tmp_path / "out"), "--recipe", "fast", "--config_overrides", TINY], expect_success=False
+    )
+    assert (
+        result.returncode != 0
+        and "Unknown --recipe 'fast'; choose one of ['auto', 'deit', 'finetune', 'plain']" in result.stderr
+    )
     assert "Checking" not in result.stderr and not (tmp_path / "out").exists()
 
 
@@ -163,8 +218,23 @@ def test_the_trainer_wants_the_optimisation_ingredients_resolved(tmp_path, tiny_
 
 def test_fine_tuning_study_trains_a_source_and_fine_tunes_it_on_the_other_digits(tmp_path):
     runs = ["from scratch, auto recipe", "checkpoint, lr 5e-4, layer decay 0.75"]
-    result = run_script(["--study", "fine_tuning", "--output_dir", str(tmp_path), "--seeds", "0", "--epochs", "1",
-                         "--labelled_images", "40", "--runs", *runs], script="recipe_study.py")  # fmt: skip
+    result = run_script(
+        [
+            "--study",
+            "fine_tuning",
+            "--output_dir",
+            str(tmp_path),
+            "--seeds",
+            "0",
+            "--epochs",
+            "1",
+            "--labelled_images",
+            "40",
+            "--runs",
+            *runs,
+        ],
+        script="recipe_study.py",
+    )
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [(row["dataset"], row["run"]) for row in rows] == [("digits 5-9", run) for run in runs]
     assert "(40 labelled images)" in result.stdout and (tmp_path / "fine_tuning.png").read_bytes()[:4] == b"\x89PNG"

@@ -11,8 +11,9 @@ import pytest
 from datasets import Image
 from transformers import AutoModelForImageClassification
 
+from hf_vit.training.data import DataArguments, load_splits, load_stream, open_source
+
 from conftest import REPO_ROOT
-from hf_vit.data import DataArguments, load_splits, load_stream, open_source
 from test_finetune import FAST, SCRIPTS, make_imagefolder, run_script
 
 CONFIGS = REPO_ROOT / "scripts" / "accelerate"
@@ -31,7 +32,9 @@ def free_port() -> int:
 def test_fsdp_shards_parameters_gradients_and_optimizer_on_cpu_resumes_and_saves_one_model(tmp_path):
     output_dir = tmp_path / "fsdp"
     common = ["--output_dir", str(output_dir), *FAST, "--per_device_train_batch_size", "32", "--recipe", "plain"]
-    result = run_script([*common, "--num_train_epochs", "1"], launcher=launcher("fsdp.yaml", "--main_process_port", str(free_port())))
+    result = run_script(
+        [*common, "--num_train_epochs", "1"], launcher=launcher("fsdp.yaml", "--main_process_port", str(free_port()))
+    )
     checkpoint = output_dir / "checkpoint-2"  # 128 images / (32 x 2 processes) = 2 steps
     # FSDP's sharded checkpoint: one file of model and one of optimizer state per process, no whole optimizer.pt
     shards = sorted((checkpoint / "pytorch_model_fsdp_0").glob("*.distcp"))
@@ -44,29 +47,47 @@ def test_fsdp_shards_parameters_gradients_and_optimizer_on_cpu_resumes_and_saves
     model = AutoModelForImageClassification.from_pretrained(output_dir)  # the final model, gathered whole
     assert model.config.num_hidden_layers == 1 and (output_dir / "modeling_vit.py").is_file()
 
-    run_script([*common, "--num_train_epochs", "2", "--resume_from_checkpoint", str(checkpoint)],
-               launcher=launcher("fsdp.yaml", "--main_process_port", str(free_port())))  # fmt: skip
+    run_script(
+        [*common, "--num_train_epochs", "2", "--resume_from_checkpoint", str(checkpoint)],
+        launcher=launcher("fsdp.yaml", "--main_process_port", str(free_port())),
+    )
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 4
     assert (output_dir / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir()
 
 
 def test_fsdp1_on_cpu_is_refused_rather_than_run_as_data_parallel(tmp_path):
-    result = run_script(["--output_dir", str(tmp_path / "out"), *FAST, "--num_train_epochs", "1"], expect_success=False,
-                        launcher=launcher("fsdp.yaml", "--fsdp_version", "1", "--main_process_port", str(free_port())))  # fmt: skip
+    result = run_script(
+        ["--output_dir", str(tmp_path / "out"), *FAST, "--num_train_epochs", "1"],
+        expect_success=False,
+        launcher=launcher("fsdp.yaml", "--fsdp_version", "1", "--main_process_port", str(free_port())),
+    )
     assert result.returncode != 0 and "FSDP on CPU needs FSDP2" in result.stderr
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_the_shipped_ddp_config_and_two_machine_ranks_over_loopback_train_one_model(tmp_path):
-    run_script(["--output_dir", str(tmp_path / "ddp"), *FAST, "--num_train_epochs", "1"],
-               launcher=launcher("ddp.yaml", "--main_process_port", str(free_port())))  # fmt: skip
+    run_script(
+        ["--output_dir", str(tmp_path / "ddp"), *FAST, "--num_train_epochs", "1"],
+        launcher=launcher("ddp.yaml", "--main_process_port", str(free_port())),
+    )
     assert json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())["global_step"] == 1  # 128 / (64 x 2)
 
     port, output_dir = free_port(), tmp_path / "two-machines"
     ranks = [
-        subprocess.Popen([*launcher("multi_machine.yaml", "--machine_rank", str(rank), "--main_process_port", str(port)),
-                          str(SCRIPTS / "finetune.py"), "--output_dir", str(output_dir), *FAST, "--num_train_epochs", "1"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [
+                *launcher("multi_machine.yaml", "--machine_rank", str(rank), "--main_process_port", str(port)),
+                str(SCRIPTS / "finetune.py"),
+                "--output_dir",
+                str(output_dir),
+                *FAST,
+                "--num_train_epochs",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for rank in (0, 1)
     ]
     outputs = [rank.communicate(timeout=600) for rank in ranks]
@@ -85,8 +106,11 @@ def corrupt_imagefolder(root, bad: int):
 
 def test_every_unreadable_image_is_named_at_once_or_left_out_with_a_count(tmp_path, caplog):
     images = corrupt_imagefolder(tmp_path / "images", bad=3)
-    with pytest.raises(ValueError, match=r"^3 unreadable image\(s\): Cannot read image .*broken.\.png.*broken.\.png.*broken.\.png"
-                                         r".*--skip_unreadable_images"):
+    with pytest.raises(
+        ValueError,
+        match=r"^3 unreadable image\(s\): Cannot read image .*broken.\.png.*broken.\.png.*broken.\.png"
+        r".*--skip_unreadable_images",
+    ):
         load_splits(DataArguments(train_dir=str(images), preprocessing_num_workers=2))
     with caplog.at_level(logging.WARNING):
         splits = load_splits(DataArguments(train_dir=str(images), skip_unreadable_images=True), seed=0)
@@ -100,10 +124,26 @@ def test_streaming_an_imagefolder_in_two_processes_skips_and_counts_unreadable_i
         (images / "dog" / f"broken{index}.png").write_bytes(b"not an image")
     output_dir = tmp_path / "stream"
     # 24 readable images, 8 held out for evaluation; 16 left for 2 processes x 2 steps x batch 4: one pass
-    result = run_script(["--output_dir", str(output_dir), "--train_dir", str(images), "--streaming", "--max_steps", "2",
-                         "--per_device_train_batch_size", "4", "--max_eval_samples", "8", "--disable_tqdm", "true",
-                         "--config_overrides", FAST[FAST.index("--config_overrides") + 1]],
-                        launcher=launcher("ddp.yaml", "--main_process_port", str(free_port())))  # fmt: skip
+    result = run_script(
+        [
+            "--output_dir",
+            str(output_dir),
+            "--train_dir",
+            str(images),
+            "--streaming",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_eval_samples",
+            "8",
+            "--disable_tqdm",
+            "true",
+            "--config_overrides",
+            FAST[FAST.index("--config_overrides") + 1],
+        ],
+        launcher=launcher("ddp.yaml", "--main_process_port", str(free_port())),
+    )
     metrics = json.loads((output_dir / "all_results.json").read_text())
     assert metrics["train_skipped_unreadable_images"] == 4  # each image read by one process only
     assert "4 unreadable images skipped" in result.stdout and result.stderr.count("Skipping an unreadable image") == 4
@@ -124,8 +164,14 @@ def test_an_imagefolder_stream_lists_no_file_ahead_mixes_classes_and_labels_as_i
     assert [label for label, _ in train[:6]] == [0, 1, 2, 0, 1, 2]  # one image of each class in turn
     # the labels imagefolder gives the same folders, over both splits (the validation split lacks "bee")
     map_style = open_source(DataArguments(train_dir=str(images), validation_dir=str(validation)))
-    assert streams["train"].features["label"].names == map_style["train"].features["label"].names == ["ant", "bee", "cat"]
-    assert sorted(example["label"] for example in streams["validation"]) == sorted(map_style["validation"]["label"]) == [0, 0, 2, 2]
+    assert (
+        streams["train"].features["label"].names == map_style["train"].features["label"].names == ["ant", "bee", "cat"]
+    )
+    assert (
+        sorted(example["label"] for example in streams["validation"])
+        == sorted(map_style["validation"]["label"])
+        == [0, 0, 2, 2]
+    )
     _, evaluation = load_stream(args)
     assert len(evaluation) == 4
 

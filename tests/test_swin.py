@@ -9,11 +9,10 @@ import torch
 from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
 from transformers import AutoBackbone, AutoModelForImageClassification, SwinConfig, SwinForImageClassification
 
-from conftest import HUB_TOKEN, randomize
 from hf_vit import HfSwinBackbone, HfSwinConfig, HfSwinForImageClassification, HfSwinModel
-from hf_vit.convert import convert_checkpoint
-from hf_vit.key_maps import TIMM_SWIN_RULES, TRANSFORMERS_SWIN_RULES, load_converted_state_dict, rename_keys
-from hf_vit.modeling_swin import (
+from hf_vit.interop.convert import convert_checkpoint
+from hf_vit.interop.key_maps import TIMM_SWIN_RULES, TRANSFORMERS_SWIN_RULES, load_converted_state_dict, rename_keys
+from hf_vit.models.modeling_swin import (
     MASKED,
     relative_position_index,
     resize_relative_position_bias_table,
@@ -22,10 +21,14 @@ from hf_vit.modeling_swin import (
     window_partition,
     window_reverse,
 )
+
+from conftest import HUB_TOKEN, randomize
 from test_convert import assert_same_logits, save_timm, subprocess_convert
 from test_ecosystem import assert_loads_as_remote_code
 
-TINY_SWIN = dict(image_size=64, patch_size=4, embed_dim=16, depths=[2, 2, 2], num_heads=[1, 2, 4], window_size=4, num_labels=5)
+TINY_SWIN = dict(
+    image_size=64, patch_size=4, embed_dim=16, depths=[2, 2, 2], num_heads=[1, 2, 4], window_size=4, num_labels=5
+)
 # Large enough to mean something, small enough that float32 rounding over 12 blocks stays far below 1e-4.
 PARITY_STD = 0.1
 
@@ -51,6 +54,7 @@ def test_shift_mask_blocks_exactly_the_pairs_from_different_regions():
     height, width, window, shift = 8, 8, 4, 2
     mask = shifted_window_mask(height, width, window, shift, torch.device("cpu"))
     assert mask.shape == (4, 16, 16)
+
     # Region of each pixel of the shifted map, from the definition: three bands per axis.
     def band(i, size):
         return 0 if i < size - window else (1 if i < size - shift else 2)
@@ -80,7 +84,12 @@ def test_outputs_hidden_states_at_strides_4_8_16_and_attentions(tiny_swin_config
     out = model(torch.randn(2, 3, 64, 64), output_hidden_states=True, output_attentions=True)
     assert out.last_hidden_state.shape == (2, 16, 64)
     assert out.pooler_output.shape == (2, 64)
-    assert [tuple(h.shape) for h in out.reshaped_hidden_states] == [(2, 16, 16, 16), (2, 16, 16, 16), (2, 32, 8, 8), (2, 64, 4, 4)]
+    assert [tuple(h.shape) for h in out.reshaped_hidden_states] == [
+        (2, 16, 16, 16),
+        (2, 16, 16, 16),
+        (2, 32, 8, 8),
+        (2, 64, 4, 4),
+    ]
     assert [tuple(h.shape) for h in out.hidden_states] == [(2, 256, 16), (2, 256, 16), (2, 64, 32), (2, 16, 64)]
     # Stage 1: 16 windows of 4x4 and 1 head; the last stage (4x4 map) is a single window.
     assert out.attentions[0].shape == (2 * 16, 1, 16, 16) and out.attentions[-1].shape == (2, 4, 16, 16)
@@ -138,13 +147,24 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_swin_config):
 
 
 def test_backbone_returns_normalised_maps_at_strides_4_8_16_32(tmp_path, hub):
-    config = HfSwinConfig(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], out_features=["stem", "stage1", "stage2", "stage3", "stage4"])
+    config = HfSwinConfig(
+        embed_dim=16,
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 2, 2, 4],
+        out_features=["stem", "stage1", "stage2", "stage3", "stage4"],
+    )
     backbone = AutoBackbone.from_config(config)
     assert type(backbone) is HfSwinBackbone
     assert backbone.channels == [16, 16, 32, 64, 128]
     pixels = torch.randn(2, 3, 128, 96)
     maps = backbone(pixels).feature_maps
-    assert [tuple(m.shape) for m in maps] == [(2, 16, 32, 24), (2, 16, 32, 24), (2, 32, 16, 12), (2, 64, 8, 6), (2, 128, 4, 3)]
+    assert [tuple(m.shape) for m in maps] == [
+        (2, 16, 32, 24),
+        (2, 16, 32, 24),
+        (2, 32, 16, 12),
+        (2, 64, 8, 6),
+        (2, 128, 4, 3),
+    ]
     assert all(m.is_contiguous() for m in maps)
     torch.testing.assert_close(maps[-1].mean(1), torch.zeros(2, 4, 3), atol=1e-5, rtol=0)  # LayerNorm over channels
     backbone.save_pretrained(tmp_path / "backbone")
@@ -165,7 +185,9 @@ def test_invalid_configs_name_the_field():
         HfSwinConfig(depths=[2, 2], num_heads=[3, 5])
     with pytest.raises(ValueError, match="window_size must be positive"):
         HfSwinConfig(window_size=0)
-    with pytest.raises(ValueError, match=r"image_size 200 must be a multiple of patch_size \* 2\*\*\(stages - 1\) = 32"):
+    with pytest.raises(
+        ValueError, match=r"image_size 200 must be a multiple of patch_size \* 2\*\*\(stages - 1\) = 32"
+    ):
         HfSwinConfig(image_size=200)
     with pytest.raises(ValueError, match="out_features must be a subset"):
         HfSwinConfig(out_features=["stage9"])
@@ -196,8 +218,13 @@ def test_legacy_transformers_swin_key_names_are_accepted():
     reference = transformers_swin("eager", depths=[2, 2, 2, 2])
     legacy = {}
     for key, tensor in reference.state_dict().items():
-        for new, old in (("q_proj", "self.query"), ("k_proj", "self.key"), ("v_proj", "self.value"), ("o_proj", "output.dense"),
-                         ("relative_position_bias.relative_position_bias_table", "self.relative_position_bias_table")):  # fmt: skip
+        for new, old in (
+            ("q_proj", "self.query"),
+            ("k_proj", "self.key"),
+            ("v_proj", "self.value"),
+            ("o_proj", "output.dense"),
+            ("relative_position_bias.relative_position_bias_table", "self.relative_position_bias_table"),
+        ):
             key = key.replace(f"attention.{new}", f"attention.{old}")
         legacy[key.replace("mlp.fc1", "intermediate.dense").replace("mlp.fc2", "output.dense")] = tensor
     legacy["swin.encoder.layers.0.blocks.0.attention.self.relative_position_index"] = torch.zeros(49 * 49)
@@ -212,7 +239,9 @@ def test_legacy_transformers_swin_key_names_are_accepted():
 def test_timm_swin_tiny_parity_at_224_and_448():
     ours = HfSwinForImageClassification(HfSwinConfig(num_labels=10)).eval()
     for size in (224, 448):
-        reference = randomize(timm.create_model("swin_tiny_patch4_window7_224", num_classes=10, img_size=size), std=PARITY_STD)
+        reference = randomize(
+            timm.create_model("swin_tiny_patch4_window7_224", num_classes=10, img_size=size), std=PARITY_STD
+        )
         load_converted_state_dict(ours, rename_keys(reference.state_dict(), TIMM_SWIN_RULES, base="swin"))
         pixels = torch.randn(2, 3, size, size)
         with torch.no_grad():
@@ -230,14 +259,25 @@ def test_swin_checkpoint_loads_as_remote_code(tmp_path, tiny_swin_config):
 @pytest.mark.parametrize("window_size, new_window_size", [(7, 12), (7, 5), (4, 14), (12, 7)])
 def test_relative_position_tables_resize_as_timm_does(window_size, new_window_size):
     table = torch.randn((2 * window_size - 1) ** 2, 3)
-    expected = resize_rel_pos_bias_table(table, (new_window_size,) * 2, ((2 * new_window_size - 1) ** 2, 3), (window_size,) * 2)
+    expected = resize_rel_pos_bias_table(
+        table, (new_window_size,) * 2, ((2 * new_window_size - 1) ** 2, 3), (window_size,) * 2
+    )
     torch.testing.assert_close(resize_relative_position_bias_table(table, window_size, new_window_size), expected)
 
 
 def test_a_converted_swin_moves_to_384_px_and_12_px_windows_like_timm(tmp_path):
-    reference, source = save_timm(tmp_path, "swin", "swin_tiny_patch4_window7_224", std=0.1, embed_dim=32,
-                                  depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))  # fmt: skip
-    subprocess_convert(["--source", source, "--output_dir", str(tmp_path / "out"), "--image_size", "384", "--window_size", "12"])
+    reference, source = save_timm(
+        tmp_path,
+        "swin",
+        "swin_tiny_patch4_window7_224",
+        std=0.1,
+        embed_dim=32,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 4, 8),
+    )
+    subprocess_convert(
+        ["--source", source, "--output_dir", str(tmp_path / "out"), "--image_size", "384", "--window_size", "12"]
+    )
     converted = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
     assert (converted.config.image_size, converted.config.window_size) == (384, 12)
     assert converted.swin.stages[3].blocks[1].attention.relative_position_bias_table.shape == (23 * 23, 8)

@@ -1,0 +1,77 @@
+"""What guards a user's input and files, for every job: the errors of bad input, the path checks, atomic writes.
+
+UsageError                 bad input found before the work started (a command prints it in one line)
+CheckpointMismatchError    weights that do not fit a model, every bad key named
+with usage_errors(): ...   ValueError / OSError raised inside -> UsageError
+check_local_path / check_output_dir   a path that must exist; an output directory that must not hold a run
+with replaced_atomically(path) as temporary: ...   a file written whole or not at all
+"""
+
+import os
+from contextlib import contextmanager
+
+
+class UsageError(ValueError):
+    """Bad input (a flag, a path, a column, an image, a config field) found before the work started."""
+
+
+class CheckpointMismatchError(UsageError):
+    """The weights don't fit the model: the message lists every missing, unexpected or misshapen key."""
+
+
+@contextmanager
+def usage_errors():
+    """Re-raise the ValueErrors and OSErrors of the block, which checks what the user gave, as UsageErrors."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except (ValueError, OSError) as error:
+        raise UsageError(str(error)) from error
+
+
+def looks_like_local_path(name: str) -> bool:
+    """A name meant as a local path, not a Hub id ("owner/name" or "name"): it starts with "/", ".", "~" or a
+    drive, has more than one separator, or exists on disk."""
+    return (
+        os.path.exists(name)
+        or name.startswith(("/", ".", "~", "\\"))
+        or os.path.splitdrive(name)[0] != ""
+        or name.replace("\\", "/").count("/") > 1
+    )
+
+
+def check_local_path(name: str, what: str) -> None:
+    """A path-like `name` must exist: FileNotFoundError naming `what` (e.g. "--model_name_or_path") if not."""
+    if looks_like_local_path(name) and not os.path.exists(name):
+        raise FileNotFoundError(f"{what} {name!r}: no such file or directory")
+
+
+OVERWRITE_HELP = "Replace what the output directory holds (else a directory that is not empty is refused)."
+
+
+def check_output_dir(output_dir: str, overwrite: bool = False, resuming: bool = False) -> None:
+    """An output directory that already holds files is refused, naming it, unless the job is told to overwrite it
+    (`--overwrite_output_dir`) or goes on with the run in it (`--resume_from_checkpoint`): a second run would
+    otherwise overwrite the first one's model, card and curves, and mix its checkpoints with the first one's."""
+    if overwrite or resuming or not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return
+    held = sorted(os.listdir(output_dir))
+    raise FileExistsError(
+        f"--output_dir {output_dir!r} already holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}); "
+        "choose another directory, pass --overwrite_output_dir to replace it, or --resume_from_checkpoint to go on "
+        "with it"
+    )
+
+
+@contextmanager
+def replaced_atomically(path: str):
+    """Yields a temporary path beside `path` to write; when the block ends it replaces `path` in one step, so a crash
+    or a full disk mid-write leaves the old file (or none), never half a file."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)

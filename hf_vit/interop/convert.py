@@ -1,0 +1,238 @@
+"""Pretrained weights from transformers and timm checkpoints into hf_vit.
+
+    convert_checkpoint(source, output_dir)   # a directory or Hub id in, an hf_vit checkpoint out
+    from_transformers(config, state_dict) / from_timm(config, state_dict)   # in memory
+
+Which family a source becomes, and through which key map, is the family registry's word (`families.py`); the
+key maps themselves are in `key_maps.py`.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
+from safetensors.torch import load_file
+from transformers import PreTrainedConfig
+from transformers.utils import logging
+
+from ..cards import public_name, write_model_card
+from ..cli import TRACEBACK_FLAG, TRACEBACK_HELP, run_command
+from ..guards import OVERWRITE_HELP, check_local_path, check_output_dir, usage_errors
+from ..processors import checkpoint_image_processor, set_processor_size, timm_image_processor
+from ..registry import FAMILIES, converter_for
+from .key_maps import load_converted_state_dict, rename_keys
+
+logger = logging.get_logger(__name__)
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
+
+
+def read_source(source: str) -> tuple[dict, dict, str]:
+    """(config.json as a dict, state dict, local directory) of a local directory or a Hub repo id."""
+    check_local_path(source, "source")
+    if os.path.isdir(source):
+        directory = source
+    else:
+        try:
+            directory = snapshot_download(source, allow_patterns=["*.json", *WEIGHT_FILES])
+        except (HfHubHTTPError, OSError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0]
+            raise FileNotFoundError(
+                f"source {source!r} is not a local directory, and the Hub did not give it: {reason}"
+            ) from error
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{source} has no config.json; is it a transformers or timm checkpoint?")
+    with open(config_path) as f:
+        config = json.load(f)
+    for name in WEIGHT_FILES:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            if name.endswith(".safetensors"):
+                state_dict = load_file(path)
+            else:  # never unpickle arbitrary objects
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            return config, state_dict, directory
+    raise FileNotFoundError(f"{source} has none of {list(WEIGHT_FILES)} (sharded checkpoints are not supported)")
+
+
+def _labels(config: dict, num_labels: int) -> dict:
+    id2label = config.get("id2label") or {}
+    if len(id2label) != num_labels:
+        id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+    id2label = {int(i): name for i, name in id2label.items()}
+    return dict(num_labels=num_labels, id2label=id2label, label2id={name: i for i, name in id2label.items()})
+
+
+def sources(library: str) -> list[str]:
+    """The source architectures of `library` ("transformers" or "timm") that some family converts from."""
+    return sorted(
+        name.split(":", 1)[1]
+        for family in FAMILIES.values()
+        for name in family.converters
+        if name.startswith(f"{library}:")
+    )
+
+
+def from_transformers(config: dict, state_dict: dict):
+    """An hf_vit model holding the weights of a transformers checkpoint of a model type the registry converts (vit,
+    vit_mae, deit, swin, dinov2, dinov2_with_registers): a classifier or base model becomes the family's classifier,
+    an MAE (`...ForPreTraining`) or SimMIM (`...ForMaskedImageModeling`) checkpoint its pretraining model."""
+    model_type = config.get("model_type")
+    found = converter_for(f"transformers:{model_type}")
+    if found is None:
+        raise ValueError(
+            f"Unsupported transformers model_type {model_type!r}; hf_vit converts {sources('transformers')}"
+        )
+    family, key_map = found
+    base = family.classifier_class.base_model_prefix
+    source_base = key_map.source_prefix or base  # vit, deit, swin: the same prefix as hf_vit's
+    if not any(key.startswith(f"{source_base}.") for key in state_dict):  # a bare base model (ViTModel, SwinModel, ...)
+        state_dict = {f"{source_base}.{key}": tensor for key, tensor in state_dict.items()}
+    head = state_dict.get("classifier.weight", state_dict.get("cls_classifier.weight"))
+    # The architecture fields both sides share (not the generic PreTrainedConfig ones such as model_type), then the
+    # key map's translations of the others.
+    config_class = family.config_class
+    names = set(config_class.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+    fields = {name: config[name] for name in names if name in config and not name.startswith("_")}
+    fields.update(key_map.config_fields(config) if key_map.config_fields else {})
+    model_class = family.model_class_for((config.get("architectures") or [None])[0])
+    model = model_class(config_class(**fields, **_labels(config, 0 if head is None else head.shape[0])))
+    load_converted_state_dict(model, rename_keys(state_dict, key_map.rules, base=base))
+    return model.eval()
+
+
+def from_timm(config: dict, state_dict: dict):
+    """An hf_vit model holding the weights of a timm vit_* / deit_* / swin_* checkpoint as timm saves them for the Hub
+    (config.json with `architecture`, `model_args`, `pretrained_cfg`)."""
+    try:
+        import timm
+    except ImportError as error:
+        raise ImportError("Converting timm checkpoints needs timm: pip install timm") from error
+    architecture = config.get("architecture")
+    num_labels = config.get("num_classes", 1000)
+    kwargs = dict(config.get("model_args") or {}, num_classes=num_labels)
+    if config.get("global_pool"):
+        kwargs.setdefault("global_pool", config["global_pool"])
+    try:
+        with torch.device("meta"):  # architecture only: no memory, no initialisation
+            reference = timm.create_model(architecture, pretrained=False, **kwargs)
+    except RuntimeError as error:
+        raise ValueError(f"Unknown timm architecture {architecture!r}") from error
+    # The most specific class the registry knows: a distilled DeiT is also a VisionTransformer.
+    found = next(filter(None, (converter_for(f"timm:{cls.__name__}") for cls in type(reference).__mro__)), None)
+    if found is None:
+        raise ValueError(
+            f"timm architecture {architecture!r} ({type(reference).__name__}) is not a ViT, DeiT or Swin that hf_vit "
+            f"converts ({sources('timm')})"
+        )
+    family, key_map = found
+    labels = _labels({"id2label": dict(enumerate(config.get("label_names") or []))}, num_labels)
+    model = family.classifier_class(family.config_class(**key_map.config_fields(reference), **labels))
+    load_converted_state_dict(
+        model, rename_keys(state_dict, key_map.rules, base=family.classifier_class.base_model_prefix)
+    )
+    return model.eval()
+
+
+def convert_checkpoint(
+    source: str,
+    output_dir: str,
+    image_size: int | None = None,
+    push_to_hub: bool = False,
+    hub_model_id: str | None = None,
+    token: str | None = None,
+    window_size: int | None = None,
+    overwrite_output_dir: bool = False,
+):
+    """Convert a transformers or timm checkpoint (directory or Hub id) into an hf_vit checkpoint in `output_dir`:
+    config, safetensors weights, code, image processor and model card. Returns the model.
+
+    `image_size` resamples the position embeddings to a new resolution for good (and sizes the processor);
+    `window_size` (Swin) resamples the relative position bias tables to a new window. The source and the arguments
+    are checked before anything is written (a `UsageError` names the problem); an `output_dir` that holds files is
+    refused unless `overwrite_output_dir`.
+    """
+    with usage_errors():
+        if push_to_hub and hub_model_id is None:
+            raise ValueError("push_to_hub needs hub_model_id")
+        check_output_dir(output_dir, overwrite_output_dir)
+        config, state_dict, directory = read_source(source)
+        if "architecture" in config:
+            model = from_timm(config, state_dict)
+            processor = timm_image_processor(config.get("pretrained_cfg") or {})
+        elif "model_type" in config:
+            model = from_transformers(config, state_dict)
+            processor = checkpoint_image_processor(directory, model.config)
+        else:
+            raise ValueError(f"{source}/config.json has neither `architecture` (timm) nor `model_type` (transformers)")
+        if window_size is not None:
+            if not hasattr(model, "set_window_size"):
+                raise ValueError(
+                    f"window_size applies to hf_swin models; {source} converts to {model.config.model_type}"
+                )
+            model.set_window_size(window_size)
+        if image_size is not None:
+            model.set_image_size(image_size)
+            set_processor_size(processor, image_size)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    template = FAMILIES[model.config.model_type].card_template
+    write_model_card(output_dir, model, template, source=f"converted from {public_name(source)}", load_id=hub_model_id)
+    if push_to_hub:
+        api = HfApi(token=token)
+        api.create_repo(hub_model_id, exist_ok=True)
+        api.upload_folder(folder_path=output_dir, repo_id=hub_model_id, commit_message=f"Convert {source} with hf_vit")
+    return model
+
+
+COMMAND_LINE = """Convert a transformers (vit, deit, swin, dinov2, dinov2_with_registers) or timm (vit_*, deit_*,
+deit3_*, vit_*_dinov2, vit_*_reg4_dinov2, vit_*_siglip_*, swin_*) checkpoint into an hf_vit checkpoint.
+
+    python scripts/convert_checkpoint.py --source google/vit-base-patch16-224 --output_dir vit-base
+    python scripts/convert_checkpoint.py --source timm/swin_tiny_patch4_window7_224.ms_in1k --output_dir swin-t \
+        --push_to_hub --hub_model_id me/swin-t-hf-vit
+    python scripts/convert_checkpoint.py --source microsoft/swin-tiny-patch4-window7-224 --output_dir swin-t-384 \
+        --image_size 384 --window_size 12"""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=COMMAND_LINE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, help="a local directory or a Hub repo id")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--image_size", type=int, default=None, help="resample position embeddings to this size")
+    parser.add_argument(
+        "--window_size",
+        type=int,
+        default=None,
+        help="Swin: attention windows of this side (relative position bias tables resampled)",
+    )
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", default=None)
+    parser.add_argument("--hub_token", default=None, help="default: HF_TOKEN or the cached login")
+    parser.add_argument("--overwrite_output_dir", action="store_true", help=OVERWRITE_HELP)
+    parser.add_argument(TRACEBACK_FLAG, action="store_true", help=TRACEBACK_HELP)
+    args = parser.parse_args(argv)
+
+    def body():
+        model = convert_checkpoint(
+            args.source,
+            args.output_dir,
+            args.image_size,
+            args.push_to_hub,
+            args.hub_model_id,
+            args.hub_token,
+            args.window_size,
+            args.overwrite_output_dir,
+        )
+        print(
+            f"{args.source} -> {args.output_dir}: {model.config.model_type}, {model.num_parameters():,} parameters, "
+            f"{model.config.num_labels} labels" + (f", pushed to {args.hub_model_id}" if args.push_to_hub else "")
+        )
+
+    return run_command(body, argv)
+
+
+__all__ = ["convert_checkpoint", "from_timm", "from_transformers", "main", "read_source"]

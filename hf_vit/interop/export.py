@@ -1,0 +1,263 @@
+"""hf_vit checkpoints as ONNX models and `torch.export` programs, checked against PyTorch with onnxruntime.
+
+    export_checkpoint(model_name_or_path, output_dir)  -> report: files, dynamic axes, the largest differences
+
+Every family exports with a dynamic batch. Image height and width are dynamic too where the graph can follow
+them: ViT, DeiT and the hybrid resample their position embeddings inside the graph (any multiple of the patch
+size, or of the backbone's stride); Swin takes multiples of its padding-free size, patch_size * 2**(stages - 1)
+* window_size (224 for Swin-T), where every window is whole. onnx, onnxscript and onnxruntime are imported when
+an export runs (`pip install hf_vit[export]`).
+"""
+
+import argparse
+import inspect
+import json
+import os
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from ..cli import TRACEBACK_FLAG, TRACEBACK_HELP, run_command
+from ..guards import OVERWRITE_HELP, check_local_path, check_output_dir, usage_errors
+from ..models.configuration_utils import to_2tuple
+from ..processors import checkpoint_image_processor
+
+ONNX_FILE, PROGRAM_FILE, REPORT_FILE = "model.onnx", "model.pt2", "export_report.json"
+TOLERANCE = 1e-4  # the largest |onnxruntime - PyTorch| an export may show
+
+
+class ExportedForward(torch.nn.Module):
+    """What the exported graph computes: (B, C, H, W) pixel values -> logits (a classifier) or (last_hidden_state,
+    pooler_output) (a base model), at other sizes too (`interpolate_pos_encoding`) where the model resamples."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.resamples = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+        self.classifies = hasattr(model, "classifier")
+        self.output_names = ["logits"] if self.classifies else ["last_hidden_state", "pooler_output"]
+
+    def forward(self, pixel_values):
+        kwargs = {"interpolate_pos_encoding": True} if self.resamples else {}
+        output = self.model(pixel_values, return_dict=True, **kwargs)
+        return output.logits if self.classifies else (output.last_hidden_state, output.pooler_output)
+
+
+def load_model(model_name_or_path: str, trust_remote_code: bool = False):
+    """The checkpoint's classifier (or its base model, for a checkpoint without a head), in eval mode, with SDPA or
+    eager attention (the kernels torch.export can trace)."""
+    check_local_path(model_name_or_path, "--model_name_or_path")
+    config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    architecture = (config.architectures or [""])[0]
+    auto_class = AutoModelForImageClassification if architecture.endswith("ForImageClassification") else AutoModel
+    return auto_class.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code).eval()
+
+
+def check_exportable(model) -> None:
+    """Options that cannot be exported, named: an attention kernel outside PyTorch (flash, flex), a model in training
+    mode (stochastic depth and dropout would be frozen into the graph)."""
+    kernel = model.config._attn_implementation
+    if kernel not in ("sdpa", "eager"):
+        raise ValueError(f"attn_implementation={kernel!r} cannot be exported: load the model with 'sdpa' or 'eager'")
+    if model.training:
+        raise ValueError(
+            "the model is in training mode (dropout, stochastic depth): call model.eval() before exporting"
+        )
+
+
+def size_step(model) -> tuple[int, int]:
+    """(h, w) the exported image sides are multiples of."""
+    config = model.config
+    if getattr(config, "window_size", None) is not None:  # Swin: whole windows at every stage
+        step = config.total_stride * config.window_size
+        return step, step
+    return tuple(model.base_model.patch_embeddings.input_multiple)
+
+
+def example_size(model) -> tuple[int, int]:
+    """The traced image size: the config's, rounded down to a multiple of the export step (Swin's may not be one),
+    and at least two steps (torch.export fixes a dimension traced at one step to that size)."""
+    step_h, step_w = size_step(model)
+    height, width = to_2tuple(model.config.image_size)
+    return max(2 * step_h, height // step_h * step_h), max(2 * step_w, width // step_w * step_w)
+
+
+def dynamic_shapes(model, dynamic_image_size: bool) -> dict:
+    """torch.export's dynamic dimensions: the batch, and the sides as multiples of the step (a step of one pixel,
+    the hybrid's CNN: any side the CNN takes, its range found by torch.export)."""
+    step_h, step_w = size_step(model)
+    axes = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if dynamic_image_size:
+        for axis, step, name in ((2, step_h, "rows"), (3, step_w, "columns")):
+            axes[axis] = torch.export.Dim.AUTO if step == 1 else step * torch.export.Dim(name, min=1, max=4096 // step)
+    return {"pixel_values": axes}
+
+
+def dynamic_axes(program) -> dict:
+    """{axis: "symbol in [low, high]"} of the program's input: what sizes the exported graph takes."""
+    shape = program.graph_signature.user_inputs and next(
+        node.meta["val"].shape
+        for node in program.graph.nodes
+        if node.op == "placeholder" and node.name in program.graph_signature.user_inputs
+    )
+    axes = {}
+    for axis, size in enumerate(shape):
+        if isinstance(size, torch.SymInt):
+            symbols = size.node.expr.free_symbols
+            ranges = [program.range_constraints[symbol] for symbol in symbols if symbol in program.range_constraints]
+            bounds = (
+                f" ({', '.join(f'{symbol} in [{r.lower}, {r.upper}]' for symbol, r in zip(symbols, ranges))})"
+                if ranges
+                else ""
+            )
+            axes[str(axis)] = f"{size.node.expr}{bounds}"
+    return axes
+
+
+def export_model(model, output_dir: str, dynamic_image_size: bool = True):
+    """Write `model.pt2` (torch.export) and `model.onnx` (torch.onnx's dynamo exporter) to `output_dir`.
+    Returns (the exported forward, the exported program)."""
+    check_exportable(model)
+    forward = ExportedForward(model).eval()
+    height, width = example_size(model)
+    example = torch.randn(2, model.config.num_channels, height, width)
+    shapes = dynamic_shapes(model, dynamic_image_size)
+    with torch.no_grad():
+        program = torch.export.export(forward, (example,), dynamic_shapes=shapes, strict=False)
+    os.makedirs(output_dir, exist_ok=True)
+    torch.export.save(program, os.path.join(output_dir, PROGRAM_FILE))
+    onnx_program = torch.onnx.export(
+        program, (example,), input_names=["pixel_values"], output_names=forward.output_names, dynamo=True, verbose=False
+    )
+    onnx_program.save(os.path.join(output_dir, ONNX_FILE))
+    return forward, program
+
+
+def check_with_onnxruntime(forward, onnx_path: str, sizes, batch_sizes=(1, 3), tolerance: float = TOLERANCE) -> dict:
+    """Run the ONNX model with onnxruntime on the CPU and PyTorch on random pixels of every (batch, size); returns
+    {"B x H x W": largest difference} and raises a ValueError when one exceeds `tolerance`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    differences = {}
+    generator = torch.Generator().manual_seed(0)
+    for height, width in sizes:
+        for batch_size in batch_sizes:
+            pixels = torch.randn(batch_size, forward.model.config.num_channels, height, width, generator=generator)
+            with torch.no_grad():
+                expected = forward(pixels)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            got = session.run(None, {"pixel_values": pixels.numpy()})
+            differences[f"{batch_size} x {height} x {width}"] = max(
+                float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected)
+            )
+    worst = max(differences, key=differences.get)
+    if differences[worst] > tolerance:
+        raise ValueError(
+            f"onnxruntime differs from PyTorch by {differences[worst]:.2e} at {worst} (tolerance {tolerance:g})"
+        )
+    return differences
+
+
+def check_sizes(model, sizes, dynamic_image_size: bool) -> list[tuple[int, int]]:
+    """The (h, w) sizes to check: `sizes` (each a side or "HxW"), every one a multiple of the export step, or the
+    traced size and, with dynamic sides, one step more."""
+    step_h, step_w = size_step(model)
+    traced = example_size(model)
+    if not sizes:
+        return [traced, (traced[0] + step_h, traced[1] + step_w)] if dynamic_image_size else [traced]
+    checked = []
+    for size in sizes:
+        parts = str(size).lower().split("x")
+        if len(parts) > 2 or not all(part.isdigit() for part in parts):
+            raise ValueError(f"--check_sizes {size}: expected a side (224) or HEIGHTxWIDTH (224x320)")
+        height, width = int(parts[0]), int(parts[-1])
+        if height % step_h or width % step_w or (not dynamic_image_size and (height, width) != traced):
+            allowed = (
+                f"multiples of {step_h}x{step_w}" if dynamic_image_size else f"{traced[0]}x{traced[1]} (static sizes)"
+            )
+            raise ValueError(f"--check_sizes {size}: this export takes {allowed}")
+        checked.append((height, width))
+    return checked
+
+
+def export_checkpoint(
+    model_name_or_path: str,
+    output_dir: str,
+    dynamic_image_size: bool = True,
+    sizes=None,
+    trust_remote_code: bool = False,
+    overwrite_output_dir: bool = False,
+) -> dict:
+    """Export a checkpoint (directory or Hub id) to `output_dir`: model.onnx, model.pt2, its image processor, and
+    export_report.json (dynamic axes, onnxruntime's largest difference per checked size). Bad input (a `UsageError`:
+    the checkpoint, the sizes, an `output_dir` that holds files without `overwrite_output_dir`) is found before
+    anything is written; an export that does not match PyTorch raises a ValueError."""
+    with usage_errors():
+        check_output_dir(output_dir, overwrite_output_dir)
+        model = load_model(model_name_or_path, trust_remote_code)
+        processor = checkpoint_image_processor(model_name_or_path, model.config, trust_remote_code)
+        sizes = check_sizes(model, sizes, dynamic_image_size)
+    forward, program = export_model(model, output_dir, dynamic_image_size)
+    differences = check_with_onnxruntime(forward, os.path.join(output_dir, ONNX_FILE), sizes)
+    processor.save_pretrained(output_dir)
+    report = dict(
+        source=model_name_or_path,
+        model_type=model.config.model_type,
+        outputs=forward.output_names,
+        dynamic_axes=dynamic_axes(program),
+        size_step=list(size_step(model)),
+        max_abs_difference=differences,
+        files=[ONNX_FILE, PROGRAM_FILE],
+    )
+    with open(os.path.join(output_dir, REPORT_FILE), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+COMMAND_LINE = """Export an hf_vit checkpoint to ONNX (model.onnx) and torch.export (model.pt2), checked with
+onnxruntime.
+
+    python scripts/export.py --model_name_or_path runs/digits-vit --output_dir runs/digits-vit-onnx
+    python scripts/export.py --model_name_or_path swin-t --output_dir swin-t-onnx --check_sizes 224 448
+    python scripts/export.py --model_name_or_path runs/digits-vit --output_dir out --static_image_size
+
+Every export has a dynamic batch; height and width are dynamic too (ViT, DeiT, hybrid: multiples of the patch
+size, or any size the CNN takes; Swin: multiples of patch_size * 2**(stages - 1) * window_size) unless
+--static_image_size. onnxruntime must match PyTorch within 1e-4 at two batch sizes and every checked size, or the
+export fails. export_report.json records the dynamic axes and the differences."""
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=COMMAND_LINE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", required=True, help="an hf_vit checkpoint: a directory or a Hub id")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--static_image_size", action="store_true", help="export for the traced image size only")
+    parser.add_argument(
+        "--check_sizes",
+        nargs="+",
+        default=None,
+        help="image sizes (a side or HxW) onnxruntime is checked at (default: the traced size and one step more)",
+    )
+    parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--overwrite_output_dir", action="store_true", help=OVERWRITE_HELP)
+    parser.add_argument(TRACEBACK_FLAG, action="store_true", help=TRACEBACK_HELP)
+    args = parser.parse_args(argv)
+
+    def body():
+        report = export_checkpoint(
+            args.model_name_or_path,
+            args.output_dir,
+            not args.static_image_size,
+            args.check_sizes,
+            args.trust_remote_code,
+            args.overwrite_output_dir,
+        )
+        worst = max(report["max_abs_difference"].values())
+        print(
+            f"{args.model_name_or_path} -> {args.output_dir}/{{{', '.join(report['files'])}}}: {report['model_type']}, "
+            f"outputs {report['outputs']}, dynamic axes {report['dynamic_axes']}; onnxruntime vs PyTorch at most "
+            f"{worst:.1e} over {list(report['max_abs_difference'])}"
+        )
+
+    return run_command(body, argv)

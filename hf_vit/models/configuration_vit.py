@@ -1,0 +1,254 @@
+"""Configuration of the plain Vision Transformer (model_type `hf_vit`)."""
+
+from typing import ClassVar
+
+from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
+
+from .configuration_utils import (
+    DefaultStagesMixin,
+    PresetsMixin,
+    check_choice,
+    check_masking,
+    check_positive,
+    check_probability,
+    to_2tuple,
+)
+
+
+def _vit(hidden_size, depth, heads, image_size=224, patch_size=16, mlp_ratio=4):
+    return dict(
+        hidden_size=hidden_size,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        intermediate_size=hidden_size * mlp_ratio,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+
+
+VIT_PRESETS = {
+    "vit-tiny-patch16-224": _vit(192, 12, 3),
+    "vit-small-patch16-224": _vit(384, 12, 6),
+    "vit-base-patch16-224": _vit(768, 12, 12),
+    "vit-large-patch16-224": _vit(1024, 24, 16),
+    # The article's CIFAR-10 model: 32 px, 4 px patches (64 tokens + CLS), d_model 128, 4 heads, 4 layers, d_ff 512.
+    "vit-cifar-patch4-32": _vit(128, 4, 4, image_size=32, patch_size=4),
+}
+
+
+POOLINGS = ("cls", "mean", "cls_mean", "map")
+POSITION_EMBEDDING_INITS = ("trunc_normal", "sincos")
+PATCH_EMBEDDING_INITS = ("trunc_normal", "xavier")
+
+
+class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig):
+    r"""The fields of the ViT token encoder that every ViT-style family (ViT, DeiT, hybrid) shares; not a model type
+    of its own.
+
+    Args:
+        image_size (`int` or `(int, int)`, defaults to 224): training resolution; the position embeddings are
+            sized for its token grid.
+        num_channels (`int`, defaults to 3): input channels.
+        hidden_size (`int`, defaults to 768): token width (d_model).
+        num_hidden_layers (`int`, defaults to 12): encoder blocks.
+        num_attention_heads (`int`, defaults to 12): heads per block; must divide hidden_size.
+        intermediate_size (`int`, defaults to 3072): MLP hidden width (d_ff).
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation.
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout on embeddings and residual branches.
+        attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on attention weights.
+        drop_path_rate (`float`, defaults to 0.0): stochastic depth of the last block; block i gets
+            `drop_path_rate * i / (num_hidden_layers - 1)`.
+        layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon.
+        qkv_bias (`bool`, defaults to `True`): bias in the query/key/value projection.
+        initializer_range (`float`, defaults to 0.02): std of the truncated-normal initialisation.
+        position_embedding_init (`str`, defaults to `"trunc_normal"`): how the learned position embeddings start:
+            `"trunc_normal"` as every other weight (ViT, DeiT); `"sincos"` at MAE's 2D sine-cosine table for the
+            grid (zeros for the CLS / distillation token), so that training from scratch starts knowing where each
+            patch is (fixed in Beyer et al. 2022's plain ViT; here only the start); needs hidden_size divisible by 4.
+        pooling (`str`, defaults to `"cls"`): what the head reads, `pooler_output`: `"cls"` the CLS token;
+            `"mean"` the average of the grid tokens (normalised after pooling, as timm's `global_pool="avg"`);
+            `"cls_mean"` the CLS token concatenated with the average of the normalised grid tokens, (B, 2 *
+            hidden_size) (DINOv2's classifier); `"map"` multihead attention pooling: a learned probe attends over
+            every normalised token, then a residual MLP (SigLIP; timm's `global_pool="map"`).
+        class_token (`bool`, defaults to `True`): prepend a learnable CLS token; without it pooling must be
+            `"mean"` or `"map"` (timm's `class_token=False` models, SigLIP).
+        num_register_tokens (`int`, defaults to 0): learnable register tokens after the CLS (and distillation)
+            token, without position embeddings (Darcet et al. 2023, DINOv2 with registers); no head reads them.
+        prefix_position_embeddings (`bool`, defaults to `True`): whether the CLS (and distillation) token gets a
+            position embedding; `False` adds them to the grid tokens only (DeiT III, timm's `no_embed_class`).
+        layer_scale_init_value (`float`, *optional*): LayerScale (Touvron et al. 2021, CaiT): each residual branch
+            is multiplied by a learned per-channel scale starting at this value (DINOv2: 1e-5, DeiT III: 1e-6);
+            `None` for none.
+        qk_norm (`bool`, defaults to `False`): LayerNorm over each head's queries and keys before attention.
+        out_features (`list[str]`, *optional*) / out_indices (`list[int]`, *optional*): what the `AutoBackbone`
+            returns: `"stem"` (the embeddings) and `"stage1"` ... `"stageN"` (after each block), as transformers'
+            Dinov2Backbone; default the last block.
+        feature_pyramid_channels (`int`, *optional*): `AutoBackbone` only: turn the last of `out_features` into
+            ViTDet's simple feature pyramid (Li et al. 2022): four maps at 4, 2, 1 and 1/2 times the token grid's
+            resolution (strides 4, 8, 16, 32 for 16 px patches), each with this many channels, for heads that want
+            several scales (UperNet, FPN).
+        interpolation_antialias (`bool`, defaults to `False`): resample position embeddings for other image sizes
+            with antialiased bicubic interpolation, as timm does, instead of plain bicubic, as transformers does
+            (PyTorch's two bicubic kernels differ, so a converted model keeps its source's choice).
+    """
+
+    image_size: int | list[int] | tuple[int, int] = 224
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    drop_path_rate: float = 0.0
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    initializer_range: float = 0.02
+    position_embedding_init: str = "trunc_normal"
+    pooling: str = "cls"
+    class_token: bool = True
+    num_register_tokens: int = 0
+    prefix_position_embeddings: bool = True
+    layer_scale_init_value: float | None = None
+    qk_norm: bool = False
+    interpolation_antialias: bool = False
+    feature_pyramid_channels: int | None = None
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        out_indices, out_features = kwargs.pop("out_indices", None), kwargs.pop("out_features", None)
+        super().__post_init__(**kwargs)
+        check_positive(
+            self,
+            "image_size",
+            "num_channels",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "layer_norm_eps",
+            "initializer_range",
+        )
+        check_probability(self, "hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        check_choice(self, "pooling", POOLINGS)
+        check_choice(self, "position_embedding_init", POSITION_EMBEDDING_INITS)
+        if self.position_embedding_init == "sincos" and self.hidden_size % 4:
+            raise ValueError(
+                f"position_embedding_init='sincos' needs hidden_size divisible by 4 (a sine and a cosine "
+                f"per axis), got {self.hidden_size}"
+            )
+        if not self.class_token and self.pooling not in ("mean", "map"):
+            raise ValueError(
+                f"class_token=False needs pooling='mean' or 'map' (there is no CLS token to pool), got {self.pooling!r}"
+            )
+        if (
+            isinstance(self.num_register_tokens, bool)
+            or not isinstance(self.num_register_tokens, int)
+            or self.num_register_tokens < 0
+        ):
+            raise ValueError(f"num_register_tokens must be a non-negative integer, got {self.num_register_tokens!r}")
+        if self.layer_scale_init_value is not None:
+            check_positive(self, "layer_scale_init_value")
+        if self.feature_pyramid_channels is not None:
+            check_positive(self, "feature_pyramid_channels")
+            if self.hidden_size % 4:
+                raise ValueError(
+                    f"feature_pyramid_channels needs hidden_size divisible by 4 (its finest level has "
+                    f"hidden_size / 4 channels before the projection), got {self.hidden_size}"
+                )
+        self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
+        self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
+
+    @property
+    def pooled_size(self) -> int:
+        """Width of `pooler_output`, the head's input: 2 * hidden_size for `"cls_mean"`, else hidden_size."""
+        return 2 * self.hidden_size if self.pooling == "cls_mean" else self.hidden_size
+
+
+class HfViTConfig(PresetsMixin, ViTEncoderConfig):
+    r"""Configuration of [`HfViTModel`] and [`HfViTForImageClassification`]: every `ViTEncoderConfig` field (image
+    size, encoder width and depth, pooling, ...), plus the patch embedding. Defaults give ViT-B/16 at 224 px.
+
+    Args:
+        patch_size (`int` or `(int, int)`, defaults to 16): side of the square patches; must divide image_size.
+        patch_embedding_type (`str`, defaults to `"patch"`): `"patch"` is one Conv2d with kernel = stride =
+            patch_size; `"conv_stem"` a stack of 3x3 stride-2 convolutions (Xiao et al. 2021) with the same output
+            grid, needing a power-of-two patch_size.
+        patch_embedding_init (`str`, defaults to `"trunc_normal"`): how the `"patch"` projection starts:
+            `"trunc_normal"` as every other weight; `"xavier"` as MAE's, Xavier-uniform over the flattened kernel
+            like a linear layer, so that each patch's content starts at the scale of the sine-cosine positions
+            (`position_embedding_init="sincos"`; with 4 px patches the truncated normal starts it ~6x below them);
+            only the start; needs `"patch"`.
+
+    Masked-image-modeling pretraining (`HfViTForPreTraining`: MAE; `HfViTForMaskedImageModeling`: SimMIM); the
+    other models ignore these fields:
+
+        mask_ratio (`float`, defaults to 0.75): fraction of the patches masked, in (0, 1) (MAE's 0.75; SimMIM's
+            0.6, which `scripts/pretrain.py --method simmim` uses unless told otherwise).
+        mask_patch_size (`int`, *optional*): SimMIM masks square blocks of this many pixels, a multiple of
+            patch_size; default: two patches (SimMIM's 32 px blocks of 16 px patches).
+        norm_pix_loss (`bool`, defaults to `False`): MAE predicts each patch normalised to zero mean and unit
+            variance (better features in MAE's paper).
+        decoder_hidden_size (`int`, defaults to 512), decoder_num_hidden_layers (`int`, defaults to 8),
+        decoder_num_attention_heads (`int`, defaults to 16), decoder_intermediate_size (`int`, defaults to 2048):
+            MAE's decoder, a pre-norm transformer of its own width and depth (MAE's defaults).
+    """
+
+    model_type = "hf_vit"
+    presets: ClassVar[dict] = VIT_PRESETS
+
+    patch_size: int | list[int] | tuple[int, int] = 16
+    patch_embedding_type: str = "patch"
+    patch_embedding_init: str = "trunc_normal"
+    mask_ratio: float = 0.75
+    mask_patch_size: int | None = None
+    norm_pix_loss: bool = False
+    decoder_hidden_size: int = 512
+    decoder_num_hidden_layers: int = 8
+    decoder_num_attention_heads: int = 16
+    decoder_intermediate_size: int = 2048
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        check_positive(self, "patch_size")
+        check_choice(self, "patch_embedding_type", ("patch", "conv_stem"))
+        check_choice(self, "patch_embedding_init", PATCH_EMBEDDING_INITS)
+        if self.patch_embedding_init == "xavier" and self.patch_embedding_type != "patch":
+            raise ValueError(
+                f"patch_embedding_init='xavier' starts the 'patch' projection (one linear map per patch); "
+                f"patch_embedding_type={self.patch_embedding_type!r} has none"
+            )
+        for image, patch in zip(to_2tuple(self.image_size), to_2tuple(self.patch_size)):
+            if image % patch:
+                raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
+        check_masking(self, to_2tuple(self.patch_size)[0])
+        check_positive(
+            self,
+            "decoder_hidden_size",
+            "decoder_num_hidden_layers",
+            "decoder_num_attention_heads",
+            "decoder_intermediate_size",
+        )
+        if self.decoder_hidden_size % self.decoder_num_attention_heads:
+            raise ValueError(
+                f"decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by "
+                f"decoder_num_attention_heads ({self.decoder_num_attention_heads})"
+            )
+        if self.decoder_hidden_size % 4:  # the decoder's fixed 2D sine-cosine positions take a quarter each
+            raise ValueError(f"decoder_hidden_size must be divisible by 4, got {self.decoder_hidden_size}")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(rows, columns) of patches at `image_size`."""
+        return tuple(i // p for i, p in zip(to_2tuple(self.image_size), to_2tuple(self.patch_size)))
+
+
+__all__ = ["HfViTConfig", "VIT_PRESETS", "ViTEncoderConfig"]

@@ -1,0 +1,140 @@
+"""DeiT (Touvron et al. 2021): the ViT encoder plus a learnable distillation token and a second head.
+
+The CLS head learns from the labels, the distillation head from a teacher; at inference the two are averaged.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .configuration_deit import HfDeiTConfig
+from .modeling_utils import image_classification_loss
+from .modeling_vit import HfViTBackbone, HfViTForPreTraining, HfViTModel, HfViTPreTrainedModel
+
+
+@dataclass
+class HfDeiTImageClassifierOutput(ModelOutput):
+    """`logits` is the mean of `cls_logits` and `distillation_logits`, each (B, num_labels)."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cls_logits: torch.FloatTensor | None = None
+    distillation_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def deit_loss(cls_logits, distillation_logits, labels, teacher_logits, config) -> torch.Tensor:
+    """`(1 - alpha) * CE(cls_logits, labels) + alpha * D`.
+
+    - hard: `D = CE(distillation_logits, teacher_logits.argmax(-1))`;
+    - soft: `D = KL(softmax(teacher / tau) || softmax(student / tau)) * tau**2`, averaged over the batch (the usual
+      knowledge-distillation scaling; DeiT's own code divides the summed KL by batch x classes instead);
+    - without teacher logits (or with `distillation_type="none"`) the distillation head learns from the labels too.
+
+    `labels` may be class ids or (B, num_labels) soft targets (Mixup / CutMix); they only enter the label terms.
+    """
+    alpha, tau = config.distillation_alpha, config.distillation_tau
+    # every term in fp32, whatever the model computes in (bf16 / fp16 mixed precision)
+    cls_logits, distillation_logits = cls_logits.float(), distillation_logits.float()
+    teacher_logits = None if teacher_logits is None else teacher_logits.float()
+    label_loss = image_classification_loss(cls_logits, labels, config)
+    if teacher_logits is None:
+        distillation = image_classification_loss(distillation_logits, labels, config)
+    elif config.distillation_type == "none":
+        raise ValueError("teacher_logits were given but distillation_type='none'; set it to 'hard' or 'soft'")
+    elif config.distillation_type == "hard":
+        distillation = F.cross_entropy(distillation_logits, teacher_logits.argmax(dim=-1))
+    else:
+        distillation = F.kl_div(
+            F.log_softmax(distillation_logits / tau, dim=-1),
+            F.log_softmax(teacher_logits / tau, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        ) * (tau**2)
+    return (1 - alpha) * label_loss + alpha * distillation
+
+
+class HfDeiTModel(HfViTModel):
+    """The ViT encoder with a distillation token: `last_hidden_state` (B, 2 + N, C), [:, 0] CLS, [:, 1] distillation."""
+
+    config: HfDeiTConfig
+    config_class = HfDeiTConfig
+    base_model_prefix = "deit"
+    has_distillation_token = True
+
+
+class HfDeiTForImageClassification(HfViTPreTrainedModel):
+    """DeiT with its two heads: (B, C, H, W) -> logits (B, num_labels), the mean of both heads."""
+
+    config: HfDeiTConfig
+    config_class = HfDeiTConfig
+    base_model_prefix = "deit"
+
+    def __init__(self, config: HfDeiTConfig):
+        super().__init__(config)
+        self.deit = HfDeiTModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.distillation_classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> HfDeiTImageClassifierOutput | tuple:
+        """labels: (B,) ids or (B, num_labels) soft targets; teacher_logits: (B, num_labels) from a frozen teacher."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if teacher_logits is not None and labels is None:
+            raise ValueError("teacher_logits need labels: the CLS head always learns from the labels")
+        features = self.encode_for_head(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
+        cls_logits = self.classifier(features.last_hidden_state[:, 0])
+        distillation_logits = self.distillation_classifier(features.last_hidden_state[:, 1])
+        loss = None
+        if labels is not None:
+            loss = deit_loss(cls_logits, distillation_logits, labels, teacher_logits, self.config)
+        output = HfDeiTImageClassifierOutput(
+            loss=loss,
+            logits=(cls_logits + distillation_logits) / 2,
+            cls_logits=cls_logits,
+            distillation_logits=distillation_logits,
+            hidden_states=features.hidden_states,
+            attentions=features.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class HfDeiTForPreTraining(HfViTForPreTraining):
+    """MAE on the DeiT encoder: `HfViTForPreTraining` whose decoder also carries the distillation token."""
+
+    config: HfDeiTConfig
+    config_class = HfDeiTConfig
+    base_model_prefix = "deit"
+    base_model_class = HfDeiTModel
+
+
+class HfDeiTBackbone(HfViTBackbone):
+    """`HfViTBackbone` on the DeiT encoder (CLS and distillation tokens dropped from the maps)."""
+
+    config: HfDeiTConfig
+    config_class = HfDeiTConfig
+    base_model_prefix = "deit"
+    base_model_class = HfDeiTModel
+
+
+__all__ = [
+    "HfDeiTBackbone",
+    "HfDeiTForImageClassification",
+    "HfDeiTForPreTraining",
+    "HfDeiTImageClassifierOutput",
+    "HfDeiTModel",
+    "deit_loss",
+]

@@ -1,0 +1,164 @@
+"""What every family's models share around their layers: the input check, the output flags, the loss from the
+labels, the classifier and backbone outputs, and what a model declares about its parameters for training
+(`ParameterGroupsMixin`).
+
+Checkpoints carry this file beside their modeling file (``trust_remote_code``), so it imports only torch,
+transformers and the configuration helpers.
+"""
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.loss.loss_utils import ForSequenceClassificationLoss
+from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
+
+from .configuration_utils import to_2tuple
+
+
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size, multiple_of, any_size: bool):
+    """Raise a ValueError naming expected and received shapes unless `pixel_values` fits the model.
+
+    With `any_size` the height and width only need to be multiples of `multiple_of` (the patch size).
+    """
+    if pixel_values.ndim != 4:
+        raise ValueError(
+            f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}"
+        )
+    batch_size, channels, height, width = pixel_values.shape
+    if channels != num_channels:
+        raise ValueError(
+            f"pixel_values has {channels} channels, the model expects num_channels={num_channels} "
+            f"(got shape {tuple(pixel_values.shape)})"
+        )
+    image_height, image_width = to_2tuple(image_size)
+    if any_size:
+        step_h, step_w = to_2tuple(multiple_of)
+        if height % step_h or width % step_w:
+            raise ValueError(
+                f"Image size {height}x{width} is not a multiple of the patch size {step_h}x{step_w}; "
+                "resize or pad the images first"
+            )
+    elif (height, width) != (image_height, image_width):
+        raise ValueError(
+            f"Input image size {height}x{width} doesn't match the model's {image_height}x{image_width}: expected "
+            f"pixel_values of shape ({batch_size}, {num_channels}, {image_height}, {image_width}), got "
+            f"{tuple(pixel_values.shape)}. Pass interpolate_pos_encoding=True to run other sizes."
+        )
+
+
+def resolve_output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+    """A forward call's (output_attentions, output_hidden_states, return_dict): the call's values, else the
+    config's. Attention maps only exist under the eager kernel, so asking for them otherwise is an error."""
+    output_attentions = config.output_attentions if output_attentions is None else output_attentions
+    output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+    return_dict = config.return_dict if return_dict is None else return_dict
+    if output_attentions and config._attn_implementation != "eager":
+        raise ValueError(
+            f"output_attentions=True needs attn_implementation='eager' (this model uses "
+            f"{config._attn_implementation!r}); load it with attn_implementation='eager' or call "
+            "model.set_attn_implementation('eager')"
+        )
+    return output_attentions, output_hidden_states, return_dict
+
+
+def image_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
+    """Loss for a (B, num_labels) head, computed in fp32.
+
+    Float label distributions of shape (B, num_labels) (Mixup, CutMix, label smoothing) give soft-target
+    cross-entropy unless `config.problem_type` says multi-label or regression; everything else follows
+    transformers: integer labels -> cross-entropy, `problem_type` multi_label_classification -> BCE,
+    regression -> MSE.
+    """
+    logits = logits.float()  # in fp32 whatever the model computes in: a bf16 / fp16 softmax loses the small terms
+    soft_targets = labels.is_floating_point() and labels.shape == logits.shape and config.num_labels > 1
+    if soft_targets and config.problem_type in (None, "single_label_classification"):
+        return torch.sum(-labels.to(logits.device) * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    return ForSequenceClassificationLoss(labels, logits, config)
+
+
+def classifier_output(logits, labels, features, config, return_dict: bool):
+    """The `ImageClassifierOutput` (or tuple) of a single-head classifier: logits, loss from `labels` if given, and
+    the encoder's hidden states and attentions."""
+    loss = None if labels is None else image_classification_loss(logits, labels, config)
+    output = ImageClassifierOutput(
+        loss=loss, logits=logits, hidden_states=features.hidden_states, attentions=features.attentions
+    )
+    return output if return_dict else output.to_tuple()
+
+
+def backbone_output(config, feature_maps, hidden_states, attentions, output_hidden_states, return_dict):
+    """The `BackboneOutput` (or tuple) of a backbone: its maps, and the hidden states when the call (else the
+    config) asks for them."""
+    return_dict = config.return_dict if return_dict is None else return_dict
+    output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+    output = BackboneOutput(
+        feature_maps=feature_maps, hidden_states=hidden_states if output_hidden_states else None, attentions=attentions
+    )
+    return output if return_dict else output.to_tuple()
+
+
+class LinearClassifierMixin:
+    """A classifier whose linear head reads the base model's `pooler_output` (ViT, the hybrid, Swin): the head and
+    `forward` they share; the class sets `base_model_class` and implements `encode_for_head`."""
+
+    def add_head(self, config, width: int) -> None:
+        """The base model under `base_model_prefix`, and a (width -> num_labels) head (none for num_labels=0)."""
+        setattr(self, self.base_model_prefix, self.base_model_class(config))
+        self.classifier = nn.Linear(width, config.num_labels) if config.num_labels > 0 else nn.Identity()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ImageClassifierOutput | tuple:
+        """pixel_values (B, C, H, W) -> logits (B, num_labels). labels: (B,) class ids, or (B, num_labels) float
+        targets (soft labels, multi-label, regression)."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        features = self.encode_for_head(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
+        return classifier_output(self.classifier(features.pooler_output), labels, features, self.config, return_dict)
+
+
+class ParameterGroupsMixin:
+    """What the training application asks a model about its parameters, each family declaring its own (as timm's
+    `no_weight_decay()` and `group_matcher()`): `no_weight_decay()`, `layer_ids()` for layer-wise learning-rate
+    decay, `backbone_parameters()` for a backbone's own learning rate."""
+
+    no_weight_decay_names: tuple[str, ...] = ()  # endings of the parameter names that take no weight decay
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters besides biases and norms (every 1-D parameter) that take no weight decay."""
+        return {name for name, _ in self.named_parameters() if name.endswith(self.no_weight_decay_names)}
+
+    def block_of(self, name: str) -> int | None:
+        """The transformer block (1 to `num_blocks`, in forward order) a parameter belongs to, or None."""
+        raise NotImplementedError
+
+    @property
+    def num_blocks(self) -> int:
+        raise NotImplementedError
+
+    def layer_ids(self) -> tuple[dict[str, int], int]:
+        """({parameter name: layer}, layers) for layer-wise learning-rate decay, numbered as timm's
+        `param_groups_layer_decay`: i for the i-th block (`block_of`); 0 for the embeddings and what they hold (prefix
+        tokens, a hybrid's CNN backbone); the base model's final norm with the last block; the heads (an
+        attention-pooling head too) one above it."""
+
+        def layer(name: str) -> int:
+            block = self.block_of(name)
+            if block is not None:
+                return block
+            if re.search(r"(?:^|\.)(?:patch_)?embeddings\.", name):
+                return 0
+            return self.num_blocks if re.search(r"(?:^|\.)layernorm\.", name) else self.num_blocks + 1
+
+        return {name: layer(name) for name, _ in self.named_parameters()}, self.num_blocks + 2
+
+    def backbone_parameters(self) -> list:
+        """The parameters of a CNN backbone the model runs (a hybrid's), which may learn at a rate of their own."""
+        return []

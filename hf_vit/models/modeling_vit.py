@@ -1,0 +1,695 @@
+"""The Vision Transformer (Dosovitskiy et al. 2020, "An Image Is Worth 16x16 Words").
+
+Image -> patch embedding -> [CLS] + patches + learned 1D position embeddings -> pre-norm encoder -> LayerNorm
+-> linear head on the CLS token (or on the mean of the patch tokens). The options of the later ViTs are config
+fields: register tokens, LayerScale, qk-norm, position embeddings for the grid only, CLS + mean and attention
+pooling.
+"""
+
+import re
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import (
+    BackboneOutput,
+    BaseModelOutput,
+    BaseModelOutputWithPooling,
+)
+
+from .configuration_utils import to_2tuple
+from .configuration_vit import HfViTConfig
+from .layers import (
+    AttentionPooling,
+    GridEmbedding,
+    MultiHeadSelfAttention,
+    PatchEmbedding,
+    PatchProjection,
+    PreNormBlock,
+    drop_path_rates,
+    init_transformer_weights,
+    resample_position_embeddings,
+)
+from .modeling_mim import (
+    MaskedAutoencoderOutput,
+    PretrainingHeadLoading,
+    SimMIMOutput,
+    mae_loss,
+    mae_reconstruction,
+    patchify,
+    random_block_mask,
+    random_masking,
+    simmim_decoder,
+    simmim_loss,
+    simmim_reconstruction,
+    sincos_position_table,
+)
+from .modeling_utils import (
+    LinearClassifierMixin,
+    ParameterGroupsMixin,
+    backbone_output,
+    check_pixel_values,
+    resolve_output_flags,
+)
+
+
+class ConvStemPatchEmbedding(GridEmbedding):
+    """Convolutional stem (Xiao et al. 2021): 3x3 stride-2 conv + BatchNorm + ReLU blocks, then a 1x1 projection.
+
+    The strides multiply to `patch_size`, so the token grid equals the plain patch embedding's.
+    (B, C, H, W) -> (B, hidden, H / p, W / p).
+    """
+
+    def __init__(self, patch_size, num_channels: int, hidden_size: int):
+        super().__init__()
+        self.input_multiple = to_2tuple(patch_size)
+        side = self.input_multiple[0]
+        if self.input_multiple[1] != side or side & (side - 1):
+            raise ValueError(
+                f"patch_embedding_type='conv_stem' needs a square power-of-two patch_size, got {self.input_multiple}"
+            )
+        num_blocks = side.bit_length() - 1
+        channels = [num_channels] + [max(hidden_size // 2 ** (num_blocks - i), 16) for i in range(num_blocks)]
+        blocks = []
+        for in_channels, out_channels in zip(channels[:-1], channels[1:]):
+            blocks += [
+                nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+            ]
+        self.stem = nn.Sequential(*blocks)
+        self.projection = nn.Conv2d(channels[-1], hidden_size, kernel_size=1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.stem(pixel_values))
+
+
+class TokenEmbeddings(nn.Module):
+    """Prepends the prefix tokens: the learnable CLS token (unless `class_token=False`), DeiT's distillation token
+    (if asked) and `num_register_tokens` registers; adds learned 1D position embeddings to the grid tokens, and to
+    the CLS and distillation tokens when `prefix_position_embeddings` (registers never get one).
+
+    (B, C, gh, gw) feature grid -> (B, prefix + gh * gw, C). A grid other than the trained one needs
+    `interpolate_pos_encoding=True` (bicubic resampling of the grid part). For masked image modeling:
+    `bool_masked_pos` (B, gh * gw) replaces the masked grid tokens by the learned `mask_token` before the positions
+    are added (SimMIM; needs `mask_token=True`); `kept_positions` (B, K) keeps only those grid tokens after the
+    positions are added, so the output is (B, prefix + K, C) (MAE).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        grid_size,
+        dropout: float,
+        class_token=True,
+        distillation_token=False,
+        antialias=False,
+        num_register_tokens=0,
+        prefix_position_embeddings=True,
+        mask_token=False,
+    ):
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        self.antialias = antialias
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if class_token else None
+        self.distillation_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if distillation_token else None
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, num_register_tokens, hidden_size)) if num_register_tokens else None
+        )
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if mask_token else None
+        # CLS and distillation tokens with a position embedding, in front of the grid in `position_embeddings`.
+        self.num_positioned_prefix = (int(class_token) + int(distillation_token)) * prefix_position_embeddings
+        self.num_prefix_tokens = int(class_token) + int(distillation_token) + num_register_tokens
+        num_positions = self.num_positioned_prefix + self.grid_size[0] * self.grid_size[1]
+        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, hidden_size))
+        self.dropout = nn.Dropout(dropout)
+
+    def sincos_table(self) -> torch.Tensor:
+        """MAE's 2D sine-cosine positions for the grid, zeros for the positioned prefix: (1, positions, C)."""
+        return sincos_position_table(self.grid_size, self.position_embeddings.shape[-1], self.num_positioned_prefix)
+
+    @torch.no_grad()
+    def resize_grid(self, grid_size) -> None:
+        """Resample the position embeddings to a new grid for good (they are saved at the new size)."""
+        resampled = resample_position_embeddings(
+            self.position_embeddings, self.num_positioned_prefix, self.grid_size, grid_size, self.antialias
+        )
+        self.position_embeddings = nn.Parameter(resampled.contiguous())
+        self.grid_size = tuple(grid_size)
+
+    def forward(
+        self,
+        feature_grid: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        bool_masked_pos=None,
+        kept_positions=None,
+    ) -> torch.Tensor:
+        batch_size, _, grid_h, grid_w = feature_grid.shape
+        if not interpolate_pos_encoding and (grid_h, grid_w) != self.grid_size:
+            raise ValueError(
+                f"The input gives a {grid_h}x{grid_w} token grid but the position embeddings are for "
+                f"{self.grid_size[0]}x{self.grid_size[1]}; pass interpolate_pos_encoding=True to resample them"
+            )
+        position_embeddings = resample_position_embeddings(
+            self.position_embeddings, self.num_positioned_prefix, self.grid_size, (grid_h, grid_w), self.antialias
+        )
+        prefix = [
+            token.expand(batch_size, -1, -1) for token in (self.cls_token, self.distillation_token) if token is not None
+        ]
+        grid = feature_grid.flatten(2).transpose(1, 2)
+        if bool_masked_pos is not None:
+            if self.mask_token is None:
+                raise ValueError("bool_masked_pos needs a model with a mask token (HfViTForMaskedImageModeling)")
+            grid = torch.where(bool_masked_pos[..., None].bool(), self.mask_token.to(grid.dtype), grid)
+        if self.num_positioned_prefix:
+            tokens = torch.cat(prefix + [grid], 1) + position_embeddings
+            prefix, grid = [tokens[:, : self.num_positioned_prefix]], tokens[:, self.num_positioned_prefix :]
+        else:
+            grid = grid + position_embeddings
+        if kept_positions is not None:
+            grid = torch.gather(grid, 1, kept_positions[..., None].expand(-1, -1, grid.shape[-1]))
+        if self.register_tokens is not None:
+            prefix.append(self.register_tokens.expand(batch_size, -1, -1))
+        return self.dropout(torch.cat(prefix + [grid], 1))
+
+
+class EncoderLayer(PreNormBlock):
+    """The ViT block: global multi-head self-attention over all tokens, (B, N, C) -> (B, N, C)."""
+
+    def __init__(self, config, drop_path_rate: float = 0.0):
+        attention = MultiHeadSelfAttention(config, config.hidden_size, config.num_attention_heads, config.qk_norm)
+        super().__init__(
+            config,
+            config.hidden_size,
+            attention,
+            config.intermediate_size,
+            drop_path_rate,
+            config.layer_scale_init_value,
+        )
+
+
+class Encoder(nn.Module):
+    """A stack of `EncoderLayer`s with linearly growing stochastic depth: (B, N, C) -> (B, N, C)."""
+
+    def __init__(self, config):
+        super().__init__()
+        rates = drop_path_rates(config.drop_path_rate, config.num_hidden_layers)
+        self.layers = nn.ModuleList([EncoderLayer(config, rate) for rate in rates])
+
+    def forward(
+        self, hidden_states, output_attentions=False, output_hidden_states=False, last_layer_queries: int | None = None
+    ) -> BaseModelOutput:
+        """`last_layer_queries`: the last layer computes only the first this many tokens, so `last_hidden_state` is
+        (B, last_layer_queries, C); for heads that read nothing else."""
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            num_queries = last_layer_queries if layer is self.layers[-1] else None
+            hidden_states, attn_weights = layer(hidden_states, num_queries=num_queries)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+class MaskedAutoencoderDecoder(nn.Module):
+    """MAE's decoder: the encoder's tokens (prefix + visible) -> `decoder_hidden_size`, mask tokens in the dropped
+    places, fixed sine-cosine positions, `decoder_num_hidden_layers` pre-norm blocks, LayerNorm, a linear prediction
+    of each patch's p * p * C pixels. (B, prefix + K, C) -> (B, N, p * p * C)."""
+
+    def __init__(self, config, num_prefix_tokens: int, grid_size):
+        super().__init__()
+        dim, heads = config.decoder_hidden_size, config.decoder_num_attention_heads
+        patch_h, patch_w = to_2tuple(config.patch_size)
+        self.num_prefix_tokens, self.grid_size = num_prefix_tokens, tuple(grid_size)
+        self.embed = nn.Linear(config.hidden_size, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # Fixed, as MAE's: one position per token the decoder sees (the prefix tokens first).
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, num_prefix_tokens + grid_size[0] * grid_size[1], dim), requires_grad=False
+        )
+        self.layers = nn.ModuleList(
+            [
+                PreNormBlock(config, dim, MultiHeadSelfAttention(config, dim, heads), config.decoder_intermediate_size)
+                for _ in range(config.decoder_num_hidden_layers)
+            ]
+        )
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.prediction = nn.Linear(dim, patch_h * patch_w * config.num_channels)
+
+    def sincos_table(self) -> torch.Tensor:
+        """MAE's fixed positions, (1, prefix + N, dim)."""
+        return sincos_position_table(self.grid_size, self.position_embeddings.shape[-1], self.num_prefix_tokens)
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid_size) -> torch.Tensor:
+        hidden_states = self.embed(latent)
+        prefix, visible = hidden_states[:, : self.num_prefix_tokens], hidden_states[:, self.num_prefix_tokens :]
+        batch_size, num_tokens = ids_restore.shape
+        mask_tokens = self.mask_token.to(visible.dtype).expand(batch_size, num_tokens - visible.shape[1], -1)
+        grid = torch.cat([visible, mask_tokens], dim=1)
+        grid = torch.gather(grid, 1, ids_restore[..., None].expand(-1, -1, grid.shape[-1]))
+        positions = resample_position_embeddings(
+            self.position_embeddings, self.num_prefix_tokens, self.grid_size, grid_size
+        )
+        hidden_states = torch.cat([prefix, grid], dim=1) + positions.to(grid.dtype)
+        for layer in self.layers:
+            hidden_states, _ = layer(hidden_states)
+        return self.prediction(self.norm(hidden_states))[:, self.num_prefix_tokens :]
+
+
+class HfViTPreTrainedModel(ParameterGroupsMixin, PretrainingHeadLoading, PreTrainedModel):
+    config: HfViTConfig
+    config_class = HfViTConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TokenEmbeddings", "EncoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        init_transformer_weights(module, std)
+        if isinstance(module, TokenEmbeddings):
+            for token in (
+                module.cls_token,
+                module.distillation_token,
+                module.register_tokens,
+                module.position_embeddings,
+                module.mask_token,
+            ):
+                if token is not None:
+                    init.trunc_normal_(token, std=std, a=-2 * std, b=2 * std)
+            if self.config.position_embedding_init == "sincos":
+                init.copy_(module.position_embeddings, module.sincos_table())
+        elif isinstance(module, PatchProjection) and self.config.patch_embedding_init == "xavier":
+            bound = module.linear_xavier_bound()
+            init.uniform_(module.weight, -bound, bound)
+        elif isinstance(module, MaskedAutoencoderDecoder):
+            init.trunc_normal_(module.mask_token, std=std, a=-2 * std, b=2 * std)
+            init.copy_(module.position_embeddings, module.sincos_table())
+
+    # the tokens and position embeddings, which decay would only pull towards zero (DeiT's and timm's)
+    no_weight_decay_names = ("position_embeddings", "cls_token", "distillation_token", "register_tokens", "mask_token")
+
+    def block_of(self, name: str) -> int | None:
+        block = re.search(r"(?:^|\.)encoder\.layers\.(\d+)\.", name)
+        return None if block is None else int(block[1]) + 1
+
+    @property
+    def num_blocks(self) -> int:
+        return self.config.num_hidden_layers
+
+    def head_reads_prefix_only(self, output_attentions: bool | None, output_hidden_states: bool | None) -> bool:
+        """Whether a classifier call needs the prefix tokens only from the last block (`prefix_tokens_only`): CLS
+        pooling, and no per-token output asked for by the call or the config."""
+        output_attentions, output_hidden_states, _ = resolve_output_flags(
+            self.config, output_attentions, output_hidden_states, None
+        )
+        return self.config.pooling == "cls" and not (output_attentions or output_hidden_states)
+
+    def encode_for_head(self, pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states):
+        """The base model's output for a classifier's head: the last block computes the prefix tokens only when the
+        head reads nothing else (`head_reads_prefix_only`)."""
+        return self.base_model(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            prefix_tokens_only=self.head_reads_prefix_only(output_attentions, output_hidden_states),
+        )
+
+    def set_image_size(self, image_size) -> None:
+        """Run at a new resolution from now on: the position embeddings are resampled (bicubic) to the new token
+        grid and saved at that size, and `config.image_size` follows."""
+        patch_embeddings = self.base_model.patch_embeddings
+        for size, step in zip(to_2tuple(image_size), patch_embeddings.input_multiple):
+            if size <= 0 or size % step:
+                raise ValueError(
+                    f"image_size {image_size} must be a positive multiple of patch_size "
+                    f"{patch_embeddings.input_multiple}"
+                )
+        self.config.image_size = image_size
+        self.base_model.embeddings.resize_grid(patch_embeddings.grid_size(image_size))
+
+
+class HfViTModel(HfViTPreTrainedModel):
+    """ViT encoder. `forward` returns `last_hidden_state` (B, prefix + N, C) and `pooler_output` (B, C), or (B, 2C) for
+    `pooling="cls_mean"`; the prefix is the CLS token (none with `class_token=False`), then the registers."""
+
+    has_distillation_token = False
+
+    def __init__(self, config: HfViTConfig, use_mask_token: bool = False):
+        """`use_mask_token`: a learned token for masked patches (`bool_masked_pos`; SimMIM)."""
+        super().__init__(config)
+        self.patch_embeddings = self.make_patch_embeddings(config)
+        self.embeddings = TokenEmbeddings(
+            config.hidden_size,
+            self.patch_embeddings.grid_size(config.image_size),
+            config.hidden_dropout_prob,
+            class_token=config.class_token,
+            distillation_token=self.has_distillation_token,
+            antialias=config.interpolation_antialias,
+            num_register_tokens=config.num_register_tokens,
+            prefix_position_embeddings=config.prefix_position_embeddings,
+            mask_token=use_mask_token,
+        )
+        self.num_prefix_tokens = self.embeddings.num_prefix_tokens
+        self.encoder = Encoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = None
+        if config.pooling == "map":
+            self.pooler = AttentionPooling(
+                config, config.hidden_size, config.num_attention_heads, config.intermediate_size
+            )
+        self.post_init()
+
+    def make_patch_embeddings(self, config) -> GridEmbedding:
+        """The module that turns images into the (B, hidden, gh, gw) token grid."""
+        patch_embedding = ConvStemPatchEmbedding if config.patch_embedding_type == "conv_stem" else PatchEmbedding
+        return patch_embedding(config.patch_size, config.num_channels, config.hidden_size)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        prefix_tokens_only: bool = False,
+        bool_masked_pos: torch.Tensor | None = None,
+        kept_positions: torch.Tensor | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """pixel_values: (B, num_channels, H, W), H x W = image_size unless `interpolate_pos_encoding`.
+
+        `prefix_tokens_only`: the last block computes only the prefix tokens (CLS, distillation), all a CLS-pooling
+        head reads, so `last_hidden_state` is (B, prefix, C); it skips most of that block's work.
+        `bool_masked_pos` (B, N): grid tokens replaced by the mask token (SimMIM); `kept_positions` (B, K): the only
+        grid tokens the encoder sees (MAE), so `last_hidden_state` is (B, prefix + K, C).
+        """
+        config = self.config
+        output_attentions, output_hidden_states, return_dict = resolve_output_flags(
+            config, output_attentions, output_hidden_states, return_dict
+        )
+        if prefix_tokens_only and not self.head_reads_prefix_only(output_attentions, output_hidden_states):
+            raise ValueError(
+                "prefix_tokens_only needs pooling='cls' and no output_attentions / output_hidden_states (they need "
+                f"every token of the last block); got pooling={config.pooling!r}, output_attentions="
+                f"{output_attentions}, output_hidden_states={output_hidden_states}"
+            )
+        check_pixel_values(
+            pixel_values,
+            config.num_channels,
+            config.image_size,
+            self.patch_embeddings.input_multiple,
+            bool(interpolate_pos_encoding),
+        )
+
+        pixel_values = pixel_values.to(self.dtype)
+        patch_grid = self.patch_embeddings(pixel_values)
+        hidden_states = self.embeddings(patch_grid, bool(interpolate_pos_encoding), bool_masked_pos, kept_positions)
+        last_layer_queries = self.num_prefix_tokens if prefix_tokens_only else None
+        encoded = self.encoder(hidden_states, output_attentions, output_hidden_states, last_layer_queries)
+        last_hidden_state = self.layernorm(encoded.last_hidden_state)
+        grid_tokens = slice(self.num_prefix_tokens, None)
+        if config.pooling == "mean":
+            # timm's global_pool="avg": average the un-normalised patch tokens, then normalise.
+            pooled = self.layernorm(encoded.last_hidden_state[:, grid_tokens].mean(dim=1))
+        elif config.pooling == "cls_mean":  # DINOv2's classifier input: (B, 2C)
+            pooled = torch.cat([last_hidden_state[:, 0], last_hidden_state[:, grid_tokens].mean(dim=1)], dim=-1)
+        elif config.pooling == "map":
+            pooled = self.pooler(last_hidden_state)
+        else:
+            pooled = last_hidden_state[:, 0]
+
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class HfViTForImageClassification(LinearClassifierMixin, HfViTPreTrainedModel):
+    """ViT with a linear head on the pooled token: (B, C, H, W) -> logits (B, num_labels)."""
+
+    base_model_class = HfViTModel
+
+    def __init__(self, config: HfViTConfig):
+        super().__init__(config)
+        self.add_head(config, config.pooled_size)
+        self.post_init()
+
+
+class HfViTForPreTraining(HfViTPreTrainedModel):
+    """MAE (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners"): the encoder sees the prefix tokens and
+    a random `1 - config.mask_ratio` of the patches, `MaskedAutoencoderDecoder` predicts the pixels of the others.
+    (B, C, H, W) -> `MaskedAutoencoderOutput` (loss, predicted patches, mask). Its checkpoint loads into the
+    classifier and the base model, the decoder left out."""
+
+    base_model_class = HfViTModel
+
+    def __init__(self, config: HfViTConfig):
+        super().__init__(config)
+        if config.patch_embedding_type != "patch":
+            raise ValueError(
+                f"MAE needs patch_embedding_type='patch': a {config.patch_embedding_type!r} embedding mixes "
+                "neighbouring patches, so visible tokens would see the masked pixels"
+            )
+        encoder = self.base_model_class(config)
+        setattr(self, self.base_model_prefix, encoder)
+        self.decoder = MaskedAutoencoderDecoder(config, encoder.num_prefix_tokens, encoder.embeddings.grid_size)
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, TokenEmbeddings):  # MAE's positions: the fixed sine-cosine table; here only the start
+            init.copy_(module.position_embeddings, module.sincos_table())
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> MaskedAutoencoderOutput | tuple:
+        """noise (B, N): the patches with the smallest values are kept (default: uniform random), as transformers'
+        ViTMAEForPreTraining draws them."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        encoder = self.base_model
+        grid = encoder.patch_embeddings.grid_size(pixel_values.shape[-2:])
+        kept, mask, ids_restore = random_masking(
+            pixel_values.shape[0], grid[0] * grid[1], self.config.mask_ratio, noise, pixel_values.device
+        )
+        features = encoder(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            kept_positions=kept,
+        )
+        logits = self.decoder(features.last_hidden_state, ids_restore, grid)
+        target = patchify(pixel_values.to(logits.dtype), encoder.patch_embeddings.input_multiple)
+        output = MaskedAutoencoderOutput(
+            loss=mae_loss(logits, target, mask, self.config.norm_pix_loss),
+            logits=logits,
+            mask=mask,
+            ids_restore=ids_restore,
+            hidden_states=features.hidden_states,
+            attentions=features.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def reconstruct(self, pixel_values: torch.Tensor, output: MaskedAutoencoderOutput) -> torch.Tensor:
+        """(B, C, H, W): the input where the patches were visible, the prediction where they were masked."""
+        patch_size = self.base_model.patch_embeddings.input_multiple
+        return mae_reconstruction(pixel_values, output.logits, output.mask, patch_size, self.config.norm_pix_loss)
+
+
+class HfViTForMaskedImageModeling(HfViTPreTrainedModel):
+    """SimMIM (Xie et al. 2022, "A Simple Framework for Masked Image Modeling") on the ViT: masked patches become a
+    learned mask token, a 1x1 convolution and a pixel shuffle reconstruct the image from the grid tokens, L1 on
+    the masked pixels. (B, C, H, W) -> `SimMIMOutput` (loss, reconstruction, mask)."""
+
+    base_model_class = HfViTModel
+
+    def __init__(self, config: HfViTConfig):
+        super().__init__(config)
+        encoder = self.base_model_class(config, use_mask_token=True)
+        setattr(self, self.base_model_prefix, encoder)
+        patch_h, patch_w = encoder.patch_embeddings.input_multiple
+        if patch_h != patch_w:
+            raise ValueError(f"SimMIM's pixel-shuffle decoder needs square patches, got patch_size {config.patch_size}")
+        self.decoder = simmim_decoder(config.hidden_size, patch_h, config.num_channels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SimMIMOutput | tuple:
+        """bool_masked_pos (B, N): True for masked patches (default: random blocks of `config.mask_patch_size` px,
+        two patches wide if unset, as SimMIM's 32 px blocks of 16 px patches; `config.mask_ratio` of them)."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        encoder = self.base_model
+        patch_size = encoder.patch_embeddings.input_multiple
+        grid = encoder.patch_embeddings.grid_size(pixel_values.shape[-2:])
+        if bool_masked_pos is None:
+            block = (self.config.mask_patch_size or 2 * patch_size[0]) // patch_size[0]
+            bool_masked_pos = random_block_mask(
+                pixel_values.shape[0], grid, block, self.config.mask_ratio, pixel_values.device
+            )
+        features = encoder(
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            bool_masked_pos=bool_masked_pos,
+        )
+        maps = features.last_hidden_state[:, encoder.num_prefix_tokens :].transpose(1, 2).unflatten(2, grid)
+        reconstruction = self.decoder(maps)
+        output = SimMIMOutput(
+            loss=simmim_loss(pixel_values.to(reconstruction.dtype), reconstruction, bool_masked_pos, patch_size),
+            reconstruction=reconstruction,
+            mask=bool_masked_pos.bool(),
+            hidden_states=features.hidden_states,
+            attentions=features.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def reconstruct(self, pixel_values: torch.Tensor, output: SimMIMOutput) -> torch.Tensor:
+        """(B, C, H, W): the input where the patches were visible, the reconstruction where they were masked."""
+        patch_size = self.base_model.patch_embeddings.input_multiple
+        return simmim_reconstruction(pixel_values, output.reconstruction, output.mask, patch_size)
+
+
+class ChannelsFirstLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of (B, C, H, W) maps."""
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return super().forward(maps.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple feature pyramid (Li et al. 2022): one (B, C, h, w) map -> four (B, channels, s * h, s * w)
+    maps for s = 4, 2, 1, 1/2 (transposed convolutions up, max-pooling down), each projected by a 1x1 and a 3x3
+    convolution with LayerNorms."""
+
+    def __init__(self, dim: int, channels: int, eps: float):
+        super().__init__()
+        self.rescale = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
+                    ChannelsFirstLayerNorm(dim // 2, eps=eps),
+                    nn.GELU(),
+                    nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2),
+                ),
+                nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),
+                nn.Identity(),
+                nn.MaxPool2d(2, stride=2),
+            ]
+        )
+        self.project = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(width, channels, 1, bias=False),
+                    ChannelsFirstLayerNorm(channels, eps=eps),
+                    nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                    ChannelsFirstLayerNorm(channels, eps=eps),
+                )
+                for width in (dim // 4, dim // 2, dim, dim)
+            ]
+        )
+
+    def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(project(rescale(feature_map)) for rescale, project in zip(self.rescale, self.project))
+
+
+class HfViTBackbone(BackboneMixin, HfViTPreTrainedModel):
+    """Dense-prediction backbone (`AutoBackbone`): for each of `config.out_features` (`stem`: the embeddings,
+    `stageI`: after block I) the tokens normalised by the final LayerNorm, prefix tokens (CLS, distillation,
+    registers) dropped, as a (B, C, H / p, W / p) map. Any input size: the position embeddings are resampled.
+    With `config.feature_pyramid_channels`, the last of those maps becomes ViTDet's four-level pyramid instead."""
+
+    base_model_class = HfViTModel
+
+    def __init__(self, config: HfViTConfig):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, self.base_model_class(config))
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.feature_pyramid = None
+        if config.feature_pyramid_channels is not None:
+            self.feature_pyramid = SimpleFeaturePyramid(
+                config.hidden_size, config.feature_pyramid_channels, config.layer_norm_eps
+            )
+        self.post_init()
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels of each returned map (what heads such as UperNet size themselves by)."""
+        if self.feature_pyramid is not None:
+            return [self.config.feature_pyramid_channels] * 4
+        return [self.num_features[self.stage_names.index(stage)] for stage in self.out_features]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BackboneOutput | tuple:
+        encoder = self.base_model
+        outputs = encoder(
+            pixel_values,
+            interpolate_pos_encoding=True,
+            output_attentions=output_attentions,
+            output_hidden_states=True,
+            return_dict=True,
+        )
+        grid_h, grid_w = encoder.patch_embeddings.grid_size(pixel_values.shape[-2:])
+        feature_maps = tuple(
+            encoder.layernorm(hidden_state[:, encoder.num_prefix_tokens :])
+            .unflatten(1, (grid_h, grid_w))
+            .permute(0, 3, 1, 2)
+            .contiguous()
+            for stage, hidden_state in zip(self.stage_names, outputs.hidden_states)
+            if stage in self.out_features
+        )
+        if self.feature_pyramid is not None:
+            feature_maps = self.feature_pyramid(feature_maps[-1])
+        return backbone_output(
+            self.config, feature_maps, outputs.hidden_states, outputs.attentions, output_hidden_states, return_dict
+        )
+
+
+__all__ = [
+    "HfViTBackbone",
+    "HfViTForImageClassification",
+    "HfViTForMaskedImageModeling",
+    "HfViTForPreTraining",
+    "HfViTModel",
+    "HfViTPreTrainedModel",
+]

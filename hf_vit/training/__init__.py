@@ -1,0 +1,1 @@
+"""The training application: the jobs (finetune, pretrain), their data, recipes, Trainer and regularisation."""

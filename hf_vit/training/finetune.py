@@ -1,0 +1,318 @@
+"""The main job: fine-tune (or train from scratch) an hf_vit classifier with the `Trainer`.
+
+    parse_args(argv) -> (FinetuneModelArguments, DataArguments, FinetuneTrainingArguments, RecipeArguments,
+                         LoraArguments)
+    finetune(model_args, data_args, training_args, recipe_args, lora_args) -> eval metrics
+
+Arguments (every one checked before any data is read; bad input is a one-line `UsageError`) -> data -> recipe
+(every ingredient decided, printed with its reason) -> model -> Trainer -> save / card / curves / push.
+`scripts/finetune.py` and `hf-vit finetune` are its command line; run them with `accelerate launch` for one or many
+processes.
+"""
+
+import inspect
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed
+
+from ..cli import command, grouped_parser, parse_into_dataclasses
+from ..guards import check_local_path, check_output_dir, usage_errors
+from ..processors import checkpoint_image_processor, make_image_processor, processor_size, set_processor_size
+from .arguments import (
+    FinetuneTrainingArguments,
+    ModelArguments,
+    ModelSource,
+    check_backbone_learning_rate,
+    check_model_source,
+)
+from .data import DataArguments, TrainingData, check_streaming, describe_dataset, load_training_data
+from .distributed import fsdp_requested, global_batch_size
+from .lora import LoraArguments, add_lora, check_lora_arguments, lora_targets, merged_model, trainable_fraction
+from .metrics import compute_metrics
+from .recipes import (
+    START_INGREDIENTS,
+    RecipeArguments,
+    RunFacts,
+    apply_to_config,
+    apply_to_training,
+    check_layer_decay,
+    check_recipe_name,
+    config_ingredients_given,
+    fit_to_training,
+    resolve_recipe,
+)
+from .regularisation import TeacherInputAdapter, check_teacher_labels
+from .trainer import ImageClassificationTrainer
+from .transforms import attach_transforms
+
+
+@dataclass
+class FinetuneModelArguments(ModelArguments):
+    """Which model to train, and the teacher it may learn from."""
+
+    teacher_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "An image classifier (checkpoint dir or Hub id) to distill from; needs --model_type hf_deit."
+        },
+    )
+
+
+# The flags a newcomer needs, shown first in --help (the others follow in their groups: model, data, recipe, Trainer).
+START_HERE = ("--output_dir", "--train_dir", "--model_name_or_path", "--model_type", "--num_train_epochs")
+
+
+def build_parser() -> HfArgumentParser:
+    """The command line: `START_HERE` first, then hf_vit's model, data, recipe and LoRA flags, then the Trainer's."""
+    return grouped_parser(
+        (FinetuneModelArguments, DataArguments, RecipeArguments, LoraArguments, FinetuneTrainingArguments),
+        START_HERE,
+        __doc__.split("\n\n")[0],
+    )
+
+
+def parse_args(argv=None):
+    """Command line (or one JSON file) -> (FinetuneModelArguments, DataArguments, FinetuneTrainingArguments,
+    RecipeArguments, LoraArguments)."""
+    model_args, data_args, recipe_args, lora_args, training_args = parse_into_dataclasses(build_parser(), argv)
+    return model_args, data_args, training_args, recipe_args, lora_args
+
+
+def check_arguments(
+    model_args: FinetuneModelArguments,
+    data_args: DataArguments,
+    training_args,
+    recipe_args: RecipeArguments,
+    lora_args: LoraArguments,
+) -> ModelSource:
+    """Everything that can be checked before data is touched: the output directory, the model (`check_model_source`),
+    the recipe and the ingredients given as config fields, the teacher, the flags the family does not support, LoRA's
+    targets. Returns the model source."""
+    check_output_dir(
+        training_args.output_dir, training_args.overwrite_output_dir, training_args.resume_from_checkpoint is not None
+    )
+    check_recipe_name(recipe_args.recipe)
+    check_layer_decay(recipe_args.layer_decay)
+    check_lora_arguments(lora_args)
+    flags = config_ingredients_given(recipe_args)
+    source = check_model_source(model_args, data_args.image_size, **flags)
+    for name in START_INGREDIENTS:
+        start = flags.get(name, source.overrides.get(name))
+        if start is not None and source.from_checkpoint:  # it would be saved, and do nothing
+            raise ValueError(
+                f"{name}={start!r} sets how a model trained from scratch starts; --model_name_or_path "
+                "loads the checkpoint's weights"
+            )
+    if model_args.teacher_name_or_path is not None:
+        check_local_path(model_args.teacher_name_or_path, "--teacher_name_or_path")
+        if "teacher_logits" not in inspect.signature(source.family.classifier_class.forward).parameters:
+            raise ValueError(
+                f"--teacher_name_or_path needs a model that distills (--model_type hf_deit), not "
+                f"{source.family.model_type}"
+            )
+    check_backbone_learning_rate(training_args, source.config)
+    check_streaming(data_args, training_args)
+    if lora_args.lora_rank is not None:
+        with torch.device("meta"):  # the architecture only, to find the target layers in
+            lora_targets(source.family.classifier_class(source.with_fields()), lora_args.lora_target)
+    return source
+
+
+def label_fields(labels: list[str]) -> dict:
+    return dict(
+        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}
+    )
+
+
+def run_facts(
+    source: ModelSource, config, data: TrainingData, data_args: DataArguments, training_args, has_teacher: bool
+) -> RunFacts:
+    """What the recipe may look at: the data, the model, the length of the run (a stream: the images its --max_steps
+    feed, once)."""
+    batch = global_batch_size(training_args)
+    return RunFacts(
+        num_train_images=training_args.max_steps * batch if data.streaming else len(data.train),
+        num_labels=config.num_labels,
+        image_size=data_args.image_size or config.image_size,
+        model_type=source.family.model_type,
+        from_checkpoint=source.from_checkpoint,
+        has_teacher=has_teacher,
+        num_train_epochs=1 if data.streaming else training_args.num_train_epochs,
+        global_batch_size=batch,
+        flips_keep_labels=not data_args.uses_embedded_digits,
+        position_embeddings=hasattr(config, "position_embedding_init"),
+        patch_projection=getattr(config, "patch_embedding_type", None) == "patch",
+        max_steps=max(training_args.max_steps, 0),
+    )
+
+
+def build_model(model_args: ModelArguments, source: ModelSource, config, image_size: int | None):
+    """A classifier from `config`: a checkpoint's weights (the head started afresh, said in one line, when the
+    checkpoint's labels are not the data's; position embeddings resampled to `image_size`) or fresh ones."""
+    if not source.from_checkpoint:
+        return source.family.classifier_class(config)
+    model = AutoModelForImageClassification.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        ignore_mismatched_sizes=True,  # another number of classes: the head's shape changes (the rest cannot)
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    checkpoint_labels, labels = list(source.config.id2label.values()), list(config.id2label.values())
+    if checkpoint_labels != labels:
+        restart_head(model)
+        print(
+            f"The checkpoint's head classifies {short_list(checkpoint_labels)}, the data has {short_list(labels)}: "
+            "the head starts afresh."
+        )
+    if image_size is not None and image_size != model.config.image_size:
+        model.set_image_size(image_size)
+    return model
+
+
+def short_list(names, shown: int = 5) -> str:
+    names = list(names)
+    return str(names) if len(names) <= shown else f"[{', '.join(map(repr, names[:shown]))}, ... ({len(names)} classes)]"
+
+
+def restart_head(model) -> None:
+    """Initialise the classifier's heads (the modules outside its base model) afresh, as a new model's."""
+    for module in model.children():
+        if module is model.base_model:
+            continue
+        for part in module.modules():
+            part._is_hf_initialized = False
+            for tensor in (*part.parameters(recurse=False), *part.buffers(recurse=False)):
+                tensor._is_hf_initialized = False
+    model.initialize_weights()  # only what is not marked initialised
+
+
+def build_image_processor(model_args: ModelArguments, model):
+    size = model.config.image_size
+    if model_args.model_name_or_path is None:
+        return make_image_processor(size, model.config.num_channels)
+    processor = checkpoint_image_processor(model_args.model_name_or_path, model.config, model_args.trust_remote_code)
+    set_processor_size(processor, size)
+    return processor
+
+
+def load_teacher(model_args: FinetuneModelArguments, model, image_processor):
+    """The frozen teacher and the adapter that turns student batches into its inputs (its size, mean, std)."""
+    teacher = AutoModelForImageClassification.from_pretrained(
+        model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code
+    )
+    teacher_processor = checkpoint_image_processor(
+        model_args.teacher_name_or_path, teacher.config, model_args.trust_remote_code
+    )
+    channels = model.config.num_channels
+    teacher_inputs = TeacherInputAdapter(
+        image_processor.image_mean[:channels],
+        image_processor.image_std[:channels],
+        processor_size(teacher_processor),
+        teacher_processor.image_mean[:channels],
+        teacher_processor.image_std[:channels],
+    )
+    return teacher, teacher_inputs
+
+
+def save_merged(trainer, directory: str) -> None:
+    """The LoRA adapters (their average, with an EMA) merged into the weights, written to `directory` as a plain
+    hf_vit checkpoint with its processor."""
+    if trainer.ema is not None:
+        trainer.ema.copy_to(trainer.model)
+    merged_model(trainer.model).save_pretrained(directory)
+    trainer.processing_class.save_pretrained(directory)
+
+
+def finetune(
+    model_args: FinetuneModelArguments,
+    data_args: DataArguments,
+    training_args,
+    recipe_args=None,
+    lora_args=None,
+    callbacks=(),
+) -> dict:
+    """Train, evaluate, save the model + processor + code + card + training curves, push when asked. Returns the
+    eval metrics. Bad input raises a `UsageError` before any data is read (arguments) or anything is written.
+    With `lora_args.lora_rank`, LoRA adapters and the head are trained and saved (PEFT's adapter files).
+    `callbacks`: `TrainerCallback`s of your own, added to the Trainer's."""
+    recipe_args, lora_args = recipe_args or RecipeArguments(), lora_args or LoraArguments()
+    with usage_errors():  # the user's input, checked: arguments, then data, then the recipe for them
+        source = check_arguments(model_args, data_args, training_args, recipe_args, lora_args)
+        set_seed(training_args.seed)
+        data = load_training_data(data_args, seed=training_args.seed)
+        labels = data.train.features[data_args.label_column_name].names
+        has_teacher = model_args.teacher_name_or_path is not None
+        if has_teacher:
+            teacher_config = AutoConfig.from_pretrained(
+                model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code
+            )
+            check_teacher_labels(teacher_config, labels)
+        # a checkpoint's image size stays its own here: its position embeddings are resampled after loading
+        size = {} if source.from_checkpoint or data_args.image_size is None else {"image_size": data_args.image_size}
+        config = source.with_fields(**label_fields(labels), **size)
+        facts = run_facts(source, config, data, data_args, training_args, has_teacher)
+        ingredients = resolve_recipe(recipe_args, training_args, source.overrides, facts)
+        ingredients = fit_to_training(
+            ingredients,
+            lora=lora_args.lora_rank is not None,
+            sharded=fsdp_requested(training_args),
+            streaming=data.streaming,
+        )
+        apply_to_training(ingredients, training_args)
+        apply_to_config(ingredients, config)
+        recipe_summary = [f"recipe {recipe_args.recipe!r} for {facts.describe()}:", *ingredients.describe()]
+    if training_args.should_log:
+        print("\n  ".join(recipe_summary))
+
+    model = build_model(model_args, source, config, data_args.image_size)
+    image_processor = build_image_processor(model_args, model)
+    if lora_args.lora_rank is not None:
+        model = add_lora(model, lora_args)
+        trainable, total = trainable_fraction(model)
+        recipe_summary.append(
+            f"LoRA rank {lora_args.lora_rank} on {lora_args.lora_target} (+ the head): {trainable:,} of "
+            f"{total:,} parameters trained ({trainable / total:.2%})"
+        )
+        if training_args.should_log:
+            print(recipe_summary[-1])
+    teacher, teacher_inputs = load_teacher(model_args, model, image_processor) if has_teacher else (None, None)
+    attach_transforms(data, image_processor, model.config.num_channels, data_args, **ingredients.augmentation)
+    dataset_name, dataset_id = describe_dataset(data_args)
+
+    trainer = ImageClassificationTrainer(
+        model=model,
+        args=training_args,
+        **data.trainer_inputs(),
+        processing_class=image_processor,
+        compute_metrics=compute_metrics,
+        callbacks=list(callbacks),
+        teacher=teacher,
+        teacher_inputs=teacher_inputs,
+        ingredients=ingredients,
+        card_template=source.family.card_template,
+        recipe_summary=recipe_summary,
+    )
+    metrics = trainer.train_and_evaluate(training_args.resume_from_checkpoint, data.skipped)
+
+    if trainer.is_world_process_zero():
+        top5 = f", top-5 {metrics['eval_top5_accuracy']:.2%}" if "eval_top5_accuracy" in metrics else ""
+        print(
+            f"eval: accuracy {metrics['eval_accuracy']:.2%}{top5}, loss {metrics['eval_loss']:.4f} on "
+            f"{len(data.validation)} images of {dataset_name} after {data.length(training_args)}"
+            + (f" ({metrics['train_skipped_unreadable_images']} unreadable images skipped)" if data.streaming else "")
+            + f" -> {training_args.output_dir}"
+        )
+    trainer.publish(dataset_name, dataset_id)
+    if lora_args.lora_rank is not None and lora_args.lora_merge and trainer.is_world_process_zero():
+        save_merged(trainer, os.path.join(training_args.output_dir, "merged"))
+    return metrics
+
+
+main = command(parse_args, finetune)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,269 @@
+"""Masked-image-modeling pretraining on unlabelled images, the answer to the ViT's data hunger: MAE for hf_vit and
+hf_deit, SimMIM for hf_swin and hf_vit.
+
+    parse_args(argv) -> (ModelArguments, PretrainArguments, DataArguments, PretrainTrainingArguments)
+    pretrain(model_args, pretrain_args, data_args, training_args) -> eval metrics (`eval_loss`: the reconstruction
+    loss)
+
+Arguments (every one checked before any data is read; bad input is a one-line `UsageError`) -> unlabelled images
+-> recipe (mask ratio, crop, flips) -> model -> Trainer (a reconstruction picture every epoch) -> save, card,
+curves, push. The checkpoint fine-tunes with `finetune.py --model_name_or_path`. `scripts/pretrain.py` and
+`hf-vit pretrain` are its command line; run them with `accelerate launch` for one or many processes.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import HfArgumentParser, TrainerCallback, set_seed
+
+from ..cli import command, grouped_parser, parse_into_dataclasses
+from ..figures import new_figure, save_figure
+from ..guards import check_output_dir, usage_errors
+from ..models.modeling_mim import pixel_mask
+from ..processors import checkpoint_image_processor, make_image_processor
+from ..registry import FAMILIES
+from .arguments import ModelArguments, ModelSource, PretrainTrainingArguments, check_model_source
+from .data import DataArguments, check_streaming, collate, describe_dataset, load_training_data
+from .recipes import PRETRAINING, pretraining_recipe
+from .trainer import PretrainingTrainer
+from .transforms import attach_transforms
+
+RECONSTRUCTIONS_FILE = "reconstructions.png"
+CARD_TEMPLATE = "pretraining.md"
+
+
+@dataclass
+class PretrainArguments:
+    """How to pretrain."""
+
+    _argument_group_name = "pretraining"
+
+    method: str | None = field(
+        default=None,
+        metadata={"help": "mae (hf_vit, hf_deit) or simmim (hf_swin, hf_vit); default: mae where the family has it."},
+    )
+    mask_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fraction of the patches masked, in (0, 1) (default: a checkpoint's, else the method's "
+            f"{ {method: values['mask_ratio'] for method, values in PRETRAINING.items()} })."
+        },
+    )
+    crop_scale_min: float | None = field(
+        default=None,
+        metadata={
+            "help": "Smallest area fraction RandomResizedCrop keeps (default: the method's paper, "
+            f"{ {method: values['crop_scale_min'] for method, values in PRETRAINING.items()} })."
+        },
+    )
+    reconstruction_images: int = field(
+        default=8, metadata={"help": f"Validation images shown in {RECONSTRUCTIONS_FILE}, redrawn every epoch."}
+    )
+
+
+START_HERE = ("--output_dir", "--train_dir", "--model_type", "--method", "--num_train_epochs")
+
+
+def build_parser() -> HfArgumentParser:
+    return grouped_parser(
+        (ModelArguments, PretrainArguments, DataArguments, PretrainTrainingArguments),
+        START_HERE,
+        __doc__.split("\n\n")[0],
+    )
+
+
+def parse_args(argv=None):
+    """Command line (or one JSON file) -> (ModelArguments, PretrainArguments, DataArguments,
+    PretrainTrainingArguments)."""
+    return tuple(parse_into_dataclasses(build_parser(), argv))
+
+
+def check_arguments(
+    model_args: ModelArguments,
+    args: PretrainArguments,
+    data_args: DataArguments,
+    training_args: PretrainTrainingArguments,
+) -> tuple[ModelSource, str]:
+    """Everything that can be checked before data is touched. Returns (the model source, the method)."""
+    check_output_dir(
+        training_args.output_dir, training_args.overwrite_output_dir, training_args.resume_from_checkpoint is not None
+    )
+    mask = {} if args.mask_ratio is None else {"mask_ratio": args.mask_ratio}
+    source = check_model_source(model_args, None if model_args.model_name_or_path else data_args.image_size, **mask)
+    methods = source.family.pretraining_methods
+    if not methods:
+        pretrainable = sorted(name for name, other in FAMILIES.items() if other.pretraining_methods)
+        raise ValueError(
+            f"{source.family.model_type} has no masked-image-modeling pretraining (its CNN backbone sees "
+            f"every pixel); pretrain one of {pretrainable}"
+        )
+    method = args.method or methods[0]
+    if method not in methods:
+        raise ValueError(
+            f"--method {method!r} is not available for {source.family.model_type}; choose one of {methods}"
+        )
+    if args.crop_scale_min is not None and not 0.0 < args.crop_scale_min <= 1.0:
+        raise ValueError(f"--crop_scale_min must be in (0, 1], got {args.crop_scale_min!r}")
+    if args.reconstruction_images < 0:
+        raise ValueError(f"--reconstruction_images must be 0 or more, got {args.reconstruction_images}")
+    check_streaming(data_args, training_args)
+    return source, method
+
+
+def build_model(model_args: ModelArguments, source: ModelSource, method: str, config):
+    """The pretraining model of `method`: a checkpoint's weights or fresh ones, with `config`."""
+    model_class = getattr(source.family, {"mae": "pretraining_class", "simmim": "masked_image_modeling_class"}[method])
+    if source.from_checkpoint:
+        return model_class.from_pretrained(
+            model_args.model_name_or_path, config=config, trust_remote_code=model_args.trust_remote_code
+        )
+    return model_class(config)
+
+
+class ReconstructionPictures(TrainerCallback):
+    """Draws `path` at the end of every epoch: a few validation images, what the model saw of them (masked patches
+    grey) and its reconstruction, always with the same masks. Every process runs the model (sharded models need
+    them all); the first one draws."""
+
+    def __init__(self, images: torch.Tensor, mean, std, path: str):
+        self.images, self.path = images, path
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self.draw(model, state)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):  # a stream may never end an epoch
+        self.draw(model, state)
+
+    def draw(self, model, state) -> None:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same masks every epoch
+            pixel_values = self.images.to(model.device, model.dtype)
+            output = model(pixel_values)
+            reconstruction = model.reconstruct(pixel_values, output).float().cpu()
+        model.train(was_training)
+        if state.is_world_process_zero:
+            hidden = pixel_mask(output.mask.cpu().bool(), model.config.patch_size, self.images.shape[-2:])
+            draw_reconstructions(
+                self.to_pixels(self.images),
+                self.to_pixels(self.images).masked_fill(hidden, 0.5),
+                self.to_pixels(reconstruction),
+                self.path,
+                f"epoch {state.epoch:.3g}",
+            )
+
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float().cpu() * self.std + self.mean).clamp(0, 1)
+
+
+def draw_reconstructions(images, masked, reconstructions, path: str, title: str) -> None:
+    """Rows: the images, what the encoder saw, the reconstruction; one column per image ((N, C, H, W) in [0, 1])."""
+    figure, axes = new_figure(3, len(images), figsize=(1.4 * len(images), 4.6))
+    axes = axes.reshape(3, len(images))
+    for row, (name, batch) in enumerate((("image", images), ("masked", masked), ("reconstruction", reconstructions))):
+        for column, image in enumerate(batch):
+            pixels = image.permute(1, 2, 0).numpy()
+            axes[row, column].imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray", vmin=0, vmax=1)
+            axes[row, column].set_xticks([])
+            axes[row, column].set_yticks([])
+        axes[row, 0].set_ylabel(name)
+    figure.suptitle(title)
+    save_figure(figure, path)
+
+
+def pretrain(
+    model_args: ModelArguments,
+    args: PretrainArguments,
+    data_args: DataArguments,
+    training_args: PretrainTrainingArguments,
+    callbacks=(),
+) -> dict:
+    """Pretrain, evaluate (reconstruction loss), save the model + processor + code + card + curves + reconstruction
+    picture, push when asked. Returns the eval metrics. Bad input raises a `UsageError` before any data is read."""
+    with usage_errors():  # the user's input, checked: arguments, then data
+        source, method = check_arguments(model_args, args, data_args, training_args)
+        set_seed(training_args.seed)
+        data = load_training_data(data_args, seed=training_args.seed, labelled=False)
+    recipe = pretraining_recipe(
+        method,
+        args.mask_ratio,
+        args.crop_scale_min,
+        source.from_checkpoint,
+        flips_keep_labels=not data_args.uses_embedded_digits,
+    )
+    size = {} if source.from_checkpoint or data_args.image_size is None else {"image_size": data_args.image_size}
+    mask = {} if recipe.mask_ratio is None else {"mask_ratio": recipe.mask_ratio}
+    model = build_model(model_args, source, method, source.with_fields(**mask, **size))
+    config = model.config
+    if source.from_checkpoint:
+        image_processor = checkpoint_image_processor(
+            model_args.model_name_or_path, config, model_args.trust_remote_code
+        )
+    else:
+        image_processor = make_image_processor(config.image_size, config.num_channels)
+    attach_transforms(
+        data,
+        image_processor,
+        config.num_channels,
+        data_args,
+        labelled=False,
+        crop_scale_min=recipe.crop_scale_min,
+        hflip_prob=recipe.hflip_prob,
+    )
+    shown = data.validation.select(range(min(args.reconstruction_images, len(data.validation))))
+    pictures = []
+    if len(shown):
+        images = collate(list(shown))["pixel_values"]
+        pictures = [
+            ReconstructionPictures(
+                images,
+                image_processor.image_mean[: config.num_channels],
+                image_processor.image_std[: config.num_channels],
+                os.path.join(training_args.output_dir, RECONSTRUCTIONS_FILE),
+            )
+        ]
+    dataset_name, dataset_id = describe_dataset(data_args)
+    summary = [
+        f"{method} ({type(model).__name__}): mask ratio {config.mask_ratio:g}, crop scale min "
+        f"{recipe.crop_scale_min:g}, horizontal flips {recipe.hflip_prob:g}, "
+        + (
+            "a stream of unlabelled training images"
+            if data.streaming
+            else f"{len(data.train)} unlabelled training images"
+        )
+    ]
+    if training_args.should_log:
+        print(summary[0])
+    trainer = PretrainingTrainer(
+        model=model,
+        args=training_args,
+        **data.trainer_inputs(),
+        processing_class=image_processor,
+        callbacks=[*pictures, *callbacks],
+        card_template=CARD_TEMPLATE,
+        recipe_summary=["pretraining", *summary],
+        card_fields=dict(
+            method=method.upper() if method == "mae" else "SimMIM",
+            model_class=type(model).__name__,
+            pictures=f"![reconstructions]({RECONSTRUCTIONS_FILE})" if pictures else "",
+        ),
+    )
+    metrics = trainer.train_and_evaluate(training_args.resume_from_checkpoint, data.skipped)
+    if trainer.is_world_process_zero():
+        print(
+            f"eval: reconstruction loss {metrics['eval_loss']:.4f} on {len(data.validation)} images of "
+            f"{dataset_name} after {data.length(training_args)} of {method} -> {training_args.output_dir}"
+        )
+    trainer.publish(dataset_name, dataset_id)
+    return metrics
+
+
+main = command(parse_args, pretrain)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

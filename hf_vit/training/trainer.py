@@ -1,0 +1,309 @@
+"""The Trainer subclasses: what hf_vit adds to transformers' `Trainer`, and what runs each step.
+
+HfViTTrainer                   Trainer + the model's weight-decay groups, layer-wise and backbone learning rates,
+                               FSDP on CPU, hf_vit's model cards
+ImageClassificationTrainer     HfViTTrainer + the recipe's ingredients: batch mixing, repeated augmentation, EMA,
+                               and teacher distillation
+PretrainingTrainer             HfViTTrainer for masked-image-modeling models (the loss is the metric)
+"""
+
+import os
+import shutil
+
+import torch
+from datasets import IterableDataset
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.utils import logging
+
+from ..cards import CURVES_FILE, plot_training_curves, write_model_card
+from .distributed import check_fsdp_version, has_accelerator, hf_vit_model, shard_on_cpu, unused_parameters, whole_model
+from .recipes import TRAINING_INGREDIENTS, Ingredients
+from .regularisation import BatchMixer, EMACallback, ModelEMA, RepeatedAugmentationSampler, check_teacher_labels
+
+logger = logging.get_logger(__name__)
+
+
+def layer_decay_scales(model: torch.nn.Module, decay: float) -> dict[str, float]:
+    """{parameter name: learning-rate scale}: decay^(layers - 1 - layer) by the layers the model declares
+    (`layer_ids()`), so the head learns at the full rate."""
+    hf_model = hf_vit_model(model)
+    if not hasattr(hf_model, "layer_ids"):
+        raise ValueError(f"layer_decay needs a model made of transformer blocks; {type(hf_model).__name__} has none")
+    ids, num_layers = hf_model.layer_ids()
+    scale = {id(param): decay ** (num_layers - 1 - ids[name]) for name, param in hf_model.named_parameters()}
+    return {name: scale[id(param)] for name, param in model.named_parameters()}
+
+
+class HfViTTrainer(Trainer):
+    """`Trainer` for hf_vit models.
+
+    - weight decay skips biases, norms, position embeddings and prefix tokens;
+    - data-parallel runs search for unused parameters only when the model has some (`unused_parameters`);
+    - every process reads its own share of a streamed (`datasets.IterableDataset`) training set;
+    - `accelerate launch --use_fsdp --fsdp_version 2` shards parameters, gradients and optimizer state on CPU
+      processes too (`shard_on_cpu`); checkpoints are FSDP's sharded ones, the final model one whole file;
+    - `layer_decay` < 1 lowers each layer's learning rate with its distance from the head (`layer_ids`);
+    - `args.backbone_learning_rate` (where the arguments have it) gives a hybrid's backbone its own learning rate;
+    - the model card (also the one `push_to_hub` uploads) comes from hf_vit's `card_template`, with the
+      recipe's choices (`recipe_summary`: one line each) and `card_fields` for the template.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args=None,
+        *positional,
+        layer_decay=1.0,
+        card_template=None,
+        recipe_summary=None,
+        card_fields=None,
+        **kwargs,
+    ):
+        if args is not None and model is not None and args.world_size > 1 and args.ddp_find_unused_parameters is None:
+            # DDP's search for unused parameters costs a pass over the graph every step: ask the model instead
+            args.ddp_find_unused_parameters = bool(unused_parameters(model))
+        if args is not None and isinstance(kwargs.get("train_dataset"), IterableDataset):
+            # each process reads its own share of a stream, rather than the first one reading for all
+            args.accelerator_config.dispatch_batches = False
+        if args is not None and not has_accelerator() and hasattr(args, "cpu_threads"):
+            # the cores split between the processes (`accelerate launch` alone would leave each with one)
+            torch.set_num_threads(args.cpu_threads)
+        super().__init__(model, args, *positional, **kwargs)
+        self.layer_decay = layer_decay
+        self.card_template, self.recipe_summary, self.card_fields = card_template, recipe_summary, card_fields
+
+    def create_accelerator_and_postprocess(self):
+        check_fsdp_version()
+        super().create_accelerator_and_postprocess()
+        if shard_on_cpu(self.accelerator):
+            self.is_fsdp_enabled = True
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        """The Trainer's; the final model of a sharded run (FSDP) is gathered into one whole checkpoint."""
+        final = output_dir is None or os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)
+        if not (self.is_fsdp_enabled and final):
+            return super().save_model(output_dir, _internal_call)
+        # every process takes part in the gather; the first one receives the whole tensors
+        state_dict = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.args.should_save:
+            sharded, self.model = self.model, whole_model(self.accelerator.unwrap_model(self.model), state_dict)
+            try:  # the Trainer's own save (weights, config, code, processor, arguments) of an unsharded copy
+                self._save(self.args.output_dir)
+            finally:
+                self.model = sharded
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """The Trainer's (no biases, no norms), without 1-D parameters and what the model declares
+        (`no_weight_decay()`: tokens, position embeddings, Swin's relative position bias tables)."""
+        hf_model = hf_vit_model(model)
+        declared = hf_model.no_weight_decay() if hasattr(hf_model, "no_weight_decay") else ()  # a CNN teacher has none
+        no_decay = {id(hf_model.get_parameter(name)) for name in declared}
+        parameters = dict(model.named_parameters())
+        return [
+            name
+            for name in super().get_decay_parameter_names(model)
+            if parameters[name].ndim > 1 and id(parameters[name]) not in no_decay
+        ]
+
+    def learning_rates(self, model) -> dict[int, float]:
+        """{id(parameter): peak learning rate} for the parameters that do not learn at `args.learning_rate`: a
+        hybrid's backbone at `args.backbone_learning_rate`, every layer at its `layer_decay` scale."""
+        rates = {}
+        if self.layer_decay != 1.0:
+            scales = layer_decay_scales(model, self.layer_decay)
+            rates = {id(param): self.args.learning_rate * scales[name] for name, param in model.named_parameters()}
+        if getattr(self.args, "backbone_learning_rate", None) is not None:
+            backbone = hf_vit_model(model).backbone_parameters()
+            if not backbone:
+                raise ValueError(
+                    f"--backbone_learning_rate needs a model with a CNN backbone (hf_vit_hybrid), not "
+                    f"{model.config.model_type}"
+                )
+            rates.update(dict.fromkeys(map(id, backbone), self.args.backbone_learning_rate))
+        return rates
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer (its weight-decay groups), each group split by the parameters' own learning
+        rates (`learning_rates`); the scheduler scales every group alike."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        optimizer = super().create_optimizer(model)
+        rates = self.learning_rates(model)
+        if rates:
+            groups = []
+            for group in optimizer.param_groups:
+                by_rate = {}
+                for param in group["params"]:
+                    by_rate.setdefault(rates.get(id(param), group["lr"]), []).append(param)
+                groups += [{**group, "params": params, "lr": lr} for lr, params in by_rate.items()]
+            optimizer.param_groups.clear()
+            for group in groups:
+                optimizer.add_param_group(group)
+        return optimizer
+
+    def create_model_card(self, dataset: str | None = None, dataset_id: str | None = None, **kwargs) -> None:
+        """README.md (hf_vit's card: `dataset` names the data, `dataset_id` is its Hub id if it has one) and the
+        training curves it shows, in the output directory."""
+        if self.card_template is None:
+            raise ValueError("No card_template was given to the trainer: it writes hf_vit model cards only")
+        if self.is_world_process_zero():
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            plot_training_curves(self.state.log_history, os.path.join(self.args.output_dir, CURVES_FILE))
+            load_id = (self.args.hub_model_id if self.args.push_to_hub else None) or self.args.output_dir
+            write_model_card(
+                self.args.output_dir,
+                self.model,
+                self.card_template,
+                dataset=dataset,
+                dataset_id=dataset_id,
+                training_args=self.args,
+                log_history=self.state.log_history,
+                load_id=load_id,
+                recipe=self.recipe_summary,
+                curves=CURVES_FILE,
+                extra_fields=self.card_fields,
+            )
+
+    def remove_previous_checkpoints(self) -> None:
+        """Remove the checkpoints an earlier run left in the output directory (`--overwrite_output_dir`), so that they
+        can neither be resumed nor counted against `save_total_limit` with this run's."""
+        if not self.is_world_process_zero() or not os.path.isdir(self.args.output_dir):
+            return
+        for name in sorted(os.listdir(self.args.output_dir)):
+            path = os.path.join(self.args.output_dir, name)
+            if name.startswith(PREFIX_CHECKPOINT_DIR) and os.path.isdir(path):
+                logger.warning("--overwrite_output_dir: removing the earlier run's %s", path)
+                shutil.rmtree(path)
+
+    def train_and_evaluate(self, resume_from_checkpoint=None, skipped=None) -> dict:
+        """Train, save the model, evaluate; log and save the train and eval metrics and the trainer state. Returns the
+        eval metrics. `skipped`: the count of unreadable images a stream skipped (a `multiprocessing.Value` per
+        process), summed over the processes into the metrics as `train_skipped_unreadable_images`."""
+        if self.args.overwrite_output_dir and not resume_from_checkpoint:
+            self.remove_previous_checkpoints()
+        train_result = self.train(resume_from_checkpoint=resume_from_checkpoint)
+        self.save_model()
+        if skipped is not None:
+            total = self.accelerator.reduce(torch.tensor(skipped.value, device=self.args.device), reduction="sum")
+            train_result.metrics["train_skipped_unreadable_images"] = int(total)
+        self.log_metrics("train", train_result.metrics)
+        self.save_metrics("train", train_result.metrics)
+        metrics = self.evaluate()
+        self.log_metrics("eval", metrics)
+        self.save_metrics("eval", metrics)
+        self.save_state()
+        if skipped is not None:
+            metrics["train_skipped_unreadable_images"] = train_result.metrics["train_skipped_unreadable_images"]
+        return metrics
+
+    def publish(self, dataset: str, dataset_id: str | None) -> None:
+        """Push the output directory with its card to the Hub when `args.push_to_hub`, else write the card there."""
+        if self.args.push_to_hub:
+            self.push_to_hub(dataset=dataset, dataset_id=dataset_id)
+        else:
+            self.create_model_card(dataset=dataset, dataset_id=dataset_id)
+
+
+class PretrainingTrainer(HfViTTrainer):
+    """`HfViTTrainer` for masked-image-modeling models: there are no labels, and evaluation reports the
+    reconstruction loss (`eval_loss`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.can_return_loss = True  # the Trainer computes an eval loss without labels only when told so
+        # Evaluation keeps the loss only: the reconstructions (and MAE's masks) of a whole evaluation set would not fit
+        # in memory (ImageNet-val: ~30 GB).
+        self.args.prediction_loss_only = True
+
+
+class ImageClassificationTrainer(HfViTTrainer):
+    """`HfViTTrainer` for hf_vit classifiers, with the recipe's `ingredients` (`recipes.Ingredients`; default: none)
+    whole:
+
+    - Mixup / CutMix / label smoothing on training batches (`BatchMixer`);
+    - repeated augmentation > 1: `RepeatedAugmentationSampler`;
+    - an `ema_decay` above 0: evaluation and the saved model use the averaged weights (`ModelEMA`);
+    - a `layer_decay` below 1: each layer's learning rate lowered with its distance from the head;
+    - a frozen `teacher` (any image classifier) adds `teacher_logits` to every training batch, computed on the same
+      (augmented, mixed) images after `teacher_inputs` re-expresses them for it.
+
+    The optimisation ingredients (learning rate, weight decay, warmup) are the arguments' (`recipes.apply_to_training`
+    writes them there).
+    """
+
+    def __init__(self, *args, ingredients: Ingredients | None = None, teacher=None, teacher_inputs=None, **kwargs):
+        ingredients = ingredients or Ingredients.off()
+        super().__init__(*args, layer_decay=ingredients.layer_decay, **kwargs)
+        self.teacher = None
+        if teacher is not None:
+            config = self.model.config
+            check_teacher_labels(teacher.config, [config.id2label[i] for i in range(config.num_labels)])
+            self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self.teacher_inputs = teacher_inputs or (lambda pixel_values: pixel_values)
+        unset = [name for name in TRAINING_INGREDIENTS if getattr(self.args, name) is None]
+        if unset:
+            raise ValueError(
+                f"{unset} unset: give them, or let hf_vit.training.recipes.resolve_recipe choose them first"
+            )
+        mixer = BatchMixer(
+            self.model.config.num_labels,
+            ingredients.mixup_alpha,
+            ingredients.cutmix_alpha,
+            ingredients.mixup_switch_prob,
+            ingredients.label_smoothing,
+        )
+        self.batch_mixer = mixer if mixer.active else None
+        self.repeated_augmentation = ingredients.repeated_augmentation
+        self.ema = None
+        if ingredients.ema_decay:
+            self.ema = ModelEMA(self.model, ingredients.ema_decay)
+            self.add_callback(EMACallback(self.ema))
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.repeated_augmentation > 1:
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return RepeatedAugmentationSampler(
+                len(dataset), self._train_batch_size, self.repeated_augmentation, self.args.seed
+            )
+        return super()._get_train_sampler(train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            inputs = dict(inputs)
+            if self.batch_mixer is not None:
+                inputs["pixel_values"], inputs["labels"] = self.batch_mixer(inputs["pixel_values"], inputs["labels"])
+            if self.teacher is not None:
+                with torch.no_grad():
+                    inputs["teacher_logits"] = self.teacher(self.teacher_inputs(inputs["pixel_values"])).logits
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def evaluate(self, *args, **kwargs):
+        if self.ema is None:
+            return super().evaluate(*args, **kwargs)
+        with self.ema.applied_to(self.model):
+            return super().evaluate(*args, **kwargs)
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """The Trainer's, restoring the EMA saved in the checkpoint it resumes from."""
+        if resume_from_checkpoint is True or resume_from_checkpoint == "True":
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+        if self.ema is not None and resume_from_checkpoint:
+            self.ema.load(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        final = output_dir is None or os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir)
+        if self.ema is None:
+            return super().save_model(output_dir, _internal_call)
+        if not final:  # a checkpoint: the trained weights and, beside them, the average, for resuming
+            super().save_model(output_dir, _internal_call)
+            if self.args.should_save:
+                self.ema.save(output_dir)
+            return
+        with self.ema.applied_to(self.model):
+            return super().save_model(output_dir, _internal_call)

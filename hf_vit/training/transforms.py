@@ -1,0 +1,133 @@
+"""On-the-fly transforms: each image is decoded and augmented when a batch is drawn, in the data-loading workers.
+
+    build_transforms(processor, channels, train, **augmentation)   torchvision v2 pipeline: uint8 image -> tensor
+    set_transforms(splits, ...) / attach_transforms(data, ...)      the pipelines attached to the splits of a job
+    collate(examples) / DecodingCollator                            examples -> a batch (a stream decodes here)
+
+How strongly training images are augmented is the recipe's choice (`recipes.py`); this module applies it.
+"""
+
+import torch
+from datasets import DatasetDict
+from torchvision.transforms import v2
+from transformers.utils import logging
+
+from ..processors import processor_size
+from .data import DataArguments, TrainingData, collate, decode_image
+
+logger = logging.get_logger(__name__)
+
+
+class DecodingCollator:
+    """The collator of a stream: decodes and transforms each raw example (`transform`: PIL image -> tensor) in the
+    process (or data-loading worker) that trains on it, and leaves out, with a warning, every image that cannot be
+    read, counting it in `skipped` (a `multiprocessing.Value` the workers share). Examples already transformed (the
+    evaluation split's) are collated as they are."""
+
+    def __init__(self, transform, num_channels: int, args: DataArguments, skipped, labelled: bool = True):
+        self.transform, self.num_channels, self.args = transform, num_channels, args
+        self.skipped, self.labelled = skipped, labelled
+
+    def __call__(self, examples: list[dict]) -> dict:
+        ready = []
+        for example in examples:
+            if "pixel_values" not in example:
+                try:
+                    pixel_values = self.transform(decode_image(example[self.args.image_column_name], self.num_channels))
+                except ValueError as error:
+                    logger.warning("Skipping an unreadable image of the stream: %s", error)
+                    with self.skipped.get_lock():
+                        self.skipped.value += 1
+                    continue
+                example = {
+                    "pixel_values": pixel_values,
+                    **({"labels": example[self.args.label_column_name]} if self.labelled else {}),
+                }
+            ready.append(example)
+        if not ready:
+            raise ValueError(f"Every image of a batch of {len(examples)} from the stream was unreadable")
+        return collate(ready)
+
+
+def build_transforms(
+    image_processor,
+    num_channels: int,
+    train: bool,
+    crop_scale_min=0.8,
+    hflip_prob=0.5,
+    rand_augment_magnitude=0,
+    random_erasing_prob=0.0,
+):
+    """torchvision v2 pipeline from the processor's size, mean and std: a (C, H, W) uint8 image (or a PIL image) ->
+    (C, H, W) float tensor; the geometry works on the uint8 pixels, the conversion to float comes last.
+
+    Training: RandomResizedCrop + horizontal flip (+ RandAugment when its magnitude is above 0, + RandomErasing
+    after normalisation).
+    Evaluation: what the processor itself does (resize, then center-crop when the processor crops), so eval
+    accuracy matches `pipeline()`.
+    """
+    height, width = processor_size(image_processor)
+    erasing = []
+    if train:
+        geometry = [v2.RandomResizedCrop((height, width), scale=(crop_scale_min, 1.0), antialias=True)]
+        if hflip_prob > 0:
+            geometry.append(v2.RandomHorizontalFlip(hflip_prob))
+        if rand_augment_magnitude > 0:
+            geometry.append(v2.RandAugment(num_ops=2, magnitude=rand_augment_magnitude))
+        if random_erasing_prob > 0:
+            erasing.append(v2.RandomErasing(p=random_erasing_prob))
+    elif getattr(image_processor, "do_center_crop", False):
+        resize = image_processor.size
+        resize = resize.get("shortest_edge") or (resize["height"], resize["width"])
+        geometry = [v2.Resize(resize, antialias=True), v2.CenterCrop((height, width))]
+    else:
+        geometry = [v2.Resize((height, width), antialias=True)]
+    mean, std = image_processor.image_mean, image_processor.image_std
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            *geometry,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean[:num_channels], std[:num_channels]),
+            *erasing,
+        ]
+    )
+
+
+def set_transforms(
+    splits: DatasetDict, image_processor, num_channels: int, args: DataArguments, labelled: bool = True, **augmentation
+) -> None:
+    """Attach the training / evaluation transforms: each batch becomes `pixel_values` and `labels` (`pixel_values`
+    alone when not `labelled`).
+
+    `augmentation`: `build_transforms`' training arguments (`Ingredients.augmentation`), for the train split only.
+    """
+    for name, split in splits.items():
+        transform = build_transforms(image_processor, num_channels, name == "train", **augmentation)
+
+        def apply(batch, transform=transform):
+            images = [decode_image(value, num_channels) for value in batch[args.image_column_name]]
+            transformed = {"pixel_values": [transform(image) for image in images]}
+            return {**transformed, "labels": batch[args.label_column_name]} if labelled else transformed
+
+        split.set_transform(apply)
+
+
+def attach_transforms(
+    data: TrainingData, image_processor, num_channels: int, args: DataArguments, labelled: bool = True, **augmentation
+) -> None:
+    """Decode and transform `data` on the fly: its splits' `set_transform`, or for a stream its `DecodingCollator`;
+    `augmentation` (`Ingredients.augmentation`) for training only."""
+    if data.streaming:
+        transform = build_transforms(image_processor, num_channels, True, **augmentation)
+        data.collator = DecodingCollator(transform, num_channels, args, data.skipped, labelled)
+        set_transforms(DatasetDict(validation=data.validation), image_processor, num_channels, args, labelled)
+    else:
+        set_transforms(
+            DatasetDict(train=data.train, validation=data.validation),
+            image_processor,
+            num_channels,
+            args,
+            labelled,
+            **augmentation,
+        )

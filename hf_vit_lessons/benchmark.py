@@ -1,0 +1,502 @@
+"""Speed and memory of hf_vit against timm and transformers, measured in one process (scripts/benchmark.py).
+
+Every comparison builds the same architecture three ways with random weights, warms each up, then times them in
+interleaved rounds (A, B, C, then B, C, A, ...) so that a machine slowing down mid-run hurts all alike and none
+always runs right after the same peer (their allocations shape the heap the next one finds), and reports
+medians and ratios. Peak memory of a training step is measured in a fresh subprocess per model, above what the
+model and optimizer hold (on CPU the resident set's high-water mark, reset just before the step; on CUDA
+`max_memory_allocated`). Beside the models: the ONNX export in onnxruntime, the training input pipeline, and the
+time `finetune.py` takes to its first steps on small and large imagefolders.
+"""
+
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForImageClassification, DeiTForImageClassificationWithTeacher
+
+from hf_vit.interop.export import ONNX_FILE, export_model
+from hf_vit.models.configuration_deit import DEIT_PRESETS
+from hf_vit.models.configuration_vit import VIT_PRESETS
+from hf_vit.registry import FAMILIES
+
+from .loop import logits_of
+
+try:
+    import timm
+    from timm.models.vision_transformer_hybrid import HybridEmbed
+except ImportError as error:
+    raise ImportError(
+        "The benchmark compares hf_vit with timm, which is not installed: pip install 'hf_vit[bench]'"
+    ) from error
+
+
+class EveryToken(torch.nn.Module):
+    """An hf_vit classifier made to compute every token of its last block, as timm and transformers do (by default
+    it computes only the CLS row there, all its head reads): the like-for-like row of the table."""
+
+    def __init__(self, classifier: torch.nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pixel_values: torch.Tensor):
+        return self.classifier(pixel_values, output_hidden_states=True)
+
+
+def ours(model_type: str, preset: str | None = None, **overrides) -> torch.nn.Module:
+    """An hf_vit classifier of the registry's family `model_type`, from `preset` (default: the family's)."""
+    family = FAMILIES[model_type]
+    return family.classifier_class(family.config(preset, **overrides))
+
+
+def reference(model_type: str, attn_implementation: str = "sdpa", **config) -> torch.nn.Module:
+    """transformers' own image classifier of `model_type` (vit, swin, ...) with random weights."""
+    config = AutoConfig.for_model(model_type, attn_implementation=attn_implementation, **config)
+    return AutoModelForImageClassification.from_config(config)
+
+
+def vit_implementations(preset: str, timm_model, num_labels: int = 1000) -> dict:
+    """Builders of the ViT `preset` in hf_vit (computing the last block for the CLS row only, and for every token),
+    timm (`timm_model`) and transformers (SDPA)."""
+    return {
+        "hf_vit": lambda: ours("hf_vit", preset, num_labels=num_labels),
+        "hf_vit_every_token": lambda: EveryToken(ours("hf_vit", preset, num_labels=num_labels)),
+        "timm": timm_model,
+        "transformers": lambda: reference("vit", **VIT_PRESETS[preset], num_labels=num_labels),
+    }
+
+
+# name: (image size, {implementation: builder}); every builder returns a module whose output has the logits.
+MODELS = {
+    "vit_s16": (
+        224,
+        {
+            **vit_implementations("vit-small-patch16-224", lambda: timm.create_model("vit_small_patch16_224")),
+            "transformers_eager": lambda: reference(
+                "vit", "eager", **VIT_PRESETS["vit-small-patch16-224"], num_labels=1000
+            ),
+        },
+    ),
+    "vit_b16": (224, vit_implementations("vit-base-patch16-224", lambda: timm.create_model("vit_base_patch16_224"))),
+    "vit_cifar": (
+        32,
+        vit_implementations(
+            "vit-cifar-patch4-32",
+            num_labels=10,
+            timm_model=lambda: timm.models.vision_transformer.VisionTransformer(
+                img_size=32, patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4, num_classes=10
+            ),
+        ),
+    ),
+    "deit_s_distilled": (
+        224,
+        {
+            "hf_deit": lambda: ours("hf_deit", "deit-small-patch16-224", num_labels=1000),
+            "timm": lambda: timm.create_model("deit_small_distilled_patch16_224"),
+            "transformers": lambda: DeiTForImageClassificationWithTeacher(  # the two-head DeiT, not the Auto class's
+                AutoConfig.for_model(
+                    "deit", **DEIT_PRESETS["deit-small-patch16-224"], num_labels=1000, attn_implementation="sdpa"
+                )
+            ),
+        },
+    ),
+    # The article's hybrid: ResNet-50 to its last stage (7x7 tokens + CLS), 6 blocks of width 768. transformers 5
+    # has no hybrid ViT any more; timm builds the same one from its resnet50 and HybridEmbed.
+    "hybrid_r50": (
+        224,
+        {
+            "hf_vit_hybrid": lambda: ours("hf_vit_hybrid", "vit-hybrid-resnet50-224", num_labels=1000),
+            "timm": lambda: timm.models.vision_transformer.VisionTransformer(
+                img_size=224,
+                patch_size=1,
+                embed_dim=768,
+                depth=6,
+                num_heads=12,
+                num_classes=1000,
+                embed_layer=partial(
+                    HybridEmbed, backbone=timm.create_model("resnet50", features_only=True, out_indices=(4,))
+                ),
+            ),
+        },
+    ),
+    "swin_t": (
+        224,
+        {
+            "hf_swin": lambda: ours("hf_swin", "swin-tiny-patch4-window7-224", num_labels=1000),
+            "timm": lambda: timm.create_model("swin_tiny_patch4_window7_224"),
+            "transformers": lambda: reference("swin", num_labels=1000),
+        },
+    ),
+}
+
+
+def build(family: str, implementation: str, device="cpu") -> torch.nn.Module:
+    torch.manual_seed(0)
+    return MODELS[family][1][implementation]().to(device)
+
+
+def autocast(device: str, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def inference_step(model, batch_size: int, image_size: int, device="cpu", amp=None) -> Callable[[], None]:
+    model.eval()
+    pixels = torch.randn(batch_size, 3, image_size, image_size, device=device)
+
+    def step():
+        with torch.inference_mode(), autocast(device, amp):
+            logits_of(model(pixels))
+        synchronize(device)
+
+    return step
+
+
+def training_step(model, batch_size: int, image_size: int, device="cpu", amp=None) -> Callable[[], None]:
+    """One AdamW step on cross-entropy: forward, backward, update."""
+    model.train()
+    pixels = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    with torch.no_grad():
+        num_labels = logits_of(model.eval()(pixels[:1])).shape[-1]
+    model.train()
+    labels = torch.randint(0, num_labels, (batch_size,), device=device)
+
+    def step():
+        with autocast(device, amp):
+            loss = F.cross_entropy(logits_of(model(pixels)).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+
+    return step
+
+
+def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 1, desc: str = "") -> dict:
+    """Median seconds per call of each step, timed in interleaved rounds (each starting one step further along)
+    after `warmup` calls each."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    names = list(steps)
+    times = {name: [] for name in names}
+    for round_index in tqdm(range(repeats), desc=desc, leave=False):
+        first = round_index % len(names)
+        for name in names[first:] + names[:first]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def compare_speed(
+    family, implementations, mode, batch_size, repeats, device="cpu", amp=None, compile_ours=False
+) -> list[dict]:
+    """Images/s of each implementation of `family` (inference or training); rows with ratios to every peer."""
+    image_size = MODELS[family][0]
+    make_step = inference_step if mode == "inference" else training_step
+    steps = {}
+    for name in implementations:
+        model = build(family, name, device)
+        steps[name] = make_step(model, batch_size, image_size, device, amp)
+        if compile_ours and name.startswith("hf_"):
+            steps[f"{name}+compile"] = make_step(torch.compile(model), batch_size, image_size, device, amp)
+    seconds = interleaved_medians(steps, repeats, desc=f"{family} {mode} b{batch_size}")
+    rows = []
+    for name, value in seconds.items():
+        row = dict(
+            family=family,
+            mode=mode,
+            batch_size=batch_size,
+            device=device,
+            amp=amp or "fp32",
+            implementation=name,
+            images_per_s=batch_size / value,
+        )
+        rows.append(row)
+    ours = next(row for row in rows if row["implementation"].startswith("hf_"))
+    for row in rows:
+        row["hf_vit_ratio"] = ours["images_per_s"] / row["images_per_s"]  # > 1: hf_vit is faster than this peer
+    return rows
+
+
+SWIN_AT_SIZE = {
+    "hf_swin": lambda size: ours("hf_swin", "swin-tiny-patch4-window7-224", num_labels=1000),
+    "timm": lambda size: timm.create_model("swin_tiny_patch4_window7_224", img_size=size),
+    # transformers' Swin keeps the window clamps of the first size it runs, so one model per size.
+    "transformers": lambda size: reference("swin", image_size=size, num_labels=1000),
+}
+
+
+def swin_resolution_growth(implementations, sizes=(224, 448), batch_size=4, repeats=5) -> dict:
+    """Per-image Swin-T inference seconds at each size, and the growth from the first size to the last (4x the
+    pixels: 4x is linear cost, 16x quadratic)."""
+    steps = {}
+    for name in implementations:
+        for size in sizes:
+            torch.manual_seed(0)
+            steps[(name, size)] = inference_step(SWIN_AT_SIZE[name](size), batch_size, size)
+    seconds = interleaved_medians(steps, repeats, desc=f"swin_t at {sizes}")
+    return {
+        name: {f"seconds_per_image_{size}": seconds[(name, size)] / batch_size for size in sizes}
+        | {"growth": seconds[(name, sizes[-1])] / seconds[(name, sizes[0])]}
+        for name in implementations
+    }
+
+
+def peak_training_memory(
+    family: str, implementation: str, batch_size: int, gradient_checkpointing: bool, device="cpu"
+) -> float:
+    """Peak memory (MiB) a training step adds on top of the model, measured in a fresh subprocess. A fixed glibc
+    mmap threshold gives every tensor above 128 KiB its own mapping, unmapped when freed, so the resident set follows
+    live tensors; with the default sliding threshold freed blocks stay resident and the peak varies by 2x between
+    identical runs."""
+    code = (
+        "from hf_vit_lessons.benchmark import memory_probe; "
+        f"memory_probe({family!r}, {implementation!r}, {batch_size}, {gradient_checkpointing}, {device!r})"
+    )
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory probe for {implementation} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def checkpointing_memory(family: str, implementations, batch_size: int, device="cpu") -> list[dict]:
+    """Per implementation: the training step's peak memory (MiB) without and with gradient checkpointing, and the
+    fraction checkpointing saves."""
+    probes = [(name, checkpointing) for name in implementations for checkpointing in (False, True)]
+    peaks = {
+        (name, checkpointing): peak_training_memory(family, name, batch_size, checkpointing, device)
+        for name, checkpointing in tqdm(probes, desc=f"{family} b{batch_size} peak memory")
+    }
+    return [
+        dict(
+            implementation=name,
+            peak_mib=peaks[(name, False)],
+            checkpointed_peak_mib=peaks[(name, True)],
+            reduction=1 - peaks[(name, True)] / peaks[(name, False)],
+        )
+        for name in implementations
+    ]
+
+
+def enable_gradient_checkpointing(model) -> None:
+    if hasattr(model, "set_grad_checkpointing"):  # timm
+        model.set_grad_checkpointing(True)
+    else:
+        model.gradient_checkpointing_enable()
+
+
+def memory_probe(family, implementation, batch_size, gradient_checkpointing, device="cpu") -> None:
+    """Print {"peak_mib": ...}: the peak of one training step above the memory held before it (model, optimizer
+    state). A first step runs before, so AdamW's state exists and the measured step holds activations, gradients
+    and temporaries only."""
+    model = build(family, implementation, device)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    step = training_step(model, batch_size, MODELS[family][0], device)
+    step()
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        before = reset_peak_resident_memory()
+        step()
+        peak = resident_memory("VmHWM") - before
+    print(json.dumps({"peak_mib": peak / 2**20}))
+
+
+def resident_memory(field: str = "VmRSS") -> int:
+    """Bytes of this process's resident set (`VmRSS`) or its high-water mark (`VmHWM`), from /proc (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_resident_memory() -> int:
+    """Hand freed heap pages back to the OS, then reset the high-water mark to the current resident set (Linux:
+    /proc/self/clear_refs); returns that resident set in bytes. Without the trim, a step would reuse memory the
+    allocator kept from model construction and look smaller than it is."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    return resident_memory("VmRSS")
+
+
+def graph_breaks(family: str, implementation: str) -> int:
+    """Graph breaks `torch._dynamo.explain` finds in one inference forward (0: the whole model is one graph)."""
+    model = build(family, implementation).eval()
+    pixels = torch.randn(1, 3, MODELS[family][0], MODELS[family][0])
+    with torch.no_grad():
+        return torch._dynamo.explain(model)(pixels).graph_break_count
+
+
+def export_speed(batch_sizes=(1, 8), repeats: int = 7, family: str = "vit_s16") -> list[dict]:
+    """Inference images/s of hf_vit's ONNX export (dynamic batch and size) in onnxruntime on the CPU against the same
+    model in PyTorch eager, timed interleaved; rows with the ratio onnxruntime / PyTorch."""
+    import onnxruntime
+
+    model = build(family, "hf_vit" if family.startswith("vit") else next(iter(MODELS[family][1]))).eval()
+    image_size = MODELS[family][0]
+    with tempfile.TemporaryDirectory() as directory:
+        export_model(model, directory)
+        session = onnxruntime.InferenceSession(os.path.join(directory, ONNX_FILE), providers=["CPUExecutionProvider"])
+    steps = {}
+    for batch_size in batch_sizes:
+        pixels = torch.randn(batch_size, 3, image_size, image_size).numpy()
+        steps[("pytorch eager", batch_size)] = inference_step(model, batch_size, image_size)
+        steps[("onnxruntime", batch_size)] = partial(session.run, None, {"pixel_values": pixels})
+    seconds = interleaved_medians(steps, repeats, desc=f"{family} export")
+    return [
+        dict(
+            family=family,
+            mode="inference",
+            batch_size=batch_size,
+            implementation=name,
+            images_per_s=batch_size / seconds[(name, batch_size)],
+            onnxruntime_ratio=seconds[("pytorch eager", batch_size)] / seconds[("onnxruntime", batch_size)],
+        )
+        for name, batch_size in steps
+    ]
+
+
+def make_jpeg_imagefolder(
+    directory: str, count: int = 256, size=(256, 320), num_classes: int = 4, seed: int = 0
+) -> str:
+    """An imagefolder of `count` JPEG photographs-to-be (smooth random colour fields with edges), `size` px, in
+    `num_classes` class folders: what a 224 px training pipeline reads."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        folder = os.path.join(directory, f"class{index % num_classes}")
+        os.makedirs(folder, exist_ok=True)
+        low = rng.integers(0, 256, (size[0] // 16, size[1] // 16, 3)).astype(np.uint8)
+        image = Image.fromarray(low).resize(size[::-1], Image.BICUBIC)
+        image.save(os.path.join(folder, f"{index}.jpg"), quality=90)
+    return directory
+
+
+def input_pipeline_speed(
+    directory: str, workers=(0, 1, 2), batch_size: int = 16, repeats: int = 3, image_size: int = 224
+) -> list[dict]:
+    """Images/s of the training input pipeline on the imagefolder at `directory` (decode, DeiT's ImageNet
+    augmentation at `image_size` px: RandomResizedCrop, flip, RandAugment 9, RandomErasing 0.25, then batching),
+    with each number of data-loading workers (median of `repeats` passes after a warm one), and of the ViT-S/16
+    training step (224 px) at the same batch size on the same machine."""
+    from hf_vit.processors import make_image_processor
+    from hf_vit.training.data import DataArguments, collate, load_training_data
+    from hf_vit.training.transforms import attach_transforms
+
+    data = load_training_data(DataArguments(train_dir=directory, train_val_split=0.05))
+    attach_transforms(
+        data,
+        make_image_processor(image_size),
+        3,
+        DataArguments(),
+        crop_scale_min=0.08,
+        hflip_prob=0.5,
+        rand_augment_magnitude=9,
+        random_erasing_prob=0.25,
+    )
+    rows = []
+    for count in workers:
+        loader = torch.utils.data.DataLoader(
+            data.train,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=count,
+            persistent_workers=count > 0,
+            collate_fn=collate,
+        )
+        seconds = []
+        for _ in tqdm(range(repeats + 1), desc=f"input pipeline, {count} workers", leave=False):
+            start = time.perf_counter()
+            for _batch in loader:
+                pass
+            seconds.append(time.perf_counter() - start)
+        rows.append(
+            dict(
+                stage="input pipeline",
+                workers=count,
+                batch_size=batch_size,
+                images_per_s=len(data.train) / statistics.median(seconds[1:]),
+            )
+        )
+    step = training_step(build("vit_s16", "hf_vit"), batch_size, MODELS["vit_s16"][0])
+    seconds = interleaved_medians({"step": step}, max(repeats, 3), desc="ViT-S/16 training step")["step"]
+    rows.append(
+        dict(stage="ViT-S/16 training step", workers=None, batch_size=batch_size, images_per_s=batch_size / seconds)
+    )
+    for row in rows:
+        row["times_the_step"] = row["images_per_s"] / rows[-1]["images_per_s"]  # > 1: the pipeline keeps up
+    return rows
+
+
+def time_to_first_steps(directory: str, counts=(1_000, 100_000), rounds: int = 2, steps: int = 3) -> list[dict]:
+    """Seconds from the command to its end for `finetune.py --max_steps {steps}` (a fresh process: imports, data,
+    model, the steps, an evaluation on 64 images) on imagefolders of `counts` 32 px JPEGs in 10 classes, streamed
+    and map-style (every image checked first), the runs interleaved over `rounds`; medians."""
+    folders = {
+        count: make_jpeg_imagefolder(os.path.join(directory, f"images_{count}"), count, size=(32, 32), num_classes=10)
+        for count in counts
+    }
+    seconds = {(count, streaming): [] for count in counts for streaming in (True, False)}
+    for round_index in tqdm(range(rounds), desc="time to the first steps"):
+        for (count, streaming), runs in seconds.items():
+            output_dir = os.path.join(directory, f"run_{count}_{streaming}_{round_index}")
+            command = [
+                sys.executable,
+                "-c",
+                "from hf_vit.training.finetune import main; raise SystemExit(main())",
+                "--train_dir",
+                folders[count],
+                "--output_dir",
+                output_dir,
+                "--max_steps",
+                str(steps),
+                "--per_device_train_batch_size",
+                "16",
+                "--max_eval_samples",
+                "64",
+                "--save_strategy",
+                "no",
+                "--disable_tqdm",
+                "true",
+                *(["--streaming"] if streaming else []),
+            ]
+            # a cache of its own: a map-style run must not find the previous one's prepared dataset
+            env = {**os.environ, "HF_DATASETS_CACHE": os.path.join(output_dir, "datasets_cache")}
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, env=env)
+            runs.append(time.perf_counter() - start)
+    return [
+        dict(images=count, streaming=streaming, seconds=statistics.median(runs), runs=len(runs))
+        for (count, streaming), runs in seconds.items()
+    ]
