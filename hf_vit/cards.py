@@ -36,19 +36,31 @@ def _name(option) -> str:
     return getattr(option, "value", option)
 
 
-def evaluations_by_epoch(log_history, metric: str = "eval_accuracy") -> list[dict]:
-    """The eval log entries holding `metric`, one per epoch (the last one wins: the final `evaluate()` repeats the
-    last epoch's)."""
+# The metric a classifier's card and curves show: accuracy, or mean average precision for multi-label data.
+HEADLINE_METRICS = {"eval_accuracy": "accuracy", "eval_mAP": "mAP"}
+
+
+def headline_metric(log_history) -> str:
+    """The eval metric of `HEADLINE_METRICS` the run logged ("eval_accuracy" when it logged neither)."""
+    logged = {key for entry in log_history or [] for key in entry}
+    return next((key for key in HEADLINE_METRICS if key in logged), "eval_accuracy")
+
+
+def evaluations_by_epoch(log_history, metric: str | None = None) -> list[dict]:
+    """The eval log entries holding `metric` (default: the headline metric), one per epoch (the last one wins: the
+    final `evaluate()` repeats the last epoch's)."""
+    metric = metric or headline_metric(log_history)
     by_epoch = {entry.get("epoch"): entry for entry in log_history or [] if metric in entry}
     return list(by_epoch.values())
 
 
 def plot_training_curves(log_history, path: str) -> None:
-    """Loss (training and evaluation), evaluation accuracy (for classifiers) and learning rate against the epoch,
-    in one PNG."""
+    """Loss (training and evaluation), the evaluation's headline metric (for classifiers: accuracy, or mAP) and
+    learning rate against the epoch, in one PNG."""
     train = [entry for entry in log_history if "loss" in entry and "epoch" in entry]
     evals = evaluations_by_epoch(log_history, "eval_loss")
-    accuracies = evaluations_by_epoch(log_history)
+    metric = headline_metric(log_history)
+    accuracies = evaluations_by_epoch(log_history, metric)
     figure, all_axes = new_figure(1, 3 if accuracies else 2, figsize=(13 if accuracies else 9, 3.8))
     loss_axes, lr_axes = all_axes[0], all_axes[-1]
     loss_axes.plot([e["epoch"] for e in train], [e["loss"] for e in train], marker="o", markersize=3, label="training")
@@ -56,10 +68,9 @@ def plot_training_curves(log_history, path: str) -> None:
         [e["epoch"] for e in evals], [e["eval_loss"] for e in evals], marker="o", markersize=3, label="evaluation"
     )
     if accuracies:
-        all_axes[1].plot(
-            [e["epoch"] for e in accuracies], [e["eval_accuracy"] for e in accuracies], marker="o", markersize=3
-        )
-        all_axes[1].set(xlabel="epoch", ylabel="accuracy", title="evaluation accuracy", ylim=(0, 1))
+        name = HEADLINE_METRICS[metric]
+        all_axes[1].plot([e["epoch"] for e in accuracies], [e[metric] for e in accuracies], marker="o", markersize=3)
+        all_axes[1].set(xlabel="epoch", ylabel=name, title=f"evaluation {name}", ylim=(0, 1))
     lr_axes.plot(
         [e["epoch"] for e in train if "learning_rate" in e], [e["learning_rate"] for e in train if "learning_rate" in e]
     )
@@ -86,11 +97,12 @@ def training_summary(training_args, log_history, recipe=None) -> str:
         lines.insert(3, f"- backbone learning rate: {training_args.backbone_learning_rate:g}")
     if recipe:  # its title line, then one line per ingredient
         lines.append(f"- {recipe[0]}\n" + "\n".join(f"  - {line}" for line in recipe[1:]))
-    evals = evaluations_by_epoch(log_history)
+    metric = headline_metric(log_history)
+    evals = evaluations_by_epoch(log_history, metric)
     if evals:
         epochs = ", ".join(f"{entry['epoch']:g}" for entry in evals)
-        curve = ", ".join(f"{entry['eval_accuracy']:.3f}" for entry in evals)
-        lines.append(f"- eval accuracy at epochs {epochs}: {curve}")
+        curve = ", ".join(f"{entry[metric]:.3f}" for entry in evals)
+        lines.append(f"- eval {HEADLINE_METRICS[metric]} at epochs {epochs}: {curve}")
     return "\n".join(lines)
 
 
@@ -106,30 +118,35 @@ def render_model_card(
     recipe=None,
     curves=None,
     extra_fields=None,
+    hyperparameters=None,
 ) -> str:
     """The card of `model` from the template file named `template` (`Family.card_template`).
 
     `dataset` names the data for people; `dataset_id`, a Hub dataset id, is listed in the metadata (a local path
     is not: the Hub would take it for an id). `curves`: a picture file beside the card to show. `extra_fields`:
-    more `${name}` values for the template.
+    more `${name}` values for the template. `hyperparameters`: how the model was made, in Markdown (default: the
+    training run's, from `training_args`).
     """
     config = model.config
-    evals = evaluations_by_epoch(log_history)
+    metric = headline_metric(log_history)
+    evals = evaluations_by_epoch(log_history, metric)
     evaluations = evaluations_by_epoch(log_history, "eval_loss")
     labels = list((config.id2label or {}).values())
     fields = {key: value for key, value in config.to_dict().items() if isinstance(value, (int, float, str, list))}
     started_from = getattr(config, "_name_or_path", "")  # set by from_pretrained, empty for fresh models
     title = load_id or (training_args.hub_model_id or training_args.output_dir if training_args else started_from)
     model_name = os.path.basename(str(title or config.model_type).rstrip("/"))
-    hyperparameters = training_summary(training_args, log_history, recipe)
+    hyperparameters = hyperparameters or training_summary(training_args, log_history, recipe)
     if curves:
-        hyperparameters += f"\n\n![training curves: loss, evaluation accuracy, learning rate]({curves})"
+        shown = f"loss, evaluation {HEADLINE_METRICS[metric]}, learning rate"
+        hyperparameters += f"\n\n![training curves: {shown}]({curves})"
     fields.update(
         model_name=model_name,
         num_parameters=f"{sum(p.numel() for p in model.parameters()):,}",
         labels=", ".join(map(str, labels[:20])) + (f", ... ({len(labels)} in all)" if len(labels) > 20 else ""),
         dataset=dataset or "unknown",
-        eval_accuracy=f"{evals[-1]['eval_accuracy']:.4f}" if evals else "not evaluated",
+        metric_name=HEADLINE_METRICS[metric],
+        eval_metric=f"{evals[-1][metric]:.4f}" if evals else "not evaluated",
         source=source or (f"fine-tuned from {public_name(started_from)}" if started_from else "trained from scratch"),
         hyperparameters=hyperparameters,
         load_id=load_id or "path/to/this/checkpoint",
@@ -144,16 +161,16 @@ def render_model_card(
     if dataset_id:
         card.data.datasets = [dataset_id]
     if evals:
-        card.data.metrics = ["accuracy"]
+        card.data.metrics = [HEADLINE_METRICS[metric]]
         card.data.eval_results = [
             EvalResult(
                 task_type="image-classification",
                 task_name="Image Classification",
                 dataset_type=dataset_id or "custom",
                 dataset_name=dataset or dataset_id or "unknown",
-                metric_type="accuracy",
-                metric_name="Accuracy",
-                metric_value=round(evals[-1]["eval_accuracy"], 4),
+                metric_type=HEADLINE_METRICS[metric],
+                metric_name=HEADLINE_METRICS[metric],
+                metric_value=round(evals[-1][metric], 4),
             )
         ]
     return card.content

@@ -14,7 +14,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from .guards import UsageError, usage_errors
+from .guards import is_input_error, usage_errors
 
 TRACEBACK_FLAG = "--traceback"
 TRACEBACK_HELP = "Show the full traceback of an input error instead of its one-line message."
@@ -25,8 +25,8 @@ def run_command(body, argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         body()
-    except UsageError as error:
-        if TRACEBACK_FLAG in argv:
+    except (ValueError, OSError) as error:
+        if not is_input_error(error) or TRACEBACK_FLAG in argv:
             raise
         print(f"{os.path.basename(sys.argv[0]) or 'hf_vit'}: error: {error}", file=sys.stderr)
         return 2

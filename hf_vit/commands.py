@@ -23,6 +23,30 @@ def pretrain(argv):
     return main(argv)
 
 
+def probe(argv):
+    from .training.probe import main
+
+    return main(argv)
+
+
+def evaluate(argv):
+    from .inference.evaluation import main
+
+    return main(argv)
+
+
+def predict(argv):
+    from .inference.predict import main
+
+    return main(argv)
+
+
+def demo(argv):
+    from .inference.demo import main
+
+    return main(argv)
+
+
 def convert(argv):
     from .interop.convert import main
 
@@ -39,6 +63,10 @@ def export(argv):
 JOBS = {
     "finetune": ("fine-tune or train an image classifier (the main job)", finetune),
     "pretrain": ("pretrain an encoder on unlabelled images (MAE, SimMIM)", pretrain),
+    "probe": ("linear, kNN or logistic-regression probe of a backbone's frozen features", probe),
+    "evaluate": ("an evaluation report of a classifier: metrics.json and pictures, optionally with TTA", evaluate),
+    "predict": ("predict a folder or glob of pictures into a CSV / JSON Lines table, with attention overlays", predict),
+    "demo": ("a Gradio demo of a classifier in the browser", demo),
     "convert": ("convert a transformers or timm checkpoint into an hf_vit one", convert),
     "export": ("export a checkpoint to ONNX and torch.export, checked with onnxruntime", export),
 }

@@ -3,10 +3,14 @@ layer groups its models'), the preset `finetune.py` trains by default, its model
 converts from. Importing this module registers them (`registry.register`); `import hf_vit` does."""
 
 from .interop.key_maps import (
+    TIMM_EVA,
     TIMM_SWIN,
     TIMM_VIT,
+    TRANSFORMERS_AIMV2,
+    TRANSFORMERS_CLIP,
     TRANSFORMERS_DINOV2,
     TRANSFORMERS_DINOV2_WITH_REGISTERS,
+    TRANSFORMERS_DINOV3,
     TRANSFORMERS_SWIN,
     TRANSFORMERS_VIT,
     TRANSFORMERS_VIT_MAE,
@@ -47,7 +51,11 @@ VIT = register(
             "transformers:vit_mae": TRANSFORMERS_VIT_MAE,
             "transformers:dinov2": TRANSFORMERS_DINOV2,
             "transformers:dinov2_with_registers": TRANSFORMERS_DINOV2_WITH_REGISTERS,
+            "transformers:dinov3_vit": TRANSFORMERS_DINOV3,
+            "transformers:aimv2_vision_model": TRANSFORMERS_AIMV2,
+            "transformers:clip_vision_model": TRANSFORMERS_CLIP,
             "timm:VisionTransformer": TIMM_VIT,
+            "timm:Eva": TIMM_EVA,
         },
     )
 )

@@ -15,18 +15,21 @@ class UsageError(ValueError):
     """Bad input (a flag, a path, a column, an image, a config field) found before the work started."""
 
 
-class CheckpointMismatchError(UsageError):
-    """The weights don't fit the model: the message lists every missing, unexpected or misshapen key."""
+def is_input_error(error: BaseException) -> bool:
+    """A UsageError, or an error that says it is about the input itself (`input_error`, as the models'
+    CheckpointMismatchError): a command prints it in one line."""
+    return isinstance(error, UsageError) or getattr(error, "input_error", False)
 
 
 @contextmanager
 def usage_errors():
-    """Re-raise the ValueErrors and OSErrors of the block, which checks what the user gave, as UsageErrors."""
+    """Re-raise the ValueErrors and OSErrors of the block, which checks what the user gave, as UsageErrors (errors
+    that already say they are input errors keep their type)."""
     try:
         yield
-    except UsageError:
-        raise
     except (ValueError, OSError) as error:
+        if is_input_error(error):
+            raise
         raise UsageError(str(error)) from error
 
 

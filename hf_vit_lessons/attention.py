@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hf_vit.figures import new_figure, save_figure, save_plot
+from hf_vit.inference.attention import maps_from_sdpa, rollout
 from hf_vit.models.modeling_swin import window_partition
 
 from .patches import to_display
@@ -74,19 +75,15 @@ def attention_cost_sweep(sides=(14, 28, 42, 56, 70, 84), output_dir: str = ".", 
 
 def attention_rollout(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Abnar & Zuidema (2020): per-layer CLS attention (layers, gh, gw), head-averaged, and the rollout
-    (the product over layers of 0.5 * A + 0.5 * I, rows renormalised), from CLS to every patch, (gh, gw)."""
+    (the product over layers of 0.5 * A + 0.5 * I, rows renormalised), from CLS to every patch, (gh, gw), of the
+    first image of the batch."""
     base = model.base_model
-    model.set_attn_implementation("eager")
-    with torch.no_grad():
+    with maps_from_sdpa(model), torch.no_grad():
         attentions = model(pixel_values, output_attentions=True).attentions
     grid_h, grid_w = base.embeddings.grid_size
     prefix = base.num_prefix_tokens
     per_layer = torch.stack([a[0].mean(0)[0, prefix:] for a in attentions]).view(-1, grid_h, grid_w)
-    rollout = torch.eye(attentions[0].shape[-1])
-    for attention in attentions:
-        mixed = 0.5 * attention[0].mean(0) + 0.5 * torch.eye(attention.shape[-1])
-        rollout = (mixed / mixed.sum(-1, keepdim=True)) @ rollout
-    return per_layer, rollout[0, prefix:].view(grid_h, grid_w)
+    return per_layer, rollout(attentions, prefix, class_token=True)[0].view(grid_h, grid_w)
 
 
 def save_attention_maps(pixel_values, per_layer, rollout, path: str) -> None:

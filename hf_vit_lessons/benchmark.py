@@ -24,9 +24,12 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForImageClassification, DeiTForImageClassificationWithTeacher
 
+from hf_vit.interop.convert import from_timm
 from hf_vit.interop.export import ONNX_FILE, export_model
 from hf_vit.models.configuration_deit import DEIT_PRESETS
 from hf_vit.models.configuration_vit import VIT_PRESETS
@@ -75,6 +78,16 @@ def vit_implementations(preset: str, timm_model, num_labels: int = 1000) -> dict
         "hf_vit_every_token": lambda: EveryToken(ours("hf_vit", preset, num_labels=num_labels)),
         "timm": timm_model,
         "transformers": lambda: reference("vit", **VIT_PRESETS[preset], num_labels=num_labels),
+    }
+
+
+def converted_pair(timm_name: str) -> dict:
+    """Builders of timm's `timm_name` and of hf_vit's conversion of it: the same architecture, option for option."""
+    return {
+        "hf_vit": lambda: from_timm(
+            dict(architecture=timm_name, num_classes=1000), timm.create_model(timm_name, num_classes=1000).state_dict()
+        ),
+        "timm": lambda: timm.create_model(timm_name, num_classes=1000),
     }
 
 
@@ -131,6 +144,8 @@ MODELS = {
             ),
         },
     ),
+    "dinov3_s16": (224, converted_pair("vit_small_patch16_dinov3")),  # rotary positions, 4 registers
+    "eva02_s14": (224, converted_pair("eva02_small_patch14_224")),  # EVA rotary + absolute positions, fused SwiGLU
     "swin_t": (
         224,
         {
@@ -174,7 +189,7 @@ def training_step(model, batch_size: int, image_size: int, device="cpu", amp=Non
     """One AdamW step on cross-entropy: forward, backward, update."""
     model.train()
     pixels = torch.randn(batch_size, 3, image_size, image_size, device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")  # fused: one kernel per step
     with torch.no_grad():
         num_labels = logits_of(model.eval()(pixels[:1])).shape[-1]
     model.train()
@@ -237,6 +252,83 @@ def compare_speed(
     for row in rows:
         row["hf_vit_ratio"] = ours["images_per_s"] / row["images_per_s"]  # > 1: hf_vit is faster than this peer
     return rows
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets; the most specific name first.
+PEAK_BF16_TFLOPS = {"H200 NVL": 835.0, "H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
+GPU_FAMILIES = ("vit_b16", "vit_s16", "deit_s_distilled", "swin_t", "dinov3_s16")
+
+
+def peak_tflops(device: str) -> float | None:
+    """The accelerator's dense bf16 peak when it is in PEAK_BF16_TFLOPS, else None (no utilisation reported)."""
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def forward_flops(family: str) -> int:
+    """Model FLOPs of one image's forward pass, counted on timm's model (every token of every block) with attention
+    in plain matmuls so that it is counted too: the common yardstick of every implementation's utilisation."""
+    model = build(family, "timm").eval()
+    pixels = torch.randn(1, 3, MODELS[family][0], MODELS[family][0])
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        logits_of(model(pixels))
+    return counter.get_total_flops()
+
+
+def step_peak_mib(step: Callable[[], None], device: str) -> float | None:
+    """Run `step` once (the warm-up that compiles) and return the memory it allocated above what was already
+    held (CUDA only)."""
+    if device != "cuda":
+        step()
+        return None
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    return (torch.cuda.max_memory_allocated() - held) / 2**20
+
+
+def accelerator_speed(
+    family, mode, batch_size, repeats, device="cuda", amp="bf16", compile_models=True, peak=None, implementations=None
+) -> list[dict]:
+    """Images/s, step peak memory and model FLOPs utilisation of every implementation of `family`, eager and (with
+    `compile_models`) compiled, timed interleaved in one process; `implementations` picks some of "ours", "timm"
+    and "transformers". Training is forward, fp32 loss, backward and a
+    (fused on CUDA) AdamW update, so utilisation counts 3x the forward FLOPs."""
+    image_size = MODELS[family][0]
+    make_step = inference_step if mode == "inference" else training_step
+    steps, memory = {}, {}
+    for name in MODELS[family][1]:
+        if name in ("hf_vit_every_token", "transformers_eager"):
+            continue
+        if implementations and ("ours" if name.startswith("hf_") else name) not in implementations:
+            continue
+        model = build(family, name, device)
+        variants = {name: model} | ({f"{name}+compile": torch.compile(model)} if compile_models else {})
+        for variant, module in variants.items():
+            steps[variant] = make_step(module, batch_size, image_size, device, amp)
+            memory[variant] = step_peak_mib(steps[variant], device)
+    seconds = interleaved_medians(steps, repeats, desc=f"{family} {mode} b{batch_size}")
+    flops = forward_flops(family) * (1 if mode == "inference" else 3)
+    ours = next(value for name, value in seconds.items() if name.startswith("hf_"))
+    return [
+        dict(
+            family=family,
+            mode=mode,
+            batch_size=batch_size,
+            device=device,
+            amp=amp or "fp32",
+            implementation=name,
+            images_per_s=batch_size / value,
+            hf_vit_ratio=value / ours,
+            step_peak_mib=memory[name],
+            gflops_per_image=flops / 1e9,
+            mfu=flops * batch_size / value / (peak * 1e12) if peak else None,
+        )
+        for name, value in seconds.items()
+    ]
 
 
 SWIN_AT_SIZE = {

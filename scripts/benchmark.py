@@ -7,7 +7,8 @@ onnxruntime against PyTorch eager, the input pipeline, and the time to the first
     python scripts/benchmark.py --suite export        # ViT-S/16 in onnxruntime vs PyTorch eager, batch 1 and 8
     python scripts/benchmark.py --suite data          # the 224 px input pipeline at 0, 1, 2 workers vs a ViT-S/16 step
     python scripts/benchmark.py --suite startup       # finetune.py's first steps on 1,000 and 100,000 images
-    python scripts/benchmark.py --device cuda --amp bf16 --suite inference train compile --json gpu.json
+    python scripts/benchmark.py --suite gpu --device cuda --amp bf16 --json gpu.json   # the accelerator suite
+    python scripts/benchmark.py --suite gpu --smoke   # the same code on the CPU, tiny (the test suite runs this)
 """
 
 import argparse
@@ -20,8 +21,8 @@ import torch
 from hf_vit_lessons import benchmark
 from hf_vit_lessons.report import markdown_table
 
-SUITES = ("inference", "train", "swin", "memory", "compile", "export", "data", "startup")
-OPT_IN = ("compile", "export", "data", "startup")  # run only when named
+SUITES = ("inference", "train", "swin", "memory", "compile", "export", "data", "startup", "gpu")
+OPT_IN = ("compile", "export", "data", "startup", "gpu")  # run only when named
 
 
 def main(argv=None) -> int:
@@ -31,8 +32,18 @@ def main(argv=None) -> int:
     parser.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast dtype (default: fp32)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timed rounds; medians are reported")
-    parser.add_argument("--json", default=None, help="also write every figure to this file")
+    parser.add_argument("--json", default=None, help="also write every figure to this file, as each suite ends")
+    gpu = parser.add_argument_group("the gpu suite")
+    gpu.add_argument("--families", nargs="+", choices=list(benchmark.MODELS), default=list(benchmark.GPU_FAMILIES))
+    gpu.add_argument("--modes", nargs="+", choices=["train", "inference"], default=["train", "inference"])
+    gpu.add_argument("--implementations", nargs="+", choices=["ours", "timm", "transformers"], default=None)
+    gpu.add_argument("--batch_size", type=int, default=256)
+    gpu.add_argument("--peak_tflops", type=float, default=None, help="the device's peak (default: known GPUs)")
+    gpu.add_argument("--no_compile", action="store_true", help="eager only")
+    gpu.add_argument("--smoke", action="store_true", help="CPU-sized: the CIFAR ViT, batch 2, one round")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.families, args.batch_size, args.repeats = ["vit_cifar"], 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     speed = dict(repeats=args.repeats, device=args.device, amp=args.amp)
@@ -47,9 +58,40 @@ def main(argv=None) -> int:
 
     def add(suite: str, new_rows: list[dict]) -> None:
         rows.extend(dict(row, suite=suite) for row in new_rows)
+        save()
+
+    def save() -> None:  # after every comparison, so a run cut short by its time limit keeps what it measured
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results | {"speed": rows}, f, indent=2)
+
+    if "gpu" in args.suite:
+        peak = args.peak_tflops or benchmark.peak_tflops(args.device)
+        results["peak_tflops"] = peak
+        for family in args.families:
+            for mode in args.modes:
+                try:
+                    new = benchmark.accelerator_speed(
+                        family,
+                        mode,
+                        args.batch_size,
+                        args.repeats,
+                        args.device,
+                        args.amp,
+                        not args.no_compile,
+                        peak,
+                        args.implementations,
+                    )
+                except Exception as error:  # one family failing (a peer library too old for it) ends none of the rest
+                    print(f"{family} {mode} failed: {error!r}", flush=True)
+                    results.setdefault("failed", []).append(f"{family} {mode}: {error!r}")
+                    continue
+                add("gpu", new)
+                columns = ["family", "mode", "implementation", "images_per_s", "hf_vit_ratio", "step_peak_mib", "mfu"]
+                print(markdown_table(new, columns), flush=True)
 
     if "inference" in args.suite:
-        for family in ("vit_s16", "deit_s_distilled", "swin_t", "hybrid_r50"):
+        for family in ("vit_s16", "deit_s_distilled", "swin_t", "hybrid_r50", "dinov3_s16", "eva02_s14"):
             for batch_size in (1, 8):
                 add(
                     "inference",
@@ -72,10 +114,11 @@ def main(argv=None) -> int:
         }
         print("graph breaks (torch._dynamo.explain):", results["graph_breaks"])
     results["speed"] = rows
-    if rows:
+    if any(row["suite"] != "gpu" for row in rows):
         print(
             markdown_table(
-                rows, ["suite", "family", "mode", "batch_size", "implementation", "images_per_s", "hf_vit_ratio"]
+                [row for row in rows if row["suite"] != "gpu"],
+                ["suite", "family", "mode", "batch_size", "implementation", "images_per_s", "hf_vit_ratio"],
             )
         )
     if "swin" in args.suite:
@@ -105,9 +148,7 @@ def main(argv=None) -> int:
         memory = benchmark.checkpointing_memory("vit_b16", ["hf_vit", "timm", "transformers"], 32, args.device)
         results["memory_vit_b16_batch32"] = memory
         print(markdown_table(memory, ["implementation", "peak_mib", "checkpointed_peak_mib", "reduction"]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    save()
     return 0
 
 

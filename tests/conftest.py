@@ -41,8 +41,20 @@ SMALL_VIT = dict(hidden_size=192, num_hidden_layers=2, num_attention_heads=3, in
 
 
 # `accelerate launch` of two data-parallel processes (CPU processes over gloo where there is no GPU)
-TWO_PROCESSES = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")  # fmt: skip
+TWO_PROCESSES = (
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+)
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from transformers import (
 )
 
 from hf_vit import HfDeiTForImageClassification, HfSwinForImageClassification, HfViTForImageClassification
-from hf_vit.guards import CheckpointMismatchError
 from hf_vit.interop.convert import convert_checkpoint
+from hf_vit.models.configuration_utils import CheckpointMismatchError
 
 from conftest import HUB_TOKEN, REPO_ROOT, SMALL_VIT, randomize
 from test_finetune import make_imagefolder, run_script

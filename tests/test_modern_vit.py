@@ -18,8 +18,8 @@ from transformers import (
 )
 
 from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfViTConfig, HfViTForImageClassification
-from hf_vit.guards import CheckpointMismatchError
 from hf_vit.interop.convert import convert_checkpoint, from_transformers
+from hf_vit.models.configuration_utils import CheckpointMismatchError
 from hf_vit.training.finetune import finetune, parse_args
 
 from conftest import TINY_VIT, randomize
@@ -117,7 +117,10 @@ def test_every_option_loads_as_remote_code(tmp_path):
         (dict(num_register_tokens=1.5), "num_register_tokens must be a non-negative integer"),
         (dict(layer_scale_init_value=0.0), "layer_scale_init_value must be positive"),
         (dict(pooling="max"), r"pooling must be one of \['cls', 'mean', 'cls_mean', 'map'\]"),
-        (dict(class_token=False, pooling="cls_mean"), "class_token=False needs pooling='mean' or 'map'"),
+        (
+            dict(class_token=False, pooling="cls_mean"),
+            "class_token=False needs pooling='mean', 'normalized_mean' or 'map'",
+        ),
     ],
 )
 def test_bad_option_values_name_the_field(config, message):

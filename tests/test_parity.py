@@ -6,8 +6,8 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_vit import HfViTConfig, HfViTForImageClassification
-from hf_vit.guards import CheckpointMismatchError
 from hf_vit.interop.key_maps import TIMM_VIT_RULES, TRANSFORMERS_VIT_RULES, load_converted_state_dict, rename_keys
+from hf_vit.models.configuration_utils import CheckpointMismatchError
 
 from conftest import SMALL_VIT, randomize
 

@@ -23,7 +23,7 @@ from ..cli import TRACEBACK_FLAG, TRACEBACK_HELP, run_command
 from ..guards import OVERWRITE_HELP, check_local_path, check_output_dir, usage_errors
 from ..processors import checkpoint_image_processor, set_processor_size, timm_image_processor
 from ..registry import FAMILIES, converter_for
-from .key_maps import load_converted_state_dict, rename_keys
+from .key_maps import load_converted_state_dict
 
 logger = logging.get_logger(__name__)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
@@ -100,7 +100,7 @@ def from_transformers(config: dict, state_dict: dict):
     fields.update(key_map.config_fields(config) if key_map.config_fields else {})
     model_class = family.model_class_for((config.get("architectures") or [None])[0])
     model = model_class(config_class(**fields, **_labels(config, 0 if head is None else head.shape[0])))
-    load_converted_state_dict(model, rename_keys(state_dict, key_map.rules, base=base))
+    load_converted_state_dict(model, key_map.rename(state_dict, config, base))
     return model.eval()
 
 
@@ -125,15 +125,13 @@ def from_timm(config: dict, state_dict: dict):
     found = next(filter(None, (converter_for(f"timm:{cls.__name__}") for cls in type(reference).__mro__)), None)
     if found is None:
         raise ValueError(
-            f"timm architecture {architecture!r} ({type(reference).__name__}) is not a ViT, DeiT or Swin that hf_vit "
-            f"converts ({sources('timm')})"
+            f"timm architecture {architecture!r} ({type(reference).__name__}) is not a model hf_vit converts "
+            f"({sources('timm')})"
         )
     family, key_map = found
     labels = _labels({"id2label": dict(enumerate(config.get("label_names") or []))}, num_labels)
     model = family.classifier_class(family.config_class(**key_map.config_fields(reference), **labels))
-    load_converted_state_dict(
-        model, rename_keys(state_dict, key_map.rules, base=family.classifier_class.base_model_prefix)
-    )
+    load_converted_state_dict(model, key_map.rename(state_dict, reference, family.classifier_class.base_model_prefix))
     return model.eval()
 
 

@@ -1,9 +1,10 @@
 """How transformers' and timm's checkpoints map onto hf_vit's: one `KeyMap` per source architecture.
 
 A key map is a list of (regex, replacement) rules applied in order to each source key (the first rule that matches
-renames it) and, for timm, the function that reads hf_vit config fields off timm's model. Query/key/value
-projections stored separately (transformers) are fused into one `qkv` tensor. Loading is strict: every missing,
-unexpected or misshapen key is named. The family registry (`families.py`) says which key map serves which source.
+renames it; a list that depends on the source, a function of it), the function that reads hf_vit config fields off
+the source (timm's model, transformers' config.json), and the reshapes a source needs before renaming (`prepare`).
+Query/key/value projections stored separately are fused into one `qkv` tensor. Loading is strict: every missing,
+unexpected or misshapen key is named. The families (`families.py`) say which key map serves which source.
 """
 
 import re
@@ -12,18 +13,26 @@ from dataclasses import dataclass
 
 import torch
 
-from ..guards import CheckpointMismatchError
+from ..models.configuration_utils import CheckpointMismatchError
 
 
 @dataclass(frozen=True)
 class KeyMap:
     """How one source architecture's state dict (and, for timm, its model) becomes an hf_vit family's."""
 
-    rules: list
+    rules: list | Callable  # or a function of the source (its timm model / config.json dict) -> the rules
     # timm: its model -> hf_vit config fields; transformers: its config.json dict -> the fields that do not share
     # a name and meaning with hf_vit's (the shared ones are copied).
     config_fields: Callable | None = None
     source_prefix: str | None = None  # transformers: the source's base-model prefix, when it is not hf_vit's
+    prepare: Callable | None = None  # (state dict, source) -> state dict: reshapes and fills before renaming
+
+    def rename(self, state_dict: dict, source, base: str) -> dict:
+        """The source's state dict under hf_vit's names (`base`: the model's base-model prefix)."""
+        if self.prepare is not None:
+            state_dict = self.prepare(dict(state_dict), source)
+        rules = self.rules(source) if callable(self.rules) else self.rules
+        return rename_keys(state_dict, rules, base=base)
 
 
 # timm's VisionTransformer / deit_* / deit3_* / *_dinov2 / *_siglip_* models, as `timm.create_model(...).state_dict()`
@@ -34,6 +43,9 @@ TIMM_VIT_RULES = [
     (r"^reg_token$", r"{base}.embeddings.register_tokens"),
     (r"^pos_embed$", r"{base}.embeddings.position_embeddings"),
     (r"^patch_embed\.proj\.", r"{base}.patch_embeddings.projection."),
+    (r"^patch_embed\.norm\.", r"{base}.embeddings.patch_norm."),
+    (r"^norm_pre\.", r"{base}.pre_norm."),
+    (r"^blocks\.(\d+)\.gamma_([12])$", r"{base}.encoder.layers.\1.layer_scale\2.gamma"),
     (r"^blocks\.(\d+)\.attn\.", r"{base}.encoder.layers.\1.attention."),
     (r"^blocks\.(\d+)\.ls([12])\.", r"{base}.encoder.layers.\1.layer_scale\2."),
     (r"^blocks\.(\d+)\.", r"{base}.encoder.layers.\1."),
@@ -148,14 +160,68 @@ TRANSFORMERS_SWIN_RULES = [
     (r"^classifier\.", r"{head}."),
 ]
 
+
+def transformers_dinov3_rules(config: dict) -> list:
+    """transformers' DINOv3ViTModel / DINOv3ViTBackbone (under the `dinov3` prefix the converter gives a bare
+    model); blocks are `layer.N` on disk and `model.layer.N` in memory; the up projection is a gated MLP's `fc1_x` or
+    a plain one's `fc1`."""
+    block, up = r"^dinov3\.(?:model\.)?layer\.(\d+)\.", "fc1_x" if config.get("use_gated_mlp") else "fc1"
+    return [
+        (r"^dinov3\.embeddings\.patch_embeddings\.", r"{base}.patch_embeddings.projection."),
+        (r"^dinov3\.embeddings\.", r"{base}.embeddings."),
+        (block + r"attention\.o_proj\.", r"{base}.encoder.layers.\1.attention.proj."),
+        (block + r"attention\.", r"{base}.encoder.layers.\1.attention."),
+        (block + r"layer_scale([12])\.lambda1$", r"{base}.encoder.layers.\1.layer_scale\2.gamma"),
+        (block + r"mlp\.gate_proj\.", r"{base}.encoder.layers.\1.mlp.fc1_g."),
+        (block + r"mlp\.up_proj\.", r"{base}.encoder.layers.\1.mlp." + up + "."),
+        (block + r"mlp\.down_proj\.", r"{base}.encoder.layers.\1.mlp.fc2."),
+        (block + r"(norm[12])\.", r"{base}.encoder.layers.\1.\2."),
+        (r"^dinov3\.norm\.", r"{base}.layernorm."),
+    ]
+
+
+# transformers' Aimv2VisionModel (under the `aimv2` prefix the converter gives it): RMSNorms, a SwiGLU MLP, learned
+# positions for the grid, and an attention-pooling head whose query is a learned token (`prepare` fuses its k / v).
+_AIMV2_BLOCK = r"^aimv2\.encoder\.layers\.(\d+)\."
+TRANSFORMERS_AIMV2_RULES = [
+    (r"^aimv2\.embeddings\.patch_embed\.", r"{base}.patch_embeddings.projection."),
+    (r"^aimv2\.embeddings\.rms_norm\.", r"{base}.embeddings.patch_norm."),
+    (r"^aimv2\.embeddings\.position_embedding\.weight$", r"{base}.embeddings.position_embeddings"),
+    (_AIMV2_BLOCK + r"attention\.out_proj\.", r"{base}.encoder.layers.\1.attention.proj."),
+    (_AIMV2_BLOCK + r"attention\.", r"{base}.encoder.layers.\1.attention."),
+    (_AIMV2_BLOCK + r"ffn\.gate_proj\.", r"{base}.encoder.layers.\1.mlp.fc1_g."),
+    (_AIMV2_BLOCK + r"ffn\.up_proj\.", r"{base}.encoder.layers.\1.mlp.fc1_x."),
+    (_AIMV2_BLOCK + r"ffn\.down_proj\.", r"{base}.encoder.layers.\1.mlp.fc2."),
+    (_AIMV2_BLOCK + r"rms_norm([12])\.", r"{base}.encoder.layers.\1.norm\2."),
+    (r"^aimv2\.rms_norm\.", r"{base}.layernorm."),
+    (r"^aimv2\.head\.cls_token$", r"{base}.pooler.probe"),
+    (r"^aimv2\.head\.output_proj\.", r"{base}.pooler.proj."),
+    (r"^aimv2\.head\.", r"{base}.pooler."),
+]
+
+# transformers' CLIPVisionModel: a pre-norm (CLIP's `pre_layrnorm`), the final norm on the pooled token only.
+_CLIP_BLOCK = r"^vision_model\.encoder\.layers\.(\d+)\."
+TRANSFORMERS_CLIP_RULES = [
+    (r"^vision_model\.embeddings\.class_embedding$", r"{base}.embeddings.cls_token"),
+    (r"^vision_model\.embeddings\.patch_embedding\.", r"{base}.patch_embeddings.projection."),
+    (r"^vision_model\.embeddings\.position_embedding\.weight$", r"{base}.embeddings.position_embeddings"),
+    (r"^vision_model\.pre_layrnorm\.", r"{base}.pre_norm."),
+    (_CLIP_BLOCK + r"self_attn\.out_proj\.", r"{base}.encoder.layers.\1.attention.proj."),
+    (_CLIP_BLOCK + r"self_attn\.", r"{base}.encoder.layers.\1.attention."),
+    (_CLIP_BLOCK + r"layer_norm([12])\.", r"{base}.encoder.layers.\1.norm\2."),
+    (_CLIP_BLOCK + r"mlp\.", r"{base}.encoder.layers.\1.mlp."),
+    (r"^vision_model\.post_layernorm\.", r"{base}.layernorm."),
+]
+
 # Parts of a source checkpoint that hf_vit has no place for, dropped on purpose: the pooler is unused by
 # transformers' classifiers; relative-position indices and shift masks are recomputed (and cached) by hf_swin.
-# DINOv2's mask token only serves its masked-image pretraining.
+# DINOv2's and DINOv3's mask tokens only serve their masked-image pretraining; position ids are recomputed.
 IGNORED_SOURCE_KEYS = [
     r"^(vit|deit)\.pooler\.",
     r"\.relative_position_index$",
     r"\.attn_mask$",
-    r"^(dinov2|dinov2_with_registers)\.embeddings\.mask_token$",
+    r"^(dinov2|dinov2_with_registers|dinov3)\.embeddings\.mask_token$",
+    r"\.position_ids$",
 ]
 
 _SEPARATE_QKV = re.compile(r"^(.*\.attention)\.(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$")
@@ -231,49 +297,238 @@ def unsupported_options(used: dict[str, bool], source: str) -> None:
         raise ValueError(f"{source} uses {[name for name, on in used.items() if on]}, which hf_vit does not implement")
 
 
-def timm_vit_config(model) -> dict:
-    """hf_vit config fields of a timm VisionTransformer, refusing the variants hf_vit does not implement."""
-    block = model.blocks[0]
-    attn_pool = getattr(model, "attn_pool", None)
+def timm_activation(module, source: str) -> str:
+    """The transformers name (`ACT2FN`) of a timm activation module."""
+    name = type(module).__name__
+    if name == "GELU":
+        return "gelu_pytorch_tanh" if getattr(module, "approximate", "none") == "tanh" else "gelu"
+    names = {"QuickGELU": "quick_gelu", "SiLU": "silu", "ReLU": "relu"}
+    unsupported_options({f"act_layer={name}": name not in names}, source)
+    return names[name]
+
+
+def timm_token_fields(model, source: str) -> dict:
+    """hf_vit config fields of what a timm ViT (VisionTransformer, Eva) does around its blocks: the patch embedding,
+    the prefix tokens and positions, the norms before and after the blocks, the pooling."""
+    identity, attn_pool = torch.nn.Identity, getattr(model, "attn_pool", None)
+    fc_norm = not isinstance(model.fc_norm, identity)
+    registers = 0 if model.reg_token is None else model.reg_token.shape[1]
+    pooling = {"token": "cls", "map": "map", "avg": "mean" if fc_norm else "normalized_mean"}.get(model.global_pool)
+    heads = model.blocks[0].attn.num_heads
     unsupported_options(
         {
-            "norm_pre (pre_norm=True)": not isinstance(model.norm_pre, torch.nn.Identity),
-            "position embeddings on register tokens (reg_tokens without no_embed_class=True)": model.num_reg_tokens > 0
+            f"global_pool={model.global_pool!r}": pooling is None,
+            "both norm and fc_norm": fc_norm and not isinstance(model.norm, identity),
+            "no final norm (final_norm=False)": not fc_norm and isinstance(model.norm, identity),
+            "position embeddings on register tokens (reg_tokens without no_embed_class=True)": registers > 0
+            and model.pos_embed is not None
             and not model.no_embed_class,
-            f"global_pool={model.global_pool!r}": model.global_pool not in ("token", "avg", "map"),
-            "both norm and fc_norm": not isinstance(model.norm, torch.nn.Identity)
-            and not isinstance(model.fc_norm, torch.nn.Identity),
-            f"mlp_layer={type(block.mlp).__name__}": type(block.mlp).__name__ != "Mlp",
             "attention pooling other than one latent with a q projection (AttentionPoolLatent)": attn_pool is not None
             and (
                 attn_pool.latent_len != 1
-                or isinstance(attn_pool.q, torch.nn.Identity)
+                or isinstance(attn_pool.q, identity)
                 or attn_pool.pos_embed is not None
-                or not isinstance(attn_pool.q_norm, torch.nn.Identity)
+                or not isinstance(attn_pool.q_norm, identity)
             ),
         },
-        f"timm model {type(model).__name__}",
+        source,
     )
-    norm = model.norm if isinstance(model.fc_norm, torch.nn.Identity) else model.fc_norm
-    layer_scale = getattr(block.ls1, "init_values", None)
     return dict(
         image_size=list(model.patch_embed.img_size),
         patch_size=list(model.patch_embed.patch_size),
         num_channels=model.patch_embed.proj.in_channels,
         hidden_size=model.embed_dim,
         num_hidden_layers=len(model.blocks),
-        num_attention_heads=block.attn.num_heads,
-        intermediate_size=block.mlp.fc1.out_features,
-        qkv_bias=block.attn.qkv.bias is not None,
-        layer_norm_eps=norm.eps,
-        pooling={"avg": "mean", "map": "map"}.get(model.global_pool, "cls"),
+        num_attention_heads=heads,
+        layer_norm_eps=(model.fc_norm if fc_norm else model.norm).eps,
+        pooling=pooling,
+        pooling_num_heads=attn_pool.num_heads if attn_pool is not None and attn_pool.num_heads != heads else None,
         class_token=model.cls_token is not None,
-        interpolation_antialias=True,
-        num_register_tokens=model.num_reg_tokens,
-        prefix_position_embeddings=not model.no_embed_class,
-        layer_scale_init_value=layer_scale,
-        qk_norm=not isinstance(block.attn.q_norm, torch.nn.Identity),
+        num_register_tokens=registers,
+        absolute_position_embeddings=model.pos_embed is not None,
+        # with position embeddings, where they start; timm resamples them with antialiasing
+        prefix_position_embeddings=model.pos_embed is None or not model.no_embed_class,
+        interpolation_antialias=model.pos_embed is not None,
+        pre_norm=not isinstance(model.norm_pre, identity),
+        patch_embedding_bias=model.patch_embed.proj.bias is not None,
+        patch_embedding_norm=not isinstance(model.patch_embed.norm, identity),
     )
+
+
+def timm_block_fields(model, source: str) -> dict:
+    """hf_vit config fields of a timm ViT's blocks: the norms, the MLP, the attention's projection and norms."""
+    identity, block = torch.nn.Identity, model.blocks[0]
+    attention, mlp = block.attn, block.mlp
+    mlp_type = {"Mlp": "mlp", "SwiGLU": "swiglu", "GluMlp": "swiglu_fused"}.get(type(mlp).__name__)
+    norm_type = {"LayerNorm": "layer_norm", "RmsNorm": "rms_norm"}.get(type(block.norm1).__name__)
+    unsupported_options(
+        {
+            f"mlp_layer={type(mlp).__name__}": mlp_type is None,
+            "a GLU MLP gated by its second half (gate_last=True)": mlp_type == "swiglu_fused" and mlp.gate_last,
+            f"norm_layer={type(block.norm1).__name__}": norm_type is None,
+        },
+        source,
+    )
+    return dict(
+        intermediate_size=mlp.fc2.in_features,
+        hidden_act=timm_activation(mlp.act, source),
+        mlp_type=mlp_type,
+        mlp_norm=not isinstance(mlp.norm, identity),
+        mlp_bias=mlp.fc2.bias is not None,
+        norm_type=norm_type,
+        proj_bias=attention.proj.bias is not None,
+        qk_norm=not isinstance(attention.q_norm, identity),
+        attention_output_norm=not isinstance(getattr(attention, "norm", None) or identity(), identity),
+    )
+
+
+def timm_vit_config(model) -> dict:
+    """hf_vit config fields of a timm VisionTransformer (ViT, DeiT, DeiT III, DINOv2, SigLIP, CLIP, AIMv2),
+    refusing the variants hf_vit does not implement."""
+    source = f"timm model {type(model).__name__}"
+    block = model.blocks[0]
+    unsupported_options({"no position embeddings (pos_embed='none')": model.pos_embed is None}, source)
+    return dict(
+        **timm_token_fields(model, source),
+        **timm_block_fields(model, source),
+        qkv_bias=block.attn.qkv.bias is not None,
+        layer_scale_init_value=getattr(block.ls1, "init_values", None),
+    )
+
+
+def timm_eva_config(model) -> dict:
+    """hf_vit config fields of a timm Eva (DINOv3, EVA02, Perception Encoder, timm's RoPE ViTs), refusing the variants
+    hf_vit does not implement."""
+    source = f"timm model {type(model).__name__}"
+    block, rope = model.blocks[0], model.rope
+    attention = block.attn
+    kind = {"RotaryEmbeddingDinoV3": "dinov3", "RotaryEmbeddingCat": "eva"}.get(type(rope).__name__)
+    projection = attention.qkv if attention.qkv is not None else attention.q_proj
+    unsupported_options(
+        {
+            "post-norm blocks (use_post_norm=True)": type(block).__name__ != "EvaBlock",
+            f"{type(rope).__name__} rotary embeddings": rope is not None and kind is None,
+            "pixel-band rotary embeddings (in_pixels=True)": kind == "eva" and rope.in_pixels,
+            "rotary periods from min_period / max_period": kind == "dinov3" and rope.temperature is None,
+            "rotary coordinates normalised by the shorter or longer side": kind == "dinov3"
+            and rope.normalize_coords != "separate",
+            "grouped-query attention (num_kv_heads)": getattr(attention, "num_kv_groups", 1) > 1,
+            "gated attention (gated_attn=True)": getattr(attention, "gate", None) is not None,
+            "a head width other than embed_dim / num_heads": attention.head_dim * attention.num_heads
+            != model.embed_dim,
+        },
+        source,
+    )
+    if type(attention).__name__ == "EvaAttention":  # a query and a value bias, never a key bias
+        qkv_bias = (attention.q_bias if attention.qkv is not None else projection.bias) is not None
+        key_bias = False
+    else:  # AttentionRope: the projections' own biases
+        qkv_bias, key_bias = projection.bias is not None, True
+    fields = dict(
+        **timm_token_fields(model, source),
+        **timm_block_fields(model, source),
+        qkv_bias=qkv_bias,
+        key_bias=key_bias,
+        layer_scale_init_value=block.init_values if block.gamma_1 is not None else None,
+    )
+    if kind is not None:
+        fields.update(
+            rope=kind,
+            rope_theta=rope.temperature,
+            rope_layout="half" if rope.rotate_half else "interleaved",
+            rope_offset=rope.grid_offset,
+            rope_axes="yx" if rope.grid_indexing == "ij" else "xy",
+            rope_reference_grid=list(rope.ref_feat_shape) if kind == "eva" and rope.ref_feat_shape else None,
+            rope_shift=rope.shift_coords,
+            rope_jitter=rope.jitter_coords,
+            rope_rescale=rope.rescale_coords,
+        )
+    return fields
+
+
+def fill_key_biases(state_dict: dict, source=None) -> dict:
+    """Separate projections with a query and a value bias but none for the key (DINOv3, EVA02-B+): a zero key bias,
+    so that the three fuse into one QKV bias whose key third stays at zero (`key_bias=False`)."""
+    for key in [key for key in state_dict if key.endswith("q_proj.bias")]:
+        key_bias = key.replace("q_proj.bias", "k_proj.bias")
+        if key_bias not in state_dict and key.replace("q_proj", "v_proj") in state_dict:
+            state_dict[key_bias] = torch.zeros_like(state_dict[key])
+    return state_dict
+
+
+def timm_eva_prepare(state_dict: dict, model=None) -> dict:
+    """EVA's fused attention keeps its query and value biases apart (q_bias, v_bias): one QKV bias with a zero key
+    third; separate projections get a zero key bias (`fill_key_biases`)."""
+    for key in [key for key in state_dict if key.endswith(".attn.q_bias")]:
+        prefix = key[: -len("q_bias")]
+        query_bias, value_bias = state_dict.pop(key), state_dict.pop(prefix + "v_bias")
+        state_dict[prefix + "qkv.bias"] = torch.cat([query_bias, torch.zeros_like(query_bias), value_bias])
+    return fill_key_biases(state_dict)
+
+
+def transformers_dinov3_config(config: dict) -> dict:
+    """hf_vit config fields of a transformers DINOv3ViT config (a dict of config.json)."""
+    query_bias = config.get("query_bias", True)
+    unsupported_options(
+        {"query_bias != value_bias": query_bias != config.get("value_bias", True)}, "transformers dinov3_vit"
+    )
+    return dict(
+        rope="dinov3",
+        absolute_position_embeddings=False,
+        qkv_bias=query_bias,
+        layer_scale_init_value=config.get("layerscale_value", 1.0),
+        mlp_type="swiglu" if config.get("use_gated_mlp") else "mlp",
+        rope_shift=config.get("pos_embed_shift"),
+        rope_jitter=config.get("pos_embed_jitter"),
+        rope_rescale=config.get("pos_embed_rescale", 2.0),
+        pooling="cls",
+    )
+
+
+def transformers_aimv2_config(config: dict) -> dict:
+    """hf_vit config fields of a transformers Aimv2VisionConfig (a dict of config.json)."""
+    unsupported_options(
+        {"is_native=True (sine-cosine positions made for every size)": config.get("is_native", False)},
+        "transformers aimv2_vision_model",
+    )
+    head = config.get("use_head", True)
+    return dict(
+        class_token=False,
+        norm_type="rms_norm",
+        layer_norm_eps=config.get("rms_norm_eps", 1e-5),
+        patch_embedding_norm=True,
+        mlp_type="swiglu",
+        proj_bias=config.get("qkv_bias", False),
+        pooling="map" if head else "normalized_mean",
+        pooling_query_projection=False,
+        pooling_mlp=False,
+    )
+
+
+def transformers_aimv2_prepare(state_dict: dict, config=None) -> dict:
+    """AIMv2's learned grid positions as (1, N, C); its head's separate key and value projections fused (k, v)."""
+    positions = "aimv2.embeddings.position_embedding.weight"
+    state_dict[positions] = state_dict[positions][None]
+    for kind in ("weight", "bias"):
+        if f"aimv2.head.k_proj.{kind}" in state_dict:
+            parts = [state_dict.pop(f"aimv2.head.{name}_proj.{kind}") for name in ("k", "v")]
+            state_dict[f"aimv2.head.kv.{kind}"] = torch.cat(parts)
+    return state_dict
+
+
+def transformers_clip_config(config: dict) -> dict:
+    """hf_vit config fields of a transformers CLIPVisionConfig (a dict of config.json)."""
+    return dict(patch_embedding_bias=False, pre_norm=True, pooled_norm_only=True, qkv_bias=True)
+
+
+def transformers_clip_prepare(state_dict: dict, config=None) -> dict:
+    """CLIP's class embedding as a (1, 1, C) token, its positions (CLS first) as (1, 1 + N, C)."""
+    state_dict["vision_model.embeddings.class_embedding"] = state_dict["vision_model.embeddings.class_embedding"][
+        None, None
+    ]
+    positions = "vision_model.embeddings.position_embedding.weight"
+    state_dict[positions] = state_dict[positions][None]
+    return state_dict
 
 
 def transformers_dinov2_config(config: dict) -> dict:
@@ -315,4 +570,14 @@ TRANSFORMERS_SWIN = KeyMap(TRANSFORMERS_SWIN_RULES)
 TRANSFORMERS_DINOV2 = KeyMap(TRANSFORMERS_DINOV2_RULES, transformers_dinov2_config, source_prefix="dinov2")
 TRANSFORMERS_DINOV2_WITH_REGISTERS = KeyMap(
     TRANSFORMERS_DINOV2_RULES, transformers_dinov2_config, source_prefix="dinov2_with_registers"
+)
+TIMM_EVA = KeyMap(TIMM_VIT_RULES, timm_eva_config, prepare=timm_eva_prepare)
+TRANSFORMERS_DINOV3 = KeyMap(
+    transformers_dinov3_rules, transformers_dinov3_config, source_prefix="dinov3", prepare=fill_key_biases
+)
+TRANSFORMERS_AIMV2 = KeyMap(
+    TRANSFORMERS_AIMV2_RULES, transformers_aimv2_config, source_prefix="aimv2", prepare=transformers_aimv2_prepare
+)
+TRANSFORMERS_CLIP = KeyMap(
+    TRANSFORMERS_CLIP_RULES, transformers_clip_config, source_prefix="vision_model", prepare=transformers_clip_prepare
 )

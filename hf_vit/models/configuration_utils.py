@@ -8,6 +8,14 @@ import copy
 from typing import ClassVar
 
 
+class CheckpointMismatchError(ValueError):
+    """Weights that don't fit the model, or a config that does not describe them: the message names every missing,
+    unexpected or misshapen key, or every field that differs. A problem of the input (`input_error`), so a command
+    reports it in one line."""
+
+    input_error = True
+
+
 def to_2tuple(value) -> tuple[int, int]:
     """An int or a pair -> (height, width)."""
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)

@@ -16,15 +16,47 @@ from .configuration_utils import (
 )
 
 
-def _vit(hidden_size, depth, heads, image_size=224, patch_size=16, mlp_ratio=4):
+def _vit(hidden_size, depth, heads, image_size=224, patch_size=16, mlp_ratio=4, **options):
     return dict(
         hidden_size=hidden_size,
         num_hidden_layers=depth,
         num_attention_heads=heads,
-        intermediate_size=hidden_size * mlp_ratio,
+        intermediate_size=int(hidden_size * mlp_ratio),
         image_size=image_size,
         patch_size=patch_size,
+        **options,
     )
+
+
+# DINOv3 (Siméoni et al. 2025): rotary positions instead of absolute ones, 4 registers, LayerScale, the key bias
+# masked, LayerNorm eps 1e-5; its classifier reads the CLS token.
+DINOV3 = dict(
+    rope="dinov3",
+    absolute_position_embeddings=False,
+    num_register_tokens=4,
+    layer_scale_init_value=1e-5,
+    key_bias=False,
+    layer_norm_eps=1e-5,
+)
+# EVA02 (Fang et al. 2023): rotary positions beside absolute ones, a fused SwiGLU of 8/3 the width, query and value
+# biases only, the mean of the grid tokens as the head's input.
+EVA02 = dict(
+    rope="eva", rope_reference_grid=[16, 16], mlp_type="swiglu_fused", hidden_act="silu", key_bias=False, pooling="mean"
+)
+# AIMv2 (Fini et al. 2024): no CLS token, RMSNorm (also on the patch tokens), SwiGLU, no biases in the blocks, the
+# mean of the normalised tokens as the head's input.
+AIMV2 = dict(
+    class_token=False,
+    norm_type="rms_norm",
+    layer_norm_eps=1e-5,
+    patch_embedding_norm=True,
+    mlp_type="swiglu",
+    hidden_act="silu",
+    qkv_bias=False,
+    proj_bias=False,
+    mlp_bias=False,
+    pooling="normalized_mean",
+)
 
 
 VIT_PRESETS = {
@@ -34,10 +66,20 @@ VIT_PRESETS = {
     "vit-large-patch16-224": _vit(1024, 24, 16),
     # The article's CIFAR-10 model: 32 px, 4 px patches (64 tokens + CLS), d_model 128, 4 heads, 4 layers, d_ff 512.
     "vit-cifar-patch4-32": _vit(128, 4, 4, image_size=32, patch_size=4),
+    "dinov3-small-patch16-224": _vit(384, 12, 6, **DINOV3),
+    "dinov3-base-patch16-224": _vit(768, 12, 12, **DINOV3),
+    "dinov3-large-patch16-224": _vit(1024, 24, 16, **DINOV3),
+    "eva02-tiny-patch14-224": _vit(192, 12, 3, patch_size=14, mlp_ratio=8 / 3, **EVA02),
+    "eva02-small-patch14-224": _vit(384, 12, 6, patch_size=14, mlp_ratio=8 / 3, **EVA02),
+    "aimv2-large-patch14-224": _vit(1024, 24, 8, patch_size=14, mlp_ratio=2.75, **AIMV2),
 }
 
 
-POOLINGS = ("cls", "mean", "cls_mean", "map")
+POOLINGS = ("cls", "mean", "normalized_mean", "cls_mean", "map")
+NORM_TYPES = ("layer_norm", "rms_norm")
+MLP_TYPES = ("mlp", "swiglu", "swiglu_fused")
+# rotary positions: {kind: (theta, layout)} as the checkpoints that use them have them
+ROPE_DEFAULTS = {"dinov3": (100.0, "half"), "eva": (10000.0, "interleaved")}
 POSITION_EMBEDDING_INITS = ("trunc_normal", "sincos")
 PATCH_EMBEDDING_INITS = ("trunc_normal", "xavier")
 
@@ -70,7 +112,8 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
             `"mean"` the average of the grid tokens (normalised after pooling, as timm's `global_pool="avg"`);
             `"cls_mean"` the CLS token concatenated with the average of the normalised grid tokens, (B, 2 *
             hidden_size) (DINOv2's classifier); `"map"` multihead attention pooling: a learned probe attends over
-            every normalised token, then a residual MLP (SigLIP; timm's `global_pool="map"`).
+            every normalised token, then a residual MLP (SigLIP; timm's `global_pool="map"`); `"normalized_mean"` the
+            average of the normalised grid tokens (timm with `fc_norm=False`: DINOv3, AIMv2).
         class_token (`bool`, defaults to `True`): prepend a learnable CLS token; without it pooling must be
             `"mean"` or `"map"` (timm's `class_token=False` models, SigLIP).
         num_register_tokens (`int`, defaults to 0): learnable register tokens after the CLS (and distillation)
@@ -91,6 +134,43 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
         interpolation_antialias (`bool`, defaults to `False`): resample position embeddings for other image sizes
             with antialiased bicubic interpolation, as timm does, instead of plain bicubic, as transformers does
             (PyTorch's two bicubic kernels differ, so a converted model keeps its source's choice).
+
+    The options of the ViTs after 2023 (DINOv3, EVA02, Perception Encoder, AIMv2, CLIP), each off by default:
+
+        absolute_position_embeddings (`bool`, defaults to `True`): learned absolute position embeddings; `False`
+            (DINOv3) needs `rope`, and the model then takes any height and width with nothing to resample.
+        rope (`str`, *optional*): 2D rotary position embeddings on the grid tokens' queries and keys (prefix tokens
+            unrotated): `"dinov3"` (patch centres normalised to [-1, 1] per image) or `"eva"` (patch indices,
+            EVA02's and Perception Encoder's). Needs a head width divisible by 4.
+        rope_theta (`float`, *optional*): the base period (default: DINOv3's 100, EVA's 10000).
+        rope_layout (`str`, *optional*): which channels rotate together: `"half"` (i with i + head_dim / 2,
+            DINOv3's default) or `"interleaved"` (2i with 2i + 1, EVA's default).
+        rope_offset (`float`, defaults to 0.0): added to every coordinate (Perception Encoder: 1).
+        rope_axes (`str`, defaults to `"yx"`): the order of the axes' frequencies, rows first or columns first.
+        rope_reference_grid (`(int, int)`, *optional*): `"eva"` only: coordinates rescaled as if the grid were this
+            (rows, columns), as EVA02 fine-tunes at other sizes.
+        rope_shift (`float`, *optional*), rope_jitter (`float`, *optional*), rope_rescale (`float`, *optional*):
+            DINOv3's training-time augmentations of the coordinates (a shift in [-s, s], a per-axis scale in [1/j,
+            j], a shared scale in [1/r, r]); never in evaluation.
+        norm_type (`str`, defaults to `"layer_norm"`): `"layer_norm"` or `"rms_norm"` (AIMv2) for every norm.
+        pre_norm (`bool`, defaults to `False`): a norm on the tokens before the first block (CLIP, Perception
+            Encoder).
+        pooled_norm_only (`bool`, defaults to `False`): the final norm applies to the pooled CLS token only, and
+            `last_hidden_state` is the last block's raw output (CLIP); needs `pooling="cls"`.
+        mlp_type (`str`, defaults to `"mlp"`): `"mlp"` (Linear, activation, Linear), `"swiglu"` (a gated MLP with
+            separate gate and up projections: act(gate(x)) * up(x), DINOv3-L+, AIMv2, EVA02-B+) or `"swiglu_fused"`
+            (the same with one fused projection, EVA02-Ti / S); `intermediate_size` is the gated width and
+            `hidden_act` the gate's activation (`"silu"` for SwiGLU).
+        mlp_norm (`bool`, defaults to `False`): a norm inside the MLP before its output projection (EVA02-B+).
+        mlp_bias (`bool`, defaults to `True`), proj_bias (`bool`, defaults to `True`): biases of the MLP's and of the
+            attention output's projections.
+        key_bias (`bool`, defaults to `True`): with `qkv_bias`, `False` holds the key's third of the QKV bias at
+            zero (DINOv3's masked key bias, EVA02's query and value biases).
+        attention_output_norm (`bool`, defaults to `False`): a norm on the heads' output before the attention's
+            projection (EVA02-CLIP).
+        pooling_num_heads (`int`, *optional*): heads of the attention pooling (default: num_attention_heads).
+        pooling_query_projection (`bool`, defaults to `True`), pooling_mlp (`bool`, defaults to `True`): the
+            attention pooling's query projection and residual MLP; AIMv2's head has neither.
     """
 
     image_size: int | list[int] | tuple[int, int] = 224
@@ -115,6 +195,28 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
     qk_norm: bool = False
     interpolation_antialias: bool = False
     feature_pyramid_channels: int | None = None
+    absolute_position_embeddings: bool = True
+    rope: str | None = None
+    rope_theta: float | None = None
+    rope_layout: str | None = None
+    rope_offset: float = 0.0
+    rope_axes: str = "yx"
+    rope_reference_grid: list[int] | tuple[int, int] | None = None
+    rope_shift: float | None = None
+    rope_jitter: float | None = None
+    rope_rescale: float | None = None
+    norm_type: str = "layer_norm"
+    pre_norm: bool = False
+    pooled_norm_only: bool = False
+    mlp_type: str = "mlp"
+    mlp_norm: bool = False
+    mlp_bias: bool = True
+    proj_bias: bool = True
+    key_bias: bool = True
+    attention_output_norm: bool = False
+    pooling_num_heads: int | None = None
+    pooling_query_projection: bool = True
+    pooling_mlp: bool = True
     _out_features: list[str] | None = None
     _out_indices: list[int] | None = None
 
@@ -145,9 +247,10 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
                 f"position_embedding_init='sincos' needs hidden_size divisible by 4 (a sine and a cosine "
                 f"per axis), got {self.hidden_size}"
             )
-        if not self.class_token and self.pooling not in ("mean", "map"):
+        if not self.class_token and self.pooling not in ("mean", "normalized_mean", "map"):
             raise ValueError(
-                f"class_token=False needs pooling='mean' or 'map' (there is no CLS token to pool), got {self.pooling!r}"
+                "class_token=False needs pooling='mean', 'normalized_mean' or 'map' (there is no CLS token to pool), "
+                f"got {self.pooling!r}"
             )
         if (
             isinstance(self.num_register_tokens, bool)
@@ -164,8 +267,80 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
                     f"feature_pyramid_channels needs hidden_size divisible by 4 (its finest level has "
                     f"hidden_size / 4 channels before the projection), got {self.hidden_size}"
                 )
+        check_choice(self, "norm_type", NORM_TYPES)
+        check_choice(self, "mlp_type", MLP_TYPES)
+        self.check_positions()
+        if self.pooling_num_heads is not None:
+            check_positive(self, "pooling_num_heads")
+            if self.hidden_size % self.pooling_num_heads:
+                raise ValueError(
+                    f"pooling_num_heads ({self.pooling_num_heads}) must divide hidden_size ({self.hidden_size})"
+                )
+        if self.pooled_norm_only and self.pooling != "cls":
+            raise ValueError(
+                f"pooled_norm_only normalises the pooled CLS token; it needs pooling='cls', got {self.pooling!r}"
+            )
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
         self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
+
+    def check_positions(self) -> None:
+        """The position options fit together: rotary settings only with `rope`, resampling settings only with
+        absolute position embeddings, and some position information at all. Fills in the rotary defaults."""
+        rotary = {
+            name: getattr(self, name)
+            for name in (
+                "rope_theta",
+                "rope_layout",
+                "rope_reference_grid",
+                "rope_shift",
+                "rope_jitter",
+                "rope_rescale",
+            )
+        }
+        if self.rope is None:
+            given = [name for name, value in rotary.items() if value is not None]
+            given += ["rope_offset"] * (self.rope_offset != 0.0) + ["rope_axes"] * (self.rope_axes != "yx")
+            if given:
+                raise ValueError(f"{given} set rotary position embeddings, which need rope ('dinov3' or 'eva')")
+            if not self.absolute_position_embeddings:
+                raise ValueError(
+                    "absolute_position_embeddings=False leaves the model no position information: set rope"
+                )
+        else:
+            check_choice(self, "rope", ROPE_DEFAULTS)
+            if (self.hidden_size // self.num_attention_heads) % 4:
+                raise ValueError(
+                    f"rope needs a head width divisible by 4 (a sine and a cosine per axis), got "
+                    f"{self.hidden_size // self.num_attention_heads}"
+                )
+            theta, layout = ROPE_DEFAULTS[self.rope]
+            self.rope_theta = theta if self.rope_theta is None else self.rope_theta
+            self.rope_layout = layout if self.rope_layout is None else self.rope_layout
+            check_positive(self, "rope_theta")
+            check_choice(self, "rope_layout", ("half", "interleaved"))
+            check_choice(self, "rope_axes", ("yx", "xy"))
+            if self.rope_reference_grid is not None:
+                if self.rope != "eva" or len(self.rope_reference_grid) != 2:
+                    raise ValueError(
+                        f"rope_reference_grid (rows, columns) rescales rope='eva' coordinates, got "
+                        f"{self.rope_reference_grid!r} with rope={self.rope!r}"
+                    )
+                check_positive(self, "rope_reference_grid")
+            for name, smallest in (("rope_shift", 0.0), ("rope_jitter", 1.0), ("rope_rescale", 1.0)):
+                value = getattr(self, name)
+                if value is not None and not (isinstance(value, (int, float)) and value >= smallest):
+                    raise ValueError(f"{name} must be a number of at least {smallest}, got {value!r}")
+        if not self.absolute_position_embeddings:
+            unused = {
+                "position_embedding_init": self.position_embedding_init != "trunc_normal",
+                "interpolation_antialias": self.interpolation_antialias,
+                "prefix_position_embeddings=False": not self.prefix_position_embeddings,
+            }
+            if any(unused.values()):
+                raise ValueError(
+                    f"{[name for name, on in unused.items() if on]} set absolute position embeddings, and "
+                    "absolute_position_embeddings=False has none"
+                )
 
     @property
     def pooled_size(self) -> int:
@@ -187,6 +362,10 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
             like a linear layer, so that each patch's content starts at the scale of the sine-cosine positions
             (`position_embedding_init="sincos"`; with 4 px patches the truncated normal starts it ~6x below them);
             only the start; needs `"patch"`.
+        patch_embedding_bias (`bool`, defaults to `True`): the `"patch"` projection's bias (CLIP and Perception
+            Encoder have none).
+        patch_embedding_norm (`bool`, defaults to `False`): a norm on the patch tokens before the positions are
+            added (AIMv2).
 
     Masked-image-modeling pretraining (`HfViTForPreTraining`: MAE; `HfViTForMaskedImageModeling`: SimMIM); the
     other models ignore these fields:
@@ -208,6 +387,8 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
     patch_size: int | list[int] | tuple[int, int] = 16
     patch_embedding_type: str = "patch"
     patch_embedding_init: str = "trunc_normal"
+    patch_embedding_bias: bool = True
+    patch_embedding_norm: bool = False
     mask_ratio: float = 0.75
     mask_patch_size: int | None = None
     norm_pix_loss: bool = False
@@ -221,6 +402,11 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
         check_positive(self, "patch_size")
         check_choice(self, "patch_embedding_type", ("patch", "conv_stem"))
         check_choice(self, "patch_embedding_init", PATCH_EMBEDDING_INITS)
+        if not self.patch_embedding_bias and self.patch_embedding_type != "patch":
+            raise ValueError(
+                f"patch_embedding_bias=False removes the 'patch' projection's bias; patch_embedding_type="
+                f"{self.patch_embedding_type!r} has its own layers"
+            )
         if self.patch_embedding_init == "xavier" and self.patch_embedding_type != "patch":
             raise ValueError(
                 f"patch_embedding_init='xavier' starts the 'patch' projection (one linear map per patch); "

@@ -1,6 +1,6 @@
-"""Building blocks that ViT and Swin share: attention through transformers' attention interface, MLP, stochastic
-depth, LayerScale, the pre-norm block, attention pooling, the patch embedding, position-embedding resampling and
-the ViT initialisation.
+"""Building blocks that ViT and Swin share: attention through transformers' attention interface (with rotary
+positions), norms (LayerNorm, RMSNorm), MLPs (plain, SwiGLU), stochastic depth, LayerScale, the pre-norm block,
+attention pooling, the patch embedding, position-embedding resampling and the ViT initialisation.
 
 Checkpoints carry this file next to their modeling file (``trust_remote_code``), so it imports only torch,
 transformers and the configuration helpers, never the rest of hf_vit.
@@ -58,6 +58,116 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return attn_output, attn_weights
 
 
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang and Sennrich 2019) with a learned scale, computed in fp32 whatever the input's
+    dtype (a bf16 / fp16 mean of squares loses small values or overflows): (..., dim) -> (..., dim)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.eps).to(hidden_states.dtype)
+        return normed * self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def make_norm(config, dim: int) -> nn.Module:
+    """The norm the config asks for (`norm_type`: LayerNorm by default, or RMSNorm) over `dim` channels."""
+    if getattr(config, "norm_type", "layer_norm") == "rms_norm":
+        return RMSNorm(dim, eps=config.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=config.layer_norm_eps)
+
+
+def rotate_pairs(tensor: torch.Tensor, layout: str) -> torch.Tensor:
+    """The rotation partner of each channel: "half" pairs channel i with i + D / 2 (DINOv3's rotate-half), "interleaved"
+    pairs 2i with 2i + 1 (EVA02's, Perception Encoder's)."""
+    if layout == "half":
+        first, second = tensor.chunk(2, dim=-1)
+        return torch.cat([-second, first], dim=-1)
+    return torch.stack([-tensor[..., 1::2], tensor[..., ::2]], dim=-1).flatten(-2)
+
+
+def apply_rotary(tensor: torch.Tensor, rope, layout: str) -> torch.Tensor:
+    """Rotate (B, heads, N, head_dim) queries or keys by `rope` = (sin, cos), each (N, head_dim) or (B, 1, N,
+    head_dim), for the first N tokens; computed in the dtype of sin / cos (fp32), returned in the tensor's."""
+    sin, cos = rope
+    count = tensor.shape[-2]
+    sin, cos = sin[..., :count, :], cos[..., :count, :]
+    rotated = tensor * cos + rotate_pairs(tensor, layout) * sin
+    return rotated.to(tensor.dtype)
+
+
+class RotaryPositions(nn.Module):
+    """2D rotary position embeddings (RoFormer's rotation of queries and keys, one half of the frequencies per
+    image axis) for a (gh, gw) grid of patch tokens behind `num_prefix_tokens` prefix tokens, which stay unrotated.
+    forward(grid_size, device) -> (sin, cos), each (prefix + gh * gw, head_dim) in fp32.
+
+    Two coordinate systems, as the checkpoints that use them (`config.rope`):
+    - "dinov3": patch centres normalised to [-1, 1] per image, so every size spans the same range; angle 2 pi c
+      theta^(-4k / head_dim) (DINOv3, theta 100); in training, optional shift / jitter / rescale of the coordinates;
+    - "eva": patch indices plus `rope_offset`, rescaled to `rope_reference_grid` when given; angle c theta^(-4k /
+      head_dim) (EVA02, Perception Encoder, theta 10000).
+    `rope_axes` orders the axes ("yx": rows first; "xy"), `rope_layout` pairs the channels ("half", "interleaved").
+    Nothing is stored: the table is computed for each grid, so any height and width need no resampling.
+    """
+
+    def __init__(self, config, head_dim: int, num_prefix_tokens: int):
+        super().__init__()
+        self.config, self.head_dim, self.num_prefix_tokens = config, head_dim, num_prefix_tokens
+
+    def coordinates(self, grid_size, device) -> torch.Tensor:
+        """(gh * gw, 2) coordinates of the patches, row-major, axes in `rope_axes` order."""
+        config = self.config
+        axes = []
+        for side, reference in zip(grid_size, config.rope_reference_grid or (None, None)):
+            if config.rope == "dinov3":
+                axis = (
+                    (torch.arange(0.5, side, device=device, dtype=torch.float32) + config.rope_offset) / side
+                ) * 2 - 1
+            else:
+                axis = torch.arange(side, device=device, dtype=torch.float32) + config.rope_offset
+                axis = axis if reference is None else axis / side * reference
+            axes.append(axis)
+        rows, columns = torch.meshgrid(axes[0], axes[1], indexing="ij")
+        coordinates = torch.stack([rows, columns] if config.rope_axes == "yx" else [columns, rows], dim=-1)
+        coordinates = coordinates.flatten(0, 1)
+        if self.training:
+            coordinates = self.augment(coordinates)
+        return coordinates
+
+    def augment(self, coordinates: torch.Tensor) -> torch.Tensor:
+        """DINOv3's training-time changes of the coordinates, each when configured: a shift uniform in [-s, s] per
+        axis, a jitter log-uniform in [1/j, j] per axis, a rescale log-uniform in [1/r, r] for both."""
+        config, device = self.config, coordinates.device
+        if config.rope_shift is not None:
+            coordinates = coordinates + torch.empty(2, device=device).uniform_(-config.rope_shift, config.rope_shift)
+        if config.rope_jitter is not None:
+            bound = math.log(config.rope_jitter)
+            coordinates = coordinates * torch.empty(2, device=device).uniform_(-bound, bound).exp()
+        if config.rope_rescale is not None:
+            bound = math.log(config.rope_rescale)
+            coordinates = coordinates * torch.empty(1, device=device).uniform_(-bound, bound).exp()
+        return coordinates
+
+    def forward(self, grid_size, device) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.config
+        coordinates = self.coordinates(grid_size, device)[:, :, None]
+        if config.rope == "dinov3":  # as transformers' DINOv3ViTRopePositionEmbedding computes it
+            inverse = 1 / config.rope_theta ** torch.arange(0, 1, 4 / self.head_dim, device=device, dtype=torch.float32)
+            angles = 2 * math.pi * coordinates * inverse
+        else:  # as timm's RotaryEmbeddingCat (in_pixels=False) computes it
+            exponents = torch.arange(self.head_dim // 4, device=device, dtype=torch.float32) / (self.head_dim // 4)
+            angles = coordinates * (1.0 / config.rope_theta**exponents)
+        angles = angles.flatten(1)  # (N, head_dim / 2): the first axis's frequencies, then the second's
+        angles = torch.cat([angles, angles], -1) if config.rope_layout == "half" else angles.repeat_interleave(2, -1)
+        prefix = angles.new_zeros(self.num_prefix_tokens, self.head_dim)
+        return torch.cat([prefix, angles.sin()]), torch.cat([prefix + 1, angles.cos()])
+
+
 class AttentionKernel(nn.Module):
     """What an attention module needs to call transformers' attention interface (`config._attn_implementation`:
     eager, sdpa, flash, flex): heads, scaling, dropout; subclasses make the queries, keys and values."""
@@ -91,42 +201,119 @@ class MultiHeadSelfAttention(AttentionKernel):
 
     `attention_mask` is additive and broadcastable to (B, heads, N, N); Swin passes its relative position bias plus
     shift mask there. With `num_queries`, every token still serves as key and value but only the first
-    `num_queries` ask: (B, N, dim) -> (B, num_queries, dim). `qk_norm` normalises each head's queries and keys
-    (LayerNorm over head_dim).
+    `num_queries` ask: (B, N, dim) -> (B, num_queries, dim). `rope` = (sin, cos) rotates queries and keys (rows of
+    sin 0 and cos 1 leave the prefix tokens as they are). Options of the config: `qk_norm` normalises each head's
+    queries and keys; `key_bias=False` keeps the key third of the QKV bias at zero (DINOv3's masked key bias,
+    EVA02's); `proj_bias`; `attention_output_norm` normalises the heads' output before the projection (EVA02-CLIP).
     """
 
     def __init__(self, config, dim: int, num_heads: int, qk_norm: bool = False):
         super().__init__(config, dim, num_heads)
         self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
-        self.q_norm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, eps=config.layer_norm_eps) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
+        self.masked_key_bias = config.qkv_bias and not getattr(config, "key_bias", True)
+        self.q_norm = make_norm(config, self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = make_norm(config, self.head_dim) if qk_norm else nn.Identity()
+        self.norm = make_norm(config, dim) if getattr(config, "attention_output_norm", False) else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=getattr(config, "proj_bias", True))
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.rope_layout = getattr(config, "rope_layout", None)
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, num_queries: int | None = None
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        num_queries: int | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         batch_size, seq_len, dim = hidden_states.shape
-        qkv = self.qkv(hidden_states).reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
+        bias = self.qkv.bias
+        if self.masked_key_bias:  # the key's third held at zero; the queries' and values' learn
+            query_bias, _, value_bias = bias.chunk(3)
+            bias = torch.cat([query_bias, torch.zeros_like(query_bias), value_bias])
+        qkv = F.linear(hidden_states, self.qkv.weight, bias).reshape(
+            batch_size, seq_len, 3, self.num_heads, self.head_dim
+        )
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         query, key = self.q_norm(query[:, :, :num_queries]), self.k_norm(key)
+        if rope is not None:
+            query, key = apply_rotary(query, rope, self.rope_layout), apply_rotary(key, rope, self.rope_layout)
         attn_output, attn_weights = self.attend(query, key, value, attention_mask)
-        attn_output = self.proj_dropout(self.proj(attn_output.reshape(batch_size, -1, dim)))
+        attn_output = self.norm(attn_output.reshape(batch_size, -1, dim))
+        attn_output = self.proj_dropout(self.proj(attn_output))
         return attn_output, attn_weights
 
 
 class Mlp(nn.Module):
-    """Linear -> activation -> dropout -> Linear -> dropout: (B, N, dim) -> (B, N, dim)."""
+    """Linear -> activation -> dropout (-> norm) -> Linear -> dropout: (B, N, dim) -> (B, N, dim)."""
 
-    def __init__(self, dim: int, hidden_dim: int, hidden_act: str = "gelu", dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        hidden_act: str = "gelu",
+        dropout: float = 0.0,
+        bias: bool = True,
+        norm: nn.Module | None = None,
+    ):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
         self.act = ACT2FN[hidden_act]
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.norm = norm or nn.Identity()
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
+        return self.dropout(self.fc2(self.norm(self.dropout(self.act(self.fc1(hidden_states))))))
+
+
+class GatedMlp(nn.Module):
+    """A gated linear unit MLP (SwiGLU with SiLU, Shazeer 2020): act(gate(x)) * up(x) -> dropout (-> norm, EVA02's)
+    -> Linear. With `fused`, one Linear makes the gate and the up projection (its first half the gate; timm's
+    packed `GluMlp`), else two (`fc1_g`, `fc1_x`: timm's `SwiGLU`, transformers' gate_proj / up_proj).
+    (B, N, dim) -> (B, N, dim)."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        hidden_act: str = "silu",
+        dropout: float = 0.0,
+        bias: bool = True,
+        norm: nn.Module | None = None,
+        fused: bool = False,
+    ):
+        super().__init__()
+        self.fused = fused
+        if fused:
+            self.fc1 = nn.Linear(dim, 2 * hidden_dim, bias=bias)
+        else:
+            self.fc1_g = nn.Linear(dim, hidden_dim, bias=bias)
+            self.fc1_x = nn.Linear(dim, hidden_dim, bias=bias)
+        self.act = ACT2FN[hidden_act]
+        self.norm = norm or nn.Identity()
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            gate, up = self.fc1(hidden_states).chunk(2, dim=-1)
+        else:
+            gate, up = self.fc1_g(hidden_states), self.fc1_x(hidden_states)
+        return self.dropout(self.fc2(self.norm(self.dropout(self.act(gate) * up))))
+
+
+def make_mlp(config, dim: int, hidden_dim: int) -> nn.Module:
+    """The MLP the config asks for (`mlp_type`: "mlp", "swiglu", "swiglu_fused"; `mlp_bias`; `mlp_norm`)."""
+    options = dict(
+        hidden_act=config.hidden_act,
+        dropout=config.hidden_dropout_prob,
+        bias=getattr(config, "mlp_bias", True),
+        norm=make_norm(config, hidden_dim) if getattr(config, "mlp_norm", False) else None,
+    )
+    mlp_type = getattr(config, "mlp_type", "mlp")
+    if mlp_type == "mlp":
+        return Mlp(dim, hidden_dim, **options)
+    return GatedMlp(dim, hidden_dim, **options, fused=mlp_type == "swiglu_fused")
 
 
 class LayerScale(nn.Module):
@@ -146,7 +333,8 @@ class PreNormBlock(GradientCheckpointingLayer):
     (and, with `layer_scale_init_value`, LayerScale).
 
     Works on any (..., dim) layout the attention accepts: (B, N, C) for ViT, (B, H, W, C) for Swin's windows.
-    `attention_kwargs` go to the attention (ViT's `num_queries`).
+    `attention_kwargs` go to the attention (ViT's `num_queries` and `rope`). The norms and the MLP are the config's
+    (`make_norm`, `make_mlp`).
     """
 
     def __init__(
@@ -159,10 +347,10 @@ class PreNormBlock(GradientCheckpointingLayer):
         layer_scale_init_value: float | None = None,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.norm1 = make_norm(config, dim)
         self.attention = attention
-        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp = Mlp(dim, mlp_dim, config.hidden_act, config.hidden_dropout_prob)
+        self.norm2 = make_norm(config, dim)
+        self.mlp = make_mlp(config, dim, mlp_dim)
         self.drop_path = DropPath(drop_path_rate)
         scaled = layer_scale_init_value is not None
         self.layer_scale1 = LayerScale(dim, layer_scale_init_value) if scaled else nn.Identity()
@@ -181,17 +369,18 @@ class AttentionPooling(AttentionKernel):
     """Multihead attention pooling (MAP; Zhai et al. 2022, SigLIP): a learned probe attends over every token, then
     a residual MLP. (B, N, dim) -> (B, dim).
 
-    The layout is timm's `AttentionPoolLatent` with one latent (probe, q, kv, proj, norm, mlp).
+    The layout is timm's `AttentionPoolLatent` with one latent (probe, q, kv, proj, norm, mlp). Without
+    `query_projection` the probe is the query itself, and without `mlp` the projection is the output (AIMv2's head).
     """
 
-    def __init__(self, config, dim: int, num_heads: int, mlp_dim: int):
+    def __init__(self, config, dim: int, num_heads: int, mlp_dim: int, query_projection: bool = True, mlp: bool = True):
         super().__init__(config, dim, num_heads)
         self.probe = nn.Parameter(torch.zeros(1, 1, dim))
-        self.q = nn.Linear(dim, dim, bias=config.qkv_bias)
+        self.q = nn.Linear(dim, dim, bias=config.qkv_bias) if query_projection else nn.Identity()
         self.kv = nn.Linear(dim, 2 * dim, bias=config.qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp = Mlp(dim, mlp_dim, config.hidden_act, config.hidden_dropout_prob)
+        self.norm = make_norm(config, dim) if mlp else None
+        self.mlp = Mlp(dim, mlp_dim, config.hidden_act, config.hidden_dropout_prob) if mlp else None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch_size, seq_len, dim = hidden_states.shape
@@ -199,9 +388,11 @@ class AttentionPooling(AttentionKernel):
         key, value = (
             self.kv(hidden_states).reshape(batch_size, seq_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )
-        pooled, _ = self.attend(query.expand(batch_size, -1, -1, -1), key, value)
+        pooled, _ = self.attend(query.expand(batch_size, -1, -1, -1).to(key.dtype), key, value)
         pooled = self.proj(pooled.reshape(batch_size, 1, dim))
-        return (pooled + self.mlp(self.norm(pooled)))[:, 0]
+        if self.mlp is not None:
+            pooled = pooled + self.mlp(self.norm(pooled))
+        return pooled[:, 0]
 
 
 class GridEmbedding(nn.Module):
@@ -233,11 +424,11 @@ class PatchEmbedding(GridEmbedding):
     (B, C, H, W) -> (B, hidden, H / p, W / p).
     """
 
-    def __init__(self, patch_size, num_channels: int, hidden_size: int):
+    def __init__(self, patch_size, num_channels: int, hidden_size: int, bias: bool = True):
         super().__init__()
         self.input_multiple = to_2tuple(patch_size)
         self.projection = PatchProjection(
-            num_channels, hidden_size, kernel_size=self.input_multiple, stride=self.input_multiple
+            num_channels, hidden_size, kernel_size=self.input_multiple, stride=self.input_multiple, bias=bias
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -270,6 +461,8 @@ def init_transformer_weights(module: nn.Module, std: float) -> None:
         init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
         if module.bias is not None:
             init.zeros_(module.bias)
+    elif isinstance(module, RMSNorm):
+        init.ones_(module.weight)
     elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
         init.ones_(module.weight)
         init.zeros_(module.bias)

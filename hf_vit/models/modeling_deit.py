@@ -111,6 +111,19 @@ class HfDeiTForImageClassification(HfViTPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def head_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The mean of the CLS and distillation tokens, (B, C, H, W) -> (B, hidden_size): with both heads the same
+        linear map, the logits (the heads' mean) are that map of these features."""
+        tokens = self.encode_for_head(pixel_values, None, None, None).last_hidden_state
+        return (tokens[:, 0] + tokens[:, 1]) / 2
+
+    @torch.no_grad()
+    def set_linear_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Both heads the linear map (num_labels, hidden_size), (num_labels,) on `head_features`."""
+        for head in (self.classifier, self.distillation_classifier):
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+
 
 class HfDeiTForPreTraining(HfViTForPreTraining):
     """MAE on the DeiT encoder: `HfViTForPreTraining` whose decoder also carries the distillation token."""

@@ -127,7 +127,7 @@ def mae_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, nor
     normalised each on its own with `norm_pix_loss`."""
     if norm_pix_loss:
         target = normalise_patches(target)
-    per_patch = ((logits - target) ** 2).mean(dim=-1)
+    per_patch = ((logits.float() - target.float()) ** 2).mean(dim=-1)  # in fp32 under autocast too
     return (per_patch * mask).sum() / mask.sum()
 
 
@@ -165,7 +165,7 @@ def simmim_loss(
     transformers' ViT / Swin ForMaskedImageModeling)."""
     height, width = pixel_values.shape[-2:]
     masked = pixel_mask(mask, patch_size, (height, width)).to(pixel_values.dtype)
-    per_pixel = F.l1_loss(pixel_values, reconstruction[..., :height, :width], reduction="none")
+    per_pixel = F.l1_loss(pixel_values.float(), reconstruction[..., :height, :width].float(), reduction="none")
     return (per_pixel * masked).sum() / (masked.sum() + 1e-5) / pixel_values.shape[1]
 
 

@@ -11,7 +11,6 @@ import re
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.loss.loss_utils import ForSequenceClassificationLoss
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
 
 from .configuration_utils import to_2tuple
@@ -48,13 +47,18 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size
         )
 
 
+# transformers' fused attention kernels: none of them returns the attention maps
+FUSED_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
 def resolve_output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
     """A forward call's (output_attentions, output_hidden_states, return_dict): the call's values, else the
-    config's. Attention maps only exist under the eager kernel, so asking for them otherwise is an error."""
+    config's. Attention maps come from the eager kernel (or a registered attention function that returns them),
+    never from a fused one, so asking a fused kernel for them is an error."""
     output_attentions = config.output_attentions if output_attentions is None else output_attentions
     output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
     return_dict = config.return_dict if return_dict is None else return_dict
-    if output_attentions and config._attn_implementation != "eager":
+    if output_attentions and str(config._attn_implementation).split("|")[-1] in FUSED_ATTENTION:
         raise ValueError(
             f"output_attentions=True needs attn_implementation='eager' (this model uses "
             f"{config._attn_implementation!r}); load it with attn_implementation='eager' or call "
@@ -63,19 +67,34 @@ def resolve_output_flags(config, output_attentions, output_hidden_states, return
     return output_attentions, output_hidden_states, return_dict
 
 
+def problem_type(config, labels: torch.Tensor) -> str:
+    """`config.problem_type`, or what transformers would infer from the labels, without writing it into the config
+    as transformers' loss does (a config changed by the first step makes a compiled model compile again)."""
+    if config.problem_type is not None:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    return "single_label_classification" if labels.dtype in (torch.long, torch.int) else "multi_label_classification"
+
+
 def image_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
-    """Loss for a (B, num_labels) head, computed in fp32.
+    """Loss for (B, num_labels) logits, computed in fp32.
 
     Float label distributions of shape (B, num_labels) (Mixup, CutMix, label smoothing) give soft-target
-    cross-entropy unless `config.problem_type` says multi-label or regression; everything else follows
-    transformers: integer labels -> cross-entropy, `problem_type` multi_label_classification -> BCE,
-    regression -> MSE.
+    cross-entropy unless the problem is multi-label or regression; otherwise transformers' rules: integer labels ->
+    cross-entropy (ignoring -100), multi-label -> BCE on the (B, num_labels) targets, regression -> MSE.
     """
     logits = logits.float()  # in fp32 whatever the model computes in: a bf16 / fp16 softmax loses the small terms
-    soft_targets = labels.is_floating_point() and labels.shape == logits.shape and config.num_labels > 1
-    if soft_targets and config.problem_type in (None, "single_label_classification"):
-        return torch.sum(-labels.to(logits.device) * F.log_softmax(logits, dim=-1), dim=-1).mean()
-    return ForSequenceClassificationLoss(labels, logits, config)
+    labels = labels.to(logits.device)
+    kind = problem_type(config, labels)
+    if kind == "regression":
+        predictions = logits.squeeze(-1) if config.num_labels == 1 else logits
+        return F.mse_loss(predictions, labels.float().view_as(predictions))
+    if kind == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    if labels.is_floating_point() and labels.shape == logits.shape:
+        return torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1), ignore_index=-100)
 
 
 def classifier_output(logits, labels, features, config, return_dict: bool):
@@ -122,6 +141,16 @@ class LinearClassifierMixin:
         return_dict = self.config.return_dict if return_dict is None else return_dict
         features = self.encode_for_head(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
         return classifier_output(self.classifier(features.pooler_output), labels, features, self.config, return_dict)
+
+    def head_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """What the head reads, (B, C, H, W) -> (B, width): the frozen features a linear probe learns from."""
+        return self.encode_for_head(pixel_values, None, None, None).pooler_output
+
+    @torch.no_grad()
+    def set_linear_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Make the head the linear map (num_labels, width), (num_labels,) on `head_features`."""
+        self.classifier.weight.copy_(weight)
+        self.classifier.bias.copy_(bias)
 
 
 class ParameterGroupsMixin:

@@ -10,7 +10,7 @@ import re
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import (
@@ -19,7 +19,7 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
 )
 
-from .configuration_utils import to_2tuple
+from .configuration_utils import CheckpointMismatchError, to_2tuple
 from .configuration_vit import HfViTConfig
 from .layers import (
     AttentionPooling,
@@ -28,8 +28,10 @@ from .layers import (
     PatchEmbedding,
     PatchProjection,
     PreNormBlock,
+    RotaryPositions,
     drop_path_rates,
     init_transformer_weights,
+    make_norm,
     resample_position_embeddings,
 )
 from .modeling_mim import (
@@ -92,7 +94,9 @@ class TokenEmbeddings(nn.Module):
     the CLS and distillation tokens when `prefix_position_embeddings` (registers never get one).
 
     (B, C, gh, gw) feature grid -> (B, prefix + gh * gw, C). A grid other than the trained one needs
-    `interpolate_pos_encoding=True` (bicubic resampling of the grid part). For masked image modeling:
+    `interpolate_pos_encoding=True` (bicubic resampling of the grid part). Without `absolute` position embeddings
+    (a rotary model's) any grid passes as it is. `patch_norm` normalises the grid tokens first (AIMv2). For masked
+    image modeling:
     `bool_masked_pos` (B, gh * gw) replaces the masked grid tokens by the learned `mask_token` before the positions
     are added (SimMIM; needs `mask_token=True`); `kept_positions` (B, K) keeps only those grid tokens after the
     positions are added, so the output is (B, prefix + K, C) (MAE).
@@ -109,9 +113,12 @@ class TokenEmbeddings(nn.Module):
         num_register_tokens=0,
         prefix_position_embeddings=True,
         mask_token=False,
+        absolute=True,
+        patch_norm: nn.Module | None = None,
     ):
         super().__init__()
         self.grid_size = tuple(grid_size)
+        self.patch_norm = patch_norm or nn.Identity()
         self.antialias = antialias
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if class_token else None
         self.distillation_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if distillation_token else None
@@ -123,7 +130,7 @@ class TokenEmbeddings(nn.Module):
         self.num_positioned_prefix = (int(class_token) + int(distillation_token)) * prefix_position_embeddings
         self.num_prefix_tokens = int(class_token) + int(distillation_token) + num_register_tokens
         num_positions = self.num_positioned_prefix + self.grid_size[0] * self.grid_size[1]
-        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, hidden_size)) if absolute else None
         self.dropout = nn.Dropout(dropout)
 
     def sincos_table(self) -> torch.Tensor:
@@ -133,6 +140,9 @@ class TokenEmbeddings(nn.Module):
     @torch.no_grad()
     def resize_grid(self, grid_size) -> None:
         """Resample the position embeddings to a new grid for good (they are saved at the new size)."""
+        if self.position_embeddings is None:  # rotary positions follow any grid by themselves
+            self.grid_size = tuple(grid_size)
+            return
         resampled = resample_position_embeddings(
             self.position_embeddings, self.num_positioned_prefix, self.grid_size, grid_size, self.antialias
         )
@@ -147,26 +157,28 @@ class TokenEmbeddings(nn.Module):
         kept_positions=None,
     ) -> torch.Tensor:
         batch_size, _, grid_h, grid_w = feature_grid.shape
-        if not interpolate_pos_encoding and (grid_h, grid_w) != self.grid_size:
+        absolute = self.position_embeddings is not None
+        if absolute and not interpolate_pos_encoding and (grid_h, grid_w) != self.grid_size:
             raise ValueError(
                 f"The input gives a {grid_h}x{grid_w} token grid but the position embeddings are for "
                 f"{self.grid_size[0]}x{self.grid_size[1]}; pass interpolate_pos_encoding=True to resample them"
             )
-        position_embeddings = resample_position_embeddings(
-            self.position_embeddings, self.num_positioned_prefix, self.grid_size, (grid_h, grid_w), self.antialias
-        )
         prefix = [
             token.expand(batch_size, -1, -1) for token in (self.cls_token, self.distillation_token) if token is not None
         ]
-        grid = feature_grid.flatten(2).transpose(1, 2)
+        grid = self.patch_norm(feature_grid.flatten(2).transpose(1, 2))
         if bool_masked_pos is not None:
             if self.mask_token is None:
                 raise ValueError("bool_masked_pos needs a model with a mask token (HfViTForMaskedImageModeling)")
             grid = torch.where(bool_masked_pos[..., None].bool(), self.mask_token.to(grid.dtype), grid)
-        if self.num_positioned_prefix:
+        if absolute:
+            position_embeddings = resample_position_embeddings(
+                self.position_embeddings, self.num_positioned_prefix, self.grid_size, (grid_h, grid_w), self.antialias
+            )
+        if absolute and self.num_positioned_prefix:
             tokens = torch.cat(prefix + [grid], 1) + position_embeddings
             prefix, grid = [tokens[:, : self.num_positioned_prefix]], tokens[:, self.num_positioned_prefix :]
-        else:
+        elif absolute:
             grid = grid + position_embeddings
         if kept_positions is not None:
             grid = torch.gather(grid, 1, kept_positions[..., None].expand(-1, -1, grid.shape[-1]))
@@ -190,7 +202,7 @@ class EncoderLayer(PreNormBlock):
         )
 
 
-class Encoder(nn.Module):
+class ViTEncoder(nn.Module):
     """A stack of `EncoderLayer`s with linearly growing stochastic depth: (B, N, C) -> (B, N, C)."""
 
     def __init__(self, config):
@@ -199,15 +211,20 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList([EncoderLayer(config, rate) for rate in rates])
 
     def forward(
-        self, hidden_states, output_attentions=False, output_hidden_states=False, last_layer_queries: int | None = None
+        self,
+        hidden_states,
+        output_attentions=False,
+        output_hidden_states=False,
+        last_layer_queries: int | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> BaseModelOutput:
         """`last_layer_queries`: the last layer computes only the first this many tokens, so `last_hidden_state` is
-        (B, last_layer_queries, C); for heads that read nothing else."""
+        (B, last_layer_queries, C); for heads that read nothing else. `rope`: the rotary positions of the tokens."""
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
             num_queries = last_layer_queries if layer is self.layers[-1] else None
-            hidden_states, attn_weights = layer(hidden_states, num_queries=num_queries)
+            hidden_states, attn_weights = layer(hidden_states, num_queries=num_queries, rope=rope)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -239,7 +256,7 @@ class MaskedAutoencoderDecoder(nn.Module):
                 for _ in range(config.decoder_num_hidden_layers)
             ]
         )
-        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.norm = make_norm(config, dim)
         self.prediction = nn.Linear(dim, patch_h * patch_w * config.num_channels)
 
     def sincos_table(self) -> torch.Tensor:
@@ -262,6 +279,11 @@ class MaskedAutoencoderDecoder(nn.Module):
         return self.prediction(self.norm(hidden_states))[:, self.num_prefix_tokens :]
 
 
+def _as_list(value):
+    """A tuple as the list a saved config holds (a config's [16, 16] is a caller's (16, 16))."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 class HfViTPreTrainedModel(ParameterGroupsMixin, PretrainingHeadLoading, PreTrainedModel):
     config: HfViTConfig
     config_class = HfViTConfig
@@ -276,6 +298,51 @@ class HfViTPreTrainedModel(ParameterGroupsMixin, PretrainingHeadLoading, PreTrai
     _supports_attention_backend = True
     _can_compile_fullgraph = True
 
+    # Config fields that change what the weights compute without changing their names or shapes: a checkpoint
+    # loaded under other values would run, silently, as another model.
+    structure_fields = (
+        "rope",
+        "rope_theta",
+        "rope_layout",
+        "rope_offset",
+        "rope_axes",
+        "rope_reference_grid",
+        "key_bias",
+        "pre_norm",
+        "pooled_norm_only",
+        "norm_type",
+        "mlp_type",
+        "mlp_norm",
+        "absolute_position_embeddings",
+        "num_register_tokens",
+    )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`, refusing, before any weight is read, a config (`config=` or field
+        overrides) whose structure fields differ from the checkpoint's own: a CheckpointMismatchError names them."""
+        hub = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+        saved = cls.config_class.from_pretrained(
+            pretrained_model_name_or_path, **{name: kwargs[name] for name in hub if name in kwargs}
+        )
+        given = kwargs.get("config")
+        requested = (
+            {name: getattr(given, name, None) for name in cls.structure_fields}
+            if isinstance(given, PreTrainedConfig)
+            else {name: kwargs[name] for name in cls.structure_fields if name in kwargs}
+        )
+        differ = {
+            name: (getattr(saved, name, None), value)
+            for name, value in requested.items()
+            if _as_list(getattr(saved, name, None)) != _as_list(value)
+        }
+        if differ:
+            details = ", ".join(f"{name}: checkpoint {old!r}, config {new!r}" for name, (old, new) in differ.items())
+            raise CheckpointMismatchError(
+                f"The config does not describe the checkpoint {pretrained_model_name_or_path!r}: {details}"
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     def _init_weights(self, module):
         std = self.config.initializer_range
         init_transformer_weights(module, std)
@@ -289,7 +356,7 @@ class HfViTPreTrainedModel(ParameterGroupsMixin, PretrainingHeadLoading, PreTrai
             ):
                 if token is not None:
                     init.trunc_normal_(token, std=std, a=-2 * std, b=2 * std)
-            if self.config.position_embedding_init == "sincos":
+            if self.config.position_embedding_init == "sincos" and module.position_embeddings is not None:
                 init.copy_(module.position_embeddings, module.sincos_table())
         elif isinstance(module, PatchProjection) and self.config.patch_embedding_init == "xavier":
             bound = module.linear_xavier_bound()
@@ -363,21 +430,46 @@ class HfViTModel(HfViTPreTrainedModel):
             num_register_tokens=config.num_register_tokens,
             prefix_position_embeddings=config.prefix_position_embeddings,
             mask_token=use_mask_token,
+            absolute=config.absolute_position_embeddings,
+            patch_norm=make_norm(config, config.hidden_size)
+            if getattr(config, "patch_embedding_norm", False)
+            else None,
         )
         self.num_prefix_tokens = self.embeddings.num_prefix_tokens
-        self.encoder = Encoder(config)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        head_dim = config.hidden_size // config.num_attention_heads
+        self.rope = RotaryPositions(config, head_dim, self.num_prefix_tokens) if config.rope else None
+        self.pre_norm = make_norm(config, config.hidden_size) if config.pre_norm else nn.Identity()
+        self.encoder = ViTEncoder(config)
+        self.layernorm = make_norm(config, config.hidden_size)
         self.pooler = None
         if config.pooling == "map":
             self.pooler = AttentionPooling(
-                config, config.hidden_size, config.num_attention_heads, config.intermediate_size
+                config,
+                config.hidden_size,
+                config.pooling_num_heads or config.num_attention_heads,
+                config.intermediate_size,
+                config.pooling_query_projection,
+                config.pooling_mlp,
             )
         self.post_init()
 
     def make_patch_embeddings(self, config) -> GridEmbedding:
         """The module that turns images into the (B, hidden, gh, gw) token grid."""
-        patch_embedding = ConvStemPatchEmbedding if config.patch_embedding_type == "conv_stem" else PatchEmbedding
-        return patch_embedding(config.patch_size, config.num_channels, config.hidden_size)
+        if config.patch_embedding_type == "conv_stem":
+            return ConvStemPatchEmbedding(config.patch_size, config.num_channels, config.hidden_size)
+        return PatchEmbedding(config.patch_size, config.num_channels, config.hidden_size, config.patch_embedding_bias)
+
+    def rotary_positions(self, grid_size, device, kept_positions=None):
+        """The (sin, cos) rotary positions of the tokens, (prefix + N, head_dim), or (B, 1, prefix + K, head_dim)
+        for the `kept_positions` (B, K) of MAE's visible patches; None without `rope`."""
+        if self.rope is None:
+            return None
+        sin, cos = self.rope(grid_size, device)
+        if kept_positions is None:
+            return sin, cos
+        prefix = torch.arange(self.num_prefix_tokens, device=device).expand(kept_positions.shape[0], -1)
+        rows = torch.cat([prefix, kept_positions + self.num_prefix_tokens], dim=1)
+        return sin[rows][:, None], cos[rows][:, None]
 
     def get_input_embeddings(self) -> nn.Module:
         return self.patch_embeddings
@@ -415,23 +507,30 @@ class HfViTModel(HfViTPreTrainedModel):
             config.num_channels,
             config.image_size,
             self.patch_embeddings.input_multiple,
-            bool(interpolate_pos_encoding),
+            bool(interpolate_pos_encoding) or not config.absolute_position_embeddings,
         )
 
         pixel_values = pixel_values.to(self.dtype)
         patch_grid = self.patch_embeddings(pixel_values)
         hidden_states = self.embeddings(patch_grid, bool(interpolate_pos_encoding), bool_masked_pos, kept_positions)
+        hidden_states = self.pre_norm(hidden_states)
+        rope = self.rotary_positions(patch_grid.shape[-2:], hidden_states.device, kept_positions)
         last_layer_queries = self.num_prefix_tokens if prefix_tokens_only else None
-        encoded = self.encoder(hidden_states, output_attentions, output_hidden_states, last_layer_queries)
-        last_hidden_state = self.layernorm(encoded.last_hidden_state)
+        encoded = self.encoder(hidden_states, output_attentions, output_hidden_states, last_layer_queries, rope)
+        raw = encoded.last_hidden_state
+        last_hidden_state = raw if config.pooled_norm_only else self.layernorm(raw)
         grid_tokens = slice(self.num_prefix_tokens, None)
         if config.pooling == "mean":
             # timm's global_pool="avg": average the un-normalised patch tokens, then normalise.
-            pooled = self.layernorm(encoded.last_hidden_state[:, grid_tokens].mean(dim=1))
+            pooled = self.layernorm(raw[:, grid_tokens].mean(dim=1))
+        elif config.pooling == "normalized_mean":  # timm's "avg" with fc_norm=False: normalise, then average
+            pooled = last_hidden_state[:, grid_tokens].mean(dim=1)
         elif config.pooling == "cls_mean":  # DINOv2's classifier input: (B, 2C)
             pooled = torch.cat([last_hidden_state[:, 0], last_hidden_state[:, grid_tokens].mean(dim=1)], dim=-1)
         elif config.pooling == "map":
             pooled = self.pooler(last_hidden_state)
+        elif config.pooled_norm_only:  # CLIP: the final norm on the pooled CLS token only
+            pooled = self.layernorm(raw[:, 0])
         else:
             pooled = last_hidden_state[:, 0]
 

@@ -211,7 +211,12 @@ class HfViTTrainingArguments(TrainingArguments):
             # unrelated single-process runs; CPU mode makes them one data-parallel run over gloo.
             logger.warning("No GPU found: running the %d processes data-parallel on CPU (gloo).", world_size)
             self.use_cpu = True
+        if self.fp16 and (self.use_cpu or not has_accelerator()):
+            # accelerate would run the whole job in fp32 without a word
+            raise ValueError("--fp16 needs a GPU (on a CPU it would train in fp32); use --bf16 there")
         super().__post_init__()
+        # pinned batches are copied to the accelerator while it computes (accelerate's non-blocking transfers)
+        self.accelerator_config.non_blocking = self.dataloader_pin_memory
 
     @property
     def cpu_threads(self) -> int:
@@ -253,7 +258,18 @@ class FinetuneTrainingArguments(HfViTTrainingArguments):
         },
     )
 
+    class_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "'balanced': weigh each class's loss by the inverse of its share of the training images "
+            "(multi-label: each class's positives by its negatives / positives, BCE's pos_weight), for imbalanced "
+            "data."
+        },
+    )
+
     def _validate_args(self):
+        if self.class_weights not in (None, "balanced"):
+            raise ValueError(f"--class_weights must be 'balanced' (or left out), got {self.class_weights!r}")
         # transformers checks `warmup_steps >= 0` here; unset (None) is the recipe's to fill in later.
         unset = self.warmup_steps is None
         if unset:

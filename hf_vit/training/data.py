@@ -1,8 +1,10 @@
 """Where a job's images come from, checked before anything is trained: the embedded digits, an imagefolder, a Hub
 dataset or a local one, whole or streamed.
 
-    load_splits(...)          -> DatasetDict(train, validation) with an image column and a ClassLabel column
-                                 (`labelled=False`: the image column alone, for pretraining), every image checked
+    load_splits(...)          -> DatasetDict(train, validation) with an image column and a ClassLabel column, or
+                                 a list of ClassLabel for multi-label data (`labelled=False`: the image column
+                                 alone, for pretraining), every image checked
+    label_names(feature) / is_multi_label(feature) / encode_label(value, num_labels)   the label column's classes
     load_stream(...)          -> (training IterableDataset, evaluation Dataset) for --streaming
     load_training_data(...)   -> TrainingData: either of the above (`transforms.attach_transforms` prepares it)
     decode_image(value, channels) / collate(examples)   one image -> a uint8 tensor; examples -> a batch
@@ -10,6 +12,7 @@ dataset or a local one, whole or streamed.
 
 import hashlib
 import io
+import itertools
 import multiprocessing
 import os
 from dataclasses import dataclass, field
@@ -25,6 +28,8 @@ from datasets import (
     Image,
     IterableDataset,
     IterableDatasetDict,
+    LargeList,
+    List,
     load_dataset,
 )
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
@@ -57,7 +62,20 @@ class DataArguments:
     train_dir: str | None = field(default=None, metadata={"help": "An imagefolder directory for training."})
     validation_dir: str | None = field(default=None, metadata={"help": "An imagefolder directory for evaluation."})
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    label_column_name: str = field(
+        default="label",
+        metadata={
+            "help": "Column holding the class labels: one class per image, or a list of classes per image "
+            "(multi-label: a Sequence(ClassLabel) column, or lists in an imagefolder's metadata.jsonl)."
+        },
+    )
+    label_separator: str | None = field(
+        default=None,
+        metadata={
+            "help": "Multi-label data whose label column holds text (metadata.csv): the separator between an "
+            "image's classes, e.g. ';'."
+        },
+    )
     train_val_split: float = field(
         default=0.15, metadata={"help": "Fraction of train held out for evaluation when there is no validation split."}
     )
@@ -115,10 +133,11 @@ def load_digits_splits(seed: int = 0) -> DatasetDict:
     return DatasetDict(train=split(train_idx), validation=split(val_idx))
 
 
-def open_source(args: DataArguments, seed: int = 0, streaming: bool = False):
+def open_source(args: DataArguments, seed: int = 0, streaming: bool = False, num_shards: int = 1):
     """The splits of the data `args` name, as they come (a DatasetDict, or an IterableDatasetDict when
-    `streaming`). Sources, by precedence: `dataset_name` (Hub id or local dir), `train_dir`/`validation_dir`
-    (imagefolder), else the embedded digits. Raises naming a missing path, or a folder without images."""
+    `streaming`, our own streams cut into `num_shards` shards). Sources, by precedence: `dataset_name` (Hub id or
+    local dir), `train_dir`/`validation_dir` (imagefolder), else the embedded digits. Raises naming a missing path,
+    or a folder without images."""
     if args.dataset_name is not None:
         check_local_path(args.dataset_name, "--dataset_name")
         return load_dataset(args.dataset_name, args.dataset_config_name, streaming=streaming)
@@ -138,12 +157,14 @@ def open_source(args: DataArguments, seed: int = 0, streaming: bool = False):
             os.path.isfile(os.path.join(d, name)) for d in directories.values() for name in METADATA_FILES
         )
         if streaming and not with_metadata:
-            return stream_image_folders(directories)
+            return stream_image_folders(directories, num_shards)
         data_files = {split: os.path.join(directory, "**") for split, directory in directories.items()}
         return load_dataset("imagefolder", data_files=data_files, streaming=streaming)
     splits = load_digits_splits(seed)
     return (
-        IterableDatasetDict({name: split.to_iterable_dataset() for name, split in splits.items()})
+        IterableDatasetDict(
+            {name: split.to_iterable_dataset(num_shards=min(num_shards, len(split))) for name, split in splits.items()}
+        )
         if streaming
         else splits
     )
@@ -169,9 +190,15 @@ def image_files(directory: str):
         yield from (os.path.join(root, name) for name in sorted(names) if is_image_file(name) and not is_hidden(name))
 
 
-def labelled_images(folders: tuple[str, ...], labels: tuple[int, ...]):
+def labelled_images(folders: tuple[str, ...], labels: tuple[int, ...], shards: list[int], num_shards: int):
     """Undecoded images under the class `folders` with their `labels`, one image of each class in turn while the
-    class has any left."""
+    class has any left; of those, shard s of `num_shards` holds every num_shards-th from the s-th on (so every
+    shard holds every class) and `shards` names the shards to read."""
+    for shard in shards:
+        yield from itertools.islice(classes_in_turn(folders, labels), shard, None, num_shards)
+
+
+def classes_in_turn(folders: tuple[str, ...], labels: tuple[int, ...]):
     walks = {label: image_files(folder) for label, folder in zip(labels, folders)}
     while walks:
         for label, walk in list(walks.items()):
@@ -182,8 +209,10 @@ def labelled_images(folders: tuple[str, ...], labels: tuple[int, ...]):
                 yield {"image": {"path": path, "bytes": None}, "label": label}
 
 
-def unlabelled_images(directory: str):
-    yield from ({"image": {"path": path, "bytes": None}} for path in image_files(directory))
+def unlabelled_images(directory: str, shards: list[int], num_shards: int):
+    for shard in shards:
+        walk = itertools.islice(image_files(directory), shard, None, num_shards)
+        yield from ({"image": {"path": path, "bytes": None}} for path in walk)
 
 
 def class_folders(directory: str) -> list[str]:
@@ -200,28 +229,31 @@ def class_folders(directory: str) -> list[str]:
     return folders
 
 
-def stream_image_folders(directories: dict[str, str]) -> IterableDatasetDict:
+def stream_image_folders(directories: dict[str, str], num_shards: int = 1) -> IterableDatasetDict:
     """Imagefolders (split -> directory) as streams that start at once, however many files they hold: only the
     class folders are listed (each up to its first image), to name the labels as `imagefolder` does (sorted over
     every split, folders without images left out); their files are walked as the stream is read, one image of each
     class in turn, so that a shuffle buffer mixes the classes however many images each holds (`datasets`' own
-    imagefolder stream lists and checks every file first, then reads them class by class). Images nested deeper
-    take their top-level folder's class; a folder of images without class folders streams them unlabelled.
-    Columns: `image` (undecoded), `label` (ClassLabel)."""
+    imagefolder stream lists and checks every file first, then reads them class by class). Each stream is cut into
+    `num_shards` shards, every shard all classes, so that as many data-loading workers can read it (`datasets` gives
+    each worker whole shards). Images nested deeper take their top-level folder's class; a folder of images without
+    class folders streams them unlabelled. Columns: `image` (undecoded), `label` (ClassLabel)."""
     folders = {split: class_folders(directory) for split, directory in directories.items()}
     names = sorted({os.path.basename(folder) for split_folders in folders.values() for folder in split_folders})
     features = Features({"image": Image(), "label": ClassLabel(names=names)})
-    streams = {}
+    streams, shards = {}, {"shards": list(range(num_shards)), "num_shards": num_shards}  # lists are cut into shards
     for split, directory in directories.items():
         if not folders[split]:
             streams[split] = IterableDataset.from_generator(
-                unlabelled_images, gen_kwargs={"directory": directory}, features=Features({"image": Image()})
+                unlabelled_images, gen_kwargs={"directory": directory, **shards}, features=Features({"image": Image()})
             )
             continue
         labels = tuple(names.index(os.path.basename(folder)) for folder in folders[split])
-        # tuples, not lists: `datasets` would cut lists into shards and read those, so the classes one after another
+        # tuples, not lists: `datasets` would cut lists of folders into shards, each shard a few classes
         streams[split] = IterableDataset.from_generator(
-            labelled_images, gen_kwargs={"folders": tuple(folders[split]), "labels": labels}, features=features
+            labelled_images,
+            gen_kwargs={"folders": tuple(folders[split]), "labels": labels, **shards},
+            features=features,
         )
     return IterableDatasetDict(streams)
 
@@ -249,6 +281,56 @@ def check_columns(splits, columns) -> None:
                 )
 
 
+def is_multi_label(feature) -> bool:
+    """A label column holding a list of classes per image."""
+    return isinstance(feature, (List, LargeList))
+
+
+def label_names(feature) -> list[str]:
+    """The class names of a ClassLabel column, or of a list-of-ClassLabel (multi-label) column."""
+    return (feature.feature if is_multi_label(feature) else feature).names
+
+
+def encode_label(value, num_labels: int):
+    """A label as the model's loss takes it: a class id stays an id; a list of ids (multi-label) becomes a multi-hot
+    float vector (num_labels,)."""
+    if not isinstance(value, list):
+        return value
+    targets = [0.0] * num_labels
+    for index in value:
+        targets[index] = 1.0
+    return targets
+
+
+def encode_multi_label(splits: DatasetDict, column: str, separator: str | None) -> DatasetDict:
+    """A label column of lists of class names or ids (or of `separator`-joined text) as a list of ClassLabel, the
+    classes named by the training split (sorted). Raises naming the classes only the evaluation split has."""
+    feature = splits["train"].features[column]
+    if is_multi_label(feature) and isinstance(feature.feature, ClassLabel):
+        return splits
+
+    def as_list(value):
+        if separator is not None and isinstance(value, str):
+            return [part.strip() for part in value.split(separator) if part.strip()]
+        return [str(item) for item in value]
+
+    classes = {name: {item for value in split[column] for item in as_list(value)} for name, split in splits.items()}
+    names = sorted(classes["train"], key=lambda name: (0, int(name), "") if name.isdigit() else (1, 0, name))
+    unknown = sorted(set(classes["validation"]) - set(names))
+    if unknown:
+        raise ValueError(
+            f"The evaluation split's label column {column!r} has classes no training image has: {unknown[:10]}"
+            + (f" ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
+        )
+    index = {name: i for i, name in enumerate(names)}
+    encoded = splits.map(
+        lambda batch: {column: [[index[item] for item in as_list(value)] for value in batch[column]]},
+        batched=True,
+        desc="Encoding the label lists",
+    )
+    return encoded.cast_column(column, List(ClassLabel(names=names)))
+
+
 def load_splits(args: DataArguments, seed: int = 0, labelled: bool = True) -> DatasetDict:
     """Train and validation splits with `args.image_column_name` and a ClassLabel `args.label_column_name` (only
     the image column when not `labelled`: unlabelled images for pretraining), every image checked readable (see
@@ -268,9 +350,12 @@ def load_splits(args: DataArguments, seed: int = 0, labelled: bool = True) -> Da
         validation = splits[name]
     splits = DatasetDict(train=train, validation=validation)
 
-    if labelled and not isinstance(train.features[args.label_column_name], ClassLabel):
+    label_feature = train.features[args.label_column_name] if labelled else None
+    if labelled and (is_multi_label(label_feature) or args.label_separator is not None):
+        splits = encode_multi_label(splits, args.label_column_name, args.label_separator)
+    elif labelled and not isinstance(label_feature, ClassLabel):
         splits = splits.class_encode_column(args.label_column_name)
-    if labelled and args.train_dir is not None and args.dataset_name is None:
+    if labelled and args.train_dir is not None and args.dataset_name is None and not is_multi_label(label_feature):
         check_class_folders(args.train_dir, splits["train"], args.label_column_name)
     if args.max_train_samples is not None:
         splits["train"] = splits["train"].shuffle(seed=seed).select(range(min(args.max_train_samples, len(train))))
@@ -284,10 +369,12 @@ def load_splits(args: DataArguments, seed: int = 0, labelled: bool = True) -> Da
 def drop_unreadable(splits: DatasetDict, args: DataArguments) -> DatasetDict:
     """`splits` without their unreadable images when `args.skip_unreadable_images` (counted in a warning); else
     a ValueError naming them all."""
-    errors = {
-        name: unreadable_in(split, args.image_column_name, name, args.preprocessing_num_workers)
-        for name, split in splits.items()
-    }
+    errors = on_main_process(
+        lambda: {
+            name: unreadable_in(split, args.image_column_name, name, args.preprocessing_num_workers)
+            for name, split in splits.items()
+        }
+    )
     found = [error for split_errors in errors.values() for _, error in split_errors]
     if found:
         listed = "; ".join(found[:10]) + (f"; ... and {len(found) - 10} more" if len(found) > 10 else "")
@@ -312,20 +399,40 @@ def check_streaming(args: DataArguments, training_args) -> None:
         raise ValueError("--streaming needs --max_steps (a stream has no length to count epochs in)")
 
 
-def load_stream(args: DataArguments, seed: int = 0, labelled: bool = True):
+def on_main_process(compute):
+    """`compute()` run by the main process alone, its result (or its error) handed to every other process: a
+    dataset's images are checked once, with all the machine's cores, however many processes train."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed or torch.distributed.get_world_size() == 1:
+        return compute()
+    outcome = [None, None]
+    if torch.distributed.get_rank() == 0:
+        try:
+            outcome[0] = compute()
+        except Exception as error:  # raised by every process, not only the first (the others would wait forever)
+            outcome[1] = error
+    torch.distributed.broadcast_object_list(outcome, src=0)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]
+
+
+def load_stream(args: DataArguments, seed: int = 0, labelled: bool = True, readers: int = 1):
     """(training stream, evaluation Dataset) for `--streaming`: the training split as a shuffled `IterableDataset`
     of undecoded images, nothing read ahead; the evaluation split map-style (its images checked): the source's own,
     else the first `max_eval_samples` (default `STREAM_EVAL_SAMPLES`) images of the stream, which training leaves
-    out by name (path or content, so however the stream is later split between processes)."""
-    source = open_source(args, seed, streaming=True)
+    out by name (path or content, so however the stream is later split between processes). `readers`: the
+    processes x data-loading workers that will share the stream (our streams get as many shards)."""
+    source = open_source(args, seed, streaming=True, num_shards=readers)
     columns = data_columns(args, labelled)
     check_columns(source, columns)
     source = IterableDatasetDict({name: split.select_columns(list(columns)) for name, split in source.items()})
     train = source["train"]
-    if labelled and not isinstance(train.features[args.label_column_name], ClassLabel):
+    feature = train.features[args.label_column_name] if labelled else None
+    if labelled and not isinstance(feature.feature if is_multi_label(feature) else feature, ClassLabel):
         raise ValueError(
-            f"--streaming needs the label column {args.label_column_name!r} to be a ClassLabel (its classes "
-            f"known before reading the stream); it is {train.features[args.label_column_name]}"
+            f"--streaming needs the label column {args.label_column_name!r} to be a ClassLabel or a list of "
+            f"ClassLabel (its classes known before reading the stream); it is {feature}"
         )
     count = args.max_eval_samples or STREAM_EVAL_SAMPLES
     name = evaluation_split_name(source)
@@ -409,7 +516,8 @@ def unreadable_in(split: Dataset, column: str, split_name: str, num_proc: int | 
 
 
 def collate(examples) -> dict:
-    """Examples -> {"pixel_values": (B, C, H, W), "labels": (B,)} (no labels for unlabelled examples)."""
+    """Examples -> {"pixel_values": (B, C, H, W), "labels": (B,) ids or (B, num_labels) multi-hot targets} (no
+    labels for unlabelled examples)."""
     batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
     if "labels" in examples[0]:
         batch["labels"] = torch.tensor([example["labels"] for example in examples])
@@ -446,6 +554,11 @@ def decode_image(value, num_channels: int) -> torch.Tensor:
         return pil_to_tensor(open_image(value).convert("RGB" if num_channels == 3 else "L"))
 
 
+def stream_readers(training_args) -> int:
+    """How many read a training stream at once: the data-loading workers (or the process itself) of each process."""
+    return max(1, training_args.dataloader_num_workers) * training_args.world_size
+
+
 @dataclass
 class TrainingData:
     """What a job trains and evaluates on: the training split (a `Dataset`, or with `--streaming` an
@@ -472,11 +585,13 @@ class TrainingData:
         return f"{training_args.num_train_epochs:g} epochs"
 
 
-def load_training_data(args: DataArguments, seed: int = 0, labelled: bool = True) -> TrainingData:
+def load_training_data(args: DataArguments, seed: int = 0, labelled: bool = True, training_args=None) -> TrainingData:
     """The training and evaluation data `args` name: a stream and its evaluation split with `args.streaming`
-    (`load_stream`), else both splits, every image checked (`load_splits`)."""
+    (`load_stream`, in a shard for every worker of every process `training_args` start), else both splits, every
+    image checked (`load_splits`)."""
     if args.streaming:
-        train, validation = load_stream(args, seed, labelled)
+        readers = 1 if training_args is None else stream_readers(training_args)
+        train, validation = load_stream(args, seed, labelled, readers)
         return TrainingData(train, validation, multiprocessing.Value("i", 0))
     splits = load_splits(args, seed, labelled)
     return TrainingData(splits["train"], splits["validation"])

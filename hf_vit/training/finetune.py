@@ -27,7 +27,15 @@ from .arguments import (
     check_backbone_learning_rate,
     check_model_source,
 )
-from .data import DataArguments, TrainingData, check_streaming, describe_dataset, load_training_data
+from .data import (
+    DataArguments,
+    TrainingData,
+    check_streaming,
+    describe_dataset,
+    is_multi_label,
+    label_names,
+    load_training_data,
+)
 from .distributed import fsdp_requested, global_batch_size
 from .lora import LoraArguments, add_lora, check_lora_arguments, lora_targets, merged_model, trainable_fraction
 from .metrics import compute_metrics
@@ -43,7 +51,7 @@ from .recipes import (
     fit_to_training,
     resolve_recipe,
 )
-from .regularisation import TeacherInputAdapter, check_teacher_labels
+from .regularisation import TeacherInputAdapter, balanced_class_weights, check_teacher_labels
 from .trainer import ImageClassificationTrainer
 from .transforms import attach_transforms
 
@@ -107,6 +115,8 @@ def check_arguments(
             )
     if model_args.teacher_name_or_path is not None:
         check_local_path(model_args.teacher_name_or_path, "--teacher_name_or_path")
+        if training_args.class_weights is not None:
+            raise ValueError("--class_weights and --teacher_name_or_path do not combine: choose one")
         if "teacher_logits" not in inspect.signature(source.family.classifier_class.forward).parameters:
             raise ValueError(
                 f"--teacher_name_or_path needs a model that distills (--model_type hf_deit), not "
@@ -120,10 +130,36 @@ def check_arguments(
     return source
 
 
-def label_fields(labels: list[str]) -> dict:
+def label_fields(labels: list[str], multi_label: bool = False) -> dict:
+    """The config's label fields; multi-label data trains with BCE (`problem_type`), and `pipeline()` then returns
+    independent sigmoid scores."""
     return dict(
-        num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)}
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        problem_type="multi_label_classification" if multi_label else None,
     )
+
+
+def class_weights_for(training_args, data: TrainingData, column: str, num_labels: int):
+    """`--class_weights balanced`: the weights of the training split's classes (`balanced_class_weights`); None
+    without the flag."""
+    if training_args.class_weights is None:
+        return None
+    if data.streaming:
+        raise ValueError("--class_weights balanced counts the training images per class, which a stream cannot")
+    return balanced_class_weights(data.train[column], num_labels)
+
+
+def summary_line(metrics: dict) -> str:
+    """The final evaluation in words: accuracy (and top-5), or for multi-label data mAP and F1."""
+    if "eval_mAP" in metrics:
+        return (
+            f"mAP {metrics['eval_mAP']:.2%}, micro F1 {metrics['eval_micro_f1']:.2%}, macro F1 "
+            f"{metrics['eval_macro_f1']:.2%}"
+        )
+    top5 = f", top-5 {metrics['eval_top5_accuracy']:.2%}" if "eval_top5_accuracy" in metrics else ""
+    return f"accuracy {metrics['eval_accuracy']:.2%}{top5}"
 
 
 def run_facts(
@@ -242,9 +278,12 @@ def finetune(
     with usage_errors():  # the user's input, checked: arguments, then data, then the recipe for them
         source = check_arguments(model_args, data_args, training_args, recipe_args, lora_args)
         set_seed(training_args.seed)
-        data = load_training_data(data_args, seed=training_args.seed)
-        labels = data.train.features[data_args.label_column_name].names
+        data = load_training_data(data_args, training_args.seed, training_args=training_args)
+        label_feature = data.train.features[data_args.label_column_name]
+        labels, multi_label = label_names(label_feature), is_multi_label(label_feature)
         has_teacher = model_args.teacher_name_or_path is not None
+        if has_teacher and multi_label:
+            raise ValueError("--teacher_name_or_path distills single-label classifiers; the data is multi-label")
         if has_teacher:
             teacher_config = AutoConfig.from_pretrained(
                 model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code
@@ -252,7 +291,8 @@ def finetune(
             check_teacher_labels(teacher_config, labels)
         # a checkpoint's image size stays its own here: its position embeddings are resampled after loading
         size = {} if source.from_checkpoint or data_args.image_size is None else {"image_size": data_args.image_size}
-        config = source.with_fields(**label_fields(labels), **size)
+        config = source.with_fields(**label_fields(labels, multi_label), **size)
+        class_weights = class_weights_for(training_args, data, data_args.label_column_name, len(labels))
         facts = run_facts(source, config, data, data_args, training_args, has_teacher)
         ingredients = resolve_recipe(recipe_args, training_args, source.overrides, facts)
         ingredients = fit_to_training(
@@ -291,6 +331,7 @@ def finetune(
         callbacks=list(callbacks),
         teacher=teacher,
         teacher_inputs=teacher_inputs,
+        class_weights=class_weights,
         ingredients=ingredients,
         card_template=source.family.card_template,
         recipe_summary=recipe_summary,
@@ -298,9 +339,8 @@ def finetune(
     metrics = trainer.train_and_evaluate(training_args.resume_from_checkpoint, data.skipped)
 
     if trainer.is_world_process_zero():
-        top5 = f", top-5 {metrics['eval_top5_accuracy']:.2%}" if "eval_top5_accuracy" in metrics else ""
         print(
-            f"eval: accuracy {metrics['eval_accuracy']:.2%}{top5}, loss {metrics['eval_loss']:.4f} on "
+            f"eval: {summary_line(metrics)}, loss {metrics['eval_loss']:.4f} on "
             f"{len(data.validation)} images of {dataset_name} after {data.length(training_args)}"
             + (f" ({metrics['train_skipped_unreadable_images']} unreadable images skipped)" if data.streaming else "")
             + f" -> {training_args.output_dir}"

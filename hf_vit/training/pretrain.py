@@ -187,7 +187,7 @@ def pretrain(
     with usage_errors():  # the user's input, checked: arguments, then data
         source, method = check_arguments(model_args, args, data_args, training_args)
         set_seed(training_args.seed)
-        data = load_training_data(data_args, seed=training_args.seed, labelled=False)
+        data = load_training_data(data_args, training_args.seed, labelled=False, training_args=training_args)
     recipe = pretraining_recipe(
         method,
         args.mask_ratio,

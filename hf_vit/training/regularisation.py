@@ -5,6 +5,7 @@ EMA of the weights, and the teacher's inputs.
     RepeatedAugmentationSampler   each image several times an epoch, its copies in one batch, never mixed together
     ModelEMA, EMACallback         the exponential moving average of the weights, saved with every checkpoint
     TeacherInputAdapter           a student batch re-expressed for a teacher of another size or normalisation
+    balanced_class_weights / weighted_loss   the loss of imbalanced data, each class weighed by its rarity
 """
 
 import math
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
-from ..guards import CheckpointMismatchError, replaced_atomically
+from ..guards import replaced_atomically
+from ..models.configuration_utils import CheckpointMismatchError
 
 EMA_FILE = "ema.safetensors"  # the EMA of the weights, in every checkpoint of a run with one
 
@@ -236,3 +238,29 @@ def check_teacher_labels(teacher_config, student_labels: list[str]) -> None:
             f"The teacher's labels {teacher} differ from the student's {student}; distill from a "
             "teacher trained on the same classes in the same order"
         )
+
+
+def balanced_class_weights(labels: list, num_labels: int) -> torch.Tensor:
+    """(num_labels,) weights from the training labels (class ids, or lists of ids for multi-label data): single-label
+    n / (num_labels * n_c), scikit-learn's "balanced", so that every class weighs as much in the loss; multi-label
+    each class's negatives / positives, BCE's `pos_weight`. A class without training images is an error."""
+    multi_label = bool(labels) and isinstance(labels[0], list)
+    ids = [index for value in labels for index in value] if multi_label else labels
+    counts = torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=num_labels).double()
+    if (counts == 0).any():
+        raise ValueError(
+            f"--class_weights balanced: classes {torch.nonzero(counts == 0).flatten().tolist()} have no training "
+            "image to weigh"
+        )
+    weights = (len(labels) - counts) / counts if multi_label else len(labels) / (num_labels * counts)
+    return weights.float()
+
+
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, multi_label: bool):
+    """The classification loss with per-class `weights`: multi-label BCE with `pos_weight`; else cross-entropy of
+    class ids or soft targets (Mixup, smoothing), each class's term times its weight, averaged over the batch."""
+    logits, weights = logits.float(), weights.to(logits.device)
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weights)
+    targets = labels.float() if labels.is_floating_point() else F.one_hot(labels, logits.shape[-1]).float()
+    return -(targets * weights * F.log_softmax(logits, dim=-1)).sum(-1).mean()

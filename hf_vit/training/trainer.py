@@ -20,7 +20,14 @@ from transformers.utils import logging
 from ..cards import CURVES_FILE, plot_training_curves, write_model_card
 from .distributed import check_fsdp_version, has_accelerator, hf_vit_model, shard_on_cpu, unused_parameters, whole_model
 from .recipes import TRAINING_INGREDIENTS, Ingredients
-from .regularisation import BatchMixer, EMACallback, ModelEMA, RepeatedAugmentationSampler, check_teacher_labels
+from .regularisation import (
+    BatchMixer,
+    EMACallback,
+    ModelEMA,
+    RepeatedAugmentationSampler,
+    check_teacher_labels,
+    weighted_loss,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -228,15 +235,27 @@ class ImageClassificationTrainer(HfViTTrainer):
     - an `ema_decay` above 0: evaluation and the saved model use the averaged weights (`ModelEMA`);
     - a `layer_decay` below 1: each layer's learning rate lowered with its distance from the head;
     - a frozen `teacher` (any image classifier) adds `teacher_logits` to every training batch, computed on the same
-      (augmented, mixed) images after `teacher_inputs` re-expresses them for it.
+      (augmented, mixed) images after `teacher_inputs` re-expresses them for it;
+    - `class_weights` (num_labels,): the loss weighs each class (`regularisation.weighted_loss`).
 
     The optimisation ingredients (learning rate, weight decay, warmup) are the arguments' (`recipes.apply_to_training`
     writes them there).
     """
 
-    def __init__(self, *args, ingredients: Ingredients | None = None, teacher=None, teacher_inputs=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        ingredients: Ingredients | None = None,
+        teacher=None,
+        teacher_inputs=None,
+        class_weights: torch.Tensor | None = None,
+        **kwargs,
+    ):
         ingredients = ingredients or Ingredients.off()
         super().__init__(*args, layer_decay=ingredients.layer_decay, **kwargs)
+        if class_weights is not None and teacher is not None:
+            raise ValueError("class weights and a teacher's distillation loss do not combine: choose one")
+        self.class_weights = class_weights
         self.teacher = None
         if teacher is not None:
             config = self.model.config
@@ -276,9 +295,16 @@ class ImageClassificationTrainer(HfViTTrainer):
             if self.batch_mixer is not None:
                 inputs["pixel_values"], inputs["labels"] = self.batch_mixer(inputs["pixel_values"], inputs["labels"])
             if self.teacher is not None:
-                with torch.no_grad():
+                # in the student's precision: accelerate's autocast wraps only the model it prepared
+                with torch.no_grad(), self.accelerator.autocast():
                     inputs["teacher_logits"] = self.teacher(self.teacher_inputs(inputs["pixel_values"])).logits
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.class_weights is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        outputs = model(pixel_values=inputs["pixel_values"])
+        multi_label = self.model.config.problem_type == "multi_label_classification"
+        loss = weighted_loss(outputs.logits, labels, self.class_weights, multi_label)
+        return (loss, outputs) if return_outputs else loss
 
     def evaluate(self, *args, **kwargs):
         if self.ema is None:

@@ -2,18 +2,19 @@
 
     build_transforms(processor, channels, train, **augmentation)   torchvision v2 pipeline: uint8 image -> tensor
     set_transforms(splits, ...) / attach_transforms(data, ...)      the pipelines attached to the splits of a job
+    evaluation_loader(split, ...)                                   a split's batches, as a job evaluates them
     collate(examples) / DecodingCollator                            examples -> a batch (a stream decodes here)
 
 How strongly training images are augmented is the recipe's choice (`recipes.py`); this module applies it.
 """
 
 import torch
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from torchvision.transforms import v2
 from transformers.utils import logging
 
 from ..processors import processor_size
-from .data import DataArguments, TrainingData, collate, decode_image
+from .data import DataArguments, TrainingData, collate, decode_image, encode_label, label_names
 
 logger = logging.get_logger(__name__)
 
@@ -24,9 +25,9 @@ class DecodingCollator:
     read, counting it in `skipped` (a `multiprocessing.Value` the workers share). Examples already transformed (the
     evaluation split's) are collated as they are."""
 
-    def __init__(self, transform, num_channels: int, args: DataArguments, skipped, labelled: bool = True):
+    def __init__(self, transform, num_channels: int, args: DataArguments, skipped, num_labels: int | None = None):
         self.transform, self.num_channels, self.args = transform, num_channels, args
-        self.skipped, self.labelled = skipped, labelled
+        self.skipped, self.num_labels = skipped, num_labels  # None: unlabelled
 
     def __call__(self, examples: list[dict]) -> dict:
         ready = []
@@ -39,10 +40,10 @@ class DecodingCollator:
                     with self.skipped.get_lock():
                         self.skipped.value += 1
                     continue
-                example = {
-                    "pixel_values": pixel_values,
-                    **({"labels": example[self.args.label_column_name]} if self.labelled else {}),
-                }
+                labels = example[self.args.label_column_name] if self.num_labels is not None else None
+                example = {"pixel_values": pixel_values}
+                if labels is not None:
+                    example["labels"] = encode_label(labels, self.num_labels)
             ready.append(example)
         if not ready:
             raise ValueError(f"Every image of a batch of {len(examples)} from the stream was unreadable")
@@ -97,18 +98,22 @@ def build_transforms(
 def set_transforms(
     splits: DatasetDict, image_processor, num_channels: int, args: DataArguments, labelled: bool = True, **augmentation
 ) -> None:
-    """Attach the training / evaluation transforms: each batch becomes `pixel_values` and `labels` (`pixel_values`
-    alone when not `labelled`).
+    """Attach the training / evaluation transforms: each batch becomes `pixel_values` and `labels` (class ids, or
+    multi-hot targets for a list-of-classes column; `pixel_values` alone when not `labelled`).
 
     `augmentation`: `build_transforms`' training arguments (`Ingredients.augmentation`), for the train split only.
     """
     for name, split in splits.items():
         transform = build_transforms(image_processor, num_channels, name == "train", **augmentation)
+        num_labels = len(label_names(split.features[args.label_column_name])) if labelled else None
 
-        def apply(batch, transform=transform):
+        def apply(batch, transform=transform, num_labels=num_labels):
             images = [decode_image(value, num_channels) for value in batch[args.image_column_name]]
             transformed = {"pixel_values": [transform(image) for image in images]}
-            return {**transformed, "labels": batch[args.label_column_name]} if labelled else transformed
+            if not labelled:
+                return transformed
+            labels = [encode_label(value, num_labels) for value in batch[args.label_column_name]]
+            return {**transformed, "labels": labels}
 
         split.set_transform(apply)
 
@@ -120,7 +125,8 @@ def attach_transforms(
     `augmentation` (`Ingredients.augmentation`) for training only."""
     if data.streaming:
         transform = build_transforms(image_processor, num_channels, True, **augmentation)
-        data.collator = DecodingCollator(transform, num_channels, args, data.skipped, labelled)
+        num_labels = len(label_names(data.train.features[args.label_column_name])) if labelled else None
+        data.collator = DecodingCollator(transform, num_channels, args, data.skipped, num_labels)
         set_transforms(DatasetDict(validation=data.validation), image_processor, num_channels, args, labelled)
     else:
         set_transforms(
@@ -131,3 +137,12 @@ def attach_transforms(
             labelled,
             **augmentation,
         )
+
+
+def evaluation_loader(
+    split: Dataset, image_processor, num_channels: int, args: DataArguments, batch_size: int, labelled: bool = True
+) -> torch.utils.data.DataLoader:
+    """`split`'s batches in order, each image transformed as `finetune` evaluates it (the processor's resize and
+    crop, no augmentation): {"pixel_values", "labels"}."""
+    set_transforms(DatasetDict(validation=split), image_processor, num_channels, args, labelled)
+    return torch.utils.data.DataLoader(split, batch_size=batch_size, collate_fn=collate)

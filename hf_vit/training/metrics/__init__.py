@@ -17,12 +17,34 @@ def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
     return evaluate.load(str(path), **kwargs)
 
 
+MULTI_LABEL_THRESHOLD = 0.5  # the sigmoid score from which a class counts as predicted (the F1 scores)
+
+
+def multi_label_metrics(logits: np.ndarray, targets: np.ndarray) -> dict:
+    """Multi-label scores of (N, C) logits against (N, C) 0/1 targets: mean average precision over the classes that
+    have a positive image (`mAP`), and micro and macro F1 of the classes whose sigmoid reaches the threshold."""
+    from sklearn.metrics import average_precision_score, f1_score
+
+    targets = targets > 0.5
+    scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    present = targets.any(axis=0)
+    predicted = scores >= MULTI_LABEL_THRESHOLD
+    return {
+        "mAP": float(average_precision_score(targets[:, present], scores[:, present], average="macro")),
+        "micro_f1": float(f1_score(targets, predicted, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(targets, predicted, average="macro", zero_division=0)),
+    }
+
+
 def compute_metrics(eval_prediction) -> dict:
     """The Trainer's `compute_metrics`: top-1 accuracy of (B, num_labels) logits, and top-5 accuracy when there are
-    more than five classes (with five or fewer it would always be 1)."""
+    more than five classes (with five or fewer it would always be 1); for multi-label targets (B, num_labels),
+    `multi_label_metrics`."""
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
     if isinstance(logits, tuple):
         logits = logits[0]
+    if labels.ndim == 2:
+        return multi_label_metrics(logits, labels)
     metrics = load_metric("accuracy").compute(predictions=np.argmax(logits, axis=-1), references=labels)
     if logits.shape[-1] > 5:
         metrics.update(load_metric("top5_accuracy").compute(predictions=logits, references=labels))

@@ -1,0 +1,101 @@
+"""A Gradio demo of a classifier checkpoint, as Hugging Face Spaces host them: upload a picture (or pick an example),
+get the top-k labels and an overlay of where the model looks.
+
+    build_demo(model_name_or_path, top_k, examples) -> gradio.Blocks
+    parse_args(argv) / launch(demo_args)            `scripts/demo.py` and `hf-vit demo`
+
+Gradio comes with the `demo` extra: pip install "hf_vit[demo]".
+"""
+
+import os
+from dataclasses import dataclass, field
+
+from ..cli import command, grouped_parser, parse_into_dataclasses
+from ..guards import usage_errors
+from ..training.transforms import build_transforms
+from .attention import overlay
+from .classifier import as_model_mode, classify, load_classifier
+from .predict import picture_paths
+
+ELEMENT_IDS = dict(picture="picture", button="classify", labels="prediction", overlay="overlay")  # for tests, CSS
+
+
+@dataclass
+class DemoArguments:
+    """The checkpoint and the server."""
+
+    _argument_group_name = "demo"
+
+    model_name_or_path: str = field(metadata={"help": "An image-classification checkpoint (directory or Hub id)."})
+    top_k: int = field(default=5, metadata={"help": "Labels shown."})
+    examples: list[str] | None = field(
+        default=None, metadata={"help": "Example pictures to pick from: folders, globs or files."}
+    )
+    host: str = field(default="127.0.0.1", metadata={"help": "The address to serve on (0.0.0.0: every interface)."})
+    port: int = field(default=7860, metadata={"help": "The port to serve on."})
+    share: bool = field(default=False, metadata={"help": "Also open a public gradio.live link."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the checkpoint."})
+
+
+def import_gradio():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
+    try:
+        import gradio
+    except ImportError as error:
+        raise ImportError('The demo needs Gradio: pip install "hf_vit[demo]"') from error
+    return gradio
+
+
+def build_demo(model_name_or_path: str, top_k: int = 5, examples=None, trust_remote_code: bool = False):
+    """The Gradio app of a checkpoint: a picture in; its top-k labels and attention overlay out."""
+    gr = import_gradio()
+    model, image_processor = load_classifier(model_name_or_path, trust_remote_code)
+    channels, names = model.config.num_channels, model.config.id2label
+    transform = build_transforms(image_processor, channels, train=False)
+    examples = picture_paths(examples) if examples else []
+
+    def predict(image):
+        if image is None:
+            raise gr.Error("Upload a picture (or pick an example) first.")
+        picture = as_model_mode(image, channels)
+        scores, heat = classify(model, transform, [picture], attention=True)
+        return {names[i]: float(score) for i, score in enumerate(scores[0])}, overlay(picture, heat[0])
+
+    name = os.path.basename(os.path.normpath(model_name_or_path))
+    kind = "independent scores per label" if model.config.problem_type == "multi_label_classification" else "top"
+    with gr.Blocks(title=f"{name} (hf_vit)") as demo:
+        gr.Markdown(
+            f"# {name}\nAn `{model.config.model_type}` image classifier: {kind} {top_k} of {len(names)} labels."
+        )
+        with gr.Row():
+            picture = gr.Image(type="pil", label="picture", elem_id=ELEMENT_IDS["picture"])
+            with gr.Column():
+                labels = gr.Label(num_top_classes=top_k, label="prediction", elem_id=ELEMENT_IDS["labels"])
+                heat = gr.Image(label="where it looks", elem_id=ELEMENT_IDS["overlay"], interactive=False)
+        button = gr.Button("Classify", variant="primary", elem_id=ELEMENT_IDS["button"])
+        button.click(predict, inputs=picture, outputs=[labels, heat])
+        if examples:
+            gr.Examples(examples, inputs=picture)
+    return demo
+
+
+START_HERE = ("--model_name_or_path", "--port")
+
+
+def parse_args(argv=None):
+    parser = grouped_parser((DemoArguments,), START_HERE, __doc__.split("\n\n")[0])
+    return tuple(parse_into_dataclasses(parser, argv))
+
+
+def launch(args: DemoArguments) -> None:
+    """Build the app (bad input: a `UsageError`) and serve it until interrupted."""
+    with usage_errors():
+        demo = build_demo(args.model_name_or_path, args.top_k, args.examples, args.trust_remote_code)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
+main = command(parse_args, launch)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
