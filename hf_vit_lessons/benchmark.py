@@ -236,9 +236,15 @@ def compare_speed(
         if compile_ours and name.startswith("hf_"):
             steps[f"{name}+compile"] = make_step(torch.compile(model), batch_size, image_size, device, amp)
     seconds = interleaved_medians(steps, repeats, desc=f"{family} {mode} b{batch_size}")
-    rows = []
-    for name, value in seconds.items():
-        row = dict(
+    return speed_rows(seconds, family, mode, batch_size, device, amp)
+
+
+def speed_rows(seconds: dict, family, mode, batch_size, device, amp) -> list[dict]:
+    """A row per implementation from its median seconds per step: images/s, and `hf_vit_ratio` (> 1: hf_vit is
+    faster than this implementation)."""
+    ours = next(value for name, value in seconds.items() if name.startswith("hf_"))
+    return [
+        dict(
             family=family,
             mode=mode,
             batch_size=batch_size,
@@ -246,12 +252,10 @@ def compare_speed(
             amp=amp or "fp32",
             implementation=name,
             images_per_s=batch_size / value,
+            hf_vit_ratio=value / ours,
         )
-        rows.append(row)
-    ours = next(row for row in rows if row["implementation"].startswith("hf_"))
-    for row in rows:
-        row["hf_vit_ratio"] = ours["images_per_s"] / row["images_per_s"]  # > 1: hf_vit is faster than this peer
-    return rows
+        for name, value in seconds.items()
+    ]
 
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets; the most specific name first.
@@ -312,23 +316,14 @@ def accelerator_speed(
             memory[variant] = step_peak_mib(steps[variant], device)
     seconds = interleaved_medians(steps, repeats, desc=f"{family} {mode} b{batch_size}")
     flops = forward_flops(family) * (1 if mode == "inference" else 3)
-    ours = next(value for name, value in seconds.items() if name.startswith("hf_"))
-    return [
-        dict(
-            family=family,
-            mode=mode,
-            batch_size=batch_size,
-            device=device,
-            amp=amp or "fp32",
-            implementation=name,
-            images_per_s=batch_size / value,
-            hf_vit_ratio=value / ours,
-            step_peak_mib=memory[name],
+    rows = speed_rows(seconds, family, mode, batch_size, device, amp)
+    for row in rows:
+        row.update(
+            step_peak_mib=memory[row["implementation"]],
             gflops_per_image=flops / 1e9,
-            mfu=flops * batch_size / value / (peak * 1e12) if peak else None,
+            mfu=flops * row["images_per_s"] / (peak * 1e12) if peak else None,
         )
-        for name, value in seconds.items()
-    ]
+    return rows
 
 
 SWIN_AT_SIZE = {

@@ -15,6 +15,7 @@ def test_compare_speed_gives_one_row_per_implementation_with_ratios():
     )
 
 
+@pytest.mark.slow  # a long end-to-end run; the script's short one stays in CI
 def test_memory_probe_sees_gradient_checkpointing_shrink_the_step_and_repeats_itself():
     rows = benchmark.checkpointing_memory("vit_cifar", ["hf_vit", "timm"], 128)
     assert [row["implementation"] for row in rows] == ["hf_vit", "timm"]
@@ -58,6 +59,7 @@ def test_input_pipeline_speed_reads_a_jpeg_imagefolder_at_each_worker_count(tmp_
     assert all(row["images_per_s"] > 0 for row in rows) and rows[-1]["times_the_step"] == 1.0
 
 
+@pytest.mark.slow  # a long end-to-end run; the script's short one stays in CI
 def test_time_to_first_steps_runs_the_script_streamed_and_map_style(tmp_path):
     rows = benchmark.time_to_first_steps(str(tmp_path), counts=(40,), rounds=1, steps=1)
     assert [(row["images"], row["streaming"], row["runs"]) for row in rows] == [(40, True, 1), (40, False, 1)]

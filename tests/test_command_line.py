@@ -33,7 +33,10 @@ def broken_images(tmp_path):
     "flags, message",
     [
         (["--model_type", "hf_nonsense"], r"'hf_nonsense' is not an hf_vit model type; choose one of \['hf_deit'"),
-        (["--preset", "vit-tiny"], r"Unknown --preset 'vit-tiny' for hf_vit; choose one of \['vit-base-patch16-224'"),
+        (
+            ["--preset", "vit-tiny"],
+            r"Unknown --preset 'vit-tiny' for hf_vit; choose one of \[.*'vit-tiny-patch16-224'\]",
+        ),
         (
             ["--config_overrides", "drop_path_rat=0.1"],
             "HfViTConfig has no field 'drop_path_rat'; did you mean drop_path_rate",

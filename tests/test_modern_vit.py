@@ -116,7 +116,7 @@ def test_every_option_loads_as_remote_code(tmp_path):
         (dict(num_register_tokens=-1), "num_register_tokens must be a non-negative integer, got -1"),
         (dict(num_register_tokens=1.5), "num_register_tokens must be a non-negative integer"),
         (dict(layer_scale_init_value=0.0), "layer_scale_init_value must be positive"),
-        (dict(pooling="max"), r"pooling must be one of \['cls', 'mean', 'cls_mean', 'map'\]"),
+        (dict(pooling="max"), r"pooling must be one of \['cls', 'mean', 'normalized_mean', 'cls_mean', 'map'\]"),
         (
             dict(class_token=False, pooling="cls_mean"),
             "class_token=False needs pooling='mean', 'normalized_mean' or 'map'",
@@ -167,11 +167,13 @@ def test_timm_sources_convert_with_parity_at_two_sizes(tmp_path, architecture, m
 
 
 def test_unsupported_timm_variants_name_the_option(tmp_path):
-    _, source = save_timm(
+    # DINOv2-g's fused SwiGLU (timm's GluMlp), refused until the fused SwiGLU came, now converts with parity
+    reference, source = save_timm(
         tmp_path, "giant", "vit_giant_patch14_dinov2", img_size=28, depth=1, embed_dim=48, num_heads=2
     )
-    with pytest.raises(ValueError, match=r"uses \['mlp_layer=GluMlp'\], which hf_vit does not implement"):
-        convert_checkpoint(source, str(tmp_path / "out"))
+    giant = convert_checkpoint(source, str(tmp_path / "giant_out"))
+    assert giant.config.mlp_type == "swiglu_fused"
+    assert_same_logits(giant, reference, torch.randn(2, 3, 28, 28))
     _, source = save_timm(tmp_path, "registers", "vit_tiny_patch16_224", img_size=32, depth=1, reg_tokens=2)
     with pytest.raises(ValueError, match="position embeddings on register tokens"):
         convert_checkpoint(source, str(tmp_path / "out"))

@@ -79,6 +79,8 @@ def test_probes_share_cached_features_and_the_linear_probe_is_a_checkpoint_that_
     assert knn["k"] in (1, 3, 5, 10, 20, 50, 100) and 0 < knn["accuracy"] <= 1
     logistic = run_probe(tmp_path, "logistic", "--method", "logistic", *TINY)
     assert "train features read from the cache" in capsys.readouterr().out  # the same random model: the same features
+    run_probe(tmp_path, "mean", "--method", "knn", TINY[0], TINY[1] + ",pooling='mean'")
+    assert "train features read from the cache" not in capsys.readouterr().out  # the same weights, other features
     assert logistic["C"] > 0 and logistic["num_features"] == 32
     linear = run_probe(tmp_path, "linear", "--method", "linear", "--linear_epochs", "5", *TINY)
     assert json.loads((tmp_path / "linear" / "probe_results.json").read_text())["accuracy"] == linear["accuracy"]

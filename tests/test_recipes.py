@@ -216,6 +216,7 @@ def test_the_trainer_wants_the_optimisation_ingredients_resolved(tmp_path, tiny_
         ImageClassificationTrainer(model=HfViTForImageClassification(tiny_vit_config), args=args)
 
 
+@pytest.mark.slow  # a long end-to-end run; the script's short one stays in CI
 def test_fine_tuning_study_trains_a_source_and_fine_tunes_it_on_the_other_digits(tmp_path):
     runs = ["from scratch, auto recipe", "checkpoint, lr 5e-4, layer decay 0.75"]
     result = run_script(

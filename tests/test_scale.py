@@ -65,6 +65,7 @@ def test_fsdp1_on_cpu_is_refused_rather_than_run_as_data_parallel(tmp_path):
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.slow  # a long end-to-end run; the script's short one stays in CI
 def test_the_shipped_ddp_config_and_two_machine_ranks_over_loopback_train_one_model(tmp_path):
     run_script(
         ["--output_dir", str(tmp_path / "ddp"), *FAST, "--num_train_epochs", "1"],

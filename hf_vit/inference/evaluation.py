@@ -201,7 +201,7 @@ def draw_mistakes(split, picks: list[tuple[int, str]], image_processor, path: st
     denormalised from the tensors the model saw."""
     columns = min(4, max(1, len(picks)))
     rows = max(1, -(-len(picks) // columns))
-    figure, axes = new_figure(rows, columns, figsize=(2.6 * columns, 2.8 * rows))
+    figure, axes = new_figure(rows, columns, figsize=(2.6 * columns, 3.2 * rows))  # room for two-line captions
     axes = np.atleast_1d(axes).ravel()
     pixels = {index: split[index]["pixel_values"] for index, _ in picks}
     channels = len(image_processor.image_mean) if not pixels else next(iter(pixels.values())).shape[0]

@@ -226,13 +226,11 @@ class MultiHeadSelfAttention(AttentionKernel):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         batch_size, seq_len, dim = hidden_states.shape
-        bias = self.qkv.bias
-        if self.masked_key_bias:  # the key's third held at zero; the queries' and values' learn
-            query_bias, _, value_bias = bias.chunk(3)
-            bias = torch.cat([query_bias, torch.zeros_like(query_bias), value_bias])
-        qkv = F.linear(hidden_states, self.qkv.weight, bias).reshape(
-            batch_size, seq_len, 3, self.num_heads, self.head_dim
-        )
+        qkv = self.qkv(hidden_states)  # through the module, so that what wraps it (LoRA's adapters) takes part
+        if self.masked_key_bias:  # the key's third of the bias taken back out (no gradient reaches it)
+            _, key_bias, _ = self.qkv.bias.chunk(3)
+            qkv = qkv - F.pad(key_bias, (dim, dim))
+        qkv = qkv.reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         query, key = self.q_norm(query[:, :, :num_queries]), self.k_norm(key)
         if rope is not None:

@@ -86,14 +86,15 @@ def image_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config
     """
     logits = logits.float()  # in fp32 whatever the model computes in: a bf16 / fp16 softmax loses the small terms
     labels = labels.to(logits.device)
+    soft_targets = labels.is_floating_point() and labels.shape == logits.shape and config.num_labels > 1
+    if soft_targets and config.problem_type in (None, "single_label_classification"):
+        return torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
     kind = problem_type(config, labels)
     if kind == "regression":
         predictions = logits.squeeze(-1) if config.num_labels == 1 else logits
         return F.mse_loss(predictions, labels.float().view_as(predictions))
     if kind == "multi_label_classification":
         return F.binary_cross_entropy_with_logits(logits, labels.float())
-    if labels.is_floating_point() and labels.shape == logits.shape:
-        return torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
     return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1), ignore_index=-100)
 
 

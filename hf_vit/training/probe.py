@@ -115,10 +115,16 @@ def model_features(model, pixel_values: torch.Tensor, blocks: int) -> torch.Tens
     return features.float()
 
 
+# config fields that name the labels or the checkpoint, not what computes the features
+LABEL_FIELDS = ("id2label", "label2id", "num_labels", "problem_type", "architectures", "_name_or_path")
+
+
 def fingerprint(model, split, data_args: DataArguments, image_processor, blocks: int) -> str:
-    """A key of everything the features depend on: the base model's weights (not the head's), the images and labels,
-    the preprocessing."""
+    """A key of everything the features depend on: the base model's weights (not the head's) and architecture (its
+    config but the labels: pooling, say), the images and labels, the preprocessing."""
     digest = hashlib.sha256()
+    architecture = {key: value for key, value in model.config.to_dict().items() if key not in LABEL_FIELDS}
+    digest.update(json.dumps(architecture, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.base_model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
