@@ -78,3 +78,16 @@ def test_checkpoints_can_carry_the_models_code():
 def test_the_library_never_imports_the_lessons_or_the_benchmark():
     for path in LIBRARY.rglob("*.py"):
         assert not any(name.startswith("hf_vit_lessons") for name in imported_modules(path)), path
+
+
+def test_every_package_of_the_library_is_installed():
+    # a folder missing from pyproject's list is left out of the wheel, and `import hf_vit.<wing>` fails there only
+    import tomllib
+
+    packages = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {
+        ".".join(path.parent.relative_to(REPO_ROOT).parts)
+        for root in ("hf_vit", "hf_vit_lessons")
+        for path in (REPO_ROOT / root).rglob("__init__.py")
+    }
+    assert on_disk <= packages, sorted(on_disk - packages)
