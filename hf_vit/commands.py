@@ -8,67 +8,25 @@ A job's module is imported when the job runs, so `hf-vit --help` answers at once
 """
 
 import difflib
+import importlib
 import sys
 
-
-def finetune(argv):
-    from .training.finetune import main
-
-    return main(argv)
-
-
-def pretrain(argv):
-    from .training.pretrain import main
-
-    return main(argv)
-
-
-def probe(argv):
-    from .training.probe import main
-
-    return main(argv)
-
-
-def evaluate(argv):
-    from .inference.evaluation import main
-
-    return main(argv)
-
-
-def predict(argv):
-    from .inference.predict import main
-
-    return main(argv)
-
-
-def demo(argv):
-    from .inference.demo import main
-
-    return main(argv)
-
-
-def convert(argv):
-    from .interop.convert import main
-
-    return main(argv)
-
-
-def export(argv):
-    from .interop.export import main
-
-    return main(argv)
-
-
-# job -> (what it does, its entry point taking the job's own arguments)
+# job -> (what it does, the module whose `main(argv)` runs it with the job's own arguments)
 JOBS = {
-    "finetune": ("fine-tune or train an image classifier (the main job)", finetune),
-    "pretrain": ("pretrain an encoder on unlabelled images (MAE, SimMIM)", pretrain),
-    "probe": ("linear, kNN or logistic-regression probe of a backbone's frozen features", probe),
-    "evaluate": ("an evaluation report of a classifier: metrics.json and pictures, optionally with TTA", evaluate),
-    "predict": ("predict a folder or glob of pictures into a CSV / JSON Lines table, with attention overlays", predict),
-    "demo": ("a Gradio demo of a classifier in the browser", demo),
-    "convert": ("convert a transformers or timm checkpoint into an hf_vit one", convert),
-    "export": ("export a checkpoint to ONNX and torch.export, checked with onnxruntime", export),
+    "finetune": ("fine-tune or train an image classifier (the main job)", "hf_vit.training.finetune"),
+    "pretrain": ("pretrain an encoder on unlabelled images (MAE, SimMIM)", "hf_vit.training.pretrain"),
+    "probe": ("linear, kNN or logistic-regression probe of a backbone's frozen features", "hf_vit.training.probe"),
+    "evaluate": (
+        "an evaluation report of a classifier: metrics.json and pictures, optionally with TTA",
+        "hf_vit.inference.evaluation",
+    ),
+    "predict": (
+        "predict a folder or glob of pictures into a CSV / JSON Lines table, with attention overlays",
+        "hf_vit.inference.predict",
+    ),
+    "demo": ("a Gradio demo of a classifier in the browser", "hf_vit.inference.demo"),
+    "convert": ("convert a transformers or timm checkpoint into an hf_vit one", "hf_vit.interop.convert"),
+    "export": ("export a checkpoint to ONNX and torch.export, checked with onnxruntime", "hf_vit.interop.export"),
 }
 
 
@@ -96,7 +54,7 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    return JOBS[job][1](arguments)
+    return importlib.import_module(JOBS[job][1]).main(arguments)
 
 
 if __name__ == "__main__":
