@@ -21,3 +21,7 @@ timeout "${FINETUNE_S:-110}" python3 scripts/finetune.py --output_dir /tmp/gpu-f
   --image_size 224 --bf16 --torch_compile --max_steps 300 --per_device_train_batch_size 256 --max_eval_samples 256 \
   --logging_steps 10 2>&1 | tee "$OUT/finetune.log"
 cp /tmp/gpu-finetune/all_results.json "$OUT/finetune_results.json" 2>/dev/null || true
+# The inference jobs on the GPU (issue 37): evaluate and predict the fine-tuned checkpoint there, batches by workers.
+timeout "${INFERENCE_S:-60}" python3 scripts/evaluate.py --model_name_or_path /tmp/gpu-finetune \
+  --output_dir /tmp/gpu-evaluate --max_eval_samples 256 2>&1 | tee "$OUT/inference.log"
+cp /tmp/gpu-evaluate/metrics.json "$OUT/evaluate_metrics.json" 2>/dev/null || true

@@ -19,7 +19,7 @@ TEMPLATE_DIRS = [Path(__file__).parent / "model_cards", Path(__file__).parent.pa
 def read_template(name: str) -> str:
     for directory in TEMPLATE_DIRS:
         if (directory / name).is_file():
-            return (directory / name).read_text()
+            return (directory / name).read_text(encoding="utf-8")
     raise FileNotFoundError(f"No model card template {name} in {[str(d) for d in TEMPLATE_DIRS]}")
 
 
@@ -180,6 +180,6 @@ def write_model_card(output_dir, model, template: str, **kwargs) -> str:
     """Render the card of `model` from `template` into `output_dir/README.md` (atomically) and return its path."""
     path = os.path.join(output_dir, "README.md")
     card = render_model_card(model, template, **kwargs)
-    with replaced_atomically(path) as temporary, open(temporary, "w") as f:
+    with replaced_atomically(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
         f.write(card)
     return path

@@ -62,7 +62,7 @@ def attention_cost_sweep(sides=(14, 28, 42, 56, 70, 84), output_dir: str = ".", 
     """`attention_cost` over square maps of each side; saves attention_cost.json and attention_cost.png."""
     rows = [attention_cost(side, side, **kwargs) for side in tqdm(sides, desc="resolutions")]
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "attention_cost.json"), "w") as f:
+    with open(os.path.join(output_dir, "attention_cost.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=2)
     figure, ax = new_figure(figsize=(5.5, 4))
     tokens = [row["tokens"] for row in rows]

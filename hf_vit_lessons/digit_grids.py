@@ -25,7 +25,7 @@ def make_split(digits, count: int, directory: str, rng: np.random.Generator, fil
     images, labels = [np.asarray(image) for image in digits["image"]], digits["label"]
     names = digits.features["label"].names
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "metadata.jsonl"), "w") as metadata:
+    with open(os.path.join(directory, "metadata.jsonl"), "w", encoding="utf-8") as metadata:
         for index in range(count):
             filled = rng.random(4) < fill
             filled[rng.integers(4)] = True

@@ -26,13 +26,13 @@ def save_results(rows: list[dict], output_dir: str, title: str = "", columns=Non
     results.md and results.csv."""
     os.makedirs(output_dir, exist_ok=True)
     columns = columns or list(dict.fromkeys(key for row in rows for key in row))
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
+    with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"title": title, "rows": rows, **extra}, f, indent=2)
     table = markdown_table(rows, columns)
     print(f"\n{title}\n\n{table}" if title else table)
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
+    with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
-    with open(os.path.join(output_dir, "results.csv"), "w", newline="") as f:
+    with open(os.path.join(output_dir, "results.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

@@ -64,7 +64,7 @@ def compare_vit_cnn(
                     best_test_accuracy=max(h["test_accuracy"] for h in curves[name]),
                 )
             )
-    with open(os.path.join(output_dir, "curves.json"), "w") as f:
+    with open(os.path.join(output_dir, "curves.json"), "w", encoding="utf-8") as f:
         json.dump(
             dict(train_samples=len(train[0]), test_samples=len(test[0]), epochs=epochs, curves=curves), f, indent=2
         )

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
         f"measured: {figures['measured_speedup']:.1f}x"
     )
     os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "attention_cost_single.json"), "w") as f:
+    with open(os.path.join(args.output_dir, "attention_cost_single.json"), "w", encoding="utf-8") as f:
         json.dump(figures, f, indent=2)
     if args.sweep:
         for row in attention_cost_sweep(output_dir=args.output_dir, dim=args.dim, window=args.window, runs=args.runs):

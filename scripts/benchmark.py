@@ -62,7 +62,7 @@ def main(argv=None) -> int:
 
     def save() -> None:  # after every comparison, so a run cut short by its time limit keeps what it measured
         if args.json:
-            with open(args.json, "w") as f:
+            with open(args.json, "w", encoding="utf-8") as f:
                 json.dump(results | {"speed": rows}, f, indent=2)
 
     if "gpu" in args.suite:

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     for name, model in models.items():
         results[name] = check_patches(pixels, model.eval(), args.output_dir, tag=name)
         report(name, results[name])
-    with open(f"{args.output_dir}/patches.json", "w") as f:
+    with open(f"{args.output_dir}/patches.json", "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
     return 0
 

@@ -34,7 +34,7 @@ def test_the_docs_site_builds_strictly(tmp_path):
 def test_the_readme_is_short_and_shows_the_two_commands():
     readme = (REPO_ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 300
-    assert "accelerate launch --config_file accelerate.yaml scripts/finetune.py" in readme
+    assert "accelerate launch -q --config_file accelerate.yaml scripts/finetune.py" in readme
     assert 'python -m pip install -e ".[dev]" && python -m pytest' in readme
 
 

@@ -11,7 +11,7 @@ from hf_vit import HfDeiTForImageClassification, HfViTConfig, HfViTForImageClass
 from hf_vit.models.layers import DropPath
 from hf_vit.models.modeling_mim import sincos_position_embeddings
 
-from conftest import randomize
+from conftest import TINY_VIT, randomize
 
 TINY_FIELDS = (
     "image_size",
@@ -255,3 +255,44 @@ def test_mean_pooling_classifier_keeps_every_token(tiny_vit_config):
     torch.testing.assert_close(model(pixels).logits, expected)
     with pytest.raises(ValueError, match="got pooling='mean'"):
         model.vit(pixels, prefix_tokens_only=True)
+
+
+def test_the_masked_key_bias_stays_zero_and_keeps_bf16_activations_under_autocast():
+    """DINOv3's masked key bias: q / k / v in the activation dtype under autocast (the bias is masked there, not
+    subtracted in fp32 afterwards), and the key third gets exactly no gradient, so it stays zero under AdamW."""
+    from hf_vit.models.layers import KeyMaskedLinear
+
+    config = HfViTConfig(**TINY_VIT, num_labels=3, key_bias=False)
+    model = HfViTForImageClassification(config)
+    attention = model.vit.encoder.layers[0].attention
+    assert isinstance(attention.qkv, KeyMaskedLinear)
+    dtypes = []
+    attention.qkv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(5):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 2])).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert set(dtypes) == {torch.bfloat16}
+    for layer in model.vit.encoder.layers:
+        _, key_bias, value_bias = layer.attention.qkv.bias.chunk(3)
+        assert torch.count_nonzero(key_bias) == 0 and torch.count_nonzero(value_bias) > 0
+
+
+def test_maes_encoder_starts_at_the_sine_cosine_table():
+    from hf_vit import HfViTForPreTraining
+
+    model = HfViTForPreTraining(HfViTConfig(**TINY_VIT))
+    embeddings = model.vit.embeddings
+    assert torch.allclose(embeddings.position_embeddings, embeddings.sincos_table())
+    assert HfViTConfig(**TINY_VIT).position_embedding_init == "trunc_normal"  # the config is not changed for it
+
+
+def test_a_checkpoint_loaded_with_another_activation_is_refused(tmp_path):
+    from hf_vit.models.configuration_utils import CheckpointMismatchError
+
+    HfViTForImageClassification(HfViTConfig(**TINY_VIT, hidden_act="silu")).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointMismatchError, match="hidden_act: checkpoint 'silu', config 'gelu'"):
+        HfViTForImageClassification.from_pretrained(tmp_path, hidden_act="gelu")

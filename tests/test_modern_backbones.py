@@ -356,3 +356,41 @@ def test_a_variant_still_unsupported_names_the_option_it_needs(architecture, mod
         reference = timm.create_model(architecture, pretrained=False, **model_args)
     with pytest.raises(ValueError, match=named):
         from_timm(dict(architecture=architecture, model_args=model_args), reference.state_dict())
+
+
+def test_transformers_siglip_vision_converts_with_parity():
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    for use_head in (True, False):
+        config = SiglipVisionConfig(**TRANSFORMERS_SMALL, image_size=64, patch_size=16, vision_use_head=use_head)
+        reference = randomize(SiglipVisionModel(config))
+        converted = from_transformers(reference.config.to_dict(), reference.state_dict()).base_model
+        pixels = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            expected, got = reference(pixel_values=pixels), converted(pixels)
+        torch.testing.assert_close(got.last_hidden_state, expected.last_hidden_state, atol=1e-4, rtol=0)
+        if use_head:
+            torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=1e-4, rtol=0)
+
+
+def test_the_vision_tower_of_a_whole_clip_or_siglip_checkpoint_converts(tmp_path):
+    """`openai/clip-vit-base-patch16` and `google/siglip-base-patch16-224` are whole image-text models (model_type
+    `clip`, `siglip`): their vision tower converts, the text tower is left out."""
+    from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99)
+    vision = dict(**TRANSFORMERS_SMALL, image_size=64, patch_size=16)
+    for name, model_class, config in (
+        ("clip", CLIPModel, CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)),
+        ("siglip", SiglipModel, SiglipConfig(text_config=text, vision_config=vision)),
+    ):
+        torch.manual_seed(0)
+        reference = randomize(model_class(config))
+        reference.save_pretrained(tmp_path / name)
+        convert_checkpoint(str(tmp_path / name), str(tmp_path / f"{name}-vision"))
+        converted = HfViTModel.from_pretrained(tmp_path / f"{name}-vision").eval()
+        pixels = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            expected, got = reference.vision_model(pixel_values=pixels), converted(pixels)
+        torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=1e-4, rtol=0)

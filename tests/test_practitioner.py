@@ -148,7 +148,7 @@ def test_multi_label_imagefolder_trains_with_bce_reports_map_and_pipeline_gives_
     output = tmp_path / "grids"
     args = ["--output_dir", str(output), "--train_dir", digit_grids["train"], "--validation_dir",
             digit_grids["validation"], "--label_column_name", "labels", *TINY, *QUIET, "--max_steps", "6",
-            "--class_weights", "balanced", "--mixup_alpha", "0.8", "--label_smoothing", "0.1"]  # fmt: skip
+            "--class_weights", "balanced"]  # fmt: skip
     metrics = finetune(*finetune_args(args))
     assert {"eval_mAP", "eval_micro_f1", "eval_macro_f1"} <= set(metrics) and 0 < metrics["eval_mAP"] <= 1
     model = AutoModelForImageClassification.from_pretrained(output).eval()
@@ -265,18 +265,11 @@ def test_a_checkpoint_without_a_head_is_refused_in_one_line(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 2 and "has no trained classifier head" in result.stderr.splitlines()[-1]
+    assert result.returncode == 2 and "has no trained head" in result.stderr.splitlines()[-1]
     assert not (tmp_path / "report").exists()
 
 
 # --- prediction over a folder ----------------------------------------------------------------------------------
-
-
-def flattened_onto_white(path) -> PILImage.Image:
-    image = PILImage.open(path)
-    if image.mode == "RGBA":
-        image = PILImage.alpha_composite(PILImage.new("RGBA", image.size, "white"), image)
-    return image.convert("RGB")
 
 
 def test_predict_a_folder_of_every_kind_of_picture_like_the_pipeline(tmp_path, trained, pictures, caplog):
@@ -291,7 +284,7 @@ def test_predict_a_folder_of_every_kind_of_picture_like_the_pipeline(tmp_path, t
     assert [row["path"] for row in rows] == [str(pictures / name) for name in names]
     classifier = pipeline("image-classification", model=str(checkpoint))
     for row in rows:
-        expected = classifier(flattened_onto_white(row["path"]), top_k=3)
+        expected = classifier(row["path"], top_k=3)  # the pipeline reads the file as every job does
         assert row["label_1"] == expected[0]["label"]
         assert float(row["score_1"]) == pytest.approx(expected[0]["score"], abs=2e-3)
     maps = sorted(path.name for path in (tmp_path / "maps").iterdir())
@@ -470,3 +463,56 @@ def test_the_scripts_run_end_to_end_and_are_subcommands(tmp_path, trained, pictu
     assert (tmp_path / "probe" / "probe_results.json").is_file() and (tmp_path / "eval" / "metrics.json").is_file()
     listing = subprocess.run(["hf-vit", "--help"], capture_output=True, text=True).stdout
     assert all(job in listing for job in ("probe", "evaluate", "predict", "demo"))
+
+
+# --- edge cases of the metrics, the probes and multi-label data -------------------------------------------------
+
+
+def test_multi_label_macro_f1_averages_the_classes_present_and_survives_a_split_without_positives():
+    from transformers import EvalPrediction
+
+    from hf_vit.training.metrics import compute_metrics
+
+    # class 2 has no positive in the split
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], dtype=np.float32)
+    perfect = np.where(targets > 0, 5.0, -5.0)
+    metrics = compute_metrics(EvalPrediction(predictions=perfect, label_ids=targets))
+    assert metrics["macro_f1"] == 1.0 and metrics["mAP"] == 1.0 and metrics["classes_present"] == 2
+    empty = compute_metrics(EvalPrediction(predictions=perfect, label_ids=np.zeros_like(targets)))
+    assert empty["classes_present"] == 0 and empty["macro_f1"] == 0.0
+
+
+@pytest.mark.parametrize("method", ["knn", "linear", "logistic"])
+def test_probes_on_a_handful_of_pictures_give_valid_json_or_one_line(tmp_path, method):
+    flags = ["--method", method, "--max_train_samples", "1" if method == "knn" else "4", "--max_eval_samples", "8"]
+    args = ["--output_dir", str(tmp_path / "probe"), *TINY, *flags]
+    if method == "logistic":  # one picture per class at most: nothing to cross-validate
+        with pytest.raises(UsageError, match="every class needs 2 images"):
+            probe(*probe_args(args))
+        return
+    results = probe(*probe_args(args))
+    written = json.loads((tmp_path / "probe" / "probe_results.json").read_text())  # strict JSON: no NaN
+    assert written["accuracy"] == results["accuracy"] and 0 <= results["accuracy"] <= 1
+
+
+def test_untagged_rows_and_unicode_digit_class_names_train_multi_label(tmp_path):
+    folder = tmp_path / "tagged"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["file_name,tags"]
+    for i in range(12):
+        PILImage.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png," + ["①;cat", "cat", "", "dog;①"][i % 4])  # every fourth image untagged
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    args = ["--output_dir", str(tmp_path / "run"), "--train_dir", str(folder), "--label_column_name", "tags",
+            "--label_separator", ";", "--max_steps", "2", *TINY, *QUIET]  # fmt: skip
+    finetune(*finetune_args(args))
+    config = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))
+    assert sorted(config["id2label"].values()) == sorted(["cat", "dog", "①"])
+
+
+def test_the_unused_parameter_probe_of_a_multi_label_model_feeds_it_targets():
+    from hf_vit.training.distributed import unused_parameters
+
+    config = HfViTConfig(**TINY_VIT, num_labels=3, problem_type="multi_label_classification")
+    assert unused_parameters(HfViTForImageClassification(config)) == []

@@ -138,7 +138,12 @@ def test_auto_keeps_rate_and_layers_from_a_checkpoint():
     middle = resolve(
         "auto", dataclasses.replace(DIGITS, num_train_images=50_000, num_train_epochs=100, flips_keep_labels=True)
     )
-    assert 0 < middle.mixup_alpha < 0.8 and 0 < middle.rand_augment_magnitude < 9 and middle.hflip_prob == 0.5
+    assert (
+        0 < middle.mixup_prob < 1
+        and middle.mixup_alpha == 0.8
+        and 0 < middle.rand_augment_magnitude < 9
+        and middle.hflip_prob == 0.5
+    )
     assert 0.08 < middle.crop_scale_min < 1.0
 
 
@@ -167,6 +172,7 @@ EXPLICIT = dict(
     mixup_alpha="0.3",
     cutmix_alpha="0.4",
     mixup_switch_prob="0.6",
+    mixup_prob="0.7",
     label_smoothing="0.2",
     repeated_augmentation="2",
     ema_decay="0.9",
@@ -245,3 +251,35 @@ def test_fine_tuning_study_trains_a_source_and_fine_tunes_it_on_the_other_digits
     assert list(tuned["id2label"].values()) == ["5", "6", "7", "8", "9"]
     card = (tmp_path / "seed0" / "checkpoint_lr_5e-4_layer_decay_0.75" / "README.md").read_text()
     assert "layer_decay = 0.75: given" in card
+
+
+def test_a_weak_recipe_mixes_few_batches_rather_than_with_a_small_alpha():
+    """CutMix with Beta(a, a) for a small a is no weak CutMix: lam lands near 0 or 1, and a box of nearly the whole
+    picture, clipped at its random centre, pastes in a quarter to all of another picture. A recipe scaled towards
+    off mixes fewer batches (`mixup_prob`), at DeiT's alphas."""
+    from hf_vit.training.regularisation import BatchMixer
+
+    quick_start = resolve("auto", dataclasses.replace(DIGITS, num_train_epochs=20))
+    assert 0 < quick_start.mixup_prob < 0.1 and (quick_start.mixup_alpha, quick_start.cutmix_alpha) == (0.8, 1.0)
+    assert resolve("deit", IMAGENET).mixup_prob == 1.0
+    off = resolve("auto", dataclasses.replace(DIGITS, num_train_images=400))
+    assert (off.mixup_prob, off.mixup_alpha, off.cutmix_alpha) == (0.0, 0.0, 0.0)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    images, labels = torch.rand(8, 1, 8, 8), torch.arange(8)
+    mixer = BatchMixer(8, 0.8, 1.0, prob=quick_start.mixup_prob)
+    unmixed = sum(torch.equal(mixer(images, labels)[0], images) for _ in range(200))
+    assert unmixed >= 200 * (1 - 3 * quick_start.mixup_prob)  # about 1 - mixup_prob of the batches left as they are
+
+
+def test_multi_label_data_turns_off_mixing_and_smoothing_and_refuses_them_by_hand():
+    from hf_vit.training.recipes import fit_to_training
+
+    ingredients = fit_to_training(
+        resolve("deit", IMAGENET), lora=False, sharded=False, streaming=False, multi_label=True
+    )
+    assert (ingredients.mixup_alpha, ingredients.cutmix_alpha, ingredients.label_smoothing) == (0.0, 0.0, 0.0)
+    assert ingredients.reasons["label_smoothing"].startswith("multi-label data:")
+    given = resolve("deit", IMAGENET, "--label_smoothing", "0.1")
+    with pytest.raises(ValueError, match="--label_smoothing 0.1 does not apply with multi-label data"):
+        fit_to_training(given, lora=False, sharded=False, streaming=False, multi_label=True)

@@ -1,36 +1,31 @@
 """A trained classifier and the pictures it is shown, as the inference jobs (evaluate, predict, demo) share them.
 
-load_classifier(name_or_path) -> (model, image processor); a checkpoint without a trained head is refused
-read_picture(path, channels) -> an RGB (or grayscale) PIL image, transparency flattened onto white
+load_classifier(name_or_path) -> (model on the accelerator if there is one, image processor); a checkpoint without a
+    trained head is refused
+read_picture(path, channels) -> (C, H, W) pixels, read as every job reads them (`data.decode_image`)
+attention_overlay(picture, heat, processor) -> where the model looks, over the region it saw
 class_scores(model, logits) -> softmax probabilities, or independent sigmoid scores for multi-label models
 """
 
 import torch
 from PIL import Image
+from torchvision.transforms.v2.functional import to_pil_image
 from transformers import AutoModelForImageClassification
 
-from ..models.configuration_utils import CheckpointMismatchError
-from ..processors import checkpoint_image_processor
-from ..training.data import open_image
-from .attention import attention_heatmaps
+from ..checkpoints import load_checkpoint
+from ..devices import inference_device, inference_precision
+from ..processors import checkpoint_image_processor, processor_size
+from ..training.data import decode_image
+from .attention import attention_heatmaps, overlay
 
 
 def load_classifier(name_or_path: str, trust_remote_code: bool = False):
     """(model in eval mode, image processor) of an image-classification checkpoint. A checkpoint whose classifier
     head is missing (a base model, a pretraining checkpoint) is a `CheckpointMismatchError` naming the missing
     weights: its predictions would come from a head started at random."""
-    model, info = AutoModelForImageClassification.from_pretrained(
-        name_or_path, trust_remote_code=trust_remote_code, output_loading_info=True
-    )
-    missing = sorted(info["missing_keys"]) + sorted(f"{key} (misshapen)" for key, *_ in info["mismatched_keys"])
-    if missing:
-        raise CheckpointMismatchError(
-            f"{name_or_path!r} has no trained classifier head: {', '.join(missing[:6])}"
-            + (", ..." if len(missing) > 6 else "")
-            + " would start at random; fine-tune it first (hf-vit finetune, or hf-vit probe --method linear)"
-        )
+    model = load_checkpoint(AutoModelForImageClassification, name_or_path, trust_remote_code=trust_remote_code)
     processor = checkpoint_image_processor(name_or_path, model.config, trust_remote_code)
-    return model.eval(), processor
+    return model.to(inference_device()).eval(), processor
 
 
 def is_multi_label(model) -> bool:
@@ -44,27 +39,49 @@ def class_scores(model, logits: torch.Tensor) -> torch.Tensor:
     return logits.sigmoid() if is_multi_label(model) else logits.softmax(-1)
 
 
-def read_picture(path: str, num_channels: int = 3) -> Image.Image:
-    """A picture file of any mode as the model's channels: RGBA / LA / palette transparency composited onto white,
-    then RGB (or grayscale for one-channel models). A file that is not a picture is a ValueError naming it."""
-    return as_model_mode(open_image({"path": path, "bytes": None}), num_channels)
+def read_picture(path: str, num_channels: int = 3) -> torch.Tensor:
+    """A picture file as every job reads it (`data.decode_image`, the reader of finetune, evaluate and probe):
+    (C, H, W) uint8 (uint16 for a 16-bit PNG), RGB or grayscale, transparency dropped. A file that is not a picture
+    is a ValueError naming it."""
+    return decode_image({"path": path, "bytes": None}, num_channels)
 
 
-def as_model_mode(image: Image.Image, num_channels: int = 3) -> Image.Image:
-    """`image` in the model's mode: RGB (grayscale for one channel), transparency composited onto white."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image.convert("RGB" if num_channels == 3 else "L")
+def display_picture(picture: torch.Tensor) -> Image.Image:
+    """(C, H, W) uint8 or uint16 pixels -> an 8-bit PIL image to draw on."""
+    if picture.dtype != torch.uint8:
+        picture = (picture.float() / torch.iinfo(picture.dtype).max * 255).round().to(torch.uint8)
+    return to_pil_image(picture)
 
 
-def classify(model, transform, pictures: list[Image.Image], attention: bool = False):
-    """(scores (B, num_labels) as `class_scores`, heat maps (B, h, w) of where the model looks or None) of `pictures`
-    prepared by `transform` (the evaluation transform)."""
-    pixel_values = torch.stack([transform(picture) for picture in pictures])
-    if attention:
-        logits, heat = attention_heatmaps(model, pixel_values)
-    else:
-        with torch.inference_mode():
-            logits, heat = model(pixel_values).logits, None
-    return class_scores(model, logits), heat
+def seen_region(image_processor, height: int, width: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a height x width picture that the model sees through `image_processor`: the
+    centre crop of a cropping processor (its short side resized, then cut), else the whole picture."""
+    if not getattr(image_processor, "do_center_crop", False):
+        return 0, 0, width, height
+    crop_height, crop_width = processor_size(image_processor)
+    size = image_processor.size
+    scale = size["shortest_edge"] / min(height, width) if "shortest_edge" in size else None
+    scale_y, scale_x = (scale, scale) if scale else (size["height"] / height, size["width"] / width)
+    seen_h, seen_w = min(height, crop_height / scale_y), min(width, crop_width / scale_x)
+    top, left = (height - seen_h) / 2, (width - seen_w) / 2
+    return round(left), round(top), round(left + seen_w), round(top + seen_h)
+
+
+def attention_overlay(picture: torch.Tensor, heat: torch.Tensor, image_processor) -> Image.Image:
+    """The heat map (h, w) drawn over the region of `picture` (C, H, W) that the model saw (`seen_region`)."""
+    image = display_picture(picture)
+    return overlay(image.crop(seen_region(image_processor, image.height, image.width)), heat)
+
+
+def classify(model, pixel_values: torch.Tensor, attention: bool = False):
+    """(scores (B, num_labels) as `class_scores`, heat maps (B, h, w) of where the model looks or None) of a batch
+    (B, C, H, W) prepared by the evaluation transform, on the model's device (`devices`); the results on the CPU."""
+    pixel_values = pixel_values.to(model.device, non_blocking=True)
+    with inference_precision(model.device):
+        if attention:
+            logits, heat = attention_heatmaps(model, pixel_values)
+            heat = heat.float().cpu()
+        else:
+            with torch.inference_mode():
+                logits, heat = model(pixel_values).logits, None
+    return class_scores(model, logits).cpu(), heat

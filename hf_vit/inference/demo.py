@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..guards import usage_errors
 from ..training.transforms import build_transforms
-from .attention import overlay
-from .classifier import as_model_mode, classify, load_classifier
+from .classifier import attention_overlay, classify, load_classifier, read_picture
 from .predict import picture_paths
 
 ELEMENT_IDS = dict(picture="picture", button="classify", labels="prediction", overlay="overlay")  # for tests, CSS
@@ -54,12 +53,16 @@ def build_demo(model_name_or_path: str, top_k: int = 5, examples=None, trust_rem
     transform = build_transforms(image_processor, channels, train=False)
     examples = picture_paths(examples) if examples else []
 
-    def predict(image):
-        if image is None:
+    def predict(path):
+        if path is None:
             raise gr.Error("Upload a picture (or pick an example) first.")
-        picture = as_model_mode(image, channels)
-        scores, heat = classify(model, transform, [picture], attention=True)
-        return {names[i]: float(score) for i, score in enumerate(scores[0])}, overlay(picture, heat[0])
+        try:
+            picture = read_picture(path, channels)  # the uploaded file itself, read as every job reads it
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
+        scores, heat = classify(model, transform(picture)[None], attention=True)
+        overlay = attention_overlay(picture, heat[0], image_processor)
+        return {names[i]: float(score) for i, score in enumerate(scores[0])}, overlay
 
     name = os.path.basename(os.path.normpath(model_name_or_path))
     kind = "independent scores per label" if model.config.problem_type == "multi_label_classification" else "top"
@@ -68,7 +71,8 @@ def build_demo(model_name_or_path: str, top_k: int = 5, examples=None, trust_rem
             f"# {name}\nAn `{model.config.model_type}` image classifier: {kind} {top_k} of {len(names)} labels."
         )
         with gr.Row():
-            picture = gr.Image(type="pil", label="picture", elem_id=ELEMENT_IDS["picture"])
+            # the uploaded file as it is (no mode conversion by Gradio), so that the demo reads what predict reads
+            picture = gr.Image(type="filepath", image_mode=None, label="picture", elem_id=ELEMENT_IDS["picture"])
             with gr.Column():
                 labels = gr.Label(num_top_classes=top_k, label="prediction", elem_id=ELEMENT_IDS["labels"])
                 heat = gr.Image(label="where it looks", elem_id=ELEMENT_IDS["overlay"], interactive=False)

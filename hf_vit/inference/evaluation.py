@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..cli import command, grouped_parser, parse_into_dataclasses
+from ..devices import inference_precision, loader_settings
 from ..figures import new_figure, save_figure
 from ..guards import check_output_dir, replaced_atomically, usage_errors
 from ..training.data import DataArguments, is_multi_label, label_names, load_splits
@@ -86,13 +87,15 @@ def tta_views(pixel_values: torch.Tensor, tta: str | None) -> list[torch.Tensor]
 
 
 def predict_split(model, loader, tta: str | None) -> dict:
-    """{"scores": (N, C) plain, "tta_scores": (N, C) averaged over the views (with `tta`), "labels"}."""
+    """{"scores": (N, C) plain, "tta_scores": (N, C) averaged over the views (with `tta`), "labels"}, computed on the
+    model's device (`devices`), returned on the CPU."""
     scores, tta_scores, labels = [], [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_precision(model.device):
         for batch in tqdm(loader, desc="evaluating"):
-            views = [class_scores(model, model(view).logits) for view in tta_views(batch["pixel_values"], tta)]
-            scores.append(views[0])
-            tta_scores.append(torch.stack(views).mean(0))
+            pixel_values = batch["pixel_values"].to(model.device, non_blocking=True)
+            views = [class_scores(model, model(view).logits) for view in tta_views(pixel_values, tta)]
+            scores.append(views[0].cpu())
+            tta_scores.append(torch.stack(views).mean(0).cpu())
             labels.append(batch["labels"])
     return dict(scores=torch.cat(scores), tta_scores=torch.cat(tta_scores), labels=torch.cat(labels))
 
@@ -121,7 +124,8 @@ def single_label_metrics(scores: torch.Tensor, labels: torch.Tensor, names: list
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, predictions, labels=range(len(names)), zero_division=0
     )
-    macro_f1 = f1_score(truth, predictions, labels=range(len(names)), average="macro", zero_division=0)
+    # over the classes in the split or predicted (sklearn's own): a class absent from both has no F1 to average
+    macro_f1 = f1_score(truth, predictions, average="macro", zero_division=0)
     metrics["macro_f1"] = float(macro_f1)
     metrics["expected_calibration_error"] = calibration(scores.max(1).values.numpy(), predictions == truth)[0]
     metrics["per_class"] = {
@@ -251,14 +255,20 @@ def evaluate_checkpoint(evaluate_args: EvaluateArguments, data_args: DataArgumen
             raise ValueError("--image_size does not apply: the checkpoint's image processor sets the size")
         check_output_dir(evaluate_args.output_dir, evaluate_args.overwrite_output_dir, False)
         model, image_processor = load_classifier(evaluate_args.model_name_or_path, evaluate_args.trust_remote_code)
-        split = load_splits(data_args, seed=evaluate_args.seed)["validation"]
+        split = load_splits(data_args, seed=evaluate_args.seed, evaluation_only=True)["validation"]
         multi_label = is_multi_label(split.features[data_args.label_column_name])
         if multi_label != (model.config.problem_type == "multi_label_classification"):
             kind = "multi-label" if multi_label else "single-label"
             raise ValueError(f"The data is {kind}; the model was not trained for {kind} data")
         names, model_ids = data_labels_as_model_ids(split, data_args.label_column_name, model)
     loader = evaluation_loader(
-        split, image_processor, model.config.num_channels, data_args, evaluate_args.batch_size, labelled=True
+        split,
+        image_processor,
+        model.config.num_channels,
+        data_args,
+        evaluate_args.batch_size,
+        labelled=True,
+        **loader_settings(model.device),
     )
     predicted = predict_split(model, loader, evaluate_args.tta)
     labels = predicted["labels"]
@@ -293,7 +303,7 @@ def evaluate_checkpoint(evaluate_args: EvaluateArguments, data_args: DataArgumen
         draw_reliability_diagram(confidence.numpy(), (predictions == labels).numpy(), reliability)
     mistakes = confident_mistakes(scores, labels, names, multi_label, evaluate_args.num_mistakes)
     draw_mistakes(split, mistakes, image_processor, mistakes_path)
-    with replaced_atomically(os.path.join(output_dir, METRICS_FILE)) as path, open(path, "w") as file:
+    with replaced_atomically(os.path.join(output_dir, METRICS_FILE)) as path, open(path, "w", encoding="utf-8") as file:
         json.dump(dict(metrics, arguments=asdict(evaluate_args)), file, indent=2)
     tta = ""
     if "tta" in metrics:

@@ -3,11 +3,12 @@
     parse_args(argv) -> (PredictArguments,)
     predict(predict_args) -> {"predicted": N, "skipped": [(path, reason), ...], "output_file": ...}
 
-Pictures of any size and mode (RGB, grayscale, RGBA flattened onto white) are prepared as `finetune` evaluates
-them. The table is CSV (path, label_1, score_1, ..., label_k, score_k) or JSON Lines ({"path", "labels", "scores"}),
-chosen by the output file's extension; scores are softmax probabilities, or a multi-label model's independent
-sigmoids, as `pipeline()` gives them. `--attention_maps DIR` writes an overlay of where the model looks per picture
-(`attention.attention_heatmaps`: the same forward pass, at SDPA's speed). A picture that cannot be read is skipped and
+Pictures of any size, mode and depth are read and prepared as `finetune` evaluates them (`data.decode_image`, the
+processor's resize and crop). The table is CSV (path, label_1, score_1, ..., label_k, score_k) or JSON Lines
+({"path", "labels", "scores"}), chosen by the output file's extension; scores are softmax probabilities, or a
+multi-label model's independent sigmoids, as `pipeline()` gives them. `--attention_maps DIR` writes an overlay of
+where the model looks per picture, over the region it saw (`attention.attention_heatmaps`: the same forward pass, at
+SDPA's speed). A picture that cannot be read is skipped and
 named. `scripts/predict.py` and `hf-vit predict` are its command line.
 """
 
@@ -17,15 +18,16 @@ import json
 import os
 from dataclasses import dataclass, field
 
+import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..cli import command, grouped_parser, parse_into_dataclasses
+from ..devices import loader_settings
 from ..guards import check_output_dir, replaced_atomically, usage_errors
 from ..training.data import image_files, is_image_file
 from ..training.transforms import build_transforms
-from .attention import overlay
-from .classifier import classify, load_classifier, read_picture
+from .classifier import attention_overlay, classify, load_classifier, read_picture
 
 logger = logging.get_logger(__name__)
 
@@ -99,6 +101,25 @@ class TableWriter:
             self.file.write(json.dumps({"path": path, "labels": labels, "scores": scores}) + "\n")
 
 
+class PictureFiles(torch.utils.data.Dataset):
+    """The pictures at `paths`, read (`read_picture`) and prepared by `transform` in the data-loading workers:
+    (path, (C, H, W) pixels, the model's input, None), or (path, None, None, why) for a file that cannot be read."""
+
+    def __init__(self, paths: list[str], num_channels: int, transform):
+        self.paths, self.num_channels, self.transform = paths, num_channels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            picture = read_picture(path, self.num_channels)
+        except ValueError as error:
+            return path, None, None, str(error)
+        return path, picture, self.transform(picture), None
+
+
 def check_arguments(args: PredictArguments) -> str:
     """The table's format, after checking the flags and that nothing would be overwritten."""
     kind = os.path.splitext(args.output_file)[1].lower()
@@ -128,24 +149,29 @@ def predict(args: PredictArguments) -> dict:
     skipped, predicted = [], 0
     directory = os.path.dirname(os.path.abspath(args.output_file))
     os.makedirs(directory, exist_ok=True)
-    with replaced_atomically(args.output_file) as temporary, open(temporary, "w", newline="") as file:
+    batches = torch.utils.data.DataLoader(
+        PictureFiles(paths, channels, transform),
+        batch_size=args.batch_size,
+        collate_fn=list,
+        **loader_settings(model.device),
+    )
+    with replaced_atomically(args.output_file) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
         table = TableWriter(file, kind, top_k)
-        for start in tqdm(range(0, len(paths), args.batch_size), desc="predicting", unit="batch"):
-            pictures = {}
-            for path in paths[start : start + args.batch_size]:
-                try:
-                    pictures[path] = read_picture(path, channels)
-                except ValueError as error:
-                    skipped.append((path, str(error)))
-            if not pictures:
+        for batch in tqdm(batches, desc="predicting", unit="batch"):
+            skipped += [(path, error) for path, _, _, error in batch if error is not None]
+            read = [(path, picture, pixel_values) for path, picture, pixel_values, error in batch if error is None]
+            if not read:
                 continue
-            scores, heat = classify(model, transform, list(pictures.values()), args.attention_maps is not None)
+            pictures = {path: picture for path, picture, _ in read}
+            pixel_values = torch.stack([pixel_values for _, _, pixel_values in read])
+            scores, heat = classify(model, pixel_values, args.attention_maps is not None)
             top = scores.topk(top_k, dim=1)
             for row, (path, picture) in enumerate(pictures.items()):
                 labels = [names[int(i)] for i in top.indices[row]]
                 table.write(path, labels, [round(float(s), 6) for s in top.values[row]])
                 if heat is not None:
-                    overlay(picture, heat[row]).save(os.path.join(args.attention_maps, overlay_name(path, root)))
+                    picture_overlay = attention_overlay(picture, heat[row], image_processor)
+                    picture_overlay.save(os.path.join(args.attention_maps, overlay_name(path, root)))
             predicted += len(pictures)
     if skipped:
         listed = "; ".join(f"{path}: {reason}" for path, reason in skipped[:10])

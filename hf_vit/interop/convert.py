@@ -45,7 +45,7 @@ def read_source(source: str) -> tuple[dict, dict, str]:
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{source} has no config.json; is it a transformers or timm checkpoint?")
-    with open(config_path) as f:
+    with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
     for name in WEIGHT_FILES:
         path = os.path.join(directory, name)
@@ -76,10 +76,26 @@ def sources(library: str) -> list[str]:
     )
 
 
+# Image-text models whose vision tower converts: model_type -> the tower's own model_type (its config is the
+# checkpoint's `vision_config`, its weights those under `vision_model.`; the text tower and projections are left out)
+VISION_TOWERS = {"clip": "clip_vision_model", "siglip": "siglip_vision_model", "siglip2": "siglip2_vision_model"}
+
+
+def vision_tower(config: dict, state_dict: dict) -> tuple[dict, dict]:
+    """(config, state dict) of the vision tower of an image-text checkpoint (`VISION_TOWERS`); others as they are."""
+    tower = VISION_TOWERS.get(config.get("model_type"))
+    if tower is None:
+        return config, state_dict
+    logger.warning("%s checkpoint: converting its vision tower (vision_model.*), without the text tower", tower[:-13])
+    weights = {key: tensor for key, tensor in state_dict.items() if key.startswith("vision_model.")}
+    return dict(config.get("vision_config") or {}, model_type=tower, architectures=None), weights
+
+
 def from_transformers(config: dict, state_dict: dict):
     """An hf_vit model holding the weights of a transformers checkpoint of a model type the registry converts (vit,
     vit_mae, deit, swin, dinov2, dinov2_with_registers): a classifier or base model becomes the family's classifier,
     an MAE (`...ForPreTraining`) or SimMIM (`...ForMaskedImageModeling`) checkpoint its pretraining model."""
+    config, state_dict = vision_tower(config, state_dict)
     model_type = config.get("model_type")
     found = converter_for(f"transformers:{model_type}")
     if found is None:

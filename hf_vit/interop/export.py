@@ -17,6 +17,7 @@ import os
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from ..checkpoints import load_checkpoint
 from ..cli import TRACEBACK_FLAG, TRACEBACK_HELP, run_command
 from ..guards import OVERWRITE_HELP, check_local_path, check_output_dir, usage_errors
 from ..models.configuration_utils import to_2tuple
@@ -50,7 +51,7 @@ def load_model(model_name_or_path: str, trust_remote_code: bool = False):
     config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
     architecture = (config.architectures or [""])[0]
     auto_class = AutoModelForImageClassification if architecture.endswith("ForImageClassification") else AutoModel
-    return auto_class.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code).eval()
+    return load_checkpoint(auto_class, model_name_or_path, trust_remote_code=trust_remote_code).eval()
 
 
 def check_exportable(model) -> None:
@@ -210,7 +211,7 @@ def export_checkpoint(
         max_abs_difference=differences,
         files=[ONNX_FILE, PROGRAM_FILE],
     )
-    with open(os.path.join(output_dir, REPORT_FILE), "w") as f:
+    with open(os.path.join(output_dir, REPORT_FILE), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     return report
 

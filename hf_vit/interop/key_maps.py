@@ -213,6 +213,19 @@ TRANSFORMERS_CLIP_RULES = [
     (r"^vision_model\.post_layernorm\.", r"{base}.layernorm."),
 ]
 
+# transformers' SiglipVisionModel: no class token, the final norm on every token, then the attention-pooling head
+# (its nn.MultiheadAttention's packed in-projection split into the q and kv of hf_vit's `AttentionPooling`).
+TRANSFORMERS_SIGLIP_RULES = [
+    (r"^vision_model\.embeddings\.patch_embedding\.", r"{base}.patch_embeddings.projection."),
+    (r"^vision_model\.embeddings\.position_embedding\.weight$", r"{base}.embeddings.position_embeddings"),
+    *TRANSFORMERS_CLIP_RULES[4:],
+    (r"^vision_model\.head\.probe$", r"{base}.pooler.probe"),
+    (r"^vision_model\.head\.attention\.out_proj\.", r"{base}.pooler.proj."),
+    (r"^vision_model\.head\.(q|kv)\.", r"{base}.pooler.\1."),
+    (r"^vision_model\.head\.layernorm\.", r"{base}.pooler.norm."),
+    (r"^vision_model\.head\.mlp\.", r"{base}.pooler.mlp."),
+]
+
 # Parts of a source checkpoint that hf_vit has no place for, dropped on purpose: the pooler is unused by
 # transformers' classifiers; relative-position indices and shift masks are recomputed (and cached) by hf_swin.
 # DINOv2's and DINOv3's mask tokens only serve their masked-image pretraining; position ids are recomputed.
@@ -531,6 +544,28 @@ def transformers_clip_prepare(state_dict: dict, config=None) -> dict:
     return state_dict
 
 
+def transformers_siglip_config(config: dict) -> dict:
+    """hf_vit config fields of a transformers SiglipVisionConfig (a dict of config.json)."""
+    return dict(
+        class_token=False,
+        qkv_bias=True,
+        pooling="map" if config.get("vision_use_head", True) else "normalized_mean",
+        interpolation_antialias=False,
+    )
+
+
+def transformers_siglip_prepare(state_dict: dict, config=None) -> dict:
+    """SigLIP's positions as (1, N, C); its head's packed in-projection (q, k, v) split into q and kv."""
+    positions = "vision_model.embeddings.position_embedding.weight"
+    state_dict[positions] = state_dict[positions][None]
+    for kind in ("weight", "bias"):
+        packed = state_dict.pop(f"vision_model.head.attention.in_proj_{kind}", None)
+        if packed is not None:
+            query, key_value = packed.split([packed.shape[0] // 3, 2 * packed.shape[0] // 3])
+            state_dict[f"vision_model.head.q.{kind}"], state_dict[f"vision_model.head.kv.{kind}"] = query, key_value
+    return state_dict
+
+
 def transformers_dinov2_config(config: dict) -> dict:
     """hf_vit config fields of a transformers Dinov2 / Dinov2WithRegisters config (a dict of config.json)."""
     unsupported_options(
@@ -580,4 +615,10 @@ TRANSFORMERS_AIMV2 = KeyMap(
 )
 TRANSFORMERS_CLIP = KeyMap(
     TRANSFORMERS_CLIP_RULES, transformers_clip_config, source_prefix="vision_model", prepare=transformers_clip_prepare
+)
+TRANSFORMERS_SIGLIP = KeyMap(
+    TRANSFORMERS_SIGLIP_RULES,
+    transformers_siglip_config,
+    source_prefix="vision_model",
+    prepare=transformers_siglip_prepare,
 )

@@ -196,6 +196,21 @@ class AttentionKernel(nn.Module):
         )
 
 
+class KeyMaskedLinear(nn.Linear):
+    """The fused QKV projection whose key third of the bias is masked to zero (DINOv3's `LinearKMaskedBias`, EVA02's
+    missing key bias): the key third is replaced by zeros in the forward, so it gets exactly no gradient and stays zero,
+    and the bias takes the activation dtype under autocast (bf16 q / k / v, the flash kernel) like any Linear's.
+    (B, N, dim) -> (B, N, 3 * dim)."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim, 3 * dim, bias=True)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        query_bias, key_bias, value_bias = self.bias.chunk(3)
+        bias = torch.cat([query_bias, torch.zeros_like(key_bias), value_bias])
+        return F.linear(hidden_states, self.weight, bias)
+
+
 class MultiHeadSelfAttention(AttentionKernel):
     """Multi-head self-attention with one fused QKV projection: (B, N, dim) -> (B, N, dim).
 
@@ -209,8 +224,8 @@ class MultiHeadSelfAttention(AttentionKernel):
 
     def __init__(self, config, dim: int, num_heads: int, qk_norm: bool = False):
         super().__init__(config, dim, num_heads)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
-        self.masked_key_bias = config.qkv_bias and not getattr(config, "key_bias", True)
+        masked_key_bias = config.qkv_bias and not getattr(config, "key_bias", True)
+        self.qkv = KeyMaskedLinear(dim) if masked_key_bias else nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
         self.q_norm = make_norm(config, self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = make_norm(config, self.head_dim) if qk_norm else nn.Identity()
         self.norm = make_norm(config, dim) if getattr(config, "attention_output_norm", False) else nn.Identity()
@@ -227,9 +242,6 @@ class MultiHeadSelfAttention(AttentionKernel):
     ):
         batch_size, seq_len, dim = hidden_states.shape
         qkv = self.qkv(hidden_states)  # through the module, so that what wraps it (LoRA's adapters) takes part
-        if self.masked_key_bias:  # the key's third of the bias taken back out (no gradient reaches it)
-            _, key_bias, _ = self.qkv.bias.chunk(3)
-            qkv = qkv - F.pad(key_bias, (dim, dim))
         qkv = qkv.reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         query, key = self.q_norm(query[:, :, :num_queries]), self.k_norm(key)

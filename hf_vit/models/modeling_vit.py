@@ -115,9 +115,12 @@ class TokenEmbeddings(nn.Module):
         mask_token=False,
         absolute=True,
         patch_norm: nn.Module | None = None,
+        position_start: str = "trunc_normal",
     ):
         super().__init__()
         self.grid_size = tuple(grid_size)
+        # how `_init_weights` starts the position embeddings: "trunc_normal" or "sincos" (MAE's encoder always)
+        self.position_start = position_start
         self.patch_norm = patch_norm or nn.Identity()
         self.antialias = antialias
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if class_token else None
@@ -313,6 +316,7 @@ class HfViTPreTrainedModel(ParameterGroupsMixin, PretrainingHeadLoading, PreTrai
         "norm_type",
         "mlp_type",
         "mlp_norm",
+        "hidden_act",
         "absolute_position_embeddings",
         "num_register_tokens",
     )
@@ -356,7 +360,7 @@ class HfViTPreTrainedModel(ParameterGroupsMixin, PretrainingHeadLoading, PreTrai
             ):
                 if token is not None:
                     init.trunc_normal_(token, std=std, a=-2 * std, b=2 * std)
-            if self.config.position_embedding_init == "sincos" and module.position_embeddings is not None:
+            if module.position_start == "sincos" and module.position_embeddings is not None:
                 init.copy_(module.position_embeddings, module.sincos_table())
         elif isinstance(module, PatchProjection) and self.config.patch_embedding_init == "xavier":
             bound = module.linear_xavier_bound()
@@ -416,8 +420,9 @@ class HfViTModel(HfViTPreTrainedModel):
 
     has_distillation_token = False
 
-    def __init__(self, config: HfViTConfig, use_mask_token: bool = False):
-        """`use_mask_token`: a learned token for masked patches (`bool_masked_pos`; SimMIM)."""
+    def __init__(self, config: HfViTConfig, use_mask_token: bool = False, position_start: str | None = None):
+        """`use_mask_token`: a learned token for masked patches (`bool_masked_pos`; SimMIM). `position_start`: how
+        the position embeddings start (default: `config.position_embedding_init`; MAE's encoder: "sincos")."""
         super().__init__(config)
         self.patch_embeddings = self.make_patch_embeddings(config)
         self.embeddings = TokenEmbeddings(
@@ -434,6 +439,7 @@ class HfViTModel(HfViTPreTrainedModel):
             patch_norm=make_norm(config, config.hidden_size)
             if getattr(config, "patch_embedding_norm", False)
             else None,
+            position_start=position_start or config.position_embedding_init,
         )
         self.num_prefix_tokens = self.embeddings.num_prefix_tokens
         head_dim = config.hidden_size // config.num_attention_heads
@@ -569,15 +575,12 @@ class HfViTForPreTraining(HfViTPreTrainedModel):
                 f"MAE needs patch_embedding_type='patch': a {config.patch_embedding_type!r} embedding mixes "
                 "neighbouring patches, so visible tokens would see the masked pixels"
             )
-        encoder = self.base_model_class(config)
+        # MAE's positions start at the fixed sine-cosine table; the encoder, a PreTrainedModel of its own that
+        # transformers initialises with its own `_init_weights`, is told so when it is built
+        encoder = self.base_model_class(config, position_start="sincos")
         setattr(self, self.base_model_prefix, encoder)
         self.decoder = MaskedAutoencoderDecoder(config, encoder.num_prefix_tokens, encoder.embeddings.grid_size)
         self.post_init()
-
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, TokenEmbeddings):  # MAE's positions: the fixed sine-cosine table; here only the start
-            init.copy_(module.position_embeddings, module.sincos_table())
 
     def forward(
         self,

@@ -157,6 +157,10 @@ class HfViTTrainingArguments(TrainingArguments):
     save_strategy: SaveStrategy | str = field(
         default="epoch", metadata={"help": "When to save checkpoints: no, steps or epoch."}
     )
+    save_steps: float | None = field(
+        default=None,
+        metadata={"help": "Save a checkpoint every this many steps; given alone, it implies --save_strategy steps."},
+    )
     save_total_limit: int | None = field(default=1, metadata={"help": "Keep at most this many checkpoints."})
     logging_strategy: IntervalStrategy | str = field(
         default="epoch", metadata={"help": "When to log: no, steps or epoch."}
@@ -199,6 +203,14 @@ class HfViTTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        for flag in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(self, flag) < 1:
+                raise ValueError(f"--{flag} must be at least 1, got {getattr(self, flag)}")
+        if self.save_steps is None:
+            self.save_steps = 500  # TrainingArguments' own, read only with --save_strategy steps
+        elif self.save_strategy == "epoch":  # hf_vit's default: --save_steps alone means saving by steps
+            logger.warning("--save_steps %g given: saving by steps (--save_strategy steps)", self.save_steps)
+            self.save_strategy = "steps"
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if self.dataloader_num_workers is None:
             self.dataloader_num_workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))

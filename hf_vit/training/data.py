@@ -105,6 +105,13 @@ class DataArguments:
         },
     )
 
+    def __post_init__(self):
+        for flag in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, flag) is not None and getattr(self, flag) < 1:
+                raise ValueError(f"--{flag} must be at least 1, got {getattr(self, flag)}")
+        if self.dataset_name is not None and (self.train_dir is not None or self.validation_dir is not None):
+            raise ValueError("--dataset_name and --train_dir / --validation_dir name two sources: give one")
+
     @property
     def uses_embedded_digits(self) -> bool:
         """No dataset named: the embedded digits (whose mirror images are not digits)."""
@@ -267,13 +274,18 @@ def evaluation_split_name(splits) -> str | None:
     return next((name for name in EVALUATION_SPLITS if name in splits), None)
 
 
-def check_columns(splits, columns) -> None:
-    """Every split has every one of `columns`: else a ValueError naming the missing column and the ones there are."""
-    if "train" not in splits:
-        raise ValueError(f"The dataset has no 'train' split; it has {list(splits)}")
+def check_columns(splits, columns, train_dir: str | None = None) -> None:
+    """Every split has every one of `columns`: else a ValueError naming the missing column and the ones there are (for
+    an imagefolder of one class folder, whose images `datasets` leaves unlabelled, that it needs two classes)."""
     for split in splits.values():
         names = split.column_names or list(split.features or {})
         for column in columns:
+            if column not in names and train_dir is not None and len(columns) > 1 and column == columns[1]:
+                folders = [os.path.basename(folder) for folder in class_folders(train_dir)]
+                raise ValueError(
+                    f"--train_dir {train_dir!r} holds {len(folders)} class folder(s) {folders[:3]}: a classifier "
+                    "needs at least two classes, each in a folder of its own"
+                )
             if column not in names:
                 raise ValueError(
                     f"Column {column!r} not found in the dataset; its columns are {names}. "
@@ -310,12 +322,15 @@ def encode_multi_label(splits: DatasetDict, column: str, separator: str | None) 
         return splits
 
     def as_list(value):
+        if value is None:  # an untagged image (an empty cell of metadata.csv): no class
+            return []
         if separator is not None and isinstance(value, str):
             return [part.strip() for part in value.split(separator) if part.strip()]
         return [str(item) for item in value]
 
     classes = {name: {item for value in split[column] for item in as_list(value)} for name, split in splits.items()}
-    names = sorted(classes["train"], key=lambda name: (0, int(name), "") if name.isdigit() else (1, 0, name))
+    # numbers in numeric order, then names; isdecimal, not isdigit: '①' is a digit that int() does not read
+    names = sorted(classes["train"], key=lambda name: (0, int(name), "") if name.isdecimal() else (1, 0, name))
     unknown = sorted(set(classes["validation"]) - set(names))
     if unknown:
         raise ValueError(
@@ -331,15 +346,23 @@ def encode_multi_label(splits: DatasetDict, column: str, separator: str | None) 
     return encoded.cast_column(column, List(ClassLabel(names=names)))
 
 
-def load_splits(args: DataArguments, seed: int = 0, labelled: bool = True) -> DatasetDict:
+def load_splits(
+    args: DataArguments, seed: int = 0, labelled: bool = True, evaluation_only: bool = False
+) -> DatasetDict:
     """Train and validation splits with `args.image_column_name` and a ClassLabel `args.label_column_name` (only
     the image column when not `labelled`: unlabelled images for pretraining), every image checked readable (see
     `open_source` for where they come from). Raises ValueError naming a missing path or column, or an empty split.
+    `evaluation_only` (a job that only evaluates): an evaluation split alone will do (`--validation_dir` alone);
+    the result then has a validation split only.
     """
     splits = open_source(args, seed)
     columns = data_columns(args, labelled)
-    check_columns(splits, columns)
+    if "train" not in splits and not (evaluation_only and evaluation_split_name(splits)):
+        raise ValueError(f"The dataset has no 'train' split; it has {list(splits)}")
+    check_columns(splits, columns, args.train_dir if args.dataset_name is None else None)
     splits = DatasetDict({name: split.select_columns(list(columns)) for name, split in splits.items()})
+    if "train" not in splits:
+        return evaluation_split(splits, args)
     if not len(splits["train"]):
         raise ValueError(f"The dataset's train split has no images (columns {list(columns)})")
     train, name = splits["train"], evaluation_split_name(splits)
@@ -355,7 +378,8 @@ def load_splits(args: DataArguments, seed: int = 0, labelled: bool = True) -> Da
         splits = encode_multi_label(splits, args.label_column_name, args.label_separator)
     elif labelled and not isinstance(label_feature, ClassLabel):
         splits = splits.class_encode_column(args.label_column_name)
-    if labelled and args.train_dir is not None and args.dataset_name is None and not is_multi_label(label_feature):
+    encoded = splits["train"].features[args.label_column_name] if labelled else None
+    if labelled and args.train_dir is not None and args.dataset_name is None and not is_multi_label(encoded):
         check_class_folders(args.train_dir, splits["train"], args.label_column_name)
     if args.max_train_samples is not None:
         splits["train"] = splits["train"].shuffle(seed=seed).select(range(min(args.max_train_samples, len(train))))
@@ -364,6 +388,23 @@ def load_splits(args: DataArguments, seed: int = 0, labelled: bool = True) -> Da
         splits["validation"] = splits["validation"].select(range(count))
     splits = splits.cast_column(args.image_column_name, Image(decode=False))
     return drop_unreadable(splits, args)
+
+
+def evaluation_split(splits: DatasetDict, args: DataArguments) -> DatasetDict:
+    """An evaluation split on its own (`load_splits(evaluation_only=True)` without a training split), labels
+    encoded, images checked: DatasetDict(validation=...)."""
+    validation = splits[evaluation_split_name(splits)]
+    splits = DatasetDict(validation=validation)
+    feature = validation.features[args.label_column_name]
+    if is_multi_label(feature) or args.label_separator is not None:
+        raise ValueError(
+            "Multi-label data is evaluated with the training split beside it (its classes are named there)"
+        )
+    if not isinstance(feature, ClassLabel):
+        splits = splits.class_encode_column(args.label_column_name)
+    if args.max_eval_samples is not None:
+        splits["validation"] = splits["validation"].select(range(min(args.max_eval_samples, len(validation))))
+    return drop_unreadable(splits.cast_column(args.image_column_name, Image(decode=False)), args)
 
 
 def drop_unreadable(splits: DatasetDict, args: DataArguments) -> DatasetDict:
@@ -425,6 +466,8 @@ def load_stream(args: DataArguments, seed: int = 0, labelled: bool = True, reade
     processes x data-loading workers that will share the stream (our streams get as many shards)."""
     source = open_source(args, seed, streaming=True, num_shards=readers)
     columns = data_columns(args, labelled)
+    if "train" not in source:
+        raise ValueError(f"The dataset has no 'train' split; it has {list(source)}")
     check_columns(source, columns)
     source = IterableDatasetDict({name: split.select_columns(list(columns)) for name, split in source.items()})
     train = source["train"]
@@ -439,6 +482,12 @@ def load_stream(args: DataArguments, seed: int = 0, labelled: bool = True, reade
     train = train.cast_column(args.image_column_name, Image(decode=False))
     evaluation = source[name].cast_column(args.image_column_name, Image(decode=False)) if name is not None else train
     validation = Dataset.from_list(list(evaluation.take(count)), features=evaluation.features)
+    if name is None and len(validation) < count:
+        raise ValueError(
+            f"The stream holds only {len(validation)} images, and all of them would be held out for evaluation "
+            f"(up to {count}): give an evaluation split (--validation_dir), a smaller --max_eval_samples, or train "
+            "without --streaming"
+        )
     if name is None:
         held_out = {image_key(value) for value in validation[args.image_column_name]}
         train = train.filter(lambda example: image_key(example[args.image_column_name]) not in held_out)

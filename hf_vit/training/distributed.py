@@ -85,7 +85,9 @@ def unused_parameters(model: torch.nn.Module) -> list[str]:
     height, width = (config.image_size, config.image_size) if isinstance(config.image_size, int) else config.image_size
     inputs = {"pixel_values": torch.randn(2, config.num_channels, height, width, device=model.device)}
     if "labels" in inspect.signature(hf_vit_model(model).forward).parameters:  # PEFT's forward takes **kwargs
-        inputs["labels"] = torch.zeros(2, dtype=torch.long, device=model.device)
+        multi_label = getattr(config, "problem_type", None) == "multi_label_classification"  # BCE: (B, C) targets
+        shape, dtype = ((2, config.num_labels), torch.float32) if multi_label else ((2,), torch.long)
+        inputs["labels"] = torch.zeros(shape, dtype=dtype, device=model.device)
     was_training, saved = model.training, {name: p.grad for name, p in model.named_parameters()}
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     with torch.random.fork_rng(devices=[]):

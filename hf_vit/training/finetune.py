@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed
 
+from ..checkpoints import load_checkpoint
 from ..cli import command, grouped_parser, parse_into_dataclasses
-from ..guards import check_local_path, check_output_dir, usage_errors
+from ..guards import check_local_path, check_output_dir, claim_output_dir, usage_errors
 from ..processors import checkpoint_image_processor, make_image_processor, processor_size, set_processor_size
 from .arguments import (
     FinetuneTrainingArguments,
@@ -52,7 +53,7 @@ from .recipes import (
     resolve_recipe,
 )
 from .regularisation import TeacherInputAdapter, balanced_class_weights, check_teacher_labels
-from .trainer import ImageClassificationTrainer
+from .trainer import ImageClassificationTrainer, resolve_resume
 from .transforms import attach_transforms
 
 
@@ -189,8 +190,10 @@ def build_model(model_args: ModelArguments, source: ModelSource, config, image_s
     checkpoint's labels are not the data's; position embeddings resampled to `image_size`) or fresh ones."""
     if not source.from_checkpoint:
         return source.family.classifier_class(config)
-    model = AutoModelForImageClassification.from_pretrained(
+    model = load_checkpoint(
+        AutoModelForImageClassification,
         model_args.model_name_or_path,
+        new_heads=True,
         config=config,
         ignore_mismatched_sizes=True,  # another number of classes: the head's shape changes (the rest cannot)
         attn_implementation=model_args.attn_implementation,
@@ -236,8 +239,8 @@ def build_image_processor(model_args: ModelArguments, model):
 
 def load_teacher(model_args: FinetuneModelArguments, model, image_processor):
     """The frozen teacher and the adapter that turns student batches into its inputs (its size, mean, std)."""
-    teacher = AutoModelForImageClassification.from_pretrained(
-        model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code
+    teacher = load_checkpoint(
+        AutoModelForImageClassification, model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code
     )
     teacher_processor = checkpoint_image_processor(
         model_args.teacher_name_or_path, teacher.config, model_args.trust_remote_code
@@ -292,6 +295,7 @@ def finetune(
         # a checkpoint's image size stays its own here: its position embeddings are resampled after loading
         size = {} if source.from_checkpoint or data_args.image_size is None else {"image_size": data_args.image_size}
         config = source.with_fields(**label_fields(labels, multi_label), **size)
+        training_args.resume_from_checkpoint = resolve_resume(training_args, labels)
         class_weights = class_weights_for(training_args, data, data_args.label_column_name, len(labels))
         facts = run_facts(source, config, data, data_args, training_args, has_teacher)
         ingredients = resolve_recipe(recipe_args, training_args, source.overrides, facts)
@@ -300,10 +304,13 @@ def finetune(
             lora=lora_args.lora_rank is not None,
             sharded=fsdp_requested(training_args),
             streaming=data.streaming,
+            multi_label=multi_label,
         )
         apply_to_training(ingredients, training_args)
         apply_to_config(ingredients, config)
         recipe_summary = [f"recipe {recipe_args.recipe!r} for {facts.describe()}:", *ingredients.describe()]
+        # every input checked: the run takes its output directory (made here, locked against a second run)
+        lock = claim_output_dir(training_args.output_dir) if training_args.process_index == 0 else None
     if training_args.should_log:
         print("\n  ".join(recipe_summary))
 
@@ -348,6 +355,8 @@ def finetune(
     trainer.publish(dataset_name, dataset_id)
     if lora_args.lora_rank is not None and lora_args.lora_merge and trainer.is_world_process_zero():
         save_merged(trainer, os.path.join(training_args.output_dir, "merged"))
+    if lock is not None:
+        lock.close()
     return metrics
 
 

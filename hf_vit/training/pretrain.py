@@ -17,16 +17,17 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser, TrainerCallback, set_seed
 
+from ..checkpoints import load_checkpoint
 from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..figures import new_figure, save_figure
-from ..guards import check_output_dir, usage_errors
+from ..guards import check_output_dir, claim_output_dir, usage_errors
 from ..models.modeling_mim import pixel_mask
 from ..processors import checkpoint_image_processor, make_image_processor
 from ..registry import FAMILIES
 from .arguments import ModelArguments, ModelSource, PretrainTrainingArguments, check_model_source
 from .data import DataArguments, check_streaming, collate, describe_dataset, load_training_data
 from .recipes import PRETRAINING, pretraining_recipe
-from .trainer import PretrainingTrainer
+from .trainer import PretrainingTrainer, resolve_resume
 from .transforms import attach_transforms
 
 RECONSTRUCTIONS_FILE = "reconstructions.png"
@@ -115,8 +116,12 @@ def build_model(model_args: ModelArguments, source: ModelSource, method: str, co
     """The pretraining model of `method`: a checkpoint's weights or fresh ones, with `config`."""
     model_class = getattr(source.family, {"mae": "pretraining_class", "simmim": "masked_image_modeling_class"}[method])
     if source.from_checkpoint:
-        return model_class.from_pretrained(
-            model_args.model_name_or_path, config=config, trust_remote_code=model_args.trust_remote_code
+        return load_checkpoint(
+            model_class,
+            model_args.model_name_or_path,
+            new_heads=True,  # a classifier's or another method's checkpoint: the method's head starts afresh
+            config=config,
+            trust_remote_code=model_args.trust_remote_code,
         )
     return model_class(config)
 
@@ -186,8 +191,11 @@ def pretrain(
     picture, push when asked. Returns the eval metrics. Bad input raises a `UsageError` before any data is read."""
     with usage_errors():  # the user's input, checked: arguments, then data
         source, method = check_arguments(model_args, args, data_args, training_args)
+        training_args.resume_from_checkpoint = resolve_resume(training_args)
         set_seed(training_args.seed)
         data = load_training_data(data_args, training_args.seed, labelled=False, training_args=training_args)
+        # every input checked: the run takes its output directory (made here, locked against a second run)
+        lock = claim_output_dir(training_args.output_dir) if training_args.process_index == 0 else None
     recipe = pretraining_recipe(
         method,
         args.mask_ratio,
@@ -259,6 +267,8 @@ def pretrain(
             f"{dataset_name} after {data.length(training_args)} of {method} -> {training_args.output_dir}"
         )
     trainer.publish(dataset_name, dataset_id)
+    if lock is not None:
+        lock.close()
     return metrics
 
 

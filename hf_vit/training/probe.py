@@ -32,7 +32,8 @@ from transformers import set_seed
 
 from ..cards import write_model_card
 from ..cli import command, grouped_parser, parse_into_dataclasses
-from ..guards import check_output_dir, replaced_atomically, usage_errors
+from ..devices import inference_device, inference_precision, loader_settings
+from ..guards import UsageError, check_output_dir, replaced_atomically, usage_errors
 from .arguments import ModelArguments, check_model_source
 from .data import DataArguments, is_multi_label, label_names, load_splits
 from .finetune import build_image_processor, build_model, label_fields
@@ -160,13 +161,21 @@ def split_features(
             print(f"{name} features read from the cache: {path}")
             saved = load_file(path)
             return saved["features"], saved["labels"]
+    device = model.device
     loader = evaluation_loader(
-        split, image_processor, model.config.num_channels, data_args, probe_args.batch_size, labelled=True
+        split,
+        image_processor,
+        model.config.num_channels,
+        data_args,
+        probe_args.batch_size,
+        labelled=True,
+        **loader_settings(device),
     )
     features, labels = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_precision(device):
         for batch in tqdm(loader, desc=f"{name} features"):
-            features.append(model_features(model, batch["pixel_values"], probe_args.blocks))
+            pixel_values = batch["pixel_values"].to(device, non_blocking=True)
+            features.append(model_features(model, pixel_values, probe_args.blocks).cpu())
             labels.append(batch["labels"])
     features, labels = torch.cat(features), torch.cat(labels)
     if path is not None:
@@ -203,21 +212,26 @@ def knn_probe(train, validation, num_labels: int) -> dict:
     split."""
     (train_x, train_y), (val_x, val_y) = train, validation
     bank, queries = F.normalize(train_x, dim=1), F.normalize(val_x, dim=1)
-    choices = [k for k in KNN_NEIGHBOURS if k < len(bank)]
-    neighbours, similarities = nearest(bank, bank, max(choices), exclude_self=True)
-    scores = {
-        (k, t): (knn_votes(neighbours, similarities, train_y, k, t, num_labels).argmax(1) == train_y).float().mean()
-        for k in choices
-        for t in KNN_TEMPERATURES
-    }
-    (k, temperature), train_accuracy = max(scores.items(), key=lambda item: item[1])
+    if len(bank) < 2:  # one training picture: nothing to leave out, its one neighbour decides
+        k, temperature, train_accuracy = 1, KNN_TEMPERATURES[0], None
+    else:
+        choices = [k for k in KNN_NEIGHBOURS if k < len(bank)]
+        neighbours, similarities = nearest(bank, bank, max(choices), exclude_self=True)
+        scores = {
+            (k, t): float(
+                (knn_votes(neighbours, similarities, train_y, k, t, num_labels).argmax(1) == train_y).float().mean()
+            )
+            for k in choices
+            for t in KNN_TEMPERATURES
+        }
+        (k, temperature), train_accuracy = max(scores.items(), key=lambda item: item[1])
     neighbours, similarities = nearest(queries, bank, k)
     predictions = knn_votes(neighbours, similarities, train_y, k, temperature, num_labels).argmax(1)
     return dict(
         accuracy=float((predictions == val_y).float().mean()),
         k=k,
         temperature=temperature,
-        leave_one_out_accuracy=float(train_accuracy),
+        leave_one_out_accuracy=train_accuracy,  # None: a single training picture
     )
 
 
@@ -231,7 +245,10 @@ def logistic_probe(train, validation, seed: int) -> dict:
     scaler = StandardScaler().fit(train_x)
     folds = min(3, int(np.bincount(train_y).min()))
     if folds < 2:
-        raise ValueError("--method logistic cross-validates on the training split: every class needs 2 images")
+        raise UsageError(
+            f"--method logistic cross-validates on the training split: every class needs 2 images, one has "
+            f"{int(np.bincount(train_y).min())}; use --method knn or linear"
+        )
     classifier = LogisticRegressionCV(Cs=list(LOGISTIC_CS), cv=folds, max_iter=2000, random_state=seed)
     classifier.fit(scaler.transform(train_x), train_y)
     accuracy = float((classifier.predict(scaler.transform(val_x)) == val_y).mean())
@@ -264,13 +281,17 @@ def linear_probe(train, validation, num_labels: int, epochs: int, seed: int):
     standard = (train_x - mean) / std
     order = torch.randperm(len(standard), generator=torch.Generator().manual_seed(seed))
     held_out, kept = order[: int(len(order) * LINEAR_HELD_OUT)], order[int(len(order) * LINEAR_HELD_OUT) :]
-    scores = {}
-    for rate in tqdm(LINEAR_RATES, desc="linear probe: learning rates"):
-        for decay in LINEAR_DECAYS:
-            head = train_linear(standard[kept], train_y[kept], num_labels, rate, decay, epochs, seed)
-            with torch.no_grad():
-                scores[rate, decay] = float((head(standard[held_out]).argmax(1) == train_y[held_out]).float().mean())
-    (rate, decay), held_out_accuracy = max(scores.items(), key=lambda item: item[1])
+    if not len(held_out):  # too few pictures to hold any out: the grid's middle values, unchosen
+        (rate, decay), held_out_accuracy = (LINEAR_RATES[len(LINEAR_RATES) // 2], LINEAR_DECAYS[1]), None
+    else:
+        scores = {}
+        for rate in tqdm(LINEAR_RATES, desc="linear probe: learning rates"):
+            for decay in LINEAR_DECAYS:
+                head = train_linear(standard[kept], train_y[kept], num_labels, rate, decay, epochs, seed)
+                with torch.no_grad():
+                    predicted = head(standard[held_out]).argmax(1)
+                    scores[rate, decay] = float((predicted == train_y[held_out]).float().mean())
+        (rate, decay), held_out_accuracy = max(scores.items(), key=lambda item: item[1])
     head = train_linear(standard, train_y, num_labels, rate, decay, epochs, seed)
     weight = head.weight.detach() / std
     bias = head.bias.detach() - weight @ mean
@@ -300,6 +321,7 @@ def probe(model_args: ModelArguments, data_args: DataArguments, probe_args: Prob
         size = {} if source.from_checkpoint or data_args.image_size is None else {"image_size": data_args.image_size}
         config = source.with_fields(**label_fields(labels), **size)
     model = build_model(model_args, source, config, data_args.image_size).eval().requires_grad_(False)
+    model.to(inference_device())  # the features on the accelerator when there is one; the probes on the CPU
     image_processor = build_image_processor(model_args, model)
     train, validation = (
         split_features(model, splits[name], name, image_processor, data_args, probe_args)
@@ -334,8 +356,11 @@ def probe(model_args: ModelArguments, data_args: DataArguments, probe_args: Prob
             source=f"a linear probe on the frozen features of {started_from}",
             hyperparameters=f"Only the head was trained, on frozen features (`hf-vit probe`):\n\n{settings}",
         )
-    with replaced_atomically(os.path.join(probe_args.output_dir, RESULTS_FILE)) as path, open(path, "w") as file:
-        json.dump(dict(results, arguments=asdict(probe_args)), file, indent=2)
+    with (
+        replaced_atomically(os.path.join(probe_args.output_dir, RESULTS_FILE)) as path,
+        open(path, "w", encoding="utf-8") as file,
+    ):
+        json.dump(dict(results, arguments=asdict(probe_args)), file, indent=2, allow_nan=False)  # valid JSON or none
     print(
         f"{probe_args.method} probe: accuracy {results['accuracy']:.2%} on {results['eval_images']} images "
         f"({results['num_features']} features) -> {probe_args.output_dir}"

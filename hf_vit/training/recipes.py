@@ -74,6 +74,7 @@ class Ingredients:
     mixup_alpha: float  # 0: off
     cutmix_alpha: float  # 0: off
     mixup_switch_prob: float  # the chance of CutMix rather than Mixup when both are on
+    mixup_prob: float  # the chance that a batch is mixed at all (timm's mixup_prob)
     label_smoothing: float
     repeated_augmentation: int  # 1: off
     ema_decay: float  # 0: off
@@ -142,6 +143,10 @@ class RecipeArguments:
     mixup_switch_prob: float | None = field(
         default=None, metadata={"help": "Chance of CutMix rather than Mixup when both are on (DeiT's: 0.5)."}
     )
+    mixup_prob: float | None = field(
+        default=None,
+        metadata={"help": "Chance that a batch is mixed at all when Mixup or CutMix is on (DeiT's and timm's: 1)."},
+    )
     label_smoothing: float | None = field(
         default=None, metadata={"help": "Label smoothing, folded into the soft targets."}
     )
@@ -191,6 +196,7 @@ PLAIN = dict(
     mixup_alpha=0.0,
     cutmix_alpha=0.0,
     mixup_switch_prob=0.5,
+    mixup_prob=1.0,
     label_smoothing=0.0,
     repeated_augmentation=1,
     ema_decay=0.0,
@@ -202,16 +208,18 @@ PLAIN = dict(
 
 # DeiT's regularisers, (off, at ImageNet scale: Touvron et al. 2021, table 9, 1.28M images x 300 epochs);
 # `deit_recipe` moves each from off towards DeiT's value by `regularisation_strength`. DeiT crops with
-# RandomResizedCrop's default scale (0.08, 1); off is no crop at all.
+# RandomResizedCrop's default scale (0.08, 1); off is no crop at all. Mixup and CutMix are scaled by how many batches
+# they mix, at DeiT's alphas (`DEIT_MIXING`): a small alpha is no weak CutMix (Beta(a, a) puts lam near 0 or 1, and a
+# box of nearly the whole picture, clipped at its random centre, pastes in 25-100 % of another).
 DEIT_REGULARISERS = dict(
     crop_scale_min=(1.0, 0.08),
     rand_augment_magnitude=(0, 9),
     random_erasing_prob=(0.0, 0.25),
-    mixup_alpha=(0.0, 0.8),
-    cutmix_alpha=(0.0, 1.0),
+    mixup_prob=(0.0, 1.0),
     label_smoothing=(0.0, 0.1),
     drop_path_rate=(0.0, 0.1),
 )
+DEIT_MIXING = dict(mixup_alpha=0.8, cutmix_alpha=1.0)
 DEIT_IMAGES_SEEN = 1_281_167 * 300
 # Up to this many images seen (training images x epochs), every DeiT regulariser lowered accuracy in the recipe
 # study (digits: 1,437 images x 15 epochs; `hf_vit_lessons.recipe_study`): the model is still underfitting there.
@@ -329,12 +337,20 @@ def deit_recipe(facts: RunFacts) -> dict[str, Choice]:
         | distillation_start(facts, strength)
     )
     repeats = 3 if strength >= 0.5 else 1
-    return choices | dict(
-        learning_rate=(deit_learning_rate(batch), f"DeiT: 5e-4 x max(global batch {batch}, 512) / 512"),
-        warmup_steps=deit_warmup(facts, strength),
-        mixup_switch_prob=(0.5, "DeiT: CutMix or Mixup, each on half of the mixed batches"),
-        repeated_augmentation=(repeats, f"DeiT: 3 from regularisation strength 0.5 (here {strength:.2f})"),
-        ema_decay=(deit_ema_decay(steps), f"DeiT: averages the last ~1/15 of the {steps} steps"),
+    mixing = {
+        name: (alpha, "DeiT's, on the batches that mixup_prob mixes") if choices["mixup_prob"][0] > 0 else (0.0, scaled)
+        for name, alpha in DEIT_MIXING.items()
+    }
+    return (
+        choices
+        | mixing
+        | dict(
+            learning_rate=(deit_learning_rate(batch), f"DeiT: 5e-4 x max(global batch {batch}, 512) / 512"),
+            warmup_steps=deit_warmup(facts, strength),
+            mixup_switch_prob=(0.5, "DeiT: CutMix or Mixup, each on half of the mixed batches"),
+            repeated_augmentation=(repeats, f"DeiT: 3 from regularisation strength 0.5 (here {strength:.2f})"),
+            ema_decay=(deit_ema_decay(steps), f"DeiT: averages the last ~1/15 of the {steps} steps"),
+        )
     )
 
 
@@ -436,10 +452,17 @@ def turn_off(ingredients: Ingredients, name: str, off, reason: str, flag: str) -
     return dataclasses.replace(ingredients, **{name: off}, reasons={**ingredients.reasons, name: f"{flag}: {reason}"})
 
 
-def fit_to_training(ingredients: Ingredients, lora: bool, sharded: bool, streaming: bool) -> Ingredients:
+def fit_to_training(
+    ingredients: Ingredients, lora: bool, sharded: bool, streaming: bool, multi_label: bool = False
+) -> Ingredients:
     """The ingredients that the way of training rules out, turned off: layer decay with LoRA (only the adapters and
     the head learn), the EMA under FSDP (it would hold a whole copy of the sharded weights), repeated augmentation
-    for a stream (it needs a sampler of indices)."""
+    for a stream (it needs a sampler of indices), Mixup / CutMix and label smoothing for multi-label data (their
+    targets are one distribution over the classes; multi-label targets are one yes / no per class)."""
+    if multi_label:
+        reason = "the targets are one yes / no per class, not one distribution over the classes"
+        for name in ("mixup_alpha", "cutmix_alpha", "label_smoothing"):
+            ingredients = turn_off(ingredients, name, 0.0, reason, "multi-label data")
     if lora:
         ingredients = turn_off(ingredients, "layer_decay", 1.0, "only the adapters and the head learn", "--lora_rank")
     if sharded:

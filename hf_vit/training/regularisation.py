@@ -28,18 +28,25 @@ class BatchMixer:
 
     One mixing ratio per batch, and each image is mixed with the one before it in the batch (the first with the last;
     `partners`), as torchvision's MixUp / CutMix pair them; `RepeatedAugmentationSampler` lays its copies out so that
-    no image meets a copy of itself. CutMix's box and its label weight follow torchvision's.
+    no image meets a copy of itself. CutMix's box and its label weight follow torchvision's. `prob`: the chance that a
+    batch is mixed at all (timm's `mixup_prob`).
     """
 
-    def __init__(self, num_classes: int, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, label_smoothing=0.0):
-        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+    def __init__(
+        self, num_classes: int, mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5, label_smoothing=0.0, prob=1.0
+    ):
+        self.num_classes, self.label_smoothing, self.prob = num_classes, label_smoothing, prob
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         # the chance of CutMix when a batch is mixed
         self.cutmix_prob = (switch_prob if mixup_alpha > 0 else 1.0) if cutmix_alpha > 0 else 0.0
 
     @property
     def active(self) -> bool:
-        return self.mixup_alpha > 0 or self.cutmix_alpha > 0 or self.label_smoothing > 0
+        return self.mixes or self.label_smoothing > 0
+
+    @property
+    def mixes(self) -> bool:
+        return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.prob > 0
 
     @staticmethod
     def partners(batch_size: int) -> torch.Tensor:
@@ -48,9 +55,10 @@ class BatchMixer:
 
     def __call__(self, pixel_values: torch.Tensor, labels: torch.Tensor):
         targets = labels.float() if labels.is_floating_point() else F.one_hot(labels, self.num_classes).float()
-        if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
+        # host-side draws: nothing waits for the device
+        if self.mixes and (self.prob >= 1 or torch.rand(()).item() < self.prob):
             partners = self.partners(len(pixel_values)).to(pixel_values.device)
-            cutmix = torch.rand(()).item() < self.cutmix_prob  # host-side draws: nothing waits for the device
+            cutmix = torch.rand(()).item() < self.cutmix_prob
             alpha = self.cutmix_alpha if cutmix else self.mixup_alpha
             lam = float(torch.distributions.Beta(alpha, alpha).sample())
             if cutmix:

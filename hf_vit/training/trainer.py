@@ -7,6 +7,7 @@ ImageClassificationTrainer     HfViTTrainer + the recipe's ingredients: batch mi
 PretrainingTrainer             HfViTTrainer for masked-image-modeling models (the loss is the metric)
 """
 
+import json
 import os
 import shutil
 
@@ -14,7 +15,7 @@ import torch
 from datasets import IterableDataset
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from ..cards import CURVES_FILE, plot_training_curves, write_model_card
@@ -30,6 +31,60 @@ from .regularisation import (
 )
 
 logger = logging.get_logger(__name__)
+
+
+TRAINER_STATE = "trainer_state.json"  # the last file the Trainer writes into a checkpoint: there, the save was whole
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The checkpoint of `output_dir` with the most steps whose save finished (a run killed while saving leaves one
+    without `TRAINER_STATE`), or None."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = {}
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        number = name[len(PREFIX_CHECKPOINT_DIR) + 1 :]
+        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and number.isdecimal() and os.path.isdir(path):
+            steps[int(number)] = path
+    whole = [
+        steps[step] for step in sorted(steps, reverse=True) if os.path.isfile(os.path.join(steps[step], TRAINER_STATE))
+    ]
+    return whole[0] if whole else None
+
+
+def resolve_resume(training_args, labels: list[str] | None = None) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names, checked before any work: `True` is the output directory's
+    last whole checkpoint (`last_complete_checkpoint`); a path must be a whole checkpoint; with `labels`, its classes
+    must be the data's. None when the run starts afresh."""
+    resume = training_args.resume_from_checkpoint
+    if resume is None or resume is False or str(resume).lower() == "false":
+        return None
+    if str(resume).lower() == "true":
+        path = last_complete_checkpoint(training_args.output_dir)
+        if path is None:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint True: {training_args.output_dir!r} holds no whole checkpoint to resume"
+            )
+    else:
+        path = resume
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"--resume_from_checkpoint {path!r}: no such checkpoint directory")
+        if not os.path.isfile(os.path.join(path, TRAINER_STATE)):
+            raise ValueError(
+                f"--resume_from_checkpoint {path!r} is not a whole checkpoint (no {TRAINER_STATE}: was its save cut "
+                "short?); resume from an earlier one"
+            )
+    if labels is not None:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as file:
+            id2label = json.load(file).get("id2label", {})
+        saved = [id2label[key] for key in sorted(id2label, key=int)]
+        if saved != list(labels):
+            raise ValueError(
+                f"--resume_from_checkpoint {path!r} was trained on the classes {saved[:10]}, the data has "
+                f"{list(labels)[:10]}: resume with the data of that run"
+            )
+    return path
 
 
 def layer_decay_scales(model: torch.nn.Module, decay: float) -> dict[str, float]:
@@ -273,6 +328,7 @@ class ImageClassificationTrainer(HfViTTrainer):
             ingredients.cutmix_alpha,
             ingredients.mixup_switch_prob,
             ingredients.label_smoothing,
+            ingredients.mixup_prob,
         )
         self.batch_mixer = mixer if mixer.active else None
         self.repeated_augmentation = ingredients.repeated_augmentation
@@ -315,9 +371,9 @@ class ImageClassificationTrainer(HfViTTrainer):
     def train(self, resume_from_checkpoint=None, **kwargs):
         """The Trainer's, restoring the EMA saved in the checkpoint it resumes from."""
         if resume_from_checkpoint is True or resume_from_checkpoint == "True":
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
+                raise ValueError(f"No whole checkpoint found in the output directory ({self.args.output_dir})")
         if self.ema is not None and resume_from_checkpoint:
             self.ema.load(resume_from_checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)

@@ -50,6 +50,21 @@ class DecodingCollator:
         return collate(ready)
 
 
+# PIL's resampling codes (what processors store) as torchvision's modes on tensors; tensors have no Lanczos, box or
+# Hamming filter, so those take the nearest smooth one, bicubic
+TENSOR_INTERPOLATION = {
+    0: v2.InterpolationMode.NEAREST,
+    2: v2.InterpolationMode.BILINEAR,
+    3: v2.InterpolationMode.BICUBIC,
+}
+
+
+def processor_interpolation(image_processor) -> v2.InterpolationMode:
+    """The resampling of `image_processor` (`resample`, a PIL code; bilinear when it has none), as torchvision's."""
+    resample = getattr(image_processor, "resample", None)
+    return TENSOR_INTERPOLATION.get(int(resample) if resample is not None else 2, v2.InterpolationMode.BICUBIC)
+
+
 def build_transforms(
     image_processor,
     num_channels: int,
@@ -64,13 +79,18 @@ def build_transforms(
 
     Training: RandomResizedCrop + horizontal flip (+ RandAugment when its magnitude is above 0, + RandomErasing
     after normalisation).
-    Evaluation: what the processor itself does (resize, then center-crop when the processor crops), so eval
-    accuracy matches `pipeline()`.
+    Evaluation: what the processor itself does (resize with its resampling, then center-crop when the processor
+    crops), so eval accuracy matches `pipeline()`; training resizes with the same resampling.
     """
     height, width = processor_size(image_processor)
+    interpolation = processor_interpolation(image_processor)
     erasing = []
     if train:
-        geometry = [v2.RandomResizedCrop((height, width), scale=(crop_scale_min, 1.0), antialias=True)]
+        geometry = [
+            v2.RandomResizedCrop(
+                (height, width), scale=(crop_scale_min, 1.0), interpolation=interpolation, antialias=True
+            )
+        ]
         if hflip_prob > 0:
             geometry.append(v2.RandomHorizontalFlip(hflip_prob))
         if rand_augment_magnitude > 0:
@@ -80,9 +100,9 @@ def build_transforms(
     elif getattr(image_processor, "do_center_crop", False):
         resize = image_processor.size
         resize = resize.get("shortest_edge") or (resize["height"], resize["width"])
-        geometry = [v2.Resize(resize, antialias=True), v2.CenterCrop((height, width))]
+        geometry = [v2.Resize(resize, interpolation=interpolation, antialias=True), v2.CenterCrop((height, width))]
     else:
-        geometry = [v2.Resize((height, width), antialias=True)]
+        geometry = [v2.Resize((height, width), interpolation=interpolation, antialias=True)]
     mean, std = image_processor.image_mean, image_processor.image_std
     return v2.Compose(
         [
@@ -140,9 +160,15 @@ def attach_transforms(
 
 
 def evaluation_loader(
-    split: Dataset, image_processor, num_channels: int, args: DataArguments, batch_size: int, labelled: bool = True
+    split: Dataset,
+    image_processor,
+    num_channels: int,
+    args: DataArguments,
+    batch_size: int,
+    labelled: bool = True,
+    **loader,
 ) -> torch.utils.data.DataLoader:
     """`split`'s batches in order, each image transformed as `finetune` evaluates it (the processor's resize and
-    crop, no augmentation): {"pixel_values", "labels"}."""
+    crop, no augmentation): {"pixel_values", "labels"}. `loader`: the DataLoader's `num_workers`, `pin_memory`."""
     set_transforms(DatasetDict(validation=split), image_processor, num_channels, args, labelled)
-    return torch.utils.data.DataLoader(split, batch_size=batch_size, collate_fn=collate)
+    return torch.utils.data.DataLoader(split, batch_size=batch_size, collate_fn=collate, **loader)

@@ -21,18 +21,23 @@ MULTI_LABEL_THRESHOLD = 0.5  # the sigmoid score from which a class counts as pr
 
 
 def multi_label_metrics(logits: np.ndarray, targets: np.ndarray) -> dict:
-    """Multi-label scores of (N, C) logits against (N, C) 0/1 targets: mean average precision over the classes that
-    have a positive image (`mAP`), and micro and macro F1 of the classes whose sigmoid reaches the threshold."""
+    """Multi-label scores of (N, C) logits against (N, C) 0/1 targets, over the classes that have a positive image in
+    the split (a class without one has no precision or recall to average): mean average precision (`mAP`) and macro
+    F1 of the classes whose sigmoid reaches the threshold; micro F1 over every class. A split without a positive at
+    all scores 0 (and `classes_present` says 0)."""
     from sklearn.metrics import average_precision_score, f1_score
 
     targets = targets > 0.5
     scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
     present = targets.any(axis=0)
     predicted = scores >= MULTI_LABEL_THRESHOLD
+    if not present.any():
+        return {"mAP": 0.0, "micro_f1": 0.0, "macro_f1": 0.0, "classes_present": 0}
     return {
         "mAP": float(average_precision_score(targets[:, present], scores[:, present], average="macro")),
         "micro_f1": float(f1_score(targets, predicted, average="micro", zero_division=0)),
-        "macro_f1": float(f1_score(targets, predicted, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(targets[:, present], predicted[:, present], average="macro", zero_division=0)),
+        "classes_present": int(present.sum()),
     }
 
 

@@ -1,0 +1,83 @@
+"""One way to read a picture in every job: predict and the demo read files as finetune, evaluate and probe do
+(`data.decode_image`), resize with the processor's own resampling, and draw attention over the region the model saw."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from hf_vit import HfViTConfig, HfViTForImageClassification
+from hf_vit.inference.classifier import attention_overlay, read_picture, seen_region
+from hf_vit.inference.predict import parse_args as predict_args
+from hf_vit.inference.predict import predict
+from hf_vit.processors import make_image_processor, timm_image_processor
+from hf_vit.training.data import decode_image
+from hf_vit.training.transforms import build_transforms
+
+from conftest import TINY_VIT
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    path = tmp_path_factory.mktemp("classifier") / "vit"
+    torch.manual_seed(0)
+    HfViTForImageClassification(HfViTConfig(**TINY_VIT, num_labels=4, initializer_range=0.5)).save_pretrained(path)
+    make_image_processor(32).save_pretrained(path)
+    return path
+
+
+def dark_pictures(folder):
+    """The same dark picture as an 8-bit PNG, a 16-bit PNG and an RGBA PNG whose transparent pixels are dark too."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 60, (24, 24), dtype=np.uint8)
+    Image.fromarray(pixels, "L").save(folder / "eight.png")
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(folder / "sixteen.png")  # I;16: 257 * v maps v to v / 255
+    rgba = np.dstack([pixels] * 3 + [np.where(pixels > 30, 255, 0).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(folder / "transparent.png")
+    return folder
+
+
+def test_predict_reads_16_bit_and_transparent_pictures_as_training_does(tmp_path, classifier):
+    folder = dark_pictures(tmp_path)
+    assert torch.equal(read_picture(str(folder / "eight.png")), decode_image({"path": str(folder / "eight.png")}, 3))
+    output = tmp_path / "predictions.jsonl"
+    predict(*predict_args(["--model_name_or_path", str(classifier), "--inputs", str(folder), "--output_file",
+                           str(output), "--top_k", "4"]))  # fmt: skip
+    rows = {
+        row["path"].rsplit("/", 1)[1]: row for row in map(__import__("json").loads, output.read_text().split("\n")[:-1])
+    }
+    scores = {name: dict(zip(row["labels"], row["scores"])) for name, row in rows.items()}
+    for other in ("sixteen.png", "transparent.png"):  # the same dark pixels, whatever the file's depth or alpha
+        assert scores[other] == pytest.approx(scores["eight.png"], abs=1e-3), other
+
+
+def test_the_evaluation_resize_uses_the_processors_resampling():
+    bicubic = build_transforms(timm_image_processor({"input_size": (3, 32, 32)}), 3, train=False)
+    bilinear = build_transforms(make_image_processor(32), 3, train=False)
+    modes = lambda pipeline: [t.interpolation for t in pipeline.transforms if isinstance(t, v2.Resize)]  # noqa: E731
+    assert modes(bicubic) == [v2.InterpolationMode.BICUBIC] and modes(bilinear) == [v2.InterpolationMode.BILINEAR]
+
+
+def test_attention_is_drawn_over_the_centre_crop_the_model_saw():
+    processor = timm_image_processor({"input_size": (3, 32, 32), "crop_pct": 1.0})  # short side 32, crop 32x32
+    picture = torch.zeros(3, 32, 96, dtype=torch.uint8)  # 32 rows, 96 columns: the model saw the middle 32
+    assert seen_region(processor, 32, 96) == (32, 0, 64, 32)
+    drawn = attention_overlay(picture, torch.rand(4, 4), processor)
+    assert drawn.width == drawn.height  # a square region, not the 1:3 picture with the map stretched over it
+    assert seen_region(make_image_processor(32), 32, 96) == (0, 0, 96, 32)  # a plain resize sees all of it
+
+
+def test_the_inference_jobs_run_where_the_accelerator_is(classifier):
+    """evaluate, predict, the demo and probe run the model on the GPU when there is one, in bf16 where it computes
+    in bf16, with workers reading into pinned memory; on the CPU, in the process at full precision."""
+    from hf_vit.devices import inference_device, inference_precision, loader_settings
+    from hf_vit.inference.classifier import load_classifier
+
+    assert loader_settings(torch.device("cpu")) == dict(num_workers=0, pin_memory=False)
+    on_gpu = loader_settings(torch.device("cuda"))
+    assert on_gpu["pin_memory"] and 1 <= on_gpu["num_workers"] <= 8
+    model, _ = load_classifier(str(classifier))
+    assert model.device.type == inference_device().type
+    with inference_precision(torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")
