@@ -497,9 +497,8 @@ def input_pipeline_speed(
     augmentation at `image_size` px: RandomResizedCrop, flip, RandAugment 9, RandomErasing 0.25, then batching),
     with each number of data-loading workers (median of `repeats` passes after a warm one), and of the ViT-S/16
     training step (224 px) at the same batch size on the same machine."""
+    from hf_vit.data import DataArguments, attach_transforms, collate, load_training_data
     from hf_vit.processors import make_image_processor
-    from hf_vit.training.data import DataArguments, collate, load_training_data
-    from hf_vit.training.transforms import attach_transforms
 
     data = load_training_data(DataArguments(train_dir=directory, train_val_split=0.05))
     attach_transforms(

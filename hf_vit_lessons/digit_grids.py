@@ -13,7 +13,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from hf_vit.training.data import load_digits_splits
+from hf_vit.data import load_digits_splits
 
 SLOT = 8  # the digits' side, in pixels
 

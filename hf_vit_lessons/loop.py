@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from hf_vit.training.data import DataArguments, load_splits, open_image
+from hf_vit.data import DataArguments, load_splits, open_image
 
 MEAN, STD = 0.5, 0.5  # the article normalises every channel to [-1, 1]
 

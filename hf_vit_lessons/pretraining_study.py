@@ -12,9 +12,9 @@ import statistics
 import textwrap
 import time
 
+from hf_vit.data import DataArguments
 from hf_vit.figures import new_figure, save_plot
 from hf_vit.training.arguments import FinetuneTrainingArguments, ModelArguments, PretrainTrainingArguments
-from hf_vit.training.data import DataArguments
 from hf_vit.training.finetune import FinetuneModelArguments, finetune
 from hf_vit.training.pretrain import PretrainArguments, pretrain
 from hf_vit.training.recipes import RecipeArguments

@@ -24,15 +24,15 @@ import numpy as np
 from datasets import ClassLabel
 from transformers import ResNetConfig, ResNetForImageClassification
 
+from hf_vit.data import DataArguments, collate, load_digits_splits, load_splits, set_transforms
+from hf_vit.data.metrics import compute_metrics
+from hf_vit.data.sources import DIGITS
 from hf_vit.figures import new_figure, save_plot
 from hf_vit.processors import make_image_processor
 from hf_vit.training.arguments import FinetuneTrainingArguments
-from hf_vit.training.data import DIGITS, DataArguments, collate, load_digits_splits, load_splits
 from hf_vit.training.finetune import FinetuneModelArguments, finetune, label_fields
-from hf_vit.training.metrics import compute_metrics
 from hf_vit.training.recipes import PLAIN, TRAINING_INGREDIENTS, RecipeArguments, flip_choice
 from hf_vit.training.trainer import ImageClassificationTrainer
-from hf_vit.training.transforms import set_transforms
 
 from .photo_patches import make_photo_patches
 from .report import save_results

@@ -15,10 +15,10 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments, UperNetConfig, UperNetForSemanticSegmentation
 
+from hf_vit.data import load_digits_splits
 from hf_vit.figures import new_figure, save_figure
 from hf_vit.models.configuration_swin import HfSwinConfig
 from hf_vit.models.configuration_vit import HfViTConfig
-from hf_vit.training.data import load_digits_splits
 
 from .report import save_results
 

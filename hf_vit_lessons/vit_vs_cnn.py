@@ -10,9 +10,9 @@ import os
 
 import torch
 
+from hf_vit.data import DataArguments
 from hf_vit.figures import new_figure, save_plot
 from hf_vit.registry import FAMILIES
-from hf_vit.training.data import DataArguments
 
 from .loop import ConvNet, split_tensors, train_and_evaluate
 from .report import save_results

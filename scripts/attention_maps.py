@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from hf_vit.training.data import DataArguments, load_splits, open_image
+from hf_vit.data import DataArguments, load_splits, open_image
 from hf_vit_lessons.attention import attention_rollout, save_attention_maps
 
 

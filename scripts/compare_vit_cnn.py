@@ -7,7 +7,7 @@ ConvNet, Adam 1e-3, batch 128, with and without augmentation (random flip + rand
 
 import argparse
 
-from hf_vit.training.data import DataArguments
+from hf_vit.data import DataArguments
 from hf_vit_lessons.vit_vs_cnn import compare_vit_cnn
 
 

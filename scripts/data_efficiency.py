@@ -7,7 +7,7 @@ optimizer (Adam, no augmentation), evaluated on the full test split. Prints and 
 
 import argparse
 
-from hf_vit.training.data import DataArguments
+from hf_vit.data import DataArguments
 from hf_vit_lessons.vit_vs_cnn import DATA_EFFICIENCY_MODELS, data_efficiency
 
 

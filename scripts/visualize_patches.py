@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from hf_vit import HfViTConfig, HfViTForImageClassification
-from hf_vit.training.data import DataArguments, load_splits
+from hf_vit.data import DataArguments, load_splits
 from hf_vit_lessons.loop import image_tensors
 from hf_vit_lessons.patches import check_patches
 

@@ -16,10 +16,11 @@ from transformers import PretrainedConfig, ResNetConfig
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
 
 import hf_vit
+from hf_vit.data import DataArguments, load_training_data
+from hf_vit.data.folders import stream_image_folders
 from hf_vit.models.configuration_vit import DINOV3, EVA02
 from hf_vit.models.modeling_utils import image_classification_loss
 from hf_vit.training.arguments import FinetuneTrainingArguments
-from hf_vit.training.data import DataArguments, load_training_data, stream_image_folders
 from hf_vit.training.trainer import ImageClassificationTrainer
 
 from conftest import REPO_ROOT, TINY_VIT, TWO_PROCESSES

@@ -13,11 +13,11 @@ from transformers import EvalPrediction, pipeline
 
 from hf_vit import HfViTConfig, HfViTForImageClassification
 from hf_vit.cards import render_model_card
+from hf_vit.data.metrics import compute_metrics
 from hf_vit.guards import UsageError
 from hf_vit.interop.convert import read_source
 from hf_vit.processors import make_image_processor
 from hf_vit.training.finetune import START_HERE, build_parser, finetune, main, parse_args
-from hf_vit.training.metrics import compute_metrics
 
 from conftest import REPO_ROOT
 from test_finetune import FAST, TINY, make_imagefolder, run_script

@@ -204,3 +204,12 @@ def test_converted_checkpoint_fine_tunes_on_new_labels_and_size_and_goes_through
     assert tuned.config.image_size == 64 and tuned.config.num_labels == 2
     assert tuned.vit.embeddings.position_embeddings.shape == (1, 1 + 16, 192)
     assert AutoImageProcessor.from_pretrained(out).crop_size == {"height": 64, "width": 64}
+
+
+def test_the_convert_help_lists_every_source_the_registry_converts():
+    from hf_vit.interop.convert import command_line_description, sources
+
+    text = command_line_description()
+    for source in [*sources("transformers"), *sources("timm"), "clip (its vision tower)"]:
+        assert source in text, source
+    assert "siglip2" not in text  # NaFlex: not converted (yet)

@@ -20,14 +20,13 @@ from transformers import (
 )
 
 from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfDeiTModel
+from hf_vit.data import DataArguments, collate, load_splits, set_transforms
 from hf_vit.interop.key_maps import TIMM_VIT_RULES, TRANSFORMERS_VIT_RULES, load_converted_state_dict, rename_keys
 from hf_vit.processors import make_image_processor
 from hf_vit.training.arguments import FinetuneTrainingArguments
-from hf_vit.training.data import DataArguments, collate, load_splits
 from hf_vit.training.recipes import deit_ema_decay
 from hf_vit.training.regularisation import BatchMixer, ModelEMA, RepeatedAugmentationSampler, TeacherInputAdapter
 from hf_vit.training.trainer import ImageClassificationTrainer
-from hf_vit.training.transforms import set_transforms
 
 from conftest import SMALL_VIT, TWO_PROCESSES, randomize
 from test_ecosystem import assert_loads_as_remote_code

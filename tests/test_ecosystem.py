@@ -13,8 +13,8 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
 from hf_vit import HfViTForImageClassification, HfViTModel
+from hf_vit.data.metrics import load_metric
 from hf_vit.processors import make_image_processor
-from hf_vit.training.metrics import load_metric
 
 from conftest import REPO_ROOT, randomize
 

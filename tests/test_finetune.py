@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification, TrainerCallback, pipeline
 
 from hf_vit.cli import parse_config_overrides
-from hf_vit.training.data import load_digits_splits
+from hf_vit.data import load_digits_splits
 from hf_vit.training.finetune import finetune, parse_args
 
 from conftest import HUB_TOKEN, REPO_ROOT, TWO_PROCESSES

@@ -91,3 +91,12 @@ def test_every_package_of_the_library_is_installed():
         for path in (REPO_ROOT / root).rglob("__init__.py")
     }
     assert on_disk <= packages, sorted(on_disk - packages)
+
+
+def test_using_a_model_never_imports_training():
+    """inference/ and data/ (which training and inference share) import nothing of training/: serving a model needs
+    none of the training application."""
+    for wing in ("inference", "data"):
+        for path in (LIBRARY / wing).rglob("*.py"):
+            imported = imported_modules(path)
+            assert not any(name.startswith("hf_vit.training") for name in imported), f"{path} imports training"

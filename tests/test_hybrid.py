@@ -18,9 +18,9 @@ from hf_vit import (
     HfViTHybridForImageClassification,
     HfViTHybridModel,
 )
+from hf_vit.data import load_digits_splits
 from hf_vit.interop.key_maps import TIMM_VIT_RULES, load_converted_state_dict, rename_keys
 from hf_vit.training.arguments import FinetuneTrainingArguments
-from hf_vit.training.data import load_digits_splits
 from hf_vit.training.finetune import finetune, parse_args
 from hf_vit.training.trainer import ImageClassificationTrainer
 

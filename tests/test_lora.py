@@ -8,9 +8,9 @@ from peft import PeftModel
 from transformers import AutoModelForImageClassification
 
 import hf_vit
+from hf_vit.data import load_digits_splits
 from hf_vit.guards import UsageError
 from hf_vit.processors import make_image_processor
-from hf_vit.training.data import load_digits_splits
 from hf_vit.training.finetune import finetune, parse_args
 from hf_vit.training.lora import LoraArguments, add_lora, head_modules, lora_targets
 

@@ -8,12 +8,11 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from hf_vit import HfViTConfig, HfViTForImageClassification
+from hf_vit.data import build_transforms, decode_image
 from hf_vit.inference.classifier import attention_overlay, read_picture, seen_region
 from hf_vit.inference.predict import parse_args as predict_args
 from hf_vit.inference.predict import predict
 from hf_vit.processors import make_image_processor, timm_image_processor
-from hf_vit.training.data import decode_image
-from hf_vit.training.transforms import build_transforms
 
 from conftest import TINY_VIT
 

@@ -471,7 +471,7 @@ def test_the_scripts_run_end_to_end_and_are_subcommands(tmp_path, trained, pictu
 def test_multi_label_macro_f1_averages_the_classes_present_and_survives_a_split_without_positives():
     from transformers import EvalPrediction
 
-    from hf_vit.training.metrics import compute_metrics
+    from hf_vit.data.metrics import compute_metrics
 
     # class 2 has no positive in the split
     targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], dtype=np.float32)

@@ -21,11 +21,11 @@ from transformers import (
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
 import hf_vit
+from hf_vit.data import DataArguments
 from hf_vit.guards import UsageError
 from hf_vit.interop.convert import convert_checkpoint
 from hf_vit.models.modeling_mim import random_block_mask, sincos_position_embeddings
 from hf_vit.training.arguments import ModelArguments, PretrainTrainingArguments
-from hf_vit.training.data import DataArguments
 from hf_vit.training.pretrain import PretrainArguments, pretrain
 
 from conftest import HUB_TOKEN, TINY_VIT, TWO_PROCESSES, randomize

@@ -11,7 +11,9 @@ import pytest
 from datasets import Image
 from transformers import AutoModelForImageClassification
 
-from hf_vit.training.data import DataArguments, load_splits, load_stream, open_source
+from hf_vit.data import DataArguments, load_splits
+from hf_vit.data.sources import open_source
+from hf_vit.data.streaming import load_stream
 
 from conftest import REPO_ROOT
 from test_finetune import FAST, SCRIPTS, make_imagefolder, run_script

@@ -13,9 +13,9 @@ from torchvision.transforms.v2.functional import to_pil_image
 from transformers import AutoModelForImageClassification
 
 from ..checkpoints import load_checkpoint
+from ..data import decode_image
 from ..devices import inference_device, inference_precision
 from ..processors import checkpoint_image_processor, processor_size
-from ..training.data import decode_image
 from .attention import attention_heatmaps, overlay
 
 

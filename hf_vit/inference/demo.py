@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 
 from ..cli import command, grouped_parser, parse_into_dataclasses
+from ..data import build_transforms
 from ..guards import usage_errors
-from ..training.transforms import build_transforms
 from .classifier import attention_overlay, classify, load_classifier, read_picture
 from .predict import picture_paths
 

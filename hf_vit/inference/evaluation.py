@@ -26,12 +26,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..cli import command, grouped_parser, parse_into_dataclasses
+from ..data import DataArguments, evaluation_loader, is_multi_label, label_names, load_splits
+from ..data.metrics import multi_label_metrics
 from ..devices import inference_precision, loader_settings
 from ..figures import new_figure, save_figure
 from ..guards import check_output_dir, replaced_atomically, usage_errors
-from ..training.data import DataArguments, is_multi_label, label_names, load_splits
-from ..training.metrics import multi_label_metrics
-from ..training.transforms import evaluation_loader
 from .classifier import class_scores, load_classifier
 
 METRICS_FILE = "metrics.json"

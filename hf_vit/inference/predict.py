@@ -23,10 +23,9 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..cli import command, grouped_parser, parse_into_dataclasses
+from ..data import build_transforms, image_files, is_image_file
 from ..devices import loader_settings
 from ..guards import check_output_dir, replaced_atomically, usage_errors
-from ..training.data import image_files, is_image_file
-from ..training.transforms import build_transforms
 from .classifier import attention_overlay, classify, load_classifier, read_picture
 
 logger = logging.get_logger(__name__)

@@ -202,10 +202,19 @@ def convert_checkpoint(
     return model
 
 
-COMMAND_LINE = """Convert a transformers (vit, deit, swin, dinov2, dinov2_with_registers) or timm (vit_*, deit_*,
-deit3_*, vit_*_dinov2, vit_*_reg4_dinov2, vit_*_siglip_*, swin_*) checkpoint into an hf_vit checkpoint.
+def command_line_description() -> str:
+    """The convert command's --help text, its lists of sources read from the family registry."""
+    towers = [
+        f"{name} (its vision tower)" for name, tower in VISION_TOWERS.items() if converter_for(f"transformers:{tower}")
+    ]
+    transformers_sources = ", ".join([*sources("transformers"), *towers])
+    return (
+        f"Convert a transformers ({transformers_sources}) or timm (models of the classes {', '.join(sources('timm'))}) "
+        f"checkpoint into an hf_vit checkpoint.\n\n{EXAMPLES}"
+    )
 
-    python scripts/convert_checkpoint.py --source google/vit-base-patch16-224 --output_dir vit-base
+
+EXAMPLES = """    python scripts/convert_checkpoint.py --source google/vit-base-patch16-224 --output_dir vit-base
     python scripts/convert_checkpoint.py --source timm/swin_tiny_patch4_window7_224.ms_in1k --output_dir swin-t \
         --push_to_hub --hub_model_id me/swin-t-hf-vit
     python scripts/convert_checkpoint.py --source microsoft/swin-tiny-patch4-window7-224 --output_dir swin-t-384 \
@@ -213,7 +222,9 @@ deit3_*, vit_*_dinov2, vit_*_reg4_dinov2, vit_*_siglip_*, swin_*) checkpoint int
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=COMMAND_LINE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=command_line_description(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--source", required=True, help="a local directory or a Hub repo id")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--image_size", type=int, default=None, help="resample position embeddings to this size")

@@ -19,6 +19,17 @@ from transformers import AutoConfig, AutoModelForImageClassification, HfArgument
 
 from ..checkpoints import load_checkpoint
 from ..cli import command, grouped_parser, parse_into_dataclasses
+from ..data import (
+    DataArguments,
+    TrainingData,
+    attach_transforms,
+    check_streaming,
+    describe_dataset,
+    is_multi_label,
+    label_names,
+    load_training_data,
+)
+from ..data.metrics import compute_metrics
 from ..guards import check_local_path, check_output_dir, claim_output_dir, usage_errors
 from ..processors import checkpoint_image_processor, make_image_processor, processor_size, set_processor_size
 from .arguments import (
@@ -28,18 +39,8 @@ from .arguments import (
     check_backbone_learning_rate,
     check_model_source,
 )
-from .data import (
-    DataArguments,
-    TrainingData,
-    check_streaming,
-    describe_dataset,
-    is_multi_label,
-    label_names,
-    load_training_data,
-)
 from .distributed import fsdp_requested, global_batch_size
 from .lora import LoraArguments, add_lora, check_lora_arguments, lora_targets, merged_model, trainable_fraction
-from .metrics import compute_metrics
 from .recipes import (
     START_INGREDIENTS,
     RecipeArguments,
@@ -54,7 +55,6 @@ from .recipes import (
 )
 from .regularisation import TeacherInputAdapter, balanced_class_weights, check_teacher_labels
 from .trainer import ImageClassificationTrainer, resolve_resume
-from .transforms import attach_transforms
 
 
 @dataclass

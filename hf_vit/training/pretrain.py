@@ -19,16 +19,15 @@ from transformers import HfArgumentParser, TrainerCallback, set_seed
 
 from ..checkpoints import load_checkpoint
 from ..cli import command, grouped_parser, parse_into_dataclasses
+from ..data import DataArguments, attach_transforms, check_streaming, collate, describe_dataset, load_training_data
 from ..figures import new_figure, save_figure
 from ..guards import check_output_dir, claim_output_dir, usage_errors
 from ..models.modeling_mim import pixel_mask
 from ..processors import checkpoint_image_processor, make_image_processor
 from ..registry import FAMILIES
 from .arguments import ModelArguments, ModelSource, PretrainTrainingArguments, check_model_source
-from .data import DataArguments, check_streaming, collate, describe_dataset, load_training_data
 from .recipes import PRETRAINING, pretraining_recipe
 from .trainer import PretrainingTrainer, resolve_resume
-from .transforms import attach_transforms
 
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 CARD_TEMPLATE = "pretraining.md"

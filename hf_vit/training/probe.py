@@ -32,12 +32,11 @@ from transformers import set_seed
 
 from ..cards import write_model_card
 from ..cli import command, grouped_parser, parse_into_dataclasses
+from ..data import DataArguments, evaluation_loader, is_multi_label, label_names, load_splits
 from ..devices import inference_device, inference_precision, loader_settings
 from ..guards import UsageError, check_output_dir, replaced_atomically, usage_errors
 from .arguments import ModelArguments, check_model_source
-from .data import DataArguments, is_multi_label, label_names, load_splits
 from .finetune import build_image_processor, build_model, label_fields
-from .transforms import evaluation_loader
 
 METHODS = ("linear", "knn", "logistic")
 RESULTS_FILE = "probe_results.json"

@@ -14,7 +14,9 @@ from torchvision.transforms import v2
 from transformers.utils import logging
 
 from ..processors import processor_size
-from .data import DataArguments, TrainingData, collate, decode_image, encode_label, label_names
+from .decoding import collate, decode_image
+from .sources import DataArguments, encode_label, label_names
+from .streaming import TrainingData
 
 logger = logging.get_logger(__name__)
 

@@ -1,51 +1,43 @@
 """Where a job's images come from, checked before anything is trained: the embedded digits, an imagefolder, a Hub
-dataset or a local one, whole or streamed.
+dataset or a local one.
 
+    DataArguments             the data flags every job shares
     load_splits(...)          -> DatasetDict(train, validation) with an image column and a ClassLabel column, or
                                  a list of ClassLabel for multi-label data (`labelled=False`: the image column
                                  alone, for pretraining), every image checked
     label_names(feature) / is_multi_label(feature) / encode_label(value, num_labels)   the label column's classes
-    load_stream(...)          -> (training IterableDataset, evaluation Dataset) for --streaming
-    load_training_data(...)   -> TrainingData: either of the above (`transforms.attach_transforms` prepares it)
-    decode_image(value, channels) / collate(examples)   one image -> a uint8 tensor; examples -> a batch
 """
 
-import hashlib
-import io
-import itertools
-import multiprocessing
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torchvision
 from datasets import (
     ClassLabel,
     Dataset,
     DatasetDict,
     Features,
     Image,
-    IterableDataset,
     IterableDatasetDict,
     LargeList,
     List,
     load_dataset,
 )
-from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image as PILImage
-from torchvision.io import ImageReadMode
-from torchvision.transforms.v2.functional import pil_to_tensor
 from transformers.utils import logging
 
 from ..guards import check_local_path, looks_like_local_path
+from .decoding import PARALLEL_CHECK_FROM, unreadable_in
+from .folders import METADATA_FILES, check_class_folders, class_folders, image_files, stream_image_folders
 
 logger = logging.get_logger(__name__)
 
+
 DIGITS = "digits"
+
+
 EVALUATION_SPLITS = ("validation", "val", "valid", "test")  # the names a dataset's evaluation split goes by, in order
-PARALLEL_CHECK_FROM = 5_000  # images in a split from which opening them all is worth a pool of processes
-IMAGE_EXTENSIONS = set(ImageFolder.EXTENSIONS)  # the files `imagefolder` reads
 
 
 @dataclass
@@ -175,94 +167,6 @@ def open_source(args: DataArguments, seed: int = 0, streaming: bool = False, num
         if streaming
         else splits
     )
-
-
-# imagefolder's metadata files (extra columns per image); a folder with one is streamed by `datasets` itself
-METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
-
-
-def is_image_file(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def is_hidden(name: str) -> bool:
-    """What `datasets` leaves out of a data directory."""
-    return name.startswith((".", "__"))
-
-
-def image_files(directory: str):
-    """The image files under `directory`, walked lazily (sorted within each folder, hidden ones left out)."""
-    for root, folders, names in os.walk(directory):
-        folders[:] = sorted(folder for folder in folders if not is_hidden(folder))
-        yield from (os.path.join(root, name) for name in sorted(names) if is_image_file(name) and not is_hidden(name))
-
-
-def labelled_images(folders: tuple[str, ...], labels: tuple[int, ...], shards: list[int], num_shards: int):
-    """Undecoded images under the class `folders` with their `labels`, one image of each class in turn while the
-    class has any left; of those, shard s of `num_shards` holds every num_shards-th from the s-th on (so every
-    shard holds every class) and `shards` names the shards to read."""
-    for shard in shards:
-        yield from itertools.islice(classes_in_turn(folders, labels), shard, None, num_shards)
-
-
-def classes_in_turn(folders: tuple[str, ...], labels: tuple[int, ...]):
-    walks = {label: image_files(folder) for label, folder in zip(labels, folders)}
-    while walks:
-        for label, walk in list(walks.items()):
-            path = next(walk, None)
-            if path is None:
-                del walks[label]
-            else:
-                yield {"image": {"path": path, "bytes": None}, "label": label}
-
-
-def unlabelled_images(directory: str, shards: list[int], num_shards: int):
-    for shard in shards:
-        walk = itertools.islice(image_files(directory), shard, None, num_shards)
-        yield from ({"image": {"path": path, "bytes": None}} for path in walk)
-
-
-def class_folders(directory: str) -> list[str]:
-    """The folders of `directory` that hold images (each looked into up to its first), sorted; images beside class
-    folders are an error (imagefolder would label them by the parent folder's name)."""
-    entries = [entry for entry in os.scandir(directory) if not is_hidden(entry.name)]
-    folders = sorted(entry.path for entry in entries if entry.is_dir() and next(image_files(entry.path), None))
-    loose = sorted(entry.name for entry in entries if entry.is_file() and is_image_file(entry.name))
-    if folders and loose:
-        raise ValueError(
-            f"{directory!r} holds images beside its class folders ({', '.join(loose[:3])}, ...): put "
-            "every image in the folder of its class"
-        )
-    return folders
-
-
-def stream_image_folders(directories: dict[str, str], num_shards: int = 1) -> IterableDatasetDict:
-    """Imagefolders (split -> directory) as streams that start at once, however many files they hold: only the
-    class folders are listed (each up to its first image), to name the labels as `imagefolder` does (sorted over
-    every split, folders without images left out); their files are walked as the stream is read, one image of each
-    class in turn, so that a shuffle buffer mixes the classes however many images each holds (`datasets`' own
-    imagefolder stream lists and checks every file first, then reads them class by class). Each stream is cut into
-    `num_shards` shards, every shard all classes, so that as many data-loading workers can read it (`datasets` gives
-    each worker whole shards). Images nested deeper take their top-level folder's class; a folder of images without
-    class folders streams them unlabelled. Columns: `image` (undecoded), `label` (ClassLabel)."""
-    folders = {split: class_folders(directory) for split, directory in directories.items()}
-    names = sorted({os.path.basename(folder) for split_folders in folders.values() for folder in split_folders})
-    features = Features({"image": Image(), "label": ClassLabel(names=names)})
-    streams, shards = {}, {"shards": list(range(num_shards)), "num_shards": num_shards}  # lists are cut into shards
-    for split, directory in directories.items():
-        if not folders[split]:
-            streams[split] = IterableDataset.from_generator(
-                unlabelled_images, gen_kwargs={"directory": directory, **shards}, features=Features({"image": Image()})
-            )
-            continue
-        labels = tuple(names.index(os.path.basename(folder)) for folder in folders[split])
-        # tuples, not lists: `datasets` would cut lists of folders into shards, each shard a few classes
-        streams[split] = IterableDataset.from_generator(
-            labelled_images,
-            gen_kwargs={"folders": tuple(folders[split]), "labels": labels, **shards},
-            features=features,
-        )
-    return IterableDatasetDict(streams)
 
 
 def data_columns(args: DataArguments, labelled: bool) -> tuple[str, ...]:
@@ -431,15 +335,6 @@ def drop_unreadable(splits: DatasetDict, args: DataArguments) -> DatasetDict:
     return splits
 
 
-STREAM_EVAL_SAMPLES = 1000  # evaluation images taken from the head of a stream that has no evaluation split
-
-
-def check_streaming(args: DataArguments, training_args) -> None:
-    """A stream has no length: `--streaming` needs `--max_steps`."""
-    if args.streaming and training_args.max_steps <= 0:
-        raise ValueError("--streaming needs --max_steps (a stream has no length to count epochs in)")
-
-
 def on_main_process(compute):
     """`compute()` run by the main process alone, its result (or its error) handed to every other process: a
     dataset's images are checked once, with all the machine's cores, however many processes train."""
@@ -458,69 +353,6 @@ def on_main_process(compute):
     return outcome[0]
 
 
-def load_stream(args: DataArguments, seed: int = 0, labelled: bool = True, readers: int = 1):
-    """(training stream, evaluation Dataset) for `--streaming`: the training split as a shuffled `IterableDataset`
-    of undecoded images, nothing read ahead; the evaluation split map-style (its images checked): the source's own,
-    else the first `max_eval_samples` (default `STREAM_EVAL_SAMPLES`) images of the stream, which training leaves
-    out by name (path or content, so however the stream is later split between processes). `readers`: the
-    processes x data-loading workers that will share the stream (our streams get as many shards)."""
-    source = open_source(args, seed, streaming=True, num_shards=readers)
-    columns = data_columns(args, labelled)
-    if "train" not in source:
-        raise ValueError(f"The dataset has no 'train' split; it has {list(source)}")
-    check_columns(source, columns)
-    source = IterableDatasetDict({name: split.select_columns(list(columns)) for name, split in source.items()})
-    train = source["train"]
-    feature = train.features[args.label_column_name] if labelled else None
-    if labelled and not isinstance(feature.feature if is_multi_label(feature) else feature, ClassLabel):
-        raise ValueError(
-            f"--streaming needs the label column {args.label_column_name!r} to be a ClassLabel or a list of "
-            f"ClassLabel (its classes known before reading the stream); it is {feature}"
-        )
-    count = args.max_eval_samples or STREAM_EVAL_SAMPLES
-    name = evaluation_split_name(source)
-    train = train.cast_column(args.image_column_name, Image(decode=False))
-    evaluation = source[name].cast_column(args.image_column_name, Image(decode=False)) if name is not None else train
-    validation = Dataset.from_list(list(evaluation.take(count)), features=evaluation.features)
-    if name is None and len(validation) < count:
-        raise ValueError(
-            f"The stream holds only {len(validation)} images, and all of them would be held out for evaluation "
-            f"(up to {count}): give an evaluation split (--validation_dir), a smaller --max_eval_samples, or train "
-            "without --streaming"
-        )
-    if name is None:
-        held_out = {image_key(value) for value in validation[args.image_column_name]}
-        train = train.filter(lambda example: image_key(example[args.image_column_name]) not in held_out)
-    validation = drop_unreadable(DatasetDict(validation=validation), args)["validation"]
-    return train.shuffle(seed=seed, buffer_size=args.shuffle_buffer_size), validation
-
-
-def image_key(value: dict) -> str:
-    """What identifies an undecoded image: its path, else a digest of its bytes."""
-    return value.get("path") or hashlib.sha1(value["bytes"]).hexdigest()
-
-
-def check_class_folders(train_dir: str, train: Dataset, label_column: str) -> None:
-    """imagefolder drops class folders without images: warn about those in `train_dir`, and fail on a class that
-    has evaluation images but no training image (the model could never learn it)."""
-    names = train.features[label_column].names
-    counts = np.bincount(train[label_column], minlength=len(names))
-    untrained = [name for name, count in zip(names, counts) if count == 0]
-    if untrained:
-        raise ValueError(
-            f"Classes {untrained} have evaluation images but no training image in --train_dir "
-            f"{train_dir!r}; add training images or remove the classes from the evaluation data"
-        )
-    folders = sorted(entry.name for entry in os.scandir(train_dir) if entry.is_dir())
-    dropped = [folder for folder in folders if folder not in names]
-    if dropped and set(names) <= set(folders):  # one folder per class: the missing ones hold no image
-        logger.warning(
-            "Class folders without images in --train_dir %r are left out of the label set: %s",
-            train_dir,
-            ", ".join(dropped),
-        )
-
-
 def describe_dataset(args: DataArguments) -> tuple[str, str | None]:
     """(a name for people, the Hub dataset id or None): a model card lists a dataset only by its Hub id."""
     if args.dataset_name is not None:
@@ -532,115 +364,3 @@ def describe_dataset(args: DataArguments) -> tuple[str, str | None]:
     if args.train_dir is not None or args.validation_dir is not None:
         return f"imagefolder {os.path.basename(os.path.normpath(args.train_dir or args.validation_dir))}", None
     return "scikit-learn digits (embedded in hf_vit)", None
-
-
-def unreadable_images(batch: dict, column: str) -> dict:
-    """`datasets.map` function: the error of each image that cannot be opened ("" for the readable ones)."""
-    errors = []
-    for value in batch[column]:
-        try:
-            open_image(value)
-            errors.append("")
-        except ValueError as error:
-            errors.append(str(error))
-    return {"error": errors}
-
-
-def unreadable_in(split: Dataset, column: str, split_name: str, num_proc: int | None = None) -> list[tuple[int, str]]:
-    """(index, error) of every image of `split` that cannot be opened: each is opened once before training starts,
-    in `num_proc` processes (default: the cores for splits of more than `PARALLEL_CHECK_FROM` images), so bad files
-    are found at once and nothing is half-written."""
-    if num_proc is None:
-        num_proc = (os.cpu_count() or 1) if len(split) > PARALLEL_CHECK_FROM else None
-    checked = split.select_columns([column]).map(
-        unreadable_images,
-        fn_kwargs={"column": column},
-        batched=True,
-        batch_size=256,
-        num_proc=num_proc,
-        remove_columns=[column],
-        desc=f"Checking {split_name} images",
-    )
-    return [(index, error) for index, error in enumerate(checked["error"]) if error]
-
-
-def collate(examples) -> dict:
-    """Examples -> {"pixel_values": (B, C, H, W), "labels": (B,) ids or (B, num_labels) multi-hot targets} (no
-    labels for unlabelled examples)."""
-    batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
-    if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([example["labels"] for example in examples])
-    return batch
-
-
-def open_image(value) -> PILImage.Image:
-    """Decode one undecoded `datasets.Image` value ({"bytes", "path"}), naming the file if it can't be read."""
-    name = value.get("path") or "<in-memory image>"
-    try:
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
-        image = PILImage.open(source)
-        image.load()
-        return image
-    except Exception as error:
-        raise ValueError(f"Cannot read image {name}: {error}") from error
-
-
-def decode_image(value, num_channels: int) -> torch.Tensor:
-    """One undecoded `datasets.Image` value -> a (C, H, W) uint8 tensor with `num_channels` (3: RGB, 1: gray),
-    decoded once, straight into the tensor the transforms work on (torchvision's decoders: JPEG, PNG, WebP, GIF);
-    other formats go through PIL. A file that cannot be read is a ValueError naming it."""
-    try:
-        if value.get("bytes") is not None:
-            data = value["bytes"]
-        else:
-            with open(value["path"], "rb") as file:
-                data = file.read()
-        return torchvision.io.decode_image(
-            torch.frombuffer(bytearray(data), dtype=torch.uint8),
-            mode=ImageReadMode.RGB if num_channels == 3 else ImageReadMode.GRAY,
-        )
-    except (RuntimeError, OSError):  # not a format torchvision decodes, or not an image at all: PIL says which
-        return pil_to_tensor(open_image(value).convert("RGB" if num_channels == 3 else "L"))
-
-
-def stream_readers(training_args) -> int:
-    """How many read a training stream at once: the data-loading workers (or the process itself) of each process."""
-    return max(1, training_args.dataloader_num_workers) * training_args.world_size
-
-
-@dataclass
-class TrainingData:
-    """What a job trains and evaluates on: the training split (a `Dataset`, or with `--streaming` an
-    `IterableDataset`), the evaluation split (a `Dataset`), and for a stream the count of the unreadable images it
-    skipped (shared with the data-loading workers)."""
-
-    train: Dataset | IterableDataset
-    validation: Dataset
-    skipped: object = None  # multiprocessing.Value("i") for a stream
-    collator: object = collate  # the Trainer's data_collator
-
-    def trainer_inputs(self) -> dict:
-        """The Trainer's `train_dataset`, `eval_dataset` and `data_collator`."""
-        return dict(train_dataset=self.train, eval_dataset=self.validation, data_collator=self.collator)
-
-    @property
-    def streaming(self) -> bool:
-        return isinstance(self.train, IterableDataset)
-
-    def length(self, training_args) -> str:
-        """How long the run trains, for its closing line: "N steps" (of a stream) or "N epochs"."""
-        if training_args.max_steps > 0:
-            return f"{training_args.max_steps} steps" + (" of a stream" if self.streaming else "")
-        return f"{training_args.num_train_epochs:g} epochs"
-
-
-def load_training_data(args: DataArguments, seed: int = 0, labelled: bool = True, training_args=None) -> TrainingData:
-    """The training and evaluation data `args` name: a stream and its evaluation split with `args.streaming`
-    (`load_stream`, in a shard for every worker of every process `training_args` start), else both splits, every
-    image checked (`load_splits`)."""
-    if args.streaming:
-        readers = 1 if training_args is None else stream_readers(training_args)
-        train, validation = load_stream(args, seed, labelled, readers)
-        return TrainingData(train, validation, multiprocessing.Value("i", 0))
-    splits = load_splits(args, seed, labelled)
-    return TrainingData(splits["train"], splits["validation"])
