@@ -7,6 +7,8 @@ transformers and the configuration helpers, never the rest of hf_vit.
 """
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +77,12 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-def make_norm(config, dim: int) -> nn.Module:
-    """The norm the config asks for (`norm_type`: LayerNorm by default, or RMSNorm) over `dim` channels."""
-    if getattr(config, "norm_type", "layer_norm") == "rms_norm":
-        return RMSNorm(dim, eps=config.layer_norm_eps)
-    return nn.LayerNorm(dim, eps=config.layer_norm_eps)
+def make_norm(norm_type: str, dim: int, eps: float) -> nn.Module:
+    """A norm over `dim` channels: "layer_norm" (LayerNorm) or "rms_norm" (RMSNorm)."""
+    return RMSNorm(dim, eps=eps) if norm_type == "rms_norm" else nn.LayerNorm(dim, eps=eps)
+
+
+NormLayer = Callable[[int], nn.Module]  # dim -> a norm over dim channels (the blocks' `norm_layer`, as timm's)
 
 
 def rotate_pairs(tensor: torch.Tensor, layout: str) -> torch.Tensor:
@@ -217,21 +220,34 @@ class MultiHeadSelfAttention(AttentionKernel):
     `attention_mask` is additive and broadcastable to (B, heads, N, N); Swin passes its relative position bias plus
     shift mask there. With `num_queries`, every token still serves as key and value but only the first
     `num_queries` ask: (B, N, dim) -> (B, num_queries, dim). `rope` = (sin, cos) rotates queries and keys (rows of
-    sin 0 and cos 1 leave the prefix tokens as they are). Options of the config: `qk_norm` normalises each head's
-    queries and keys; `key_bias=False` keeps the key third of the QKV bias at zero (DINOv3's masked key bias,
-    EVA02's); `proj_bias`; `attention_output_norm` normalises the heads' output before the projection (EVA02-CLIP).
+    sin 0 and cos 1 leave the prefix tokens as they are, paired as `rope_layout` says). `qk_norm` normalises each
+    head's queries and keys; `key_bias=False` keeps the key third of the QKV bias at zero (DINOv3's masked key bias,
+    EVA02's); `output_norm` normalises the heads' output before the projection (EVA02-CLIP); the norms are
+    `norm_layer`'s. `config` serves transformers' attention interface (`_attn_implementation`, attention dropout).
     """
 
-    def __init__(self, config, dim: int, num_heads: int, qk_norm: bool = False):
+    def __init__(
+        self,
+        config,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        key_bias: bool = True,
+        proj_bias: bool = True,
+        qk_norm: bool = False,
+        output_norm: bool = False,
+        norm_layer: NormLayer = nn.LayerNorm,
+        proj_dropout: float = 0.0,
+        rope_layout: str | None = None,
+    ):
         super().__init__(config, dim, num_heads)
-        masked_key_bias = config.qkv_bias and not getattr(config, "key_bias", True)
-        self.qkv = KeyMaskedLinear(dim) if masked_key_bias else nn.Linear(dim, 3 * dim, bias=config.qkv_bias)
-        self.q_norm = make_norm(config, self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = make_norm(config, self.head_dim) if qk_norm else nn.Identity()
-        self.norm = make_norm(config, dim) if getattr(config, "attention_output_norm", False) else nn.Identity()
-        self.proj = nn.Linear(dim, dim, bias=getattr(config, "proj_bias", True))
-        self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.rope_layout = getattr(config, "rope_layout", None)
+        self.qkv = KeyMaskedLinear(dim) if qkv_bias and not key_bias else nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.norm = norm_layer(dim) if output_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_dropout = nn.Dropout(proj_dropout)
+        self.rope_layout = rope_layout
 
     def forward(
         self,
@@ -312,18 +328,55 @@ class GatedMlp(nn.Module):
         return self.dropout(self.fc2(self.norm(self.dropout(self.act(gate) * up))))
 
 
-def make_mlp(config, dim: int, hidden_dim: int) -> nn.Module:
-    """The MLP the config asks for (`mlp_type`: "mlp", "swiglu", "swiglu_fused"; `mlp_bias`; `mlp_norm`)."""
-    options = dict(
-        hidden_act=config.hidden_act,
-        dropout=config.hidden_dropout_prob,
-        bias=getattr(config, "mlp_bias", True),
-        norm=make_norm(config, hidden_dim) if getattr(config, "mlp_norm", False) else None,
-    )
-    mlp_type = getattr(config, "mlp_type", "mlp")
+def make_mlp(
+    dim: int,
+    hidden_dim: int,
+    mlp_type: str = "mlp",
+    hidden_act: str = "gelu",
+    dropout: float = 0.0,
+    bias: bool = True,
+    norm: nn.Module | None = None,
+) -> nn.Module:
+    """An MLP of `mlp_type`: "mlp" (`Mlp`), "swiglu" or "swiglu_fused" (`GatedMlp`); `norm` inside it, before the
+    output projection (EVA02-B+)."""
+    options = dict(hidden_act=hidden_act, dropout=dropout, bias=bias, norm=norm)
     if mlp_type == "mlp":
         return Mlp(dim, hidden_dim, **options)
     return GatedMlp(dim, hidden_dim, **options, fused=mlp_type == "swiglu_fused")
+
+
+def vit_norm(config) -> NormLayer:
+    """The norm of every part of a ViT-style model (a `ViTEncoderConfig`): its `norm_type` at its `layer_norm_eps`."""
+    return partial(make_norm, config.norm_type, eps=config.layer_norm_eps)
+
+
+def vit_block_parts(config, dim: int, num_heads: int, mlp_dim: int, qk_norm: bool = False) -> dict:
+    """The attention, MLP and norm of a block of a ViT-style model (a `ViTEncoderConfig`: ViT, DeiT, the hybrid, and
+    MAE's decoder at its own width), read from the config once, here: `PreNormBlock(**parts, ...)`."""
+    norm = vit_norm(config)
+    attention = MultiHeadSelfAttention(
+        config,
+        dim,
+        num_heads,
+        qkv_bias=config.qkv_bias,
+        key_bias=config.key_bias,
+        proj_bias=config.proj_bias,
+        qk_norm=qk_norm,
+        output_norm=config.attention_output_norm,
+        norm_layer=norm,
+        proj_dropout=config.hidden_dropout_prob,
+        rope_layout=config.rope_layout,
+    )
+    mlp = make_mlp(
+        dim,
+        mlp_dim,
+        config.mlp_type,
+        config.hidden_act,
+        config.hidden_dropout_prob,
+        config.mlp_bias,
+        norm(mlp_dim) if config.mlp_norm else None,
+    )
+    return dict(dim=dim, attention=attention, mlp=mlp, norm_layer=norm)
 
 
 class LayerScale(nn.Module):
@@ -343,24 +396,24 @@ class PreNormBlock(GradientCheckpointingLayer):
     (and, with `layer_scale_init_value`, LayerScale).
 
     Works on any (..., dim) layout the attention accepts: (B, N, C) for ViT, (B, H, W, C) for Swin's windows.
-    `attention_kwargs` go to the attention (ViT's `num_queries` and `rope`). The norms and the MLP are the config's
-    (`make_norm`, `make_mlp`).
+    `attention_kwargs` go to the attention (ViT's `num_queries` and `rope`). The caller builds the attention and the
+    MLP (`make_mlp`); the two norms are `norm_layer`'s.
     """
 
     def __init__(
         self,
-        config,
         dim: int,
         attention: nn.Module,
-        mlp_dim: int,
+        mlp: nn.Module,
+        norm_layer: NormLayer = nn.LayerNorm,
         drop_path_rate: float = 0.0,
         layer_scale_init_value: float | None = None,
     ):
         super().__init__()
-        self.norm1 = make_norm(config, dim)
+        self.norm1 = norm_layer(dim)
         self.attention = attention
-        self.norm2 = make_norm(config, dim)
-        self.mlp = make_mlp(config, dim, mlp_dim)
+        self.norm2 = norm_layer(dim)
+        self.mlp = mlp
         self.drop_path = DropPath(drop_path_rate)
         scaled = layer_scale_init_value is not None
         self.layer_scale1 = LayerScale(dim, layer_scale_init_value) if scaled else nn.Identity()
@@ -380,17 +433,27 @@ class AttentionPooling(AttentionKernel):
     a residual MLP. (B, N, dim) -> (B, dim).
 
     The layout is timm's `AttentionPoolLatent` with one latent (probe, q, kv, proj, norm, mlp). Without
-    `query_projection` the probe is the query itself, and without `mlp` the projection is the output (AIMv2's head).
+    `query_projection` the probe is the query itself, and without an `mlp` (an `Mlp`, its norm `norm_layer`'s) the
+    projection is the output (AIMv2's head).
     """
 
-    def __init__(self, config, dim: int, num_heads: int, mlp_dim: int, query_projection: bool = True, mlp: bool = True):
+    def __init__(
+        self,
+        config,
+        dim: int,
+        num_heads: int,
+        mlp: nn.Module | None = None,
+        qkv_bias: bool = True,
+        query_projection: bool = True,
+        norm_layer: NormLayer = nn.LayerNorm,
+    ):
         super().__init__(config, dim, num_heads)
         self.probe = nn.Parameter(torch.zeros(1, 1, dim))
-        self.q = nn.Linear(dim, dim, bias=config.qkv_bias) if query_projection else nn.Identity()
-        self.kv = nn.Linear(dim, 2 * dim, bias=config.qkv_bias)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias) if query_projection else nn.Identity()
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.norm = make_norm(config, dim) if mlp else None
-        self.mlp = Mlp(dim, mlp_dim, config.hidden_act, config.hidden_dropout_prob) if mlp else None
+        self.norm = norm_layer(dim) if mlp is not None else None
+        self.mlp = mlp
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch_size, seq_len, dim = hidden_states.shape

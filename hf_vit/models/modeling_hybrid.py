@@ -93,6 +93,10 @@ class HfViTHybridModel(HfViTHybridPreTrainedModel, HfViTModel):
     def make_patch_embeddings(self, config) -> BackbonePatchEmbedding:
         return BackbonePatchEmbedding(config)
 
+    def make_patch_norm(self, config) -> None:
+        """None: the backbone's feature map is normalised by the backbone."""
+        return None
+
 
 class HfViTHybridForImageClassification(HfViTHybridPreTrainedModel, HfViTForImageClassification):
     """The hybrid with a linear head on the CLS token: (B, C, H, W) -> logits (B, num_labels)."""

@@ -2,7 +2,7 @@
 families' pretraining heads share.
 
 - MAE (He et al. 2022): drop most grid tokens before the encoder (`random_masking`), a light transformer decoder
-  (`modeling_vit.MaskedAutoencoderDecoder`) predicts the pixels of the dropped patches, MSE on those (`mae_loss`).
+  (`MaskedAutoencoderDecoder`) predicts the pixels of the dropped patches, MSE on those (`mae_loss`).
 - SimMIM (Xie et al. 2022): replace masked patches by a learned mask token, a 1x1 convolution and a pixel shuffle
   (`simmim_decoder`) predict every pixel, L1 on the masked ones (`simmim_loss`); masks come in blocks
   (`random_block_mask`).
@@ -20,6 +20,7 @@ from torch import nn
 from transformers.utils import ModelOutput, logging
 
 from .configuration_utils import to_2tuple
+from .layers import PreNormBlock, resample_position_embeddings, vit_block_parts, vit_norm
 
 logger = logging.get_logger(__name__)
 
@@ -194,3 +195,48 @@ class PretrainingHeadLoading:
                 type(self).__name__,
             )
         super()._adjust_missing_and_unexpected_keys(loading_info)
+
+
+class MaskedAutoencoderDecoder(nn.Module):
+    """MAE's decoder: the encoder's tokens (prefix + visible) -> `decoder_hidden_size`, mask tokens in the dropped
+    places, fixed sine-cosine positions, `decoder_num_hidden_layers` pre-norm blocks, LayerNorm, a linear prediction
+    of each patch's p * p * C pixels. (B, prefix + K, C) -> (B, N, p * p * C)."""
+
+    def __init__(self, config, num_prefix_tokens: int, grid_size):
+        super().__init__()
+        dim, heads = config.decoder_hidden_size, config.decoder_num_attention_heads
+        patch_h, patch_w = to_2tuple(config.patch_size)
+        self.num_prefix_tokens, self.grid_size = num_prefix_tokens, tuple(grid_size)
+        self.embed = nn.Linear(config.hidden_size, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # Fixed, as MAE's: one position per token the decoder sees (the prefix tokens first).
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, num_prefix_tokens + grid_size[0] * grid_size[1], dim), requires_grad=False
+        )
+        self.layers = nn.ModuleList(
+            [
+                PreNormBlock(**vit_block_parts(config, dim, heads, config.decoder_intermediate_size))
+                for _ in range(config.decoder_num_hidden_layers)
+            ]
+        )
+        self.norm = vit_norm(config)(dim)
+        self.prediction = nn.Linear(dim, patch_h * patch_w * config.num_channels)
+
+    def sincos_table(self) -> torch.Tensor:
+        """MAE's fixed positions, (1, prefix + N, dim)."""
+        return sincos_position_table(self.grid_size, self.position_embeddings.shape[-1], self.num_prefix_tokens)
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid_size) -> torch.Tensor:
+        hidden_states = self.embed(latent)
+        prefix, visible = hidden_states[:, : self.num_prefix_tokens], hidden_states[:, self.num_prefix_tokens :]
+        batch_size, num_tokens = ids_restore.shape
+        mask_tokens = self.mask_token.to(visible.dtype).expand(batch_size, num_tokens - visible.shape[1], -1)
+        grid = torch.cat([visible, mask_tokens], dim=1)
+        grid = torch.gather(grid, 1, ids_restore[..., None].expand(-1, -1, grid.shape[-1]))
+        positions = resample_position_embeddings(
+            self.position_embeddings, self.num_prefix_tokens, self.grid_size, grid_size
+        )
+        hidden_states = torch.cat([prefix, grid], dim=1) + positions.to(grid.dtype)
+        for layer in self.layers:
+            hidden_states, _ = layer(hidden_states)
+        return self.prediction(self.norm(hidden_states))[:, self.num_prefix_tokens :]

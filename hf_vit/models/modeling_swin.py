@@ -26,6 +26,7 @@ from .layers import (
     PreNormBlock,
     drop_path_rates,
     init_transformer_weights,
+    make_mlp,
     resample_position_embeddings,
 )
 from .modeling_mim import (
@@ -192,7 +193,7 @@ class WindowAttention(MultiHeadSelfAttention):
     """
 
     def __init__(self, config, dim: int, num_heads: int, window_size: int, shift_size: int):
-        super().__init__(config, dim, num_heads)
+        super().__init__(config, dim, num_heads, qkv_bias=config.qkv_bias, proj_dropout=config.hidden_dropout_prob)
         self.window_size = window_size
         self.shift_size = shift_size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
@@ -299,10 +300,10 @@ class SwinStage(nn.Module):
         self.blocks = nn.ModuleList(
             [
                 PreNormBlock(
-                    config,
                     dim,
                     WindowAttention(config, dim, heads, config.window_size, shift),
-                    int(dim * config.mlp_ratio),
+                    make_mlp(dim, int(dim * config.mlp_ratio), "mlp", config.hidden_act, config.hidden_dropout_prob),
+                    functools.partial(nn.LayerNorm, eps=config.layer_norm_eps),
                     rate,
                 )
                 for shift, rate in zip(shifts, drop_path_rates)

@@ -24,17 +24,19 @@ from .configuration_vit import HfViTConfig
 from .layers import (
     AttentionPooling,
     GridEmbedding,
-    MultiHeadSelfAttention,
+    Mlp,
     PatchEmbedding,
     PatchProjection,
     PreNormBlock,
     RotaryPositions,
     drop_path_rates,
     init_transformer_weights,
-    make_norm,
     resample_position_embeddings,
+    vit_block_parts,
+    vit_norm,
 )
 from .modeling_mim import (
+    MaskedAutoencoderDecoder,
     MaskedAutoencoderOutput,
     PretrainingHeadLoading,
     SimMIMOutput,
@@ -194,15 +196,10 @@ class EncoderLayer(PreNormBlock):
     """The ViT block: global multi-head self-attention over all tokens, (B, N, C) -> (B, N, C)."""
 
     def __init__(self, config, drop_path_rate: float = 0.0):
-        attention = MultiHeadSelfAttention(config, config.hidden_size, config.num_attention_heads, config.qk_norm)
-        super().__init__(
-            config,
-            config.hidden_size,
-            attention,
-            config.intermediate_size,
-            drop_path_rate,
-            config.layer_scale_init_value,
+        parts = vit_block_parts(
+            config, config.hidden_size, config.num_attention_heads, config.intermediate_size, config.qk_norm
         )
+        super().__init__(**parts, drop_path_rate=drop_path_rate, layer_scale_init_value=config.layer_scale_init_value)
 
 
 class ViTEncoder(nn.Module):
@@ -235,51 +232,6 @@ class ViTEncoder(nn.Module):
         return BaseModelOutput(
             last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
         )
-
-
-class MaskedAutoencoderDecoder(nn.Module):
-    """MAE's decoder: the encoder's tokens (prefix + visible) -> `decoder_hidden_size`, mask tokens in the dropped
-    places, fixed sine-cosine positions, `decoder_num_hidden_layers` pre-norm blocks, LayerNorm, a linear prediction
-    of each patch's p * p * C pixels. (B, prefix + K, C) -> (B, N, p * p * C)."""
-
-    def __init__(self, config, num_prefix_tokens: int, grid_size):
-        super().__init__()
-        dim, heads = config.decoder_hidden_size, config.decoder_num_attention_heads
-        patch_h, patch_w = to_2tuple(config.patch_size)
-        self.num_prefix_tokens, self.grid_size = num_prefix_tokens, tuple(grid_size)
-        self.embed = nn.Linear(config.hidden_size, dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        # Fixed, as MAE's: one position per token the decoder sees (the prefix tokens first).
-        self.position_embeddings = nn.Parameter(
-            torch.zeros(1, num_prefix_tokens + grid_size[0] * grid_size[1], dim), requires_grad=False
-        )
-        self.layers = nn.ModuleList(
-            [
-                PreNormBlock(config, dim, MultiHeadSelfAttention(config, dim, heads), config.decoder_intermediate_size)
-                for _ in range(config.decoder_num_hidden_layers)
-            ]
-        )
-        self.norm = make_norm(config, dim)
-        self.prediction = nn.Linear(dim, patch_h * patch_w * config.num_channels)
-
-    def sincos_table(self) -> torch.Tensor:
-        """MAE's fixed positions, (1, prefix + N, dim)."""
-        return sincos_position_table(self.grid_size, self.position_embeddings.shape[-1], self.num_prefix_tokens)
-
-    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid_size) -> torch.Tensor:
-        hidden_states = self.embed(latent)
-        prefix, visible = hidden_states[:, : self.num_prefix_tokens], hidden_states[:, self.num_prefix_tokens :]
-        batch_size, num_tokens = ids_restore.shape
-        mask_tokens = self.mask_token.to(visible.dtype).expand(batch_size, num_tokens - visible.shape[1], -1)
-        grid = torch.cat([visible, mask_tokens], dim=1)
-        grid = torch.gather(grid, 1, ids_restore[..., None].expand(-1, -1, grid.shape[-1]))
-        positions = resample_position_embeddings(
-            self.position_embeddings, self.num_prefix_tokens, self.grid_size, grid_size
-        )
-        hidden_states = torch.cat([prefix, grid], dim=1) + positions.to(grid.dtype)
-        for layer in self.layers:
-            hidden_states, _ = layer(hidden_states)
-        return self.prediction(self.norm(hidden_states))[:, self.num_prefix_tokens :]
 
 
 def _as_list(value):
@@ -436,28 +388,33 @@ class HfViTModel(HfViTPreTrainedModel):
             prefix_position_embeddings=config.prefix_position_embeddings,
             mask_token=use_mask_token,
             absolute=config.absolute_position_embeddings,
-            patch_norm=make_norm(config, config.hidden_size)
-            if getattr(config, "patch_embedding_norm", False)
-            else None,
+            patch_norm=self.make_patch_norm(config),
             position_start=position_start or config.position_embedding_init,
         )
         self.num_prefix_tokens = self.embeddings.num_prefix_tokens
         head_dim = config.hidden_size // config.num_attention_heads
         self.rope = RotaryPositions(config, head_dim, self.num_prefix_tokens) if config.rope else None
-        self.pre_norm = make_norm(config, config.hidden_size) if config.pre_norm else nn.Identity()
+        norm, dim = vit_norm(config), config.hidden_size
+        self.pre_norm = norm(dim) if config.pre_norm else nn.Identity()
         self.encoder = ViTEncoder(config)
-        self.layernorm = make_norm(config, config.hidden_size)
+        self.layernorm = norm(dim)
         self.pooler = None
         if config.pooling == "map":
+            mlp = Mlp(dim, config.intermediate_size, config.hidden_act, config.hidden_dropout_prob)
             self.pooler = AttentionPooling(
                 config,
-                config.hidden_size,
+                dim,
                 config.pooling_num_heads or config.num_attention_heads,
-                config.intermediate_size,
+                mlp if config.pooling_mlp else None,
+                config.qkv_bias,
                 config.pooling_query_projection,
-                config.pooling_mlp,
+                norm,
             )
         self.post_init()
+
+    def make_patch_norm(self, config) -> nn.Module | None:
+        """A norm on the patch tokens before the positions are added (`patch_embedding_norm`, AIMv2's)."""
+        return vit_norm(config)(config.hidden_size) if config.patch_embedding_norm else None
 
     def make_patch_embeddings(self, config) -> GridEmbedding:
         """The module that turns images into the (B, hidden, gh, gw) token grid."""
