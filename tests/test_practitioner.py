@@ -516,3 +516,16 @@ def test_the_unused_parameter_probe_of_a_multi_label_model_feeds_it_targets():
 
     config = HfViTConfig(**TINY_VIT, num_labels=3, problem_type="multi_label_classification")
     assert unused_parameters(HfViTForImageClassification(config)) == []
+
+
+def test_multi_label_data_trains_on_two_processes(tmp_path, digit_grids):
+    """The data-parallel start asks the model which parameters one step leaves unused: with multi-hot targets, as
+    a BCE loss takes them (class ids made it fail before the first step)."""
+    from conftest import TWO_PROCESSES
+    from test_finetune import run_script
+
+    args = ["--output_dir", str(tmp_path / "ddp"), "--train_dir", digit_grids["train"], "--validation_dir",
+            digit_grids["validation"], "--label_column_name", "labels", *TINY, *QUIET, "--max_steps", "2",
+            "--per_device_train_batch_size", "8"]  # fmt: skip
+    result = run_script(args, launcher=TWO_PROCESSES)
+    assert result.stdout.count("eval: mAP") == 1 and (tmp_path / "ddp" / "model.safetensors").is_file()
