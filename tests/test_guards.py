@@ -65,7 +65,7 @@ def test_a_second_run_into_the_same_directory_at_the_same_time_is_refused(tmp_pa
 
 def test_a_one_class_folder_is_named_as_such_not_as_a_missing_column(tmp_path):
     folder = make_imagefolder(tmp_path / "train", classes=("cat",))
-    assert "holds 1 class folder(s) ['cat']: a classifier needs at least two classes" in refused(
+    assert "holds one class folder ('cat'): a classifier needs at least two classes" in refused(
         tmp_path, "--train_dir", str(folder)
     )
 

@@ -184,17 +184,18 @@ def check_columns(splits, columns, train_dir: str | None = None) -> None:
     for split in splits.values():
         names = split.column_names or list(split.features or {})
         for column in columns:
-            if column not in names and train_dir is not None and len(columns) > 1 and column == columns[1]:
-                folders = [os.path.basename(folder) for folder in class_folders(train_dir)]
+            if column in names:
+                continue
+            folders = class_folders(train_dir) if train_dir is not None and column == columns[-1] else []
+            if len(columns) > 1 and len(folders) == 1:
                 raise ValueError(
-                    f"--train_dir {train_dir!r} holds {len(folders)} class folder(s) {folders[:3]}: a classifier "
-                    "needs at least two classes, each in a folder of its own"
+                    f"--train_dir {train_dir!r} holds one class folder ({os.path.basename(folders[0])!r}): a "
+                    "classifier needs at least two classes, each in a folder of its own"
                 )
-            if column not in names:
-                raise ValueError(
-                    f"Column {column!r} not found in the dataset; its columns are {names}. "
-                    "Choose others with --image_column_name / --label_column_name."
-                )
+            raise ValueError(
+                f"Column {column!r} not found in the dataset; its columns are {names}. "
+                "Choose others with --image_column_name / --label_column_name."
+            )
 
 
 def is_multi_label(feature) -> bool:
