@@ -394,3 +394,13 @@ def test_the_vision_tower_of_a_whole_clip_or_siglip_checkpoint_converts(tmp_path
         with torch.no_grad():
             expected, got = reference.vision_model(pixel_values=pixels), converted(pixels)
         torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=1e-4, rtol=0)
+
+
+def test_a_siglip2_naflex_checkpoint_is_refused_by_name():
+    from transformers import Siglip2Config, Siglip2Model
+
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99)
+    vision = dict(**TRANSFORMERS_SMALL, patch_size=16, num_patches=16)
+    reference = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision))
+    with pytest.raises(ValueError, match="'siglip2_vision_model' \\(SigLIP 2's NaFlex tower"):
+        from_transformers(reference.config.to_dict(), reference.state_dict())

@@ -99,8 +99,14 @@ def from_transformers(config: dict, state_dict: dict):
     model_type = config.get("model_type")
     found = converter_for(f"transformers:{model_type}")
     if found is None:
+        naflex = (
+            " (SigLIP 2's NaFlex tower takes pictures at their own aspect ratio, which hf_vit does not yet; the "
+            "fixed-resolution SigLIP 2 checkpoints are model_type 'siglip' and convert)"
+            if model_type == "siglip2_vision_model"
+            else ""
+        )
         raise ValueError(
-            f"Unsupported transformers model_type {model_type!r}; hf_vit converts {sources('transformers')}"
+            f"Unsupported transformers model_type {model_type!r}{naflex}; hf_vit converts {sources('transformers')}"
         )
     family, key_map = found
     base = family.classifier_class.base_model_prefix
