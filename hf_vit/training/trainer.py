@@ -75,8 +75,9 @@ def resolve_resume(training_args, labels: list[str] | None = None) -> str | None
                 f"--resume_from_checkpoint {path!r} is not a whole checkpoint (no {TRAINER_STATE}: was its save cut "
                 "short?); resume from an earlier one"
             )
-    if labels is not None:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as file:
+    config = os.path.join(path, "config.json")  # an FSDP checkpoint holds shards without it: nothing to compare
+    if labels is not None and os.path.isfile(config):
+        with open(config, encoding="utf-8") as file:
             id2label = json.load(file).get("id2label", {})
         saved = [id2label[key] for key in sorted(id2label, key=int)]
         if saved != list(labels):
