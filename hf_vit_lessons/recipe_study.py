@@ -30,7 +30,8 @@ from hf_vit.data.sources import DIGITS
 from hf_vit.figures import new_figure, save_plot
 from hf_vit.processors import make_image_processor
 from hf_vit.training.arguments import FinetuneTrainingArguments
-from hf_vit.training.finetune import FinetuneModelArguments, finetune, label_fields
+from hf_vit.training.building import label_fields
+from hf_vit.training.finetune import FinetuneModelArguments, finetune
 from hf_vit.training.recipes import PLAIN, TRAINING_INGREDIENTS, RecipeArguments, flip_choice
 from hf_vit.training.trainer import ImageClassificationTrainer
 

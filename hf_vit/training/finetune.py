@@ -15,9 +15,8 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoConfig, AutoModelForImageClassification, HfArgumentParser, set_seed
+from transformers import AutoConfig, HfArgumentParser, set_seed
 
-from ..checkpoints import load_checkpoint
 from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..data import (
     DataArguments,
@@ -31,7 +30,6 @@ from ..data import (
 )
 from ..data.metrics import compute_metrics
 from ..guards import check_local_path, check_output_dir, claim_output_dir, usage_errors
-from ..processors import checkpoint_image_processor, make_image_processor, processor_size, set_processor_size
 from .arguments import (
     FinetuneTrainingArguments,
     ModelArguments,
@@ -39,6 +37,7 @@ from .arguments import (
     check_backbone_learning_rate,
     check_model_source,
 )
+from .building import build_classifier, build_image_processor, label_fields, load_teacher
 from .distributed import fsdp_requested, global_batch_size
 from .lora import LoraArguments, add_lora, check_lora_arguments, lora_targets, merged_model, trainable_fraction
 from .recipes import (
@@ -53,7 +52,7 @@ from .recipes import (
     fit_to_training,
     resolve_recipe,
 )
-from .regularisation import TeacherInputAdapter, balanced_class_weights, check_teacher_labels
+from .regularisation import balanced_class_weights, check_teacher_labels
 from .trainer import ImageClassificationTrainer, resolve_resume
 
 
@@ -131,17 +130,6 @@ def check_arguments(
     return source
 
 
-def label_fields(labels: list[str], multi_label: bool = False) -> dict:
-    """The config's label fields; multi-label data trains with BCE (`problem_type`), and `pipeline()` then returns
-    independent sigmoid scores."""
-    return dict(
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-        problem_type="multi_label_classification" if multi_label else None,
-    )
-
-
 def class_weights_for(training_args, data: TrainingData, column: str, num_labels: int):
     """`--class_weights balanced`: the weights of the training split's classes (`balanced_class_weights`); None
     without the flag."""
@@ -183,77 +171,6 @@ def run_facts(
         patch_projection=getattr(config, "patch_embedding_type", None) == "patch",
         max_steps=max(training_args.max_steps, 0),
     )
-
-
-def build_model(model_args: ModelArguments, source: ModelSource, config, image_size: int | None):
-    """A classifier from `config`: a checkpoint's weights (the head started afresh, said in one line, when the
-    checkpoint's labels are not the data's; position embeddings resampled to `image_size`) or fresh ones."""
-    if not source.from_checkpoint:
-        return source.family.classifier_class(config)
-    model = load_checkpoint(
-        AutoModelForImageClassification,
-        model_args.model_name_or_path,
-        new_heads=True,
-        config=config,
-        ignore_mismatched_sizes=True,  # another number of classes: the head's shape changes (the rest cannot)
-        attn_implementation=model_args.attn_implementation,
-        trust_remote_code=model_args.trust_remote_code,
-    )
-    checkpoint_labels, labels = list(source.config.id2label.values()), list(config.id2label.values())
-    if checkpoint_labels != labels:
-        restart_head(model)
-        print(
-            f"The checkpoint's head classifies {short_list(checkpoint_labels)}, the data has {short_list(labels)}: "
-            "the head starts afresh."
-        )
-    if image_size is not None and image_size != model.config.image_size:
-        model.set_image_size(image_size)
-    return model
-
-
-def short_list(names, shown: int = 5) -> str:
-    names = list(names)
-    return str(names) if len(names) <= shown else f"[{', '.join(map(repr, names[:shown]))}, ... ({len(names)} classes)]"
-
-
-def restart_head(model) -> None:
-    """Initialise the classifier's heads (the modules outside its base model) afresh, as a new model's."""
-    for module in model.children():
-        if module is model.base_model:
-            continue
-        for part in module.modules():
-            part._is_hf_initialized = False
-            for tensor in (*part.parameters(recurse=False), *part.buffers(recurse=False)):
-                tensor._is_hf_initialized = False
-    model.initialize_weights()  # only what is not marked initialised
-
-
-def build_image_processor(model_args: ModelArguments, model):
-    size = model.config.image_size
-    if model_args.model_name_or_path is None:
-        return make_image_processor(size, model.config.num_channels)
-    processor = checkpoint_image_processor(model_args.model_name_or_path, model.config, model_args.trust_remote_code)
-    set_processor_size(processor, size)
-    return processor
-
-
-def load_teacher(model_args: FinetuneModelArguments, model, image_processor):
-    """The frozen teacher and the adapter that turns student batches into its inputs (its size, mean, std)."""
-    teacher = load_checkpoint(
-        AutoModelForImageClassification, model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code
-    )
-    teacher_processor = checkpoint_image_processor(
-        model_args.teacher_name_or_path, teacher.config, model_args.trust_remote_code
-    )
-    channels = model.config.num_channels
-    teacher_inputs = TeacherInputAdapter(
-        image_processor.image_mean[:channels],
-        image_processor.image_std[:channels],
-        processor_size(teacher_processor),
-        teacher_processor.image_mean[:channels],
-        teacher_processor.image_std[:channels],
-    )
-    return teacher, teacher_inputs
 
 
 def save_merged(trainer, directory: str) -> None:
@@ -314,7 +231,7 @@ def finetune(
     if training_args.should_log:
         print("\n  ".join(recipe_summary))
 
-    model = build_model(model_args, source, config, data_args.image_size)
+    model = build_classifier(model_args, source, config, data_args.image_size)
     image_processor = build_image_processor(model_args, model)
     if lora_args.lora_rank is not None:
         model = add_lora(model, lora_args)

@@ -17,15 +17,14 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser, TrainerCallback, set_seed
 
-from ..checkpoints import load_checkpoint
 from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..data import DataArguments, attach_transforms, check_streaming, collate, describe_dataset, load_training_data
 from ..figures import new_figure, save_figure
 from ..guards import check_output_dir, claim_output_dir, usage_errors
 from ..models.modeling_mim import pixel_mask
-from ..processors import checkpoint_image_processor, make_image_processor
 from ..registry import FAMILIES
 from .arguments import ModelArguments, ModelSource, PretrainTrainingArguments, check_model_source
+from .building import build_image_processor, build_pretraining_model
 from .recipes import PRETRAINING, pretraining_recipe
 from .trainer import PretrainingTrainer, resolve_resume
 
@@ -111,20 +110,6 @@ def check_arguments(
     return source, method
 
 
-def build_model(model_args: ModelArguments, source: ModelSource, method: str, config):
-    """The pretraining model of `method`: a checkpoint's weights or fresh ones, with `config`."""
-    model_class = getattr(source.family, {"mae": "pretraining_class", "simmim": "masked_image_modeling_class"}[method])
-    if source.from_checkpoint:
-        return load_checkpoint(
-            model_class,
-            model_args.model_name_or_path,
-            new_heads=True,  # a classifier's or another method's checkpoint: the method's head starts afresh
-            config=config,
-            trust_remote_code=model_args.trust_remote_code,
-        )
-    return model_class(config)
-
-
 class ReconstructionPictures(TrainerCallback):
     """Draws `path` at the end of every epoch: a few validation images, what the model saw of them (masked patches
     grey) and its reconstruction, always with the same masks. Every process runs the model (sharded models need
@@ -204,14 +189,9 @@ def pretrain(
     )
     size = {} if source.from_checkpoint or data_args.image_size is None else {"image_size": data_args.image_size}
     mask = {} if recipe.mask_ratio is None else {"mask_ratio": recipe.mask_ratio}
-    model = build_model(model_args, source, method, source.with_fields(**mask, **size))
+    model = build_pretraining_model(model_args, source, method, source.with_fields(**mask, **size))
     config = model.config
-    if source.from_checkpoint:
-        image_processor = checkpoint_image_processor(
-            model_args.model_name_or_path, config, model_args.trust_remote_code
-        )
-    else:
-        image_processor = make_image_processor(config.image_size, config.num_channels)
+    image_processor = build_image_processor(model_args, model)
     attach_transforms(
         data,
         image_processor,

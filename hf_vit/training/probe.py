@@ -36,7 +36,7 @@ from ..data import DataArguments, evaluation_loader, is_multi_label, label_names
 from ..devices import inference_device, inference_precision, loader_settings
 from ..guards import UsageError, check_output_dir, replaced_atomically, usage_errors
 from .arguments import ModelArguments, check_model_source
-from .finetune import build_image_processor, build_model, label_fields
+from .building import build_classifier, build_image_processor, label_fields
 
 METHODS = ("linear", "knn", "logistic")
 RESULTS_FILE = "probe_results.json"
@@ -319,7 +319,7 @@ def probe(model_args: ModelArguments, data_args: DataArguments, probe_args: Prob
         labels = label_names(feature)
         size = {} if source.from_checkpoint or data_args.image_size is None else {"image_size": data_args.image_size}
         config = source.with_fields(**label_fields(labels), **size)
-    model = build_model(model_args, source, config, data_args.image_size).eval().requires_grad_(False)
+    model = build_classifier(model_args, source, config, data_args.image_size).eval().requires_grad_(False)
     model.to(inference_device())  # the features on the accelerator when there is one; the probes on the CPU
     image_processor = build_image_processor(model_args, model)
     train, validation = (
