@@ -10,6 +10,7 @@ key maps themselves are in `key_maps.py`.
 import argparse
 import json
 import os
+from dataclasses import dataclass, field
 
 import torch
 from huggingface_hub import HfApi, snapshot_download
@@ -19,7 +20,7 @@ from transformers import PreTrainedConfig
 from transformers.utils import logging
 
 from ..cards import public_name, write_model_card
-from ..cli import TRACEBACK_FLAG, TRACEBACK_HELP, run_command
+from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..guards import OVERWRITE_HELP, check_local_path, check_output_dir, usage_errors
 from ..processors import checkpoint_image_processor, set_processor_size, timm_image_processor
 from ..registry import FAMILIES, converter_for
@@ -227,43 +228,53 @@ EXAMPLES = """    python scripts/convert_checkpoint.py --source google/vit-base-
         --image_size 384 --window_size 12"""
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=command_line_description(), formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--source", required=True, help="a local directory or a Hub repo id")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--image_size", type=int, default=None, help="resample position embeddings to this size")
-    parser.add_argument(
-        "--window_size",
-        type=int,
-        default=None,
-        help="Swin: attention windows of this side (relative position bias tables resampled)",
-    )
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id", default=None)
-    parser.add_argument("--hub_token", default=None, help="default: HF_TOKEN or the cached login")
-    parser.add_argument("--overwrite_output_dir", action="store_true", help=OVERWRITE_HELP)
-    parser.add_argument(TRACEBACK_FLAG, action="store_true", help=TRACEBACK_HELP)
-    args = parser.parse_args(argv)
+@dataclass
+class ConvertArguments:
+    """The checkpoint to convert, where it goes, and what changes on the way."""
 
-    def body():
-        model = convert_checkpoint(
-            args.source,
-            args.output_dir,
-            args.image_size,
-            args.push_to_hub,
-            args.hub_model_id,
-            args.hub_token,
-            args.window_size,
-            args.overwrite_output_dir,
-        )
-        print(
-            f"{args.source} -> {args.output_dir}: {model.config.model_type}, {model.num_parameters():,} parameters, "
-            f"{model.config.num_labels} labels" + (f", pushed to {args.hub_model_id}" if args.push_to_hub else "")
-        )
+    _argument_group_name = "conversion"
 
-    return run_command(body, argv)
+    source: str = field(metadata={"help": "A local directory or a Hub repo id."})
+    output_dir: str = field(metadata={"help": "Where the hf_vit checkpoint goes."})
+    image_size: int | None = field(default=None, metadata={"help": "Resample the position embeddings to this size."})
+    window_size: int | None = field(
+        default=None, metadata={"help": "Swin: attention windows of this side (relative position bias resampled)."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the checkpoint to --hub_model_id."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "The Hub repo to push to."})
+    hub_token: str | None = field(default=None, metadata={"help": "Default: HF_TOKEN or the cached login."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+
+
+START_HERE = ("--source", "--output_dir")
+
+
+def parse_args(argv=None):
+    parser = grouped_parser((ConvertArguments,), START_HERE, command_line_description())
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # the examples keep their lines
+    return tuple(parse_into_dataclasses(parser, argv))
+
+
+def convert(args: ConvertArguments):
+    """`convert_checkpoint` with the command line's arguments, and its line."""
+    model = convert_checkpoint(
+        args.source,
+        args.output_dir,
+        image_size=args.image_size,
+        push_to_hub=args.push_to_hub,
+        hub_model_id=args.hub_model_id,
+        token=args.hub_token,
+        window_size=args.window_size,
+        overwrite_output_dir=args.overwrite_output_dir,
+    )
+    print(
+        f"{args.source} -> {args.output_dir}: {model.config.model_type}, {model.num_parameters():,} parameters, "
+        f"{model.config.num_labels} labels" + (f", pushed to {args.hub_model_id}" if args.push_to_hub else "")
+    )
+    return model
+
+
+main = command(parse_args, convert)
 
 
 __all__ = ["convert_checkpoint", "from_timm", "from_transformers", "main", "read_source"]

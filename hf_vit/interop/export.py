@@ -13,12 +13,13 @@ import argparse
 import inspect
 import json
 import os
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from ..checkpoints import load_checkpoint
-from ..cli import TRACEBACK_FLAG, TRACEBACK_HELP, run_command
+from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..guards import OVERWRITE_HELP, check_local_path, check_output_dir, usage_errors
 from ..models.configuration_utils import to_2tuple
 from ..processors import checkpoint_image_processor
@@ -229,36 +230,51 @@ size, or any size the CNN takes; Swin: multiples of patch_size * 2**(stages - 1)
 export fails. export_report.json records the dynamic axes and the differences."""
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=COMMAND_LINE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name_or_path", required=True, help="an hf_vit checkpoint: a directory or a Hub id")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--static_image_size", action="store_true", help="export for the traced image size only")
-    parser.add_argument(
-        "--check_sizes",
-        nargs="+",
+@dataclass
+class ExportArguments:
+    """The checkpoint to export, where the files go, and the sizes onnxruntime is checked at."""
+
+    _argument_group_name = "export"
+
+    model_name_or_path: str = field(metadata={"help": "An hf_vit checkpoint: a directory or a Hub id."})
+    output_dir: str = field(metadata={"help": "Where model.onnx, model.pt2 and the report go."})
+    static_image_size: bool = field(default=False, metadata={"help": "Export for the traced image size only."})
+    check_sizes: list[str] | None = field(
         default=None,
-        help="image sizes (a side or HxW) onnxruntime is checked at (default: the traced size and one step more)",
+        metadata={
+            "help": "Image sizes (a side or HxW) onnxruntime is checked at (default: the traced size and one more)."
+        },
     )
-    parser.add_argument("--trust_remote_code", action="store_true")
-    parser.add_argument("--overwrite_output_dir", action="store_true", help=OVERWRITE_HELP)
-    parser.add_argument(TRACEBACK_FLAG, action="store_true", help=TRACEBACK_HELP)
-    args = parser.parse_args(argv)
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the checkpoint."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
-    def body():
-        report = export_checkpoint(
-            args.model_name_or_path,
-            args.output_dir,
-            not args.static_image_size,
-            args.check_sizes,
-            args.trust_remote_code,
-            args.overwrite_output_dir,
-        )
-        worst = max(report["max_abs_difference"].values())
-        print(
-            f"{args.model_name_or_path} -> {args.output_dir}/{{{', '.join(report['files'])}}}: {report['model_type']}, "
-            f"outputs {report['outputs']}, dynamic axes {report['dynamic_axes']}; onnxruntime vs PyTorch at most "
-            f"{worst:.1e} over {list(report['max_abs_difference'])}"
-        )
 
-    return run_command(body, argv)
+START_HERE = ("--model_name_or_path", "--output_dir")
+
+
+def parse_args(argv=None):
+    parser = grouped_parser((ExportArguments,), START_HERE, COMMAND_LINE)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # the examples keep their lines
+    return tuple(parse_into_dataclasses(parser, argv))
+
+
+def export(args: ExportArguments) -> dict:
+    """`export_checkpoint` with the command line's arguments, and its line."""
+    report = export_checkpoint(
+        args.model_name_or_path,
+        args.output_dir,
+        dynamic_image_size=not args.static_image_size,
+        sizes=args.check_sizes,
+        trust_remote_code=args.trust_remote_code,
+        overwrite_output_dir=args.overwrite_output_dir,
+    )
+    worst = max(report["max_abs_difference"].values())
+    print(
+        f"{args.model_name_or_path} -> {args.output_dir}/{{{', '.join(report['files'])}}}: {report['model_type']}, "
+        f"outputs {report['outputs']}, dynamic axes {report['dynamic_axes']}; onnxruntime vs PyTorch at most "
+        f"{worst:.1e} over {list(report['max_abs_difference'])}"
+    )
+    return report
+
+
+main = command(parse_args, export)
