@@ -84,12 +84,10 @@ LOCK_FILE = ".hf_vit-run.lock"  # held by the run writing into an output directo
 def claim_output_dir(output_dir: str):
     """Make `output_dir` and hold an exclusive lock on it for as long as the returned file stays open (the process's
     life at most: the system lets go of a dead process's lock): a second run started into the same directory at the
-    same time is refused, rather than both writing into it. A path that is a file, or a directory that cannot be
-    written, is refused here, before any work."""
+    same time is refused, rather than both writing into it. The jobs call it after `check_output_dir`, which names a
+    path that is a file or a folder that cannot be written before any work."""
     import fcntl
 
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise NotADirectoryError(f"--output_dir {output_dir!r} is a file, not a directory")
     try:
         os.makedirs(output_dir, exist_ok=True)
         lock = open(os.path.join(output_dir, LOCK_FILE), "a", encoding="utf-8")

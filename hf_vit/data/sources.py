@@ -266,50 +266,42 @@ def load_splits(
         raise ValueError(f"The dataset has no 'train' split; it has {list(splits)}")
     check_columns(splits, columns, args.train_dir if args.dataset_name is None else None)
     splits = DatasetDict({name: split.select_columns(list(columns)) for name, split in splits.items()})
-    if "train" not in splits:
-        return evaluation_split(splits, args)
-    if not len(splits["train"]):
+    name = evaluation_split_name(splits)
+    if "train" not in splits:  # evaluation only, from an evaluation split alone
+        splits = DatasetDict(validation=splits[name])
+    elif not len(splits["train"]):
         raise ValueError(f"The dataset's train split has no images (columns {list(columns)})")
-    train, name = splits["train"], evaluation_split_name(splits)
-    if name is None:
-        parts = train.train_test_split(test_size=args.train_val_split, seed=seed)
-        train, validation = parts["train"], parts["test"]
+    elif name is None:
+        parts = splits["train"].train_test_split(test_size=args.train_val_split, seed=seed)
+        splits = DatasetDict(train=parts["train"], validation=parts["test"])
     else:
-        validation = splits[name]
-    splits = DatasetDict(train=train, validation=validation)
+        splits = DatasetDict(train=splits["train"], validation=splits[name])
+    has_train = "train" in splits
 
-    label_feature = train.features[args.label_column_name] if labelled else None
+    # the classes are named by the training split when there is one
+    label_feature = (
+        splits["train" if has_train else "validation"].features[args.label_column_name] if labelled else None
+    )
     if labelled and (is_multi_label(label_feature) or args.label_separator is not None):
+        if not has_train:
+            raise ValueError(
+                "Multi-label data is evaluated with the training split beside it (its classes are named there)"
+            )
         splits = encode_multi_label(splits, args.label_column_name, args.label_separator)
     elif labelled and not isinstance(label_feature, ClassLabel):
         splits = splits.class_encode_column(args.label_column_name)
-    encoded = splits["train"].features[args.label_column_name] if labelled else None
-    if labelled and args.train_dir is not None and args.dataset_name is None and not is_multi_label(encoded):
-        check_class_folders(args.train_dir, splits["train"], args.label_column_name)
-    if args.max_train_samples is not None:
-        splits["train"] = splits["train"].shuffle(seed=seed).select(range(min(args.max_train_samples, len(train))))
+    if has_train:
+        encoded = splits["train"].features[args.label_column_name] if labelled else None
+        if labelled and args.train_dir is not None and args.dataset_name is None and not is_multi_label(encoded):
+            check_class_folders(args.train_dir, splits["train"], args.label_column_name)
+        if args.max_train_samples is not None:
+            count = min(args.max_train_samples, len(splits["train"]))
+            splits["train"] = splits["train"].shuffle(seed=seed).select(range(count))
     if args.max_eval_samples is not None:
         count = min(args.max_eval_samples, len(splits["validation"]))
         splits["validation"] = splits["validation"].select(range(count))
     splits = splits.cast_column(args.image_column_name, Image(decode=False))
     return drop_unreadable(splits, args)
-
-
-def evaluation_split(splits: DatasetDict, args: DataArguments) -> DatasetDict:
-    """An evaluation split on its own (`load_splits(evaluation_only=True)` without a training split), labels
-    encoded, images checked: DatasetDict(validation=...)."""
-    validation = splits[evaluation_split_name(splits)]
-    splits = DatasetDict(validation=validation)
-    feature = validation.features[args.label_column_name]
-    if is_multi_label(feature) or args.label_separator is not None:
-        raise ValueError(
-            "Multi-label data is evaluated with the training split beside it (its classes are named there)"
-        )
-    if not isinstance(feature, ClassLabel):
-        splits = splits.class_encode_column(args.label_column_name)
-    if args.max_eval_samples is not None:
-        splits["validation"] = splits["validation"].select(range(min(args.max_eval_samples, len(validation))))
-    return drop_unreadable(splits.cast_column(args.image_column_name, Image(decode=False)), args)
 
 
 def drop_unreadable(splits: DatasetDict, args: DataArguments) -> DatasetDict:

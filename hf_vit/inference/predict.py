@@ -161,17 +161,16 @@ def predict(args: PredictArguments) -> dict:
             read = [(path, picture, pixel_values) for path, picture, pixel_values, error in batch if error is None]
             if not read:
                 continue
-            pictures = {path: picture for path, picture, _ in read}
             pixel_values = torch.stack([pixel_values for _, _, pixel_values in read])
             scores, heat = classify(model, pixel_values, args.attention_maps is not None)
             top = scores.topk(top_k, dim=1)
-            for row, (path, picture) in enumerate(pictures.items()):
+            for row, (path, picture, _) in enumerate(read):
                 labels = [names[int(i)] for i in top.indices[row]]
                 table.write(path, labels, [round(float(s), 6) for s in top.values[row]])
                 if heat is not None:
                     picture_overlay = attention_overlay(picture, heat[row], image_processor)
                     picture_overlay.save(os.path.join(args.attention_maps, overlay_name(path, root)))
-            predicted += len(pictures)
+            predicted += len(read)
     if skipped:
         listed = "; ".join(f"{path}: {reason}" for path, reason in skipped[:10])
         more = " ..." if len(skipped) > 10 else ""

@@ -199,18 +199,22 @@ TRANSFORMERS_AIMV2_RULES = [
     (r"^aimv2\.head\.", r"{base}.pooler."),
 ]
 
-# transformers' CLIPVisionModel: a pre-norm (CLIP's `pre_layrnorm`), the final norm on the pooled token only.
 _CLIP_BLOCK = r"^vision_model\.encoder\.layers\.(\d+)\."
-TRANSFORMERS_CLIP_RULES = [
-    (r"^vision_model\.embeddings\.class_embedding$", r"{base}.embeddings.cls_token"),
-    (r"^vision_model\.embeddings\.patch_embedding\.", r"{base}.patch_embeddings.projection."),
-    (r"^vision_model\.embeddings\.position_embedding\.weight$", r"{base}.embeddings.position_embeddings"),
-    (r"^vision_model\.pre_layrnorm\.", r"{base}.pre_norm."),
+# the blocks and the final norm, named alike in transformers' CLIP and SigLIP vision towers
+_CLIP_ENCODER_RULES = [
     (_CLIP_BLOCK + r"self_attn\.out_proj\.", r"{base}.encoder.layers.\1.attention.proj."),
     (_CLIP_BLOCK + r"self_attn\.", r"{base}.encoder.layers.\1.attention."),
     (_CLIP_BLOCK + r"layer_norm([12])\.", r"{base}.encoder.layers.\1.norm\2."),
     (_CLIP_BLOCK + r"mlp\.", r"{base}.encoder.layers.\1.mlp."),
     (r"^vision_model\.post_layernorm\.", r"{base}.layernorm."),
+]
+# transformers' CLIPVisionModel: a pre-norm (CLIP's `pre_layrnorm`), the final norm on the pooled token only.
+TRANSFORMERS_CLIP_RULES = [
+    (r"^vision_model\.embeddings\.class_embedding$", r"{base}.embeddings.cls_token"),
+    (r"^vision_model\.embeddings\.patch_embedding\.", r"{base}.patch_embeddings.projection."),
+    (r"^vision_model\.embeddings\.position_embedding\.weight$", r"{base}.embeddings.position_embeddings"),
+    (r"^vision_model\.pre_layrnorm\.", r"{base}.pre_norm."),
+    *_CLIP_ENCODER_RULES,
 ]
 
 # transformers' SiglipVisionModel: no class token, the final norm on every token, then the attention-pooling head
@@ -218,7 +222,7 @@ TRANSFORMERS_CLIP_RULES = [
 TRANSFORMERS_SIGLIP_RULES = [
     (r"^vision_model\.embeddings\.patch_embedding\.", r"{base}.patch_embeddings.projection."),
     (r"^vision_model\.embeddings\.position_embedding\.weight$", r"{base}.embeddings.position_embeddings"),
-    *TRANSFORMERS_CLIP_RULES[4:],
+    *_CLIP_ENCODER_RULES,
     (r"^vision_model\.head\.probe$", r"{base}.pooler.probe"),
     (r"^vision_model\.head\.attention\.out_proj\.", r"{base}.pooler.proj."),
     (r"^vision_model\.head\.(q|kv)\.", r"{base}.pooler.\1."),

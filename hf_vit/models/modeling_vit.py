@@ -400,12 +400,16 @@ class HfViTModel(HfViTPreTrainedModel):
         self.layernorm = norm(dim)
         self.pooler = None
         if config.pooling == "map":
-            mlp = Mlp(dim, config.intermediate_size, config.hidden_act, config.hidden_dropout_prob)
+            mlp = (
+                Mlp(dim, config.intermediate_size, config.hidden_act, config.hidden_dropout_prob)
+                if config.pooling_mlp
+                else None
+            )
             self.pooler = AttentionPooling(
                 config,
                 dim,
                 config.pooling_num_heads or config.num_attention_heads,
-                mlp if config.pooling_mlp else None,
+                mlp,
                 config.qkv_bias,
                 config.pooling_query_projection,
                 norm,

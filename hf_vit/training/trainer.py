@@ -15,7 +15,7 @@ import torch
 from datasets import IterableDataset
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 from transformers.utils import logging
 
 from ..cards import CURVES_FILE, plot_training_curves, write_model_card
@@ -39,18 +39,8 @@ TRAINER_STATE = "trainer_state.json"  # the last file the Trainer writes into a 
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """The checkpoint of `output_dir` with the most steps whose save finished (a run killed while saving leaves one
     without `TRAINER_STATE`), or None."""
-    if not os.path.isdir(output_dir):
-        return None
-    steps = {}
-    for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
-        number = name[len(PREFIX_CHECKPOINT_DIR) + 1 :]
-        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and number.isdecimal() and os.path.isdir(path):
-            steps[int(number)] = path
-    whole = [
-        steps[step] for step in sorted(steps, reverse=True) if os.path.isfile(os.path.join(steps[step], TRAINER_STATE))
-    ]
-    return whole[0] if whole else None
+    whole = [path for path in sort_checkpoints(output_dir) if os.path.isfile(os.path.join(path, TRAINER_STATE))]
+    return whole[-1] if whole else None
 
 
 def resolve_resume(training_args, labels: list[str] | None = None) -> str | None:
