@@ -10,7 +10,7 @@ key maps themselves are in `key_maps.py`.
 import argparse
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from huggingface_hub import HfApi, snapshot_download
@@ -164,7 +164,7 @@ def convert_checkpoint(
     image_size: int | None = None,
     push_to_hub: bool = False,
     hub_model_id: str | None = None,
-    token: str | None = None,
+    hub_token: str | None = None,
     window_size: int | None = None,
     overwrite_output_dir: bool = False,
 ):
@@ -203,7 +203,7 @@ def convert_checkpoint(
     template = FAMILIES[model.config.model_type].card_template
     write_model_card(output_dir, model, template, source=f"converted from {public_name(source)}", load_id=hub_model_id)
     if push_to_hub:
-        api = HfApi(token=token)
+        api = HfApi(token=hub_token)
         api.create_repo(hub_model_id, exist_ok=True)
         api.upload_folder(folder_path=output_dir, repo_id=hub_model_id, commit_message=f"Convert {source} with hf_vit")
     return model
@@ -257,16 +257,7 @@ def parse_args(argv=None):
 
 def convert(args: ConvertArguments):
     """`convert_checkpoint` with the command line's arguments, and its line."""
-    model = convert_checkpoint(
-        args.source,
-        args.output_dir,
-        image_size=args.image_size,
-        push_to_hub=args.push_to_hub,
-        hub_model_id=args.hub_model_id,
-        token=args.hub_token,
-        window_size=args.window_size,
-        overwrite_output_dir=args.overwrite_output_dir,
-    )
+    model = convert_checkpoint(**asdict(args))
     print(
         f"{args.source} -> {args.output_dir}: {model.config.model_type}, {model.num_parameters():,} parameters, "
         f"{model.config.num_labels} labels" + (f", pushed to {args.hub_model_id}" if args.push_to_hub else "")

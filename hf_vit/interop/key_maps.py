@@ -56,49 +56,39 @@ TIMM_VIT_RULES = [
     (r"^head\.", r"{head}."),
 ]
 
-# transformers' ViT / DeiT. Both the v5 names (q_proj, layers.N) and the names the checkpoints on the Hub were
-# saved with (encoder.layer.N.attention.attention.query, ...) are accepted.
+
+def transformers_layer_rules(block: str, target: str, attention: str = r"attention\.(?:attention\.)?") -> list:
+    """The rules of one transformers ViT-style layer (ViTLayer, SwinLayer, the MAE decoder's): both the v5 names
+    (q_proj, o_proj, mlp.fc1) and those the Hub's checkpoints were saved with (attention.attention.query,
+    intermediate.dense, ...). `block` matches the layer's prefix, `target` is hf_vit's, with the same groups;
+    `attention` is what stands before the q/k/v projections."""
+    projection = r"(?P<projection>query|key|value|q_proj|k_proj|v_proj)\."
+    return [
+        (block + attention + projection, target + r"attention.\g<projection>."),
+        (block + r"attention\.(?:output\.dense|o_proj)\.", target + "attention.proj."),
+        (block + r"layernorm_before\.", target + "norm1."),
+        (block + r"layernorm_after\.", target + "norm2."),
+        (block + r"(?:intermediate\.dense|mlp\.fc1)\.", target + "mlp.fc1."),
+        (block + r"(?:output\.dense|mlp\.fc2)\.", target + "mlp.fc2."),
+    ]
+
+
+# transformers' ViT / DeiT, under either prefix, with `encoder.layer.N` (the Hub's) or `layers.N` (v5) blocks.
 TRANSFORMERS_VIT_RULES = [
     (r"^(vit|deit)\.embeddings\.patch_embeddings\.", r"{base}.patch_embeddings."),
     (r"^(vit|deit)\.embeddings\.", r"{base}.embeddings."),
-    (
-        r"^(vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.",
-        r"{base}.encoder.layers.\2.attention.\3.",
-    ),
-    (
-        r"^(vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:output\.dense|o_proj)\.",
-        r"{base}.encoder.layers.\2.attention.proj.",
-    ),
-    (r"^(vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"{base}.encoder.layers.\2.norm1."),
-    (r"^(vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"{base}.encoder.layers.\2.norm2."),
-    (
-        r"^(vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.(?:intermediate\.dense|mlp\.fc1)\.",
-        r"{base}.encoder.layers.\2.mlp.fc1.",
-    ),
-    (
-        r"^(vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.(?:output\.dense|mlp\.fc2)\.",
-        r"{base}.encoder.layers.\2.mlp.fc2.",
-    ),
+    *transformers_layer_rules(r"^(?:vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.", r"{base}.encoder.layers.\1."),
     (r"^(vit|deit)\.layernorm\.", r"{base}.layernorm."),
     (r"^(classifier|cls_classifier)\.", r"{head}."),
     (r"^distillation_classifier\.", r"distillation_classifier."),
 ]
 
-# transformers' ViTMAE: the ViT encoder's names (above), and the decoder's: v5 names, the Hub checkpoints'
-# (decoder_layers.N.attention.attention.query, ...) and those transformers 5 saves (decoder_encoder.layer.N...).
-_MAE_DECODER_BLOCK = r"^decoder\.(?:decoder_layers|decoder_encoder\.layer)\.(\d+)\."
+# transformers' ViTMAE: the ViT encoder's names (above), and the decoder's, in the names of v5, of the Hub
+# checkpoints and of those transformers 5 saves (decoder_encoder.layer.N...).
 TRANSFORMERS_VIT_MAE_RULES = TRANSFORMERS_VIT_RULES + [
     (r"^decoder\.decoder_embed\.", r"decoder.embed."),
     (r"^decoder\.decoder_pos_embed$", r"decoder.position_embeddings"),
-    (
-        _MAE_DECODER_BLOCK + r"attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.",
-        r"decoder.layers.\1.attention.\2.",
-    ),
-    (_MAE_DECODER_BLOCK + r"attention\.(?:output\.dense|o_proj)\.", r"decoder.layers.\1.attention.proj."),
-    (_MAE_DECODER_BLOCK + r"layernorm_before\.", r"decoder.layers.\1.norm1."),
-    (_MAE_DECODER_BLOCK + r"layernorm_after\.", r"decoder.layers.\1.norm2."),
-    (_MAE_DECODER_BLOCK + r"(?:intermediate\.dense|mlp\.fc1)\.", r"decoder.layers.\1.mlp.fc1."),
-    (_MAE_DECODER_BLOCK + r"(?:output\.dense|mlp\.fc2)\.", r"decoder.layers.\1.mlp.fc2."),
+    *transformers_layer_rules(r"^decoder\.(?:decoder_layers|decoder_encoder\.layer)\.(\d+)\.", r"decoder.layers.\1."),
     (r"^decoder\.decoder_norm\.", r"decoder.norm."),
     (r"^decoder\.decoder_pred\.", r"decoder.prediction."),
 ]
@@ -110,13 +100,9 @@ _DINOV2_BLOCK = r"^(?:dinov2|dinov2_with_registers)\.encoder\.layer\.(\d+)\."
 TRANSFORMERS_DINOV2_RULES = [
     (r"^(?:dinov2|dinov2_with_registers)\.embeddings\.patch_embeddings\.", r"{base}.patch_embeddings."),
     (r"^(?:dinov2|dinov2_with_registers)\.embeddings\.", r"{base}.embeddings."),
-    (
-        _DINOV2_BLOCK + r"attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.",
-        r"{base}.encoder.layers.\1.attention.\2.",
-    ),
-    (_DINOV2_BLOCK + r"attention\.(?:output\.dense|o_proj)\.", r"{base}.encoder.layers.\1.attention.proj."),
+    *transformers_layer_rules(_DINOV2_BLOCK, r"{base}.encoder.layers.\1."),
     (_DINOV2_BLOCK + r"layer_scale([12])\.lambda1$", r"{base}.encoder.layers.\1.layer_scale\2.gamma"),
-    (_DINOV2_BLOCK + r"(norm[12]|mlp\.fc[12])\.", r"{base}.encoder.layers.\1.\2."),
+    (_DINOV2_BLOCK + r"(norm[12])\.", r"{base}.encoder.layers.\1.\2."),
     (r"^(?:dinov2|dinov2_with_registers)\.layernorm\.", r"{base}.layernorm."),
     (r"^classifier\.", r"{head}."),
 ]
@@ -143,18 +129,10 @@ _SWIN_BLOCK = r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\."
 TRANSFORMERS_SWIN_RULES = [
     (r"^swin\.embeddings\.", r"{base}.embeddings."),
     (
-        _SWIN_BLOCK + r"attention\.(?:self\.)?(query|key|value|q_proj|k_proj|v_proj)\.",
-        r"{base}.stages.\1.blocks.\2.attention.\3.",
-    ),
-    (_SWIN_BLOCK + r"attention\.(?:output\.dense|o_proj)\.", r"{base}.stages.\1.blocks.\2.attention.proj."),
-    (
         _SWIN_BLOCK + r"attention\.(?:self|relative_position_bias)\.relative_position_bias_table$",
         r"{base}.stages.\1.blocks.\2.attention.relative_position_bias_table",
     ),
-    (_SWIN_BLOCK + r"layernorm_before\.", r"{base}.stages.\1.blocks.\2.norm1."),
-    (_SWIN_BLOCK + r"layernorm_after\.", r"{base}.stages.\1.blocks.\2.norm2."),
-    (_SWIN_BLOCK + r"(?:intermediate\.dense|mlp\.fc1)\.", r"{base}.stages.\1.blocks.\2.mlp.fc1."),
-    (_SWIN_BLOCK + r"(?:output\.dense|mlp\.fc2)\.", r"{base}.stages.\1.blocks.\2.mlp.fc2."),
+    *transformers_layer_rules(_SWIN_BLOCK, r"{base}.stages.\1.blocks.\2.", attention=r"attention\.(?:self\.)?"),
     (r"^swin\.encoder\.layers\.(\d+)\.downsample\.", _next_stage),
     (r"^swin\.layernorm\.", r"{base}.layernorm."),
     (r"^classifier\.", r"{head}."),

@@ -15,15 +15,23 @@ SMALL_RESNET_32 = dict(
     model_type="resnet", embedding_size=32, hidden_sizes=[32], depths=[1], layer_type="basic", out_features=["stage1"]
 )
 
+
+def _encoder(hidden_size: int, depth: int, heads: int, image_size: int) -> dict:
+    """The transformer's fields of a hybrid preset (MLP 4x the width)."""
+    return dict(
+        hidden_size=hidden_size,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden_size,
+        image_size=image_size,
+    )
+
+
 HYBRID_PRESETS = {
     # The article's HybridViT: ResNet-50 cut after its last stage (224 px -> 7x7x2048, 49 + 1 tokens), d_model 768.
     "vit-hybrid-resnet50-224": dict(
         backbone_config=dict(model_type="resnet", out_features=["stage4"]),
-        hidden_size=768,
-        num_hidden_layers=6,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        image_size=224,
+        **_encoder(768, 6, 12, image_size=224),
     ),
     # ResNet-18's first three stages (stride 16, 14x14 tokens at 224 px) under a ViT-S/16-sized encoder.
     "vit-hybrid-resnet18-224": dict(
@@ -34,20 +42,12 @@ HYBRID_PRESETS = {
             hidden_sizes=[64, 128, 256],
             out_features=["stage3"],
         ),
-        hidden_size=384,
-        num_hidden_layers=12,
-        num_attention_heads=6,
-        intermediate_size=1536,
-        image_size=224,
+        **_encoder(384, 12, 6, image_size=224),
     ),
     # The article's CIFAR encoder (d_model 128, 4 heads, 4 layers, d_ff 512) on the small ResNet above.
     "vit-hybrid-resnet-tiny-32": dict(
         backbone_config=SMALL_RESNET_32,
-        hidden_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=512,
-        image_size=32,
+        **_encoder(128, 4, 4, image_size=32),
     ),
 }
 

@@ -132,6 +132,11 @@ class HfSwinConfig(PresetsMixin, DefaultStagesMixin, BackboneConfigMixin, PreTra
         super().__post_init__(**kwargs)
 
     @property
+    def pooled_size(self) -> int:
+        """Width of `pooler_output`, the head's input: the average of the last stage's map."""
+        return self.hidden_size
+
+    @property
     def total_stride(self) -> int:
         """Pixels per token of the last stage, patch_size * 2**(stages - 1): image sides that are multiples of it
         go through every stage without padding."""

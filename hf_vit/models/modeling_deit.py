@@ -58,21 +58,20 @@ def deit_loss(cls_logits, distillation_logits, labels, teacher_logits, config) -
     return (1 - alpha) * label_loss + alpha * distillation
 
 
-class HfDeiTModel(HfViTModel):
-    """The ViT encoder with a distillation token: `last_hidden_state` (B, 2 + N, C), [:, 0] CLS, [:, 1] distillation."""
-
+class HfDeiTPreTrainedModel(HfViTPreTrainedModel):
     config: HfDeiTConfig
     config_class = HfDeiTConfig
     base_model_prefix = "deit"
+
+
+class HfDeiTModel(HfDeiTPreTrainedModel, HfViTModel):
+    """The ViT encoder with a distillation token: `last_hidden_state` (B, 2 + N, C), [:, 0] CLS, [:, 1] distillation."""
+
     has_distillation_token = True
 
 
-class HfDeiTForImageClassification(HfViTPreTrainedModel):
+class HfDeiTForImageClassification(HfDeiTPreTrainedModel):
     """DeiT with its two heads: (B, C, H, W) -> logits (B, num_labels), the mean of both heads."""
-
-    config: HfDeiTConfig
-    config_class = HfDeiTConfig
-    base_model_prefix = "deit"
 
     def __init__(self, config: HfDeiTConfig):
         super().__init__(config)
@@ -125,21 +124,15 @@ class HfDeiTForImageClassification(HfViTPreTrainedModel):
             head.bias.copy_(bias)
 
 
-class HfDeiTForPreTraining(HfViTForPreTraining):
+class HfDeiTForPreTraining(HfDeiTPreTrainedModel, HfViTForPreTraining):
     """MAE on the DeiT encoder: `HfViTForPreTraining` whose decoder also carries the distillation token."""
 
-    config: HfDeiTConfig
-    config_class = HfDeiTConfig
-    base_model_prefix = "deit"
     base_model_class = HfDeiTModel
 
 
-class HfDeiTBackbone(HfViTBackbone):
+class HfDeiTBackbone(HfDeiTPreTrainedModel, HfViTBackbone):
     """`HfViTBackbone` on the DeiT encoder (CLS and distillation tokens dropped from the maps)."""
 
-    config: HfDeiTConfig
-    config_class = HfDeiTConfig
-    base_model_prefix = "deit"
     base_model_class = HfDeiTModel
 
 
@@ -149,5 +142,6 @@ __all__ = [
     "HfDeiTForPreTraining",
     "HfDeiTImageClassifierOutput",
     "HfDeiTModel",
+    "HfDeiTPreTrainedModel",
     "deit_loss",
 ]

@@ -176,6 +176,49 @@ def simmim_decoder(dim: int, stride: int, num_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(dim, stride**2 * num_channels, kernel_size=1), nn.PixelShuffle(stride))
 
 
+class SimMIMMixin:
+    """SimMIM's forward, as the families' heads share it. The family builds `self.decoder` (`simmim_decoder`) and
+    gives `mask_unit` (the patch side in px, what a mask entry covers), `default_mask_block` (px, used when
+    `config.mask_patch_size` is unset) and `encode_masked` (the encoder's output and the (B, C, h, w) map to
+    decode)."""
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SimMIMOutput | tuple:
+        """bool_masked_pos (B, N) over the patches (N = ceil(H / p) * ceil(W / p)), True for masked ones (default:
+        random blocks of `config.mask_patch_size` px, `config.mask_ratio` of them, SimMIM's masks)."""
+        config, unit = self.config, self.mask_unit
+        return_dict = config.return_dict if return_dict is None else return_dict
+        if bool_masked_pos is None:
+            grid = tuple(-(-side // unit) for side in pixel_values.shape[-2:])
+            block = (config.mask_patch_size or self.default_mask_block) // unit
+            bool_masked_pos = random_block_mask(
+                pixel_values.shape[0], grid, block, config.mask_ratio, pixel_values.device
+            )
+        features, maps = self.encode_masked(
+            pixel_values, bool_masked_pos, interpolate_pos_encoding, output_attentions, output_hidden_states
+        )
+        reconstruction = self.decoder(maps)[..., : pixel_values.shape[-2], : pixel_values.shape[-1]]
+        output = SimMIMOutput(
+            loss=simmim_loss(pixel_values.to(reconstruction.dtype), reconstruction, bool_masked_pos, unit),
+            reconstruction=reconstruction,
+            mask=bool_masked_pos.bool(),
+            hidden_states=features.hidden_states,
+            attentions=features.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def reconstruct(self, pixel_values: torch.Tensor, output: SimMIMOutput) -> torch.Tensor:
+        """(B, C, H, W): the input where the patches were visible, the reconstruction where they were masked."""
+        return simmim_reconstruction(pixel_values, output.reconstruction, output.mask, self.mask_unit)
+
+
 # What only a pretraining head holds: MAE's and SimMIM's decoders, SimMIM's mask token.
 PRETRAINING_HEAD_KEYS = re.compile(r"(^|\.)decoder\.|(^|\.)embeddings\.mask_token$")
 

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
-from transformers.modeling_outputs import BackboneOutput
 from transformers.utils import ModelOutput
 
 from .configuration_swin import HfSwinConfig
@@ -31,16 +29,13 @@ from .layers import (
 )
 from .modeling_mim import (
     PretrainingHeadLoading,
-    SimMIMOutput,
-    random_block_mask,
+    SimMIMMixin,
     simmim_decoder,
-    simmim_loss,
-    simmim_reconstruction,
 )
 from .modeling_utils import (
+    BackboneForwardMixin,
+    ImagePreTrainedModel,
     LinearClassifierMixin,
-    ParameterGroupsMixin,
-    backbone_output,
     check_pixel_values,
     resolve_output_flags,
 )
@@ -337,13 +332,10 @@ class HfSwinModelOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-class HfSwinPreTrainedModel(ParameterGroupsMixin, PretrainingHeadLoading, PreTrainedModel):
+class HfSwinPreTrainedModel(PretrainingHeadLoading, ImagePreTrainedModel):
     config: HfSwinConfig
     config_class = HfSwinConfig
     base_model_prefix = "swin"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["SwinEmbeddings", "PreNormBlock", "PatchMerging"]
     # The windows are folded into the heads dimension, which SDPA and eager treat as a batch; kernels that lay
     # out heads themselves (flash, flex) are not wired up.
@@ -469,11 +461,6 @@ class HfSwinForImageClassification(LinearClassifierMixin, HfSwinPreTrainedModel)
 
     base_model_class = HfSwinModel
 
-    def __init__(self, config: HfSwinConfig):
-        super().__init__(config)
-        self.add_head(config, config.hidden_size)
-        self.post_init()
-
     def encode_for_head(self, pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states):
         """The base model's output; Swin takes any size, so `interpolate_pos_encoding` changes nothing."""
         return self.swin(
@@ -484,7 +471,7 @@ class HfSwinForImageClassification(LinearClassifierMixin, HfSwinPreTrainedModel)
         )
 
 
-class HfSwinForMaskedImageModeling(HfSwinPreTrainedModel):
+class HfSwinForMaskedImageModeling(SimMIMMixin, HfSwinPreTrainedModel):
     """SimMIM (Xie et al. 2022, "A Simple Framework for Masked Image Modeling"), made for Swin: masked patches become
     a learned mask token, a 1x1 convolution and a pixel shuffle reconstruct the image from the last stage's map
     (stride `config.total_stride`), L1 on the masked pixels. (B, C, H, W) -> `SimMIMOutput` (loss, reconstruction,
@@ -493,28 +480,15 @@ class HfSwinForMaskedImageModeling(HfSwinPreTrainedModel):
     def __init__(self, config: HfSwinConfig):
         super().__init__(config)
         self.swin = HfSwinModel(config, use_mask_token=True)
+        self.mask_unit, self.default_mask_block = config.patch_size, config.total_stride
         self.decoder = simmim_decoder(config.hidden_size, config.total_stride, config.num_channels)
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        bool_masked_pos: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> SimMIMOutput | tuple:
-        """bool_masked_pos (B, h * w) over the patches, h = ceil(H / patch_size), True for masked ones (default:
-        random blocks of `config.mask_patch_size` px, `config.mask_ratio` of them, SimMIM's masks)."""
-        config = self.config
-        return_dict = config.return_dict if return_dict is None else return_dict
-        height, width = pixel_values.shape[-2:]
-        if bool_masked_pos is None:
-            grid = (-(-height // config.patch_size), -(-width // config.patch_size))
-            block = (config.mask_patch_size or config.total_stride) // config.patch_size
-            bool_masked_pos = random_block_mask(
-                pixel_values.shape[0], grid, block, config.mask_ratio, pixel_values.device
-            )
+    def encode_masked(
+        self, pixel_values, bool_masked_pos, interpolate_pos_encoding, output_attentions, output_hidden_states
+    ):
+        """The encoder's output and its last stage's (B, C, h, w) map; Swin takes any size, so
+        `interpolate_pos_encoding` changes nothing."""
         features = self.swin(
             pixel_values,
             output_attentions=output_attentions,
@@ -522,24 +496,11 @@ class HfSwinForMaskedImageModeling(HfSwinPreTrainedModel):
             return_dict=True,
             bool_masked_pos=bool_masked_pos,
         )
-        last_map = (-(-height // config.total_stride), -(-width // config.total_stride))
-        reconstruction = self.decoder(features.last_hidden_state.transpose(1, 2).unflatten(2, last_map))
-        reconstruction = reconstruction[..., :height, :width]
-        output = SimMIMOutput(
-            loss=simmim_loss(pixel_values.to(reconstruction.dtype), reconstruction, bool_masked_pos, config.patch_size),
-            reconstruction=reconstruction,
-            mask=bool_masked_pos.bool(),
-            hidden_states=features.hidden_states,
-            attentions=features.attentions,
-        )
-        return output if return_dict else output.to_tuple()
-
-    def reconstruct(self, pixel_values: torch.Tensor, output: SimMIMOutput) -> torch.Tensor:
-        """(B, C, H, W): the input where the patches were visible, the reconstruction where they were masked."""
-        return simmim_reconstruction(pixel_values, output.reconstruction, output.mask, self.config.patch_size)
+        last_map = tuple(-(-side // self.config.total_stride) for side in pixel_values.shape[-2:])
+        return features, features.last_hidden_state.transpose(1, 2).unflatten(2, last_map)
 
 
-class HfSwinBackbone(BackboneMixin, HfSwinPreTrainedModel):
+class HfSwinBackbone(BackboneForwardMixin, BackboneMixin, HfSwinPreTrainedModel):
     """Dense-prediction backbone: normalised (B, C, H / s, W / s) maps of `config.out_features` (stem and stage1:
     s = 4, stage2: 8, stage3: 16, stage4: 32) for detection and segmentation heads."""
 
@@ -555,13 +516,8 @@ class HfSwinBackbone(BackboneMixin, HfSwinPreTrainedModel):
         )
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> BackboneOutput | tuple:
+    def feature_maps(self, pixel_values: torch.Tensor, output_attentions: bool | None):
+        """The chosen stages' maps, each through its own LayerNorm, the hidden states (as maps) and attentions."""
         outputs = self.swin(
             pixel_values, output_attentions=output_attentions, output_hidden_states=True, return_dict=True
         )
@@ -570,14 +526,7 @@ class HfSwinBackbone(BackboneMixin, HfSwinPreTrainedModel):
             for stage, hidden_state in zip(self.stage_names, outputs.reshaped_hidden_states)
             if stage in self.out_features
         )
-        return backbone_output(
-            self.config,
-            feature_maps,
-            outputs.reshaped_hidden_states,
-            outputs.attentions,
-            output_hidden_states,
-            return_dict,
-        )
+        return feature_maps, outputs.reshaped_hidden_states, outputs.attentions
 
 
 __all__ = [

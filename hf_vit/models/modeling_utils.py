@@ -11,6 +11,7 @@ import re
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import BackboneOutput, ImageClassifierOutput
 
 from .configuration_utils import to_2tuple
@@ -108,25 +109,42 @@ def classifier_output(logits, labels, features, config, return_dict: bool):
     return output if return_dict else output.to_tuple()
 
 
-def backbone_output(config, feature_maps, hidden_states, attentions, output_hidden_states, return_dict):
-    """The `BackboneOutput` (or tuple) of a backbone: its maps, and the hidden states when the call (else the
-    config) asks for them."""
-    return_dict = config.return_dict if return_dict is None else return_dict
-    output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
-    output = BackboneOutput(
-        feature_maps=feature_maps, hidden_states=hidden_states if output_hidden_states else None, attentions=attentions
-    )
-    return output if return_dict else output.to_tuple()
+class BackboneForwardMixin:
+    """The `forward` of a dense-prediction backbone (ViT, the hybrid, Swin): the family implements
+    `feature_maps(pixel_values, output_attentions) -> (maps, hidden_states, attentions)`."""
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BackboneOutput | tuple:
+        """pixel_values (B, C, H, W) -> `BackboneOutput`: (B, C_i, H / s_i, W / s_i) maps of `config.out_features`,
+        and the hidden states when the call (else the config) asks for them."""
+        config = self.config
+        return_dict = config.return_dict if return_dict is None else return_dict
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        feature_maps, hidden_states, attentions = self.feature_maps(pixel_values, output_attentions)
+        output = BackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=hidden_states if output_hidden_states else None,
+            attentions=attentions,
+        )
+        return output if return_dict else output.to_tuple()
 
 
 class LinearClassifierMixin:
     """A classifier whose linear head reads the base model's `pooler_output` (ViT, the hybrid, Swin): the head and
     `forward` they share; the class sets `base_model_class` and implements `encode_for_head`."""
 
-    def add_head(self, config, width: int) -> None:
-        """The base model under `base_model_prefix`, and a (width -> num_labels) head (none for num_labels=0)."""
+    def __init__(self, config):
+        """The base model under `base_model_prefix`, and a (config.pooled_size -> num_labels) head (none for
+        num_labels=0)."""
+        super().__init__(config)
         setattr(self, self.base_model_prefix, self.base_model_class(config))
-        self.classifier = nn.Linear(width, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = nn.Linear(config.pooled_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
 
     def forward(
         self,
@@ -192,3 +210,12 @@ class ParameterGroupsMixin:
     def backbone_parameters(self) -> list:
         """The parameters of a CNN backbone the model runs (a hybrid's), which may learn at a rate of their own."""
         return []
+
+
+class ImagePreTrainedModel(ParameterGroupsMixin, PreTrainedModel):
+    """What every hf_vit model declares to transformers beside its config: pixel inputs, gradient checkpointing,
+    and its parameter groups for training."""
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True

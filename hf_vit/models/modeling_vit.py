@@ -10,11 +10,10 @@ import re
 
 import torch
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import PreTrainedConfig
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import (
-    BackboneOutput,
     BaseModelOutput,
     BaseModelOutputWithPooling,
 )
@@ -39,21 +38,18 @@ from .modeling_mim import (
     MaskedAutoencoderDecoder,
     MaskedAutoencoderOutput,
     PretrainingHeadLoading,
-    SimMIMOutput,
+    SimMIMMixin,
     mae_loss,
     mae_reconstruction,
     patchify,
-    random_block_mask,
     random_masking,
     simmim_decoder,
-    simmim_loss,
-    simmim_reconstruction,
     sincos_position_table,
 )
 from .modeling_utils import (
+    BackboneForwardMixin,
+    ImagePreTrainedModel,
     LinearClassifierMixin,
-    ParameterGroupsMixin,
-    backbone_output,
     check_pixel_values,
     resolve_output_flags,
 )
@@ -239,13 +235,10 @@ def _as_list(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-class HfViTPreTrainedModel(ParameterGroupsMixin, PretrainingHeadLoading, PreTrainedModel):
+class HfViTPreTrainedModel(PretrainingHeadLoading, ImagePreTrainedModel):
     config: HfViTConfig
     config_class = HfViTConfig
     base_model_prefix = "vit"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
     _no_split_modules = ["TokenEmbeddings", "EncoderLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
@@ -343,13 +336,25 @@ class HfViTPreTrainedModel(ParameterGroupsMixin, PretrainingHeadLoading, PreTrai
     def encode_for_head(self, pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states):
         """The base model's output for a classifier's head: the last block computes the prefix tokens only when the
         head reads nothing else (`head_reads_prefix_only`)."""
+        prefix_tokens_only = self.head_reads_prefix_only(output_attentions, output_hidden_states)
+        return self.encode(
+            pixel_values,
+            interpolate_pos_encoding,
+            output_attentions,
+            output_hidden_states,
+            prefix_tokens_only=prefix_tokens_only,
+        )
+
+    def encode(self, pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states, **tokens):
+        """The base model's output as a dataclass; `tokens` picks which it computes: `kept_positions` (MAE),
+        `bool_masked_pos` (SimMIM), `prefix_tokens_only`."""
         return self.base_model(
             pixel_values,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
-            prefix_tokens_only=self.head_reads_prefix_only(output_attentions, output_hidden_states),
+            **tokens,
         )
 
     def set_image_size(self, image_size) -> None:
@@ -515,11 +520,6 @@ class HfViTForImageClassification(LinearClassifierMixin, HfViTPreTrainedModel):
 
     base_model_class = HfViTModel
 
-    def __init__(self, config: HfViTConfig):
-        super().__init__(config)
-        self.add_head(config, config.pooled_size)
-        self.post_init()
-
 
 class HfViTForPreTraining(HfViTPreTrainedModel):
     """MAE (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners"): the encoder sees the prefix tokens and
@@ -560,13 +560,8 @@ class HfViTForPreTraining(HfViTPreTrainedModel):
         kept, mask, ids_restore = random_masking(
             pixel_values.shape[0], grid[0] * grid[1], self.config.mask_ratio, noise, pixel_values.device
         )
-        features = encoder(
-            pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            kept_positions=kept,
+        features = self.encode(
+            pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states, kept_positions=kept
         )
         logits = self.decoder(features.last_hidden_state, ids_restore, grid)
         target = patchify(pixel_values.to(logits.dtype), encoder.patch_embeddings.input_multiple)
@@ -586,7 +581,7 @@ class HfViTForPreTraining(HfViTPreTrainedModel):
         return mae_reconstruction(pixel_values, output.logits, output.mask, patch_size, self.config.norm_pix_loss)
 
 
-class HfViTForMaskedImageModeling(HfViTPreTrainedModel):
+class HfViTForMaskedImageModeling(SimMIMMixin, HfViTPreTrainedModel):
     """SimMIM (Xie et al. 2022, "A Simple Framework for Masked Image Modeling") on the ViT: masked patches become a
     learned mask token, a 1x1 convolution and a pixel shuffle reconstruct the image from the grid tokens, L1 on
     the masked pixels. (B, C, H, W) -> `SimMIMOutput` (loss, reconstruction, mask)."""
@@ -600,52 +595,25 @@ class HfViTForMaskedImageModeling(HfViTPreTrainedModel):
         patch_h, patch_w = encoder.patch_embeddings.input_multiple
         if patch_h != patch_w:
             raise ValueError(f"SimMIM's pixel-shuffle decoder needs square patches, got patch_size {config.patch_size}")
+        # SimMIM's default: 32 px blocks of 16 px patches, two patches wide
+        self.mask_unit, self.default_mask_block = patch_h, 2 * patch_h
         self.decoder = simmim_decoder(config.hidden_size, patch_h, config.num_channels)
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        bool_masked_pos: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> SimMIMOutput | tuple:
-        """bool_masked_pos (B, N): True for masked patches (default: random blocks of `config.mask_patch_size` px,
-        two patches wide if unset, as SimMIM's 32 px blocks of 16 px patches; `config.mask_ratio` of them)."""
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+    def encode_masked(
+        self, pixel_values, bool_masked_pos, interpolate_pos_encoding, output_attentions, output_hidden_states
+    ):
+        """The encoder's output and its grid tokens as a (B, C, h, w) map."""
         encoder = self.base_model
-        patch_size = encoder.patch_embeddings.input_multiple
-        grid = encoder.patch_embeddings.grid_size(pixel_values.shape[-2:])
-        if bool_masked_pos is None:
-            block = (self.config.mask_patch_size or 2 * patch_size[0]) // patch_size[0]
-            bool_masked_pos = random_block_mask(
-                pixel_values.shape[0], grid, block, self.config.mask_ratio, pixel_values.device
-            )
-        features = encoder(
+        features = self.encode(
             pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            interpolate_pos_encoding,
+            output_attentions,
+            output_hidden_states,
             bool_masked_pos=bool_masked_pos,
         )
-        maps = features.last_hidden_state[:, encoder.num_prefix_tokens :].transpose(1, 2).unflatten(2, grid)
-        reconstruction = self.decoder(maps)
-        output = SimMIMOutput(
-            loss=simmim_loss(pixel_values.to(reconstruction.dtype), reconstruction, bool_masked_pos, patch_size),
-            reconstruction=reconstruction,
-            mask=bool_masked_pos.bool(),
-            hidden_states=features.hidden_states,
-            attentions=features.attentions,
-        )
-        return output if return_dict else output.to_tuple()
-
-    def reconstruct(self, pixel_values: torch.Tensor, output: SimMIMOutput) -> torch.Tensor:
-        """(B, C, H, W): the input where the patches were visible, the reconstruction where they were masked."""
-        patch_size = self.base_model.patch_embeddings.input_multiple
-        return simmim_reconstruction(pixel_values, output.reconstruction, output.mask, patch_size)
+        grid = encoder.patch_embeddings.grid_size(pixel_values.shape[-2:])
+        return features, features.last_hidden_state[:, encoder.num_prefix_tokens :].transpose(1, 2).unflatten(2, grid)
 
 
 class ChannelsFirstLayerNorm(nn.LayerNorm):
@@ -691,7 +659,7 @@ class SimpleFeaturePyramid(nn.Module):
         return tuple(project(rescale(feature_map)) for rescale, project in zip(self.rescale, self.project))
 
 
-class HfViTBackbone(BackboneMixin, HfViTPreTrainedModel):
+class HfViTBackbone(BackboneForwardMixin, BackboneMixin, HfViTPreTrainedModel):
     """Dense-prediction backbone (`AutoBackbone`): for each of `config.out_features` (`stem`: the embeddings,
     `stageI`: after block I) the tokens normalised by the final LayerNorm, prefix tokens (CLS, distillation,
     registers) dropped, as a (B, C, H / p, W / p) map. Any input size: the position embeddings are resampled.
@@ -717,13 +685,9 @@ class HfViTBackbone(BackboneMixin, HfViTPreTrainedModel):
             return [self.config.feature_pyramid_channels] * 4
         return [self.num_features[self.stage_names.index(stage)] for stage in self.out_features]
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> BackboneOutput | tuple:
+    def feature_maps(self, pixel_values: torch.Tensor, output_attentions: bool | None):
+        """The chosen blocks' tokens, normalised, as (B, C, H / p, W / p) maps (or the pyramid of the last one), the
+        hidden states and attentions."""
         encoder = self.base_model
         outputs = encoder(
             pixel_values,
@@ -743,9 +707,7 @@ class HfViTBackbone(BackboneMixin, HfViTPreTrainedModel):
         )
         if self.feature_pyramid is not None:
             feature_maps = self.feature_pyramid(feature_maps[-1])
-        return backbone_output(
-            self.config, feature_maps, outputs.hidden_states, outputs.attentions, output_hidden_states, return_dict
-        )
+        return feature_maps, outputs.hidden_states, outputs.attentions
 
 
 __all__ = [

@@ -9,7 +9,7 @@ METRICS_DIR = Path(__file__).parent
 
 
 def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
-    """Load `accuracy` or `top5_accuracy` from this folder; extra kwargs go to `evaluate.load`."""
+    """Load a metric of this folder (`accuracy`: top-1 and top-5 of scores); extra kwargs go to `evaluate.load`."""
     path = METRICS_DIR / name
     if not (path / f"{name}.py").is_file():
         available = sorted(p.name for p in METRICS_DIR.iterdir() if (p / f"{p.name}.py").is_file())
@@ -50,7 +50,4 @@ def compute_metrics(eval_prediction) -> dict:
         logits = logits[0]
     if labels.ndim == 2:
         return multi_label_metrics(logits, labels)
-    metrics = load_metric("accuracy").compute(predictions=np.argmax(logits, axis=-1), references=labels)
-    if logits.shape[-1] > 5:
-        metrics.update(load_metric("top5_accuracy").compute(predictions=logits, references=labels))
-    return metrics
+    return load_metric("accuracy").compute(predictions=logits, references=labels)
