@@ -4,8 +4,11 @@ huggingface_hub reads HF_ENDPOINT when it is imported, so the server starts here
 """
 
 import os
+import socket
+import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 from hub_server import HubServer
@@ -18,13 +21,20 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("HF_TOKEN", None)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import timm  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from timm.models._hub import save_for_hf  # noqa: E402
 
 import hf_vit  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
+SCRIPTS = REPO_ROOT / "scripts"
+CONVERT = str(SCRIPTS / "convert_checkpoint.py")
+CONFIGS = SCRIPTS / "accelerate"  # the shipped `accelerate launch` configurations
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +46,7 @@ def hub():
 TINY_VIT = dict(
     image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
 )
+TINY_CLASSIFIER = {**TINY_VIT, "num_labels": 3}
 # ViT-Tiny's width on two blocks: the smallest shape the parity tests' timm and transformers models share.
 SMALL_VIT = dict(hidden_size=192, num_hidden_layers=2, num_attention_heads=3, intermediate_size=768, num_labels=10)
 
@@ -69,3 +80,128 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.
         for param in model.parameters():
             param.add_(torch.randn(param.shape, generator=generator) * std)
     return model.eval()
+
+
+def assert_same_logits(ours, reference_logits, pixels, **kwargs):
+    with torch.no_grad():
+        expected = reference_logits(pixels)
+        assert expected.std() > 0.1
+        torch.testing.assert_close(ours(pixels, **kwargs).logits, expected, atol=1e-4, rtol=0)
+
+
+def subprocess_convert(args, env=None):
+    result = subprocess.run(
+        [sys.executable, CONVERT, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def save_timm(tmp_path, name, architecture, std=0.2, **model_args):
+    reference = randomize(timm.create_model(architecture, num_classes=10, **model_args), std=std)
+    save_for_hf(reference, str(tmp_path / name), model_args=model_args, safe_serialization=True)
+    return reference, str(tmp_path / name)
+
+
+def assert_loads_as_remote_code(model, directory, pixels) -> None:
+    """Save `model` to `directory`, load it with `trust_remote_code=True` in a Python that cannot import hf_vit,
+    and get the same logits on `pixels`."""
+    model.eval().save_pretrained(directory)
+    expected = directory.parent / f"{directory.name}_expected.pt"
+    torch.save({"pixels": pixels, "logits": model(pixels).logits.detach()}, expected)
+    run_without_hf_vit(
+        f"""
+        import torch
+        from transformers import AutoModelForImageClassification
+        model = AutoModelForImageClassification.from_pretrained({str(directory)!r}, trust_remote_code=True).eval()
+        expected = torch.load({str(expected)!r})
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        torch.testing.assert_close(model(expected["pixels"]).logits, expected["logits"])
+        """,
+        cwd=directory.parent,
+    )
+
+
+def blocking(*packages: str) -> str:
+    """Python code after which `packages` (and their submodules) look not installed: every finder says it has
+    none of them, so imports fail and availability probes (`importlib.util.find_spec`) answer None."""
+    return textwrap.dedent(
+        f"""
+        import sys
+        class Hide:
+            def __init__(self, finder):
+                self.finder = finder
+            def __getattr__(self, name):  # find_distributions, invalidate_caches, ...
+                return getattr(self.finder, name)
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {packages!r}:
+                    return None
+                return self.finder.find_spec(name, path, target)
+        sys.meta_path[:] = [Hide(finder) for finder in sys.meta_path]
+        """
+    )
+
+
+def run_without(packages, code: str, cwd, args=()) -> subprocess.CompletedProcess:
+    script = blocking(*packages) + textwrap.dedent(code)
+    result = subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def run_without_hf_vit(code: str, cwd) -> subprocess.CompletedProcess:
+    return run_without(["hf_vit"], code, cwd)
+
+
+TINY = "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64"
+
+
+def make_imagefolder(root, classes=("cat", "dog"), per_class=12, size=(20, 24), corrupt=None):
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.full((*size, 3), 40 + 60 * index, dtype=np.uint8) + rng.integers(
+                0, 40, (*size, 3), dtype=np.uint8
+            )
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    if corrupt is not None:
+        (root / classes[0] / corrupt).write_bytes(b"this is not a png")
+    return root
+
+
+FAST = [
+    "--max_train_samples",
+    "128",
+    "--max_eval_samples",
+    "64",
+    "--per_device_train_batch_size",
+    "64",
+    "--config_overrides",
+    TINY,
+    "--disable_tqdm",
+    "true",
+]
+
+
+def run_script(args, *, launcher=(sys.executable,), env=None, expect_success=True, script="finetune.py"):
+    result = subprocess.run(
+        [*launcher, str(SCRIPTS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+    if expect_success:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def launcher(config: str, *flags: str) -> tuple:
+    return (sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config), *flags)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

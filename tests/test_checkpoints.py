@@ -12,8 +12,7 @@ from hf_vit.checkpoints import load_checkpoint
 from hf_vit.guards import UsageError
 from hf_vit.models.configuration_utils import CheckpointMismatchError
 
-from conftest import TINY_VIT
-from test_finetune import FAST, run_script
+from conftest import FAST, TINY_VIT, run_script
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,12 @@
-"""The first ten minutes: what a newcomer meets on the command line (errors, help, warnings, card, pictures)."""
+"""The first ten minutes: what a newcomer meets on the command line (errors, help, warnings, card, pictures).
+
+The main job, end to end: scripts/finetune.py through the Trainer, accelerate and the (loopback) Hub.
+
+The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
+evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium.
+
+Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
+paths, a finished run overwritten, evaluation memory."""
 
 import json
 import os
@@ -7,20 +15,24 @@ import sys
 
 import numpy as np
 import pytest
-from huggingface_hub import ModelCard
-from PIL import Image
-from transformers import EvalPrediction, pipeline
+from PIL import Image as PILImage
+from transformers import TrainerCallback
 
-from hf_vit import HfViTConfig, HfViTForImageClassification
-from hf_vit.cards import render_model_card
-from hf_vit.data.metrics import compute_metrics
+from hf_vit import (
+    HfViTForImageClassification,
+)
+from hf_vit.cli import parse_config_overrides
 from hf_vit.guards import UsageError
-from hf_vit.interop.convert import read_source
-from hf_vit.processors import make_image_processor
 from hf_vit.training.finetune import START_HERE, build_parser, finetune, main, parse_args
+from hf_vit.training.finetune import parse_args as finetune_args
 
-from conftest import REPO_ROOT
-from test_finetune import FAST, TINY, make_imagefolder, run_script
+from conftest import (
+    FAST,
+    REPO_ROOT,
+    TINY_VIT,
+    make_imagefolder,
+    run_script,
+)
 
 
 @pytest.fixture
@@ -144,135 +156,6 @@ def test_help_shows_the_newcomers_flags_first_then_model_data_recipe_and_trainer
     assert (training_args.output_dir, data_args.train_dir, recipe_args.recipe) == ("x", "d", "plain")
 
 
-def test_convert_names_a_missing_local_source(tmp_path):
-    with pytest.raises(FileNotFoundError, match="source './does_not_exist': no such file or directory"):
-        read_source("./does_not_exist")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "scripts" / "convert_checkpoint.py"),
-            "--source",
-            "./does_not_exist",
-            "--output_dir",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip() == "convert_checkpoint.py: error: source './does_not_exist': no such file or directory"
-    assert not (tmp_path / "out").exists()
-
-
-def test_an_empty_class_folder_warns_and_a_class_without_training_images_fails(tmp_path, caplog):
-    train = make_imagefolder(tmp_path / "train", per_class=6)
-    (train / "bird").mkdir()
-    args = [
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--train_dir",
-        str(train),
-        "--num_train_epochs",
-        "1",
-        "--config_overrides",
-        TINY,
-        "--disable_tqdm",
-        "true",
-        "--save_strategy",
-        "no",
-        "--train_val_split",
-        "0.25",
-    ]
-    with caplog.at_level("WARNING"):
-        metrics = finetune(*parse_args(args))
-    assert "Class folders without images" in caplog.text and "bird" in caplog.text
-    assert "eval_top5_accuracy" not in metrics  # two classes: top-5 would always be 1
-
-    validation = make_imagefolder(tmp_path / "val", classes=("cat", "dog", "bird"), per_class=2)
-    args = [*args, "--validation_dir", str(validation), "--output_dir", str(tmp_path / "out2")]
-    with pytest.raises(UsageError, match=r"Classes \['bird'\] have evaluation images but no training image"):
-        finetune(*parse_args(args))
-    assert not (tmp_path / "out2").exists()
-
-
-def test_top5_is_reported_only_with_more_than_five_classes():
-    labels = np.array([0, 1])
-    assert set(compute_metrics(EvalPrediction(np.eye(2), labels))) == {"accuracy"}
-    assert set(compute_metrics(EvalPrediction(np.eye(6)[:2], labels))) == {"accuracy", "top5_accuracy"}
-
-
-def test_the_card_is_valid_hub_metadata_with_one_accuracy_per_epoch_and_links_the_curves(tmp_path):
-    output_dir = tmp_path / "run"
-    train = make_imagefolder(tmp_path / "train", per_class=6)
-    args = [
-        "--output_dir",
-        str(output_dir),
-        "--train_dir",
-        str(train),
-        "--num_train_epochs",
-        "2",
-        "--config_overrides",
-        TINY,
-        "--disable_tqdm",
-        "true",
-        "--save_strategy",
-        "no",
-        "--train_val_split",
-        "0.25",
-    ]
-    metrics = finetune(*parse_args(args))
-    card = ModelCard.load(output_dir / "README.md")
-    assert card.data.datasets is None  # a local folder is no Hub dataset id
-    (result,) = card.data.eval_results
-    assert (result.task_type, result.metric_type) == ("image-classification", "accuracy")
-    assert result.metric_value == round(metrics["eval_accuracy"], 4) and result.dataset_name == "imagefolder train"
-    assert "eval accuracy at epochs 1, 2: " in card.text  # the final evaluate() repeats epoch 2; listed once
-    assert "optimizer: adamw_torch_fused" in card.text or "optimizer: adamw_torch" in card.text
-    assert "OptimizerNames" not in card.text and "SchedulerType" not in card.text
-    assert "](training_curves.png)" in card.text
-    with Image.open(output_dir / "training_curves.png") as picture:
-        assert picture.size[0] > 800
-
-    on_hub = ModelCard(
-        render_model_card(
-            HfViTForImageClassification(HfViTConfig(num_labels=3)),
-            "hf_vit.md",
-            dataset="beans",
-            dataset_id="AI-Lab-Makerere/beans",
-        )
-    )
-    assert on_hub.data.datasets == ["AI-Lab-Makerere/beans"] and on_hub.data.eval_results is None
-
-
-def test_image_processors_load_without_a_backend_warning(tmp_path):
-    HfViTForImageClassification(HfViTConfig(num_labels=2)).save_pretrained(tmp_path)
-    make_image_processor(224).save_pretrained(tmp_path)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            f"import hf_vit\nfrom transformers import AutoImageProcessor\n"
-            f"print(type(AutoImageProcessor.from_pretrained({str(tmp_path)!r})).__name__)",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ViTImageProcessor" and "backend" not in result.stderr, result.stderr
-
-
-@pytest.mark.parametrize("num_channels", [3, 1])
-def test_pipeline_takes_the_documented_inputs_for_a_grayscale_array(tmp_path, tiny_vit_config, num_channels):
-    tiny_vit_config.num_channels = num_channels
-    HfViTForImageClassification(tiny_vit_config).save_pretrained(tmp_path)
-    make_image_processor(32, num_channels).save_pretrained(tmp_path)
-    classifier = pipeline("image-classification", model=str(tmp_path))
-    array = np.random.default_rng(0).integers(0, 255, (20, 20), dtype=np.uint8)  # a grayscale image, (H, W)
-    documented = Image.fromarray(array) if num_channels == 3 else array[..., None]  # README: troubleshooting
-    assert len(classifier(documented)) == 5
-
-
 def test_the_shipped_accelerate_config_silences_the_launch_defaults_block(tmp_path):
     launcher = (sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO_ROOT / "accelerate.yaml"))
     result = run_script(
@@ -282,3 +165,89 @@ def test_the_shipped_accelerate_config_silences_the_launch_defaults_block(tmp_pa
     assert "were not passed to `accelerate launch`" not in result.stderr
     assert "Falling back" not in result.stderr and result.stdout.count("eval: accuracy") == 1
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "hf_vit"
+
+
+def test_config_overrides_parse_literals_and_lists():
+    assert parse_config_overrides("hidden_size=64,hidden_act=gelu,depths=[2, 2],qkv_bias=False") == {
+        "hidden_size": 64,
+        "hidden_act": "gelu",
+        "depths": [2, 2],
+        "qkv_bias": False,
+    }
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_config_overrides("hidden_size")
+
+
+TINY = "--config_overrides", ",".join(f"{key}={value}" for key, value in TINY_VIT.items())
+
+
+DIGITS_SUBSET = ("--max_train_samples", "200", "--max_eval_samples", "60")
+
+
+QUIET = ("--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny ViT trained briefly on the digits, and its run's own evaluation."""
+    output = tmp_path_factory.mktemp("trained") / "vit"
+    args = ["--output_dir", str(output), *TINY, *DIGITS_SUBSET, *QUIET, "--max_steps", "30", "--ema_decay", "0"]
+    metrics = finetune(*finetune_args(args))
+    return output, metrics
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """A folder of pictures of every kind: RGB, grayscale, RGBA, sizes from 9 to 60 px, one unreadable file."""
+    folder = tmp_path_factory.mktemp("pictures")
+    rng = np.random.default_rng(0)
+    PILImage.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(folder / "colour.png")
+    PILImage.fromarray(rng.integers(0, 255, (20, 60, 4), dtype=np.uint8), "RGBA").save(folder / "transparent.png")
+    PILImage.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8), "L").save(folder / "gray.jpg")
+    (folder / "nested").mkdir()
+    PILImage.fromarray(rng.integers(0, 255, (33, 33, 3), dtype=np.uint8)).save(folder / "nested" / "colour.png")
+    (folder / "broken.png").write_bytes(b"not a picture")
+    return folder
+
+
+def test_the_scripts_run_end_to_end_and_are_subcommands(tmp_path, trained, pictures):
+    checkpoint = str(trained[0])
+    runs = {
+        "probe.py": ["--method", "knn", "--output_dir", str(tmp_path / "probe"), *TINY, *DIGITS_SUBSET],
+        "evaluate.py": [
+            "--model_name_or_path",
+            checkpoint,
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--tta",
+            "flip",
+            *DIGITS_SUBSET,
+        ],  # fmt: skip
+        "predict.py": [
+            "--model_name_or_path",
+            checkpoint,
+            "--inputs",
+            str(pictures),
+            "--output_file",
+            str(tmp_path / "predictions.csv"),
+        ],  # fmt: skip
+    }
+    for script, args in runs.items():
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / script), *args], capture_output=True,
+                                text=True)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "probe" / "probe_results.json").is_file() and (tmp_path / "eval" / "metrics.json").is_file()
+    listing = subprocess.run(["hf-vit", "--help"], capture_output=True, text=True).stdout
+    assert all(job in listing for job in ("probe", "evaluate", "predict", "demo"))
+
+
+class FailsAtInit(TrainerCallback):
+    def on_init_end(self, args, state, control, **kwargs):
+        raise ValueError("an internal fault, not the user's input")
+
+
+def test_an_internal_error_in_the_set_up_keeps_its_traceback_not_a_usage_error(tmp_path):
+    args = ["--output_dir", str(tmp_path / "out"), *FAST, "--num_train_epochs", "1"]
+    with pytest.raises(ValueError, match="an internal fault") as error:
+        finetune(*parse_args(args), callbacks=[FailsAtInit()])
+    assert not isinstance(error.value, UsageError)

@@ -1,5 +1,8 @@
 """One-line refusals of common mistakes, each before any work and without a half-written output: through the jobs'
-own entry points (`finetune`, `pretrain`, `evaluate`), as a user would meet them."""
+own entry points (`finetune`, `pretrain`, `evaluate`), as a user would meet them.
+
+Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
+paths, a finished run overwritten, evaluation memory."""
 
 import json
 import os
@@ -8,14 +11,18 @@ import sys
 
 import pytest
 
+from hf_vit import (
+    HfViTConfig,
+    HfViTForImageClassification,
+)
 from hf_vit.guards import LOCK_FILE, UsageError, claim_output_dir
 from hf_vit.inference.evaluation import evaluate_checkpoint
 from hf_vit.inference.evaluation import parse_args as evaluate_args
 from hf_vit.training.finetune import finetune, parse_args
 from hf_vit.training.trainer import last_complete_checkpoint, resolve_resume
 
-from conftest import REPO_ROOT
-from test_finetune import FAST, make_imagefolder
+from conftest import FAST, REPO_ROOT, TINY, make_imagefolder, run_script
+from conftest import TINY_VIT as TINY_ENCODER
 
 QUICK = [*FAST, "--num_train_epochs", "1", "--report_to", "none"]
 
@@ -118,3 +125,58 @@ def test_the_readmes_launch_shows_an_input_error_in_one_line(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "CI": "true"})
     assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout
     assert "--per_device_train_batch_size must be at least 1" in result.stderr + result.stdout
+
+
+TINY_VIT = {**TINY_ENCODER, "num_labels": 3}
+
+
+def test_a_second_run_into_the_same_output_dir_is_refused_unless_resumed_or_overwritten(tmp_path):
+    output_dir = tmp_path / "run"
+    common = ["--output_dir", str(output_dir), *FAST, "--num_train_epochs", "1"]
+    run_script(common)
+    first = (output_dir / "model.safetensors").read_bytes()
+    result = run_script([*common, "--num_train_epochs", "2"], expect_success=False)
+    assert result.returncode == 2 and f"--output_dir '{output_dir}' already holds a run" in result.stderr
+    assert (output_dir / "model.safetensors").read_bytes() == first and "Traceback" not in result.stderr
+    run_script([*common, "--num_train_epochs", "2", "--resume_from_checkpoint", str(output_dir / "checkpoint-2")])
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 4
+    run_script([*common, "--overwrite_output_dir"])  # a new run: the old checkpoints go first
+    assert sorted(path.name for path in output_dir.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2
+
+
+@pytest.mark.parametrize(
+    "script, flags",
+    [
+        ("pretrain.py", ["--config_overrides", TINY, "--max_train_samples", "64", "--max_eval_samples", "8"]),
+        ("convert_checkpoint.py", ["--source", "SOURCE"]),
+        ("export.py", ["--model_name_or_path", "SOURCE"]),
+    ],
+)
+def test_the_other_jobs_refuse_an_output_dir_that_holds_files(tmp_path, script, flags):
+    source = tmp_path / "source"
+    HfViTForImageClassification(HfViTConfig(**TINY_VIT)).save_pretrained(source)
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    (output_dir / "config.json").write_text("{}")
+    flags = [str(source) if flag == "SOURCE" else flag for flag in flags]
+    result = run_script(["--output_dir", str(output_dir), *flags], script=script, expect_success=False)
+    assert (
+        result.returncode == 2 and "already holds a run" in result.stderr and "--overwrite_output_dir" in result.stderr
+    )
+    assert sorted(os.listdir(output_dir)) == ["config.json"] and (output_dir / "config.json").read_text() == "{}"
+
+
+def test_a_file_written_atomically_is_whole_or_untouched(tmp_path):
+    from hf_vit.guards import replaced_atomically
+
+    path = tmp_path / "README.md"
+    path.write_text("the old card")
+    with pytest.raises(OSError, match="No space left"):
+        with replaced_atomically(str(path)) as temporary, open(temporary, "w") as f:
+            f.write("half a ca")
+            raise OSError(28, "No space left on device")
+    assert path.read_text() == "the old card" and os.listdir(tmp_path) == ["README.md"]
+    with replaced_atomically(str(path)) as temporary, open(temporary, "w") as f:
+        f.write("the new card")
+    assert path.read_text() == "the new card" and os.listdir(tmp_path) == ["README.md"]

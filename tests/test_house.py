@@ -1,4 +1,6 @@
-"""The house rules: formatted and linted code, a docs site that builds, a short README, one `hf-vit` command, and
+"""Auto classes, safetensors, remote code, image processor, pipeline() and the local evaluate metrics.
+
+The house rules: formatted and linted code, a docs site that builds, a short README, one `hf-vit` command, and
 imports that keep the wings apart (checkpoints carry the models' code; the library never imports the lessons)."""
 
 import ast
@@ -7,7 +9,26 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_without
+
+
+@pytest.mark.parametrize("script", ["finetune.py", "convert_checkpoint.py"])
+def test_main_scripts_need_neither_timm_nor_matplotlib(script, tmp_path):
+    result = run_without(
+        ["timm", "matplotlib"],
+        f"""
+        import runpy, sys
+        sys.argv = [{script!r}, "--help"]
+        try:
+            runpy.run_path({str(REPO_ROOT / "scripts" / script)!r}, run_name="__main__")
+        except SystemExit as exit:
+            assert exit.code in (0, None), exit.code
+        assert "timm" not in sys.modules and "matplotlib" not in sys.modules
+        """,
+        cwd=tmp_path,
+    )
+    assert "--output_dir" in result.stdout
+
 
 LIBRARY = REPO_ROOT / "hf_vit"
 

@@ -1,21 +1,31 @@
 """Export to ONNX and torch.export for every family: onnxruntime against PyTorch at two batch sizes and two image
-sizes (dynamic axes), the script, and the options that cannot be exported."""
+sizes (dynamic axes), the script, and the options that cannot be exported.
+
+Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
+paths, a finished run overwritten, evaluation memory."""
 
 import json
+import subprocess
+import sys
 
 import onnx
 import pytest
 import torch
 
 import hf_vit
+from hf_vit import (
+    HfViTConfig,
+    HfViTForImageClassification,
+)
 from hf_vit.guards import UsageError
 from hf_vit.interop.export import PROGRAM_FILE, check_exportable, export_checkpoint
 from hf_vit.processors import make_image_processor
 
-from conftest import TINY_VIT, randomize
-from test_finetune import run_script
+from conftest import REPO_ROOT, TINY_CLASSIFIER, TINY_VIT, randomize, run_script
 
 VIT = {**TINY_VIT, "num_labels": 3}
+
+
 MODELS = {
     # the later-ViT options together: registers, LayerScale, qk-norm, grid-only positions, CLS + mean pooling
     "hf_vit": lambda: hf_vit.HfViTForImageClassification(
@@ -114,3 +124,27 @@ def test_what_cannot_be_exported_is_named_and_nothing_is_written(tmp_path):
         with hf_vit.cli.usage_errors():
             export_checkpoint(str(source), str(tmp_path / "out"), dynamic_image_size=False, sizes=["24"])
     assert not (tmp_path / "out").exists()
+
+
+def test_export_takes_a_checkpoint_saved_without_its_processor(tmp_path, caplog):
+    randomize(HfViTForImageClassification(HfViTConfig(**TINY_CLASSIFIER))).save_pretrained(tmp_path / "model")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "export.py"),
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--output_dir",
+            str(tmp_path / "onnx"),
+            "--static_image_size",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "has no preprocessor_config.json: the image processor is built from config.json" in result.stderr
+    assert json.loads((tmp_path / "onnx" / "preprocessor_config.json").read_text())["size"] == {
+        "height": 32,
+        "width": 32,
+    }

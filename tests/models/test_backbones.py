@@ -6,19 +6,15 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from PIL import Image
 from transformers import (
     AutoBackbone,
-    AutoModel,
     Trainer,
     TrainingArguments,
     UperNetConfig,
     UperNetForSemanticSegmentation,
-    pipeline,
 )
 
 from hf_vit import (
-    FAMILIES,
     HfDeiTConfig,
     HfSwinConfig,
     HfViTBackbone,
@@ -26,11 +22,12 @@ from hf_vit import (
     HfViTForImageClassification,
     HfViTHybridConfig,
 )
-from hf_vit.processors import make_image_processor
 
 from conftest import TINY_VIT, randomize
 
 TINY = {**TINY_VIT, "num_hidden_layers": 3}
+
+
 CONFIGS = {
     "hf_vit with registers": HfViTConfig(**TINY, num_register_tokens=2, out_indices=[0, 2, 3]),
     "hf_deit": HfDeiTConfig(**TINY, out_features=["stage1", "stage3"]),
@@ -142,20 +139,3 @@ def test_upernet_on_hf_vit_and_hf_swin_backbones_trains_through_the_trainer(tmp_
     )  # the backbone learned
     logits = model.eval()(torch.randn(1, 3, 32, 32)).logits
     assert logits.shape == (1, 4, 32, 32)
-
-
-@pytest.mark.parametrize("model_type", sorted(FAMILIES))
-def test_image_feature_extraction_pipeline_on_every_family(tmp_path, model_type):
-    family = FAMILIES[model_type]
-    model = AutoModel.from_config(family.config())
-    model.save_pretrained(tmp_path / model_type)
-    make_image_processor(model.config.image_size).save_pretrained(tmp_path / model_type)
-    extractor = pipeline("image-feature-extraction", model=str(tmp_path / model_type))
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
-    features = np.asarray(extractor(image, return_tensors=False))
-    expected_tokens = model(
-        torch.zeros(1, 3, model.config.image_size, model.config.image_size)
-    ).last_hidden_state.shape[1:]
-    assert features.shape == (1, *expected_tokens)
-    pooled = extractor(image, pool=True, return_tensors=True)
-    assert pooled.shape[-1] == model.config.hidden_size

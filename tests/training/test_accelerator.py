@@ -5,29 +5,26 @@ mode. What only a GPU shows (flash attention, the fp16 scaler at work, the speed
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from datasets import ClassLabel, Image
 from transformers import PretrainedConfig, ResNetConfig
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
 
 import hf_vit
-from hf_vit.data import DataArguments, load_training_data
-from hf_vit.data.folders import stream_image_folders
 from hf_vit.models.configuration_vit import DINOV3, EVA02
 from hf_vit.models.modeling_utils import image_classification_loss
 from hf_vit.training.arguments import FinetuneTrainingArguments
 from hf_vit.training.trainer import ImageClassificationTrainer
 
-from conftest import REPO_ROOT, TINY_VIT, TWO_PROCESSES
-from test_finetune import FAST, make_imagefolder, run_script
+from conftest import FAST, TINY_VIT, run_script
 
 OPTIMIZATION = dict(learning_rate=1e-3, weight_decay=0.05, warmup_steps=0.0)
+
+
 TINY_SWIN = dict(image_size=32, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=4)
+
+
 TINY_RESNET = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
 
 
@@ -51,9 +48,6 @@ def classifier(family: str):
     raise KeyError(family)
 
 
-FAMILIES = ["hf_vit", "hf_vit dinov3", "hf_vit eva02", "hf_deit", "hf_vit_hybrid", "hf_swin"]
-
-
 def training_inputs(family: str, batch_size: int = 4) -> dict:
     generator = torch.Generator().manual_seed(0)
     inputs = {
@@ -63,9 +57,6 @@ def training_inputs(family: str, batch_size: int = 4) -> dict:
     if family == "hf_deit":  # DeiT trains on its teacher's logits too
         inputs["teacher_logits"] = torch.randn(batch_size, 3, generator=generator)
     return inputs
-
-
-# --- losses ---------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -92,24 +83,6 @@ def test_the_loss_is_transformers_and_leaves_the_config_as_it_was(kind, labels):
     torch.testing.assert_close(ours, expected)
 
 
-# --- mixed precision and compile -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_the_training_step_of_every_family_compiles_in_one_graph_once(family):
-    model = classifier(family).train()
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # a graph break raises
-    inputs = training_inputs(family)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = compiled(**inputs).loss
-    assert loss.dtype == torch.float32
-    loss.backward()
-    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters() if p.requires_grad)
-    # the second step runs the first step's graph: nothing the first step changed (a config field) recompiles it
-    with torch._dynamo.config.patch(error_on_recompile=True), torch.autocast("cpu", dtype=torch.bfloat16):
-        compiled(**training_inputs(family)).loss.backward()
-
-
 @pytest.mark.parametrize("method", ["mae", "simmim"])
 def test_pretraining_steps_compile_in_one_graph_with_fp32_losses(method):
     if method == "mae":
@@ -123,22 +96,6 @@ def test_pretraining_steps_compile_in_one_graph_with_fp32_losses(method):
         loss = compiled(torch.randn(2, 3, 32, 32), **extra).loss
     assert loss.dtype == torch.float32 and loss.isfinite()
     loss.backward()
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_family_trains_in_fp16_autocast_with_a_scaler(family):
-    # CPU autocast takes fp16 where torch allows it; the GradScaler is what --fp16 adds on a GPU
-    torch.manual_seed(0)
-    model = classifier(family).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cpu")
-    with torch.autocast("cpu", dtype=torch.float16):
-        output = model(**training_inputs(family))
-    assert output.logits.dtype == torch.float16 and output.loss.dtype == torch.float32
-    scaler.scale(output.loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    assert all(p.isfinite().all() for p in model.parameters())
 
 
 def test_fp16_without_an_accelerator_is_refused_by_name(tmp_path):
@@ -171,28 +128,6 @@ def test_bf16_and_compile_fine_tune_end_to_end_on_the_cpu(tmp_path):
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
 
 
-# --- the data path --------------------------------------------------------------------------------------------------
-
-
-def test_a_streamed_imagefolder_has_a_shard_for_every_reader_each_with_every_class(tmp_path):
-    make_imagefolder(tmp_path / "train", classes=("a", "b", "c"), per_class=5)
-    stream = stream_image_folders({"train": str(tmp_path / "train")}, num_shards=4)["train"]
-    stream = stream.cast_column("image", Image(decode=False))
-    assert stream.n_shards == 4
-    shards = [list(stream.shard(num_shards=4, index=index)) for index in range(4)]
-    paths = [example["image"]["path"] for shard in shards for example in shard]
-    assert len(paths) == len(set(paths)) == 15  # every image once
-    assert all({example["label"] for example in shard} == {0, 1, 2} for shard in shards)
-
-    data_args = DataArguments(train_dir=str(tmp_path / "train"), streaming=True, max_eval_samples=3)
-    training_args = FinetuneTrainingArguments(
-        output_dir=str(tmp_path / "out"), dataloader_num_workers=3, max_steps=1, use_cpu=True
-    )
-    data = load_training_data(data_args, training_args=training_args)
-    assert data.train.n_shards == 3  # 3 workers x 1 process
-    assert isinstance(data.train.features["label"], ClassLabel)
-
-
 def test_pinned_batches_are_copied_without_blocking_and_adamw_is_fused(tmp_path):
     pinned = FinetuneTrainingArguments(output_dir=str(tmp_path), dataloader_pin_memory=True)
     assert pinned.accelerator_config.non_blocking
@@ -202,43 +137,3 @@ def test_pinned_batches_are_copied_without_blocking_and_adamw_is_fused(tmp_path)
     trainer = ImageClassificationTrainer(model=classifier("hf_vit"), args=args)
     optimizer = trainer.create_optimizer()
     assert optimizer.defaults.get("fused") is True  # one kernel per step for all parameters
-
-
-def test_two_processes_check_the_images_once(tmp_path):
-    def run(launcher, name):  # each on its own copy of the images, so that neither finds the other's cached check
-        train = make_imagefolder(tmp_path / name / "train", per_class=40, corrupt="broken.png")
-        args = ["--output_dir", str(tmp_path / name / "run"), "--train_dir", str(train), "--skip_unreadable_images"]
-        result = run_script([*args, "--max_steps", "1", *FAST], launcher=launcher)
-        return result.stdout + result.stderr
-
-    single, two = run((sys.executable,), "single"), run(TWO_PROCESSES, "two")
-    assert two.count("Leaving out 1 unreadable image") == 2  # both processes leave the broken file out
-    for split in ("train", "validation"):  # the main process's progress bars alone (each starts once, at 0 %)
-        started = f"Checking {split} images:   0%"
-        assert two.count(started) == single.count(started) >= 1
-
-
-# --- the GPU benchmark, small, on the CPU -----------------------------------------------------------------------
-
-
-def test_the_gpu_benchmark_runs_in_smoke_mode(tmp_path):
-    output = tmp_path / "gpu.json"
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--suite", "gpu", "--smoke"]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    subprocess.run([*command, "--no_compile", "--json", str(output)], check=True, env=env, timeout=600)
-    rows = json.loads(output.read_text())["speed"]
-    assert {(row["mode"], row["implementation"]) for row in rows} == {
-        (mode, name) for mode in ("train", "inference") for name in ("hf_vit", "timm", "transformers")
-    }
-    assert all(row["images_per_s"] > 0 and row["gflops_per_image"] > 0 for row in rows)
-    assert all(row["mfu"] is None and row["step_peak_mib"] is None for row in rows)  # no GPU, no peak to use
-
-    subprocess.run(
-        [*command, "--modes", "inference", "--implementations", "ours", "--peak_tflops", "1", "--json", str(output)],
-        check=True,
-        env=env,
-        timeout=600,
-    )
-    rows = json.loads(output.read_text())["speed"]
-    assert [row["implementation"] for row in rows] == ["hf_vit", "hf_vit+compile"]
-    assert all(0 < row["mfu"] < 1 for row in rows)

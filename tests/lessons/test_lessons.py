@@ -1,17 +1,45 @@
-"""The learner scripts: the article's three exercises and attention rollout, on the embedded digits."""
+"""DeiT: the distillation token and losses, teacher distillation through the Trainer, the data-efficient recipe.
+
+The learner scripts: the article's three exercises and attention rollout, on the embedded digits.
+
+Recipes: which ingredient each recipe picks for which data size and source, and that explicit flags win."""
 
 import json
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfViTConfig, HfViTForImageClassification
 from hf_vit.processors import make_image_processor
 from hf_vit_lessons.attention import attention_cost, attention_cost_sweep, attention_rollout
 
-from conftest import REPO_ROOT, randomize
+from conftest import REPO_ROOT, randomize, run_script
+
+
+def test_recipe_study_writes_its_table_and_plot(tmp_path):
+    runs = ["ViT, plain recipe", "DeiT, deit recipe + CNN teacher, truncated-normal start"]  # the second an ablation
+    result = run_script(
+        ["--output_dir", str(tmp_path), "--seeds", "0", "--epochs", "1", "--max_train_samples", "48", "--runs", *runs],
+        script="recipe_study.py",
+    )
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(row["dataset"], row["run"]) for row in rows] == [
+        (dataset, run) for dataset in ("digits", "photo_patches") for run in ["CNN (ResNet, 3 stages)", *runs]
+    ]
+    assert all(0 <= row["min_accuracy"] <= row["mean_accuracy"] <= row["max_accuracy"] <= 1 for row in rows)
+    assert "| photo_patches | DeiT, deit recipe + CNN teacher, truncated-normal start |" in result.stdout
+    assert (tmp_path / "results.csv").read_text().startswith("dataset,run,mean_accuracy")
+    assert (tmp_path / "recipe_study.png").read_bytes()[:4] == b"\x89PNG"
+    distilled = tmp_path / "photo_patches" / "seed0" / "DeiT_deit_recipe_and_CNN_teacher_truncated-normal_start"
+    config = json.loads((distilled / "config.json").read_text())
+    assert config["model_type"] == "hf_deit" and config["distillation_type"] == "hard"
+    assert (
+        config["position_embedding_init"] == "trunc_normal"
+    )  # the ablation's flag, over the recipe's sine-cosine start
+    assert config["patch_embedding_init"] == "xavier"  # the recipe's, for a student from scratch with a teacher
 
 
 def run(script, *args):
@@ -148,3 +176,34 @@ def test_pretraining_study_pretrains_then_fine_tunes_against_scratch(tmp_path):
     assert all(0 <= row["mean_accuracy"] <= 1 for row in rows)
     assert (tmp_path / "pretraining.png").is_file() and (tmp_path / "simmim" / "reconstructions.png").is_file()
     assert json.loads((tmp_path / "simmim" / "config.json").read_text())["mask_ratio"] == 0.6
+
+
+@pytest.mark.slow  # a long end-to-end run; the script's short one stays in CI
+def test_fine_tuning_study_trains_a_source_and_fine_tunes_it_on_the_other_digits(tmp_path):
+    runs = ["from scratch, auto recipe", "checkpoint, lr 5e-4, layer decay 0.75"]
+    result = run_script(
+        [
+            "--study",
+            "fine_tuning",
+            "--output_dir",
+            str(tmp_path),
+            "--seeds",
+            "0",
+            "--epochs",
+            "1",
+            "--labelled_images",
+            "40",
+            "--runs",
+            *runs,
+        ],
+        script="recipe_study.py",
+    )
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(row["dataset"], row["run"]) for row in rows] == [("digits 5-9", run) for run in runs]
+    assert "(40 labelled images)" in result.stdout and (tmp_path / "fine_tuning.png").read_bytes()[:4] == b"\x89PNG"
+    source = json.loads((tmp_path / "checkpoint_digits_0-4" / "config.json").read_text())
+    tuned = json.loads((tmp_path / "seed0" / "checkpoint_lr_5e-4_layer_decay_0.75" / "config.json").read_text())
+    assert list(source["id2label"].values()) == ["0", "1", "2", "3", "4"]
+    assert list(tuned["id2label"].values()) == ["5", "6", "7", "8", "9"]
+    card = (tmp_path / "seed0" / "checkpoint_lr_5e-4_layer_decay_0.75" / "README.md").read_text()
+    assert "layer_decay = 0.75: given" in card

@@ -1,4 +1,4 @@
-import copy
+""""""
 
 import pytest
 import torch
@@ -72,20 +72,6 @@ def test_multi_label_and_regression_follow_problem_type(tiny_vit_config):
     torch.testing.assert_close(out.loss, F.mse_loss(out.logits.squeeze(), torch.tensor([0.5, -1.0])))
 
 
-def test_eager_and_sdpa_agree_and_sdpa_refuses_attention_maps(tiny_vit_config):
-    eager = randomize(
-        HfViTForImageClassification._from_config(copy.deepcopy(tiny_vit_config), attn_implementation="eager")
-    )
-    sdpa = HfViTForImageClassification._from_config(copy.deepcopy(tiny_vit_config), attn_implementation="sdpa").eval()
-    sdpa.load_state_dict(eager.state_dict())
-    assert (eager.config._attn_implementation, sdpa.config._attn_implementation) == ("eager", "sdpa")
-    pixels = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(eager(pixels).logits, sdpa(pixels).logits, atol=1e-5, rtol=1e-5)
-    assert len(eager(pixels, output_attentions=True).attentions) == 2
-    with pytest.raises(ValueError, match="attn_implementation='eager'"):
-        sdpa(pixels, output_attentions=True)
-
-
 def test_wrong_size_or_channels_name_expected_and_received_shapes(tiny_vit_config):
     model = HfViTModel(tiny_vit_config).eval()
     with pytest.raises(ValueError, match=r"48x48 doesn't match the model's 32x32.*\(1, 3, 32, 32\).*\(1, 3, 48, 48\)"):
@@ -148,19 +134,6 @@ def test_stochastic_depth_grows_linearly_and_is_off_in_eval(tiny_vit_config):
     assert torch.equal(drop.eval()(torch.ones(5, 3)), torch.ones(5, 3))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_vit_config):
-    reference = randomize(HfViTForImageClassification(tiny_vit_config)).train()
-    checkpointed = HfViTForImageClassification(tiny_vit_config).train()
-    checkpointed.load_state_dict(reference.state_dict())
-    checkpointed.gradient_checkpointing_enable()
-    assert all(layer.gradient_checkpointing for layer in checkpointed.vit.encoder.layers)
-    pixels, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
-    for model in (reference, checkpointed):
-        model(pixels, labels=labels).loss.backward()
-    for (name, a), b in zip(reference.named_parameters(), checkpointed.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, msg=name)
-
-
 def test_initialisation_uses_truncated_normal_position_embeddings(tiny_vit_config):
     tiny_vit_config.hidden_size, tiny_vit_config.num_attention_heads = 256, 4
     model = HfViTModel(tiny_vit_config)
@@ -212,12 +185,6 @@ def test_xavier_patch_start_is_maes_bound_and_kept_when_loading(tiny_vit_config,
         HfViTConfig(patch_embedding_init="kaiming")
     with pytest.raises(ValueError, match="patch_embedding_type='conv_stem' has none"):
         HfViTConfig(patch_embedding_type="conv_stem", patch_embedding_init="xavier")
-
-
-def test_torch_compile_has_no_graph_breaks_in_the_encoder(tiny_vit_config):
-    model = HfViTForImageClassification(tiny_vit_config).eval()
-    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
-    assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
 @pytest.mark.parametrize("model_class", [HfViTForImageClassification, HfDeiTForImageClassification])

@@ -1,4 +1,7 @@
-"""LoRA through PEFT: `finetune.py --lora_rank` trains adapters and the head, saves PEFT's adapter, merges it."""
+"""LoRA through PEFT: `finetune.py --lora_rank` trains adapters and the head, saves PEFT's adapter, merges it.
+
+Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
+paths, a finished run overwritten, evaluation memory."""
 
 import json
 
@@ -8,14 +11,18 @@ from peft import PeftModel
 from transformers import AutoModelForImageClassification
 
 import hf_vit
+from hf_vit import (
+    HfViTConfig,
+    HfViTForImageClassification,
+)
 from hf_vit.data import load_digits_splits
 from hf_vit.guards import UsageError
 from hf_vit.processors import make_image_processor
 from hf_vit.training.finetune import finetune, parse_args
 from hf_vit.training.lora import LoraArguments, add_lora, head_modules, lora_targets
+from hf_vit.training.regularisation import ModelEMA
 
-from conftest import randomize
-from test_finetune import run_script
+from conftest import TINY_CLASSIFIER, free_port, launcher, randomize, run_script
 
 SMALL = [
     "--max_train_samples",
@@ -193,3 +200,46 @@ def test_a_lora_target_that_matches_nothing_is_named_and_nothing_is_written(tmp_
                 )
             )
     assert not (tmp_path / "out").exists()
+
+
+def test_lora_trains_on_two_processes(tmp_path):
+    checkpoint = tmp_path / "checkpoint"
+    HfViTForImageClassification(HfViTConfig(**{**TINY_CLASSIFIER, "num_labels": 10})).save_pretrained(checkpoint)
+    from hf_vit.processors import make_image_processor
+
+    make_image_processor(32, 3).save_pretrained(checkpoint)
+    output_dir = tmp_path / "lora"
+    run_script(
+        [
+            "--output_dir",
+            str(output_dir),
+            "--model_name_or_path",
+            str(checkpoint),
+            "--lora_rank",
+            "2",
+            "--max_train_samples",
+            "128",
+            "--max_eval_samples",
+            "32",
+            "--per_device_train_batch_size",
+            "32",
+            "--num_train_epochs",
+            "1",
+            "--disable_tqdm",
+            "true",
+            "--save_strategy",
+            "no",
+        ],
+        launcher=launcher("ddp.yaml", "--main_process_port", str(free_port())),
+    )
+    assert (output_dir / "adapter_config.json").is_file()
+    assert json.loads((output_dir / "train_results.json").read_text())["epoch"] == 1.0
+
+
+def test_the_ema_of_a_lora_model_follows_only_what_trains():
+    from hf_vit.training.lora import LoraArguments, add_lora
+
+    model = add_lora(HfViTForImageClassification(HfViTConfig(**TINY_CLASSIFIER)), LoraArguments(lora_rank=2))
+    ema = ModelEMA(model, decay=0.5)
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    assert set(ema.shadow) == trainable and 0 < len(trainable) < len(list(model.parameters())) / 2

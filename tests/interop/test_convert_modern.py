@@ -2,18 +2,29 @@
 Perception Encoder's), SwiGLU, RMSNorm, a norm before the encoder, masked key biases, models without a class token.
 Every source converts with parity against transformers and timm on random weights, at its own size and (rotary
 models) at a non-square one; the options work under SDPA and eager attention, gradient checkpointing, bf16 / fp16 and
-remote code; a converted DINOv3 fine-tunes, serves as an AutoBackbone and UperNet's backbone, and exports."""
+remote code; a converted DINOv3 fine-tunes, serves as an AutoBackbone and UperNet's backbone, and exports.
 
-import json
+The later ViTs' options (registers, LayerScale, qk-norm, grid-only position embeddings, CLS + mean and attention
+pooling) and the checkpoints that use them: timm's DINOv2, DINOv2 with registers, DeiT III and SigLIP, transformers'
+Dinov2 and Dinov2WithRegisters, each converted from random weights with logit parity at two sizes."""
+
+import logging
 
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 from transformers import (
     Aimv2VisionConfig,
     Aimv2VisionModel,
+    AutoImageProcessor,
     CLIPVisionConfig,
     CLIPVisionModel,
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
     DINOv3ViTBackbone,
     DINOv3ViTConfig,
     DINOv3ViTModel,
@@ -21,16 +32,16 @@ from transformers import (
     UperNetForSemanticSegmentation,
 )
 
-from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfViTBackbone, HfViTConfig, HfViTForImageClassification
+from hf_vit import HfViTBackbone, HfViTConfig, HfViTForImageClassification
 from hf_vit.interop.convert import convert_checkpoint, from_timm, from_transformers
 from hf_vit.models.configuration_utils import CheckpointMismatchError
-from hf_vit.models.modeling_vit import HfViTForMaskedImageModeling, HfViTForPreTraining, HfViTModel
+from hf_vit.models.modeling_vit import HfViTModel
+from hf_vit.training.finetune import finetune, parse_args
 
-from conftest import TINY_VIT, randomize
-from test_convert import save_timm
-from test_ecosystem import assert_loads_as_remote_code
+from conftest import TINY_VIT, assert_same_logits, make_imagefolder, randomize, save_timm
 
 SMALL = dict(depth=2, embed_dim=64, num_heads=2)
+
 
 # timm source, model_args, the sizes to compare at (a second, non-square one for rotary models)
 TIMM_SOURCES = {
@@ -86,6 +97,8 @@ def test_a_timm_checkpoint_saved_with_smaller_model_args_converts_as_saved(tmp_p
 
 
 TRANSFORMERS_SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+
+
 TRANSFORMERS_SOURCES = {
     "dinov3": (
         DINOv3ViTModel,
@@ -211,126 +224,6 @@ def options_model(options: dict, **more):
     return randomize(HfViTForImageClassification(HfViTConfig(**TINY_VIT, num_labels=3, **options, **more)))
 
 
-@pytest.mark.parametrize("name", list(OPTIONS))
-def test_each_option_works_under_eager_and_sdpa_checkpointing_and_remote_code(tmp_path, name):
-    model = options_model(OPTIONS[name])
-    pixels = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        sdpa = model(pixels).logits
-        model.set_attn_implementation("eager")
-        eager = model(pixels, output_attentions=True)
-    torch.testing.assert_close(eager.logits, sdpa, atol=1e-5, rtol=0)
-    model.train()
-    labels = torch.tensor([0, 2])
-    torch.manual_seed(1)
-    model(pixels, labels=labels).loss.backward()
-    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    model.gradient_checkpointing_enable()
-    torch.manual_seed(1)
-    model(pixels, labels=labels).loss.backward()
-    for n, p in model.named_parameters():
-        if n in plain:
-            torch.testing.assert_close(p.grad, plain[n], atol=1e-5, rtol=1e-4, msg=n)
-    model.gradient_checkpointing_disable()
-    assert_loads_as_remote_code(model, tmp_path / "model", pixels)
-
-
-@pytest.mark.parametrize("name", ["dinov3 rotary", "eva rotary beside absolute positions"])
-def test_rotary_models_pretrain_with_mae_and_simmim_and_serve_a_deit(name):
-    config = HfViTConfig(**TINY_VIT, **OPTIONS[name], decoder_hidden_size=16, decoder_num_hidden_layers=1,
-                         decoder_num_attention_heads=2, decoder_intermediate_size=32)  # fmt: skip
-    pixels = torch.randn(2, 3, 32, 32)
-    for model_class in (HfViTForPreTraining, HfViTForMaskedImageModeling):
-        output = model_class(config)(pixels)
-        output.loss.backward()
-        assert torch.isfinite(output.loss)
-    deit = HfDeiTForImageClassification(HfDeiTConfig(**TINY_VIT, **OPTIONS[name], num_labels=3))
-    assert deit(torch.randn(2, 3, 32, 48), interpolate_pos_encoding=True).logits.shape == (2, 3)
-
-
-def test_the_prefix_only_last_block_gives_the_same_logits_with_rotary_positions():
-    model = options_model(OPTIONS["dinov3 rotary"])
-    pixels = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        full = model.vit(pixels, output_hidden_states=True).pooler_output
-        fast = model(pixels).logits
-    torch.testing.assert_close(model.classifier(full), fast, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("preset", ["dinov3-small-patch16-224", "eva02-tiny-patch14-224", "aimv2-large-patch14-224"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_new_presets_train_in_bf16_and_fp16_without_overflow(preset, dtype):
-    config = HfViTConfig.from_preset(
-        preset,
-        num_hidden_layers=2,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=2,
-        image_size=112,
-        num_labels=3,
-    )
-    model = HfViTForImageClassification(config)
-    pixels = torch.randn(2, 3, 112, 112) * 3  # brighter than normalised images
-    with torch.autocast("cpu", dtype=dtype):
-        output = model(pixels, labels=torch.tensor([0, 1]))
-    assert output.loss.dtype == torch.float32 and torch.isfinite(output.logits).all()
-    output.loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    model.to(dtype)  # the weights themselves in half precision too
-    assert torch.isfinite(model(pixels.to(dtype)).logits).all()
-
-
-def test_a_high_norm_channel_beyond_fp16s_range_stays_finite_under_fp16_autocast():
-    """Where DINOv3 breaks in fp16: trained DINOv3s grow high-norm channels in the residual stream, past fp16's 65504.
-    Weights cast to fp16 overflow there; under autocast (the Trainer's `--fp16`) the stream stays in float32 and the
-    norms, rotary angles and softmax run in float32, so the logits match float32's."""
-    config = HfViTConfig.from_preset(
-        "dinov3-small-patch16-224", num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=2,
-        image_size=64, num_labels=3,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = HfViTForImageClassification(config).eval()
-    pixels = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        model.vit.encoder.layers[0].layer_scale2.gamma[5] = 3e6
-        assert model.vit(pixels, output_hidden_states=True).hidden_states[1].abs().max() > 65504
-        expected = model(pixels).logits
-        with torch.autocast("cpu", dtype=torch.float16):
-            got = model(pixels).logits
-        torch.testing.assert_close(got.float(), expected, atol=1e-3, rtol=1e-3)
-        assert not torch.isfinite(model.half()(pixels.half()).logits).all()  # the failure autocast avoids
-
-
-def test_new_presets_train_from_scratch_through_finetune(tmp_path):
-    from hf_vit.training.finetune import finetune, parse_args
-
-    args = ["--output_dir", str(tmp_path / "run"), "--preset", "dinov3-small-patch16-224", "--config_overrides",
-            "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64,patch_size=4",
-            "--image_size", "32", "--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "2",
-            "--disable_tqdm", "true", "--save_strategy", "no"]  # fmt: skip
-    finetune(*parse_args(args))
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["rope"] == "dinov3" and config["num_register_tokens"] == 4
-
-
-@pytest.mark.parametrize("fields, message", [
-    (dict(rope_theta=50.0), r"\['rope_theta'\] set rotary position embeddings, which need rope"),
-    (dict(absolute_position_embeddings=False), "leaves the model no position information"),
-    (dict(rope="dinov3", absolute_position_embeddings=False, interpolation_antialias=True),
-     r"\['interpolation_antialias'\] set absolute position embeddings"),
-    (dict(rope="eva", hidden_size=40, num_attention_heads=4), "head width divisible by 4"),
-    (dict(rope="dinov3", rope_reference_grid=[4, 4]), "rope_reference_grid .* rescales rope='eva' coordinates"),
-    (dict(rope="dinov3", rope_jitter=0.5), "rope_jitter must be a number of at least 1.0"),
-    (dict(mlp_type="geglu"), r"mlp_type must be one of \['mlp', 'swiglu', 'swiglu_fused'\]"),
-    (dict(norm_type="batch_norm"), r"norm_type must be one of"),
-    (dict(pooled_norm_only=True, pooling="mean"), "pooled_norm_only normalises the pooled CLS token"),
-])  # fmt: skip
-def test_options_that_cannot_work_together_are_named(fields, message):
-    with pytest.raises(ValueError, match=message):
-        HfViTConfig(**{**TINY_VIT, **fields})
-
-
 def test_a_config_that_does_not_describe_the_checkpoint_is_refused(tmp_path):
     options_model(OPTIONS["dinov3 rotary"]).save_pretrained(tmp_path / "model")
     HfViTModel.from_pretrained(tmp_path / "model")
@@ -404,3 +297,167 @@ def test_a_siglip2_naflex_checkpoint_is_refused_by_name():
     reference = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision))
     with pytest.raises(ValueError, match="'siglip2_vision_model' \\(SigLIP 2's NaFlex tower"):
         from_transformers(reference.config.to_dict(), reference.state_dict())
+
+
+TIMM_SOURCES = {
+    "dinov2": ("vit_small_patch14_dinov2", dict(img_size=56), dict(layer_scale_init_value=1e-5)),
+    "dinov2 with registers": (
+        "vit_small_patch14_reg4_dinov2",
+        dict(img_size=56),
+        dict(num_register_tokens=4, prefix_position_embeddings=False),
+    ),
+    "deit iii": (
+        "deit3_small_patch16_224",
+        dict(img_size=64),
+        dict(layer_scale_init_value=1e-6, prefix_position_embeddings=False),
+    ),
+    "siglip": (
+        "vit_base_patch16_siglip_224",
+        dict(img_size=64, embed_dim=192, num_heads=3),
+        dict(pooling="map", class_token=False),
+    ),
+    "qk-norm": ("vit_tiny_patch16_224", dict(img_size=64, qk_norm=True), dict(qk_norm=True)),
+}
+
+
+@pytest.mark.parametrize("architecture, model_args, expected", TIMM_SOURCES.values(), ids=TIMM_SOURCES.keys())
+def test_timm_sources_convert_with_parity_at_two_sizes(tmp_path, architecture, model_args, expected):
+    reference, source = save_timm(
+        tmp_path, "source", architecture, std=0.1, depth=2, dynamic_img_size=True, **model_args
+    )
+    converted = convert_checkpoint(source, str(tmp_path / "out"))
+    assert {key: getattr(converted.config, key) for key in expected} == expected
+    size, patch = model_args["img_size"], converted.config.patch_size[0]
+    assert_same_logits(converted, reference, torch.randn(2, 3, size, size))
+    # timm resamples its position embeddings as hf_vit does (antialiased bicubic, prefix apart)
+    assert_same_logits(
+        converted, reference, torch.randn(2, 3, size + 2 * patch, size + patch), interpolate_pos_encoding=True
+    )
+
+
+def test_unsupported_timm_variants_name_the_option(tmp_path):
+    # DINOv2-g's fused SwiGLU (timm's GluMlp), refused until the fused SwiGLU came, now converts with parity
+    reference, source = save_timm(
+        tmp_path, "giant", "vit_giant_patch14_dinov2", img_size=28, depth=1, embed_dim=48, num_heads=2
+    )
+    giant = convert_checkpoint(source, str(tmp_path / "giant_out"))
+    assert giant.config.mlp_type == "swiglu_fused"
+    assert_same_logits(giant, reference, torch.randn(2, 3, 28, 28))
+    _, source = save_timm(tmp_path, "registers", "vit_tiny_patch16_224", img_size=32, depth=1, reg_tokens=2)
+    with pytest.raises(ValueError, match="position embeddings on register tokens"):
+        convert_checkpoint(source, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+DINOV2_SMALL = dict(
+    hidden_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    image_size=56,
+    patch_size=14,
+    layerscale_value=0.5,
+    num_labels=10,
+)
+
+
+@pytest.mark.parametrize(
+    "model_class, config",
+    [
+        (Dinov2ForImageClassification, Dinov2Config(**DINOV2_SMALL)),
+        (Dinov2WithRegistersForImageClassification, Dinov2WithRegistersConfig(**DINOV2_SMALL, num_register_tokens=4)),
+    ],
+    ids=["dinov2", "dinov2 with registers"],
+)
+def test_transformers_dinov2_converts_with_parity_at_two_sizes(tmp_path, caplog, model_class, config):
+    reference = randomize(model_class(config), std=0.2)
+    reference.save_pretrained(tmp_path / "source")  # a user's own save: no preprocessor_config.json
+    with caplog.at_level(logging.WARNING, logger="hf_vit.interop.convert"):
+        converted = convert_checkpoint(str(tmp_path / "source"), str(tmp_path / "out"))
+    assert [record.getMessage() for record in caplog.records if "preprocessor_config.json" in record.getMessage()] != []
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "out")
+    assert processor.size == {"height": 56, "width": 56}
+    assert converted.config.pooling == "cls_mean" and converted.config.num_register_tokens == config.to_dict().get(
+        "num_register_tokens", 0
+    )
+    assert_same_logits(converted, lambda x: reference(x).logits, torch.randn(2, 3, 56, 56))
+    # Dinov2 resamples with plain bicubic, Dinov2WithRegisters with antialiased bicubic: each converted model keeps
+    # its own
+    assert_same_logits(
+        converted, lambda x: reference(x).logits, torch.randn(2, 3, 84, 70), interpolate_pos_encoding=True
+    )
+
+
+def test_a_bare_dinov2_with_the_hubs_key_names_converts_and_a_register_mismatch_is_named():
+    reference = randomize(Dinov2Model(Dinov2Config(**DINOV2_SMALL)), std=0.2)
+    legacy = {}
+    for key, tensor in reference.state_dict().items():  # the names the Hub checkpoints were saved with
+        key = key.replace("attention.q_proj", "attention.attention.query").replace(
+            "attention.k_proj", "attention.attention.key"
+        )
+        key = key.replace("attention.v_proj", "attention.attention.value").replace(
+            "attention.o_proj", "attention.output.dense"
+        )
+        legacy[key] = tensor
+    converted = from_transformers(reference.config.to_dict(), legacy)
+    pixels = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            converted.vit(pixels).last_hidden_state, reference(pixels).last_hidden_state, atol=1e-4, rtol=0
+        )
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \(1\): vit\.embeddings\.register_tokens"):
+        from_transformers(
+            Dinov2Config(**DINOV2_SMALL).to_dict(),
+            {
+                **{f"dinov2.{key}": tensor for key, tensor in legacy.items()},
+                "dinov2.embeddings.register_tokens": torch.zeros(1, 4, 96),
+            },
+        )
+    with pytest.raises(ValueError, match=r"uses \['use_swiglu_ffn=True'\]"):
+        from_transformers(Dinov2Config(**DINOV2_SMALL, use_swiglu_ffn=True).to_dict(), legacy)
+
+
+def test_a_pooling_mismatch_is_named(tmp_path):
+    reference, source = save_timm(
+        tmp_path, "siglip", "vit_base_patch16_siglip_224", img_size=32, depth=1, embed_dim=48, num_heads=2
+    )
+    state = {key: tensor for key, tensor in reference.state_dict().items() if not key.startswith("attn_pool.")}
+    save_file(state, tmp_path / "siglip" / "model.safetensors")
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys \(\d+\): vit\.pooler\.kv\.bias"):
+        convert_checkpoint(source, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_converted_dinov2_with_registers_fine_tunes_at_its_own_size_with_the_finetune_recipe(tmp_path):
+    _, source = save_timm(tmp_path, "source", "vit_small_patch14_reg4_dinov2", img_size=56, depth=2)
+    convert_checkpoint(source, str(tmp_path / "dinov2"))  # timm configs store the size as [56, 56]
+    images = make_imagefolder(tmp_path / "images", per_class=6, size=(56, 56))
+    metrics = finetune(
+        *parse_args(
+            [
+                "--model_name_or_path",
+                str(tmp_path / "dinov2"),
+                "--train_dir",
+                str(images),
+                "--output_dir",
+                str(tmp_path / "tuned"),
+                "--recipe",
+                "finetune",
+                "--num_train_epochs",
+                "1",
+                "--disable_tqdm",
+                "true",
+                "--report_to",
+                "none",
+                "--save_strategy",
+                "no",
+            ]
+        )
+    )
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    tuned = HfViTForImageClassification.from_pretrained(tmp_path / "tuned")
+    assert (tuned.config.num_register_tokens, tuned.config.num_labels, tuned.config.layer_scale_init_value) == (
+        4,
+        2,
+        1e-5,
+    )
+    assert AutoImageProcessor.from_pretrained(tmp_path / "tuned").crop_size == {"height": 56, "width": 56}

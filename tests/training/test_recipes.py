@@ -1,7 +1,6 @@
 """Recipes: which ingredient each recipe picks for which data size and source, and that explicit flags win."""
 
 import dataclasses
-import json
 
 import pytest
 
@@ -19,7 +18,7 @@ from hf_vit.training.recipes import (
 )
 from hf_vit.training.trainer import ImageClassificationTrainer
 
-from test_finetune import TINY, run_script
+from conftest import TINY, run_script
 
 DIGITS = RunFacts(
     num_train_images=1437,
@@ -32,6 +31,8 @@ DIGITS = RunFacts(
     global_batch_size=16,
     flips_keep_labels=False,
 )
+
+
 IMAGENET = dataclasses.replace(
     DIGITS,
     num_train_images=1_281_167,
@@ -220,37 +221,6 @@ def test_the_trainer_wants_the_optimisation_ingredients_resolved(tmp_path, tiny_
     args = FinetuneTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, eval_strategy="no")
     with pytest.raises(ValueError, match=r"\['weight_decay', 'warmup_steps'\] unset"):
         ImageClassificationTrainer(model=HfViTForImageClassification(tiny_vit_config), args=args)
-
-
-@pytest.mark.slow  # a long end-to-end run; the script's short one stays in CI
-def test_fine_tuning_study_trains_a_source_and_fine_tunes_it_on_the_other_digits(tmp_path):
-    runs = ["from scratch, auto recipe", "checkpoint, lr 5e-4, layer decay 0.75"]
-    result = run_script(
-        [
-            "--study",
-            "fine_tuning",
-            "--output_dir",
-            str(tmp_path),
-            "--seeds",
-            "0",
-            "--epochs",
-            "1",
-            "--labelled_images",
-            "40",
-            "--runs",
-            *runs,
-        ],
-        script="recipe_study.py",
-    )
-    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert [(row["dataset"], row["run"]) for row in rows] == [("digits 5-9", run) for run in runs]
-    assert "(40 labelled images)" in result.stdout and (tmp_path / "fine_tuning.png").read_bytes()[:4] == b"\x89PNG"
-    source = json.loads((tmp_path / "checkpoint_digits_0-4" / "config.json").read_text())
-    tuned = json.loads((tmp_path / "seed0" / "checkpoint_lr_5e-4_layer_decay_0.75" / "config.json").read_text())
-    assert list(source["id2label"].values()) == ["0", "1", "2", "3", "4"]
-    assert list(tuned["id2label"].values()) == ["5", "6", "7", "8", "9"]
-    card = (tmp_path / "seed0" / "checkpoint_lr_5e-4_layer_decay_0.75" / "README.md").read_text()
-    assert "layer_decay = 0.75: given" in card
 
 
 def test_a_weak_recipe_mixes_few_batches_rather_than_with_a_small_alpha():

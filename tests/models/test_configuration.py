@@ -1,3 +1,5 @@
+""""""
+
 import pytest
 from transformers import AutoConfig
 

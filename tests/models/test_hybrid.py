@@ -8,7 +8,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_hybrid import HybridEmbed
-from transformers import AutoConfig, AutoModel, BitConfig, ConvNextConfig, ResNetConfig, ResNetModel, pipeline
+from transformers import BitConfig, ConvNextConfig, ResNetConfig, ResNetModel
 
 from hf_vit import (
     HfDeiTConfig,
@@ -18,18 +18,14 @@ from hf_vit import (
     HfViTHybridForImageClassification,
     HfViTHybridModel,
 )
-from hf_vit.data import load_digits_splits
 from hf_vit.interop.key_maps import TIMM_VIT_RULES, load_converted_state_dict, rename_keys
-from hf_vit.training.arguments import FinetuneTrainingArguments
-from hf_vit.training.finetune import finetune, parse_args
-from hf_vit.training.trainer import ImageClassificationTrainer
 
 from conftest import randomize
-from test_ecosystem import assert_loads_as_remote_code
 
 ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=3)
+
+
 TINY_RESNET = dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
-OPTIMIZATION = dict(learning_rate=1e-3, weight_decay=0.05, warmup_steps=0.02)
 
 
 def resnet_block(match: re.Match) -> str:
@@ -45,6 +41,8 @@ def resnet_block(match: re.Match) -> str:
 # timm's hybrid VisionTransformer on a timm / torchvision ResNet (`HybridEmbed(backbone=resnet features)`): the
 # ResNet becomes a transformers ResNet backbone (same architecture, v1.5 bottlenecks), the rest is timm's ViT.
 _TIMM_RESNET = r"^patch_embed\.backbone\."
+
+
 TIMM_VIT_HYBRID_RULES = [
     (_TIMM_RESNET + r"conv1\.", r"{base}.patch_embeddings.backbone.embedder.embedder.convolution."),
     (_TIMM_RESNET + r"bn1\.", r"{base}.patch_embeddings.backbone.embedder.embedder.normalization."),
@@ -210,32 +208,6 @@ def test_frozen_backbone_gets_no_gradients_and_keeps_its_statistics():
     assert all(p.grad is not None for p in trainable.vit.patch_embeddings.backbone.parameters())
 
 
-def test_backbone_learning_rate_gets_its_own_parameter_groups(tmp_path):
-    model = HfViTHybridForImageClassification(tiny_hybrid_config())
-    args = FinetuneTrainingArguments(
-        output_dir=str(tmp_path), **OPTIMIZATION, backbone_learning_rate=1e-5, eval_strategy="no"
-    )
-    optimizer = ImageClassificationTrainer(model=model, args=args).create_optimizer()
-    backbone_ids = {id(p) for p in model.vit.patch_embeddings.backbone.parameters()}
-    learning_rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
-    assert len(learning_rates) == sum(1 for _ in model.parameters())  # every parameter, once
-    assert all(lr == (1e-5 if key in backbone_ids else 1e-3) for key, lr in learning_rates.items())
-    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
-    conv = model.vit.patch_embeddings.backbone.embedder.embedder.convolution.weight
-    norm = model.vit.patch_embeddings.backbone.embedder.embedder.normalization.weight
-    assert decay[id(conv)] == args.weight_decay and decay[id(norm)] == 0.0
-
-
-def test_backbone_learning_rate_needs_a_backbone(tmp_path, tiny_vit_config):
-    from hf_vit import HfViTForImageClassification
-
-    args = FinetuneTrainingArguments(
-        output_dir=str(tmp_path), **OPTIMIZATION, backbone_learning_rate=1e-5, eval_strategy="no"
-    )
-    with pytest.raises(ValueError, match="backbone_learning_rate needs a model with a CNN backbone"):
-        ImageClassificationTrainer(model=HfViTForImageClassification(tiny_vit_config), args=args).create_optimizer()
-
-
 def test_pretrained_backbone_initialises_a_fresh_model_and_is_not_refetched(tmp_path):
     resnet = randomize(ResNetModel(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"})))
     resnet.save_pretrained(tmp_path / "resnet")
@@ -286,78 +258,12 @@ def test_wrong_channels_or_size_name_expected_and_received_shapes():
         model(torch.randn(1, 3, 48, 64))
 
 
-def test_auto_classes_save_load_and_remote_code(tmp_path):
-    config = AutoConfig.for_model(
-        "hf_vit_hybrid", **ENCODER, image_size=64, backbone_config={**TINY_RESNET, "out_features": ["stage2"]}
-    )
-    assert isinstance(AutoModel.from_config(config), HfViTHybridModel)
-    model = randomize(HfViTHybridForImageClassification(config), std=0.05)
-    pixels = torch.randn(2, 3, 64, 64)
-    assert_loads_as_remote_code(model, tmp_path / "hybrid", pixels)
-    loaded = AutoModel.from_pretrained(tmp_path / "hybrid").eval()
-    assert type(loaded) is HfViTHybridModel
-    torch.testing.assert_close(loaded(pixels).pooler_output, model.vit(pixels).pooler_output)
-
-
-def test_eager_and_sdpa_agree_and_eager_returns_attention_maps():
-    model = randomize(HfViTHybridForImageClassification(tiny_hybrid_config()), std=0.05)
-    pixels = torch.randn(2, 3, 64, 64)
-    sdpa = model(pixels).logits
-    model.set_attn_implementation("eager")
-    eager = model(pixels, output_attentions=True)
-    torch.testing.assert_close(eager.logits, sdpa, atol=1e-5, rtol=1e-5)
-    assert len(eager.attentions) == 2 and eager.attentions[0].shape == (2, 4, 65, 65)  # 8x8 grid + CLS
-
-
-def test_gradient_checkpointing_gives_the_same_gradients():
-    pixels, labels = torch.randn(2, 3, 64, 64), torch.tensor([0, 2])
-    grads = []
-    for checkpointing in (False, True):
-        torch.manual_seed(0)
-        model = HfViTHybridForImageClassification(tiny_hybrid_config()).train()
-        if checkpointing:
-            model.gradient_checkpointing_enable()
-        model(pixels, labels=labels).loss.backward()
-        grads.append({name: p.grad for name, p in model.named_parameters()})
-    for name, grad in grads[0].items():
-        torch.testing.assert_close(grads[1][name], grad, msg=name)
-
-
 def test_conv_stem_on_deit_keeps_the_sequence_length():
     plain = HfDeiTModel(HfDeiTConfig(**ENCODER, image_size=32, patch_size=8))
     stem = HfDeiTModel(HfDeiTConfig(**ENCODER, image_size=32, patch_size=8, patch_embedding_type="conv_stem"))
     pixels = torch.randn(2, 3, 32, 32)
     assert stem(pixels).last_hidden_state.shape == plain(pixels).last_hidden_state.shape == (2, 2 + 16, 32)
     assert [type(m).__name__ for m in stem.patch_embeddings.stem][:3] == ["Conv2d", "BatchNorm2d", "ReLU"]
-
-
-def test_finetune_trains_a_hybrid_with_a_lower_backbone_learning_rate(tmp_path):
-    args = [
-        "--model_type",
-        "hf_vit_hybrid",
-        "--output_dir",
-        str(tmp_path / "run"),
-        "--num_train_epochs",
-        "1",
-        "--max_train_samples",
-        "128",
-        "--max_eval_samples",
-        "64",
-        "--per_device_train_batch_size",
-        "64",
-        "--backbone_learning_rate",
-        "1e-4",
-        "--disable_tqdm",
-        "true",
-    ]
-    metrics = finetune(*parse_args(args))
-    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
-    model = HfViTHybridForImageClassification.from_pretrained(tmp_path / "run")
-    assert model.config.backbone_config.model_type == "resnet" and model.config.image_size == 32
-    classifier = pipeline("image-classification", model=str(tmp_path / "run"))
-    assert len(classifier(load_digits_splits()["validation"][0]["image"])) == 5
-    card = (tmp_path / "run" / "README.md").read_text()
-    assert "resnet to stage1" in card and "backbone learning rate: 0.0001" in card and "$" not in card.replace("${", "")
 
 
 def test_stages_after_the_tapped_one_are_reported(caplog):

@@ -1,86 +1,45 @@
-"""The main job, end to end: scripts/finetune.py through the Trainer, accelerate and the (loopback) Hub."""
+"""The main job, end to end: scripts/finetune.py through the Trainer, accelerate and the (loopback) Hub.
+
+The ViT backbones people fine-tune in 2026, and the options they are made of: rotary positions (DINOv3's, EVA02's,
+Perception Encoder's), SwiGLU, RMSNorm, a norm before the encoder, masked key biases, models without a class token.
+Every source converts with parity against transformers and timm on random weights, at its own size and (rotary
+models) at a non-square one; the options work under SDPA and eager attention, gradient checkpointing, bf16 / fp16 and
+remote code; a converted DINOv3 fine-tunes, serves as an AutoBackbone and UperNet's backbone, and exports.
+
+The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
+evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoModelForImageClassification, TrainerCallback, pipeline
+from transformers import (
+    AutoModelForImageClassification,
+    TrainerCallback,
+    pipeline,
+)
 
-from hf_vit.cli import parse_config_overrides
+from hf_vit import (
+    HfViTForImageClassification,
+)
 from hf_vit.data import load_digits_splits
 from hf_vit.training.finetune import finetune, parse_args
+from hf_vit.training.regularisation import balanced_class_weights, weighted_loss
 
-from conftest import HUB_TOKEN, REPO_ROOT, TWO_PROCESSES
-from test_ecosystem import run_without_hf_vit
-
-SCRIPTS = REPO_ROOT / "scripts"
-TINY = "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64"
-FAST = [
-    "--max_train_samples",
-    "128",
-    "--max_eval_samples",
-    "64",
-    "--per_device_train_batch_size",
-    "64",
-    "--config_overrides",
+from conftest import (
+    FAST,
+    HUB_TOKEN,
     TINY,
-    "--disable_tqdm",
-    "true",
-]
-
-
-def run_script(args, *, launcher=(sys.executable,), env=None, expect_success=True, script="finetune.py"):
-    result = subprocess.run(
-        [*launcher, str(SCRIPTS / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
-    if expect_success:
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
-
-
-def make_imagefolder(root, classes=("cat", "dog"), per_class=12, size=(20, 24), corrupt=None):
-    rng = np.random.default_rng(0)
-    for index, name in enumerate(classes):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = np.full((*size, 3), 40 + 60 * index, dtype=np.uint8) + rng.integers(
-                0, 40, (*size, 3), dtype=np.uint8
-            )
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    if corrupt is not None:
-        (root / classes[0] / corrupt).write_bytes(b"this is not a png")
-    return root
-
-
-def test_digits_are_real_and_split_the_same_way_every_time():
-    splits = load_digits_splits()
-    assert (len(splits["train"]), len(splits["validation"])) == (1437, 360)
-    assert splits["train"].features["label"].names == [str(d) for d in range(10)]
-    image = splits["train"][0]["image"]
-    assert image.size == (8, 8) and image.mode == "L"
-    assert load_digits_splits()["validation"]["label"] == splits["validation"]["label"]
-    assert np.bincount(splits["validation"]["label"]).min() >= 35  # stratified
-
-
-def test_config_overrides_parse_literals_and_lists():
-    assert parse_config_overrides("hidden_size=64,hidden_act=gelu,depths=[2, 2],qkv_bias=False") == {
-        "hidden_size": 64,
-        "hidden_act": "gelu",
-        "depths": [2, 2],
-        "qkv_bias": False,
-    }
-    with pytest.raises(ValueError, match="expected key=value"):
-        parse_config_overrides("hidden_size")
+    TWO_PROCESSES,
+    make_imagefolder,
+    randomize,
+    run_script,
+    run_without_hf_vit,
+)
 
 
 def test_short_run_writes_a_complete_checkpoint_that_resumes_and_serves(tmp_path):
@@ -150,10 +109,7 @@ def test_imagefolder_data_trains_at_a_requested_size(tmp_path):
 
 
 def test_checkpoint_fine_tunes_on_new_labels_at_a_new_size(tmp_path, tiny_vit_config):
-    from hf_vit import HfViTForImageClassification
     from hf_vit.processors import make_image_processor
-
-    from conftest import randomize
 
     source = randomize(HfViTForImageClassification(tiny_vit_config))  # 5 labels, 32 px, patch 8
     source.save_pretrained(tmp_path / "source")
@@ -186,28 +142,6 @@ def test_checkpoint_fine_tunes_on_new_labels_at_a_new_size(tmp_path, tiny_vit_co
     card = (output_dir / "README.md").read_text()
     assert "fine-tuned from a local checkpoint `source`" in card and card.startswith("---") and "# tuned" in card
     assert str(tmp_path / "source") not in card  # a card may be pushed: the source by its folder's name only
-
-
-def test_a_local_dataset_directory_works_as_dataset_name(tmp_path):
-    splits = load_digits_splits()
-    (tmp_path / "digits").mkdir()
-    splits["train"].select(range(100)).to_parquet(tmp_path / "digits" / "train.parquet")
-    splits["validation"].select(range(40)).to_parquet(tmp_path / "digits" / "validation.parquet")
-    args = [
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--dataset_name",
-        str(tmp_path / "digits"),
-        "--num_train_epochs",
-        "1",
-        "--config_overrides",
-        TINY,
-        "--disable_tqdm",
-        "true",
-    ]
-    metrics = finetune(*parse_args(args))
-    assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["eval_samples_per_second"] > 0
-    assert metrics["epoch"] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -381,3 +315,30 @@ def test_a_run_with_an_ema_killed_after_epoch_two_resumes_to_the_same_weights(tm
                 ]
             )
         )
+
+
+def test_new_presets_train_from_scratch_through_finetune(tmp_path):
+    from hf_vit.training.finetune import finetune, parse_args
+
+    args = ["--output_dir", str(tmp_path / "run"), "--preset", "dinov3-small-patch16-224", "--config_overrides",
+            "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64,patch_size=4",
+            "--image_size", "32", "--max_train_samples", "64", "--max_eval_samples", "32", "--max_steps", "2",
+            "--disable_tqdm", "true", "--save_strategy", "no"]  # fmt: skip
+    finetune(*parse_args(args))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["rope"] == "dinov3" and config["num_register_tokens"] == 4
+
+
+def test_balanced_class_weights_are_scikit_learns_and_weigh_the_loss():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = [0, 0, 0, 0, 1, 1, 2]
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    torch.testing.assert_close(balanced_class_weights(labels, 3), torch.tensor(expected, dtype=torch.float32))
+    assert balanced_class_weights([[0, 1], [0], [0, 2]], 3).tolist() == [0.0, 2.0, 2.0]  # negatives / positives
+    logits, ids = torch.randn(7, 3), torch.tensor(labels)
+    torch.testing.assert_close(weighted_loss(logits, ids, torch.ones(3), False), F.cross_entropy(logits, ids))
+    rare_first = weighted_loss(logits, ids, torch.tensor([0.0, 0.0, 1.0]), False)
+    torch.testing.assert_close(rare_first, F.cross_entropy(logits[6:], ids[6:]) / 7)
+    with pytest.raises(ValueError, match=r"classes \[2\] have no training image"):
+        balanced_class_weights([0, 1, 1], 3)

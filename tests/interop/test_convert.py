@@ -1,15 +1,14 @@
-"""Converting transformers and timm checkpoints (saved here from random weights) into hf_vit, with logit parity."""
+"""The first ten minutes: what a newcomer meets on the command line (errors, help, warnings, card, pictures).
+
+Converting transformers and timm checkpoints (saved here from random weights) into hf_vit, with logit parity."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-import timm
 import torch
 from safetensors.torch import save_file
-from timm.models._hub import save_for_hf
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
@@ -23,23 +22,50 @@ from transformers import (
 )
 
 from hf_vit import HfDeiTForImageClassification, HfSwinForImageClassification, HfViTForImageClassification
-from hf_vit.interop.convert import convert_checkpoint
+from hf_vit.interop.convert import convert_checkpoint, read_source
 from hf_vit.models.configuration_utils import CheckpointMismatchError
 
-from conftest import HUB_TOKEN, REPO_ROOT, SMALL_VIT, randomize
-from test_finetune import make_imagefolder, run_script
+from conftest import (
+    HUB_TOKEN,
+    REPO_ROOT,
+    SMALL_VIT,
+    assert_same_logits,
+    make_imagefolder,
+    randomize,
+    run_script,
+    save_timm,
+    subprocess_convert,
+)
+
+
+def test_convert_names_a_missing_local_source(tmp_path):
+    with pytest.raises(FileNotFoundError, match="source './does_not_exist': no such file or directory"):
+        read_source("./does_not_exist")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "convert_checkpoint.py"),
+            "--source",
+            "./does_not_exist",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "convert_checkpoint.py: error: source './does_not_exist': no such file or directory"
+    assert not (tmp_path / "out").exists()
+
 
 SMALL = SMALL_VIT
+
+
 SWIN_SMALL = dict(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], num_labels=10)
+
+
 LABELS = {i: f"kind_{i}" for i in range(10)}
-CONVERT = str(REPO_ROOT / "scripts" / "convert_checkpoint.py")
-
-
-def assert_same_logits(ours, reference_logits, pixels, **kwargs):
-    with torch.no_grad():
-        expected = reference_logits(pixels)
-        assert expected.std() > 0.1
-        torch.testing.assert_close(ours(pixels, **kwargs).logits, expected, atol=1e-4, rtol=0)
 
 
 def save_transformers(model, path):
@@ -72,14 +98,6 @@ def test_transformers_vit_converts_through_the_script_with_processor_card_and_la
     assert (tmp_path / "out" / "modeling_vit.py").exists()
 
 
-def subprocess_convert(args, env=None):
-    result = subprocess.run(
-        [sys.executable, CONVERT, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 def test_transformers_distilled_deit_converts_with_both_heads(tmp_path):
     reference = randomize(DeiTForImageClassificationWithTeacher(DeiTConfig(**SMALL)))
     converted = convert_checkpoint(str(save_transformers(reference, tmp_path / "deit")), str(tmp_path / "out"))
@@ -93,12 +111,6 @@ def test_transformers_swin_converts(tmp_path):
     converted = AutoModelForImageClassification.from_pretrained(tmp_path / "out").eval()
     assert type(converted) is HfSwinForImageClassification and converted.config.window_size == 7
     assert_same_logits(converted, lambda x: reference(x).logits, torch.randn(2, 3, 224, 224))
-
-
-def save_timm(tmp_path, name, architecture, std=0.2, **model_args):
-    reference = randomize(timm.create_model(architecture, num_classes=10, **model_args), std=std)
-    save_for_hf(reference, str(tmp_path / name), model_args=model_args, safe_serialization=True)
-    return reference, str(tmp_path / name)
 
 
 @pytest.mark.parametrize(

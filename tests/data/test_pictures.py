@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 
 from hf_vit import HfViTConfig, HfViTForImageClassification
 from hf_vit.data import build_transforms, decode_image
-from hf_vit.inference.classifier import attention_overlay, read_picture, seen_region
+from hf_vit.inference.classifier import read_picture
 from hf_vit.inference.predict import parse_args as predict_args
 from hf_vit.inference.predict import predict
 from hf_vit.processors import make_image_processor, timm_image_processor
@@ -56,27 +56,3 @@ def test_the_evaluation_resize_uses_the_processors_resampling():
     bilinear = build_transforms(make_image_processor(32), 3, train=False)
     modes = lambda pipeline: [t.interpolation for t in pipeline.transforms if isinstance(t, v2.Resize)]  # noqa: E731
     assert modes(bicubic) == [v2.InterpolationMode.BICUBIC] and modes(bilinear) == [v2.InterpolationMode.BILINEAR]
-
-
-def test_attention_is_drawn_over_the_centre_crop_the_model_saw():
-    processor = timm_image_processor({"input_size": (3, 32, 32), "crop_pct": 1.0})  # short side 32, crop 32x32
-    picture = torch.zeros(3, 32, 96, dtype=torch.uint8)  # 32 rows, 96 columns: the model saw the middle 32
-    assert seen_region(processor, 32, 96) == (32, 0, 64, 32)
-    drawn = attention_overlay(picture, torch.rand(4, 4), processor)
-    assert drawn.width == drawn.height  # a square region, not the 1:3 picture with the map stretched over it
-    assert seen_region(make_image_processor(32), 32, 96) == (0, 0, 96, 32)  # a plain resize sees all of it
-
-
-def test_the_inference_jobs_run_where_the_accelerator_is(classifier):
-    """evaluate, predict, the demo and probe run the model on the GPU when there is one, in bf16 where it computes
-    in bf16, with workers reading into pinned memory; on the CPU, in the process at full precision."""
-    from hf_vit.devices import inference_device, inference_precision, loader_settings
-    from hf_vit.inference.classifier import load_classifier
-
-    assert loader_settings(torch.device("cpu")) == dict(num_workers=0, pin_memory=False)
-    on_gpu = loader_settings(torch.device("cuda"))
-    assert on_gpu["pin_memory"] and 1 <= on_gpu["num_workers"] <= 8
-    model, _ = load_classifier(str(classifier))
-    assert model.device.type == inference_device().type
-    with inference_precision(torch.device("cpu")):
-        assert not torch.is_autocast_enabled("cpu")

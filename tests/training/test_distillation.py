@@ -1,0 +1,190 @@
+"""DeiT: the distillation token and losses, teacher distillation through the Trainer, the data-efficient recipe.
+
+The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
+evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium.
+
+Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
+paths, a finished run overwritten, evaluation memory."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForImageClassification,
+    ConvNextImageProcessor,
+    ResNetConfig,
+    ResNetForImageClassification,
+)
+
+from hf_vit import HfDeiTConfig, HfDeiTForImageClassification
+from hf_vit.data import DataArguments, collate, load_splits, set_transforms
+from hf_vit.guards import UsageError
+from hf_vit.models.modeling_deit import deit_loss
+from hf_vit.processors import make_image_processor
+from hf_vit.training.arguments import FinetuneTrainingArguments
+from hf_vit.training.finetune import finetune
+from hf_vit.training.finetune import parse_args as finetune_args
+from hf_vit.training.regularisation import TeacherInputAdapter
+from hf_vit.training.trainer import ImageClassificationTrainer
+
+from conftest import TINY, TINY_CLASSIFIER, TWO_PROCESSES, run_script
+
+
+@pytest.fixture
+def tiny_deit_config():
+    return HfDeiTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=5,
+    )
+
+
+def test_teacher_inputs_resize_and_renormalise():
+    adapt = TeacherInputAdapter([0.5] * 3, [0.5] * 3, (16, 16), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    pixels = torch.full((1, 3, 8, 8), 1.0)  # white in the student's normalisation
+    out = adapt(pixels)
+    assert out.shape == (1, 3, 16, 16)
+    torch.testing.assert_close(
+        out[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    )
+    same = TeacherInputAdapter([0.5] * 3, [0.5] * 3, (8, 8), [0.5] * 3, [0.5] * 3)
+    assert same(pixels) is pixels
+
+
+def make_resnet_teacher(path, labels, image_size=48):
+    """A transformers CNN teacher with its own size and ImageNet normalisation."""
+    config = ResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[16, 32],
+        depths=[1, 1],
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    ResNetForImageClassification(config).save_pretrained(path)
+    ConvNextImageProcessor(size={"shortest_edge": image_size}, crop_pct=1.0).save_pretrained(path)
+    return path
+
+
+def test_trainer_keeps_the_teacher_frozen_and_out_of_the_checkpoint(tmp_path, tiny_deit_config):
+    labels = [str(d) for d in range(10)]
+    teacher = ResNetForImageClassification.from_pretrained(make_resnet_teacher(tmp_path / "teacher", labels))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    tiny_deit_config.num_labels, tiny_deit_config.id2label = 10, dict(enumerate(labels))
+    tiny_deit_config.label2id = {name: i for i, name in enumerate(labels)}
+    student = HfDeiTForImageClassification(tiny_deit_config)
+    data_args = DataArguments(max_train_samples=64)
+    splits = load_splits(data_args)
+    processor = make_image_processor(32)
+    set_transforms(splits, processor, 3, data_args, crop_scale_min=0.8, hflip_prob=0.0)
+    args = FinetuneTrainingArguments(
+        output_dir=str(tmp_path / "student"),
+        num_train_epochs=1,
+        eval_strategy="no",
+        save_strategy="no",
+        disable_tqdm=True,
+        learning_rate=1e-3,
+        weight_decay=0.05,
+        warmup_steps=0.02,
+    )
+    adapt = TeacherInputAdapter([0.5] * 3, [0.5] * 3, (48, 48), processor.image_mean, processor.image_std)
+    trainer = ImageClassificationTrainer(
+        model=student,
+        args=args,
+        train_dataset=splits["train"],
+        data_collator=collate,
+        teacher=teacher,
+        teacher_inputs=adapt,
+    )
+    assert not trainer.teacher.training and not any(p.requires_grad for p in trainer.teacher.parameters())
+    trainer.train()
+    for key, value in trainer.teacher.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
+    trainer.save_model()
+    saved = load_file(tmp_path / "student" / "model.safetensors")
+    assert all(key.startswith(("deit.", "classifier.", "distillation_classifier.")) for key in saved)
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "student")
+    assert reloaded(torch.randn(1, 3, 32, 32)).logits.shape == (1, 10)
+
+    other = ResNetForImageClassification(ResNetConfig(embedding_size=16, hidden_sizes=[16], depths=[1], num_labels=3))
+    with pytest.raises(ValueError, match="The teacher's labels .* differ from the student's"):
+        ImageClassificationTrainer(model=student, args=args, train_dataset=splits["train"], teacher=other)
+
+
+def test_whole_recipe_with_a_teacher_runs_end_to_end_in_two_processes(tmp_path):
+    teacher = make_resnet_teacher(tmp_path / "teacher", [str(d) for d in range(10)])
+    output_dir = tmp_path / "deit"
+    launcher = TWO_PROCESSES
+    args = [
+        "--output_dir",
+        str(output_dir),
+        "--model_type",
+        "hf_deit",
+        "--recipe",
+        "deit",
+        "--teacher_name_or_path",
+        str(teacher),
+        "--num_train_epochs",
+        "2",
+        "--max_train_samples",
+        "96",
+        "--max_eval_samples",
+        "32",
+        "--config_overrides",
+        TINY,
+        "--disable_tqdm",
+        "true",
+        "--per_device_train_batch_size",
+        "16",
+    ]
+    result = run_script(args, launcher=launcher)
+    assert result.stdout.count("eval: accuracy") == 1
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 * math.ceil(96 / 32)
+    config = json.loads((output_dir / "config.json").read_text())
+    assert (
+        config["model_type"] == "hf_deit" and config["drop_path_rate"] == 0.0
+    )  # DeiT's 0.1 scaled to 96 images x 2 epochs
+    assert (
+        result.stdout.count("recipe 'deit' for hf_deit from scratch, 96 training images of 32 px in 10 classes") == 1
+        and "drop_path_rate = 0.0: DeiT's, at strength 0.00" in result.stdout
+    )
+    saved = load_file(output_dir / "model.safetensors")
+    assert "deit.embeddings.distillation_token" in saved and not any("teacher" in key for key in saved)
+
+
+def test_teacher_needs_a_distilling_student(tmp_path):
+    teacher = make_resnet_teacher(tmp_path / "teacher", [str(d) for d in range(10)])
+    result = run_script(
+        ["--output_dir", str(tmp_path / "out"), "--teacher_name_or_path", str(teacher), "--config_overrides", TINY],
+        expect_success=False,
+    )
+    assert result.returncode != 0 and "needs a model that distills (--model_type hf_deit)" in result.stderr
+
+
+def test_class_weights_and_a_teacher_are_refused_together(tmp_path):
+    args = ["--output_dir", str(tmp_path / "run"), "--model_type", "hf_deit", "--teacher_name_or_path",
+            str(tmp_path), "--class_weights", "balanced"]  # fmt: skip
+    with pytest.raises(UsageError, match="--class_weights and --teacher_name_or_path do not combine"):
+        finetune(*finetune_args(args))
+
+
+def test_distillation_and_label_losses_are_computed_in_fp32():
+    config = HfDeiTConfig(**TINY_CLASSIFIER, distillation_type="soft", distillation_tau=2.0)
+    torch.manual_seed(0)
+    cls_logits, distillation_logits, teacher = (torch.randn(4, 3) * 8 for _ in range(3))
+    labels = torch.tensor([0, 1, 2, 0])
+    half = [tensor.bfloat16() for tensor in (cls_logits, distillation_logits, teacher)]
+    loss = deit_loss(*half[:2], labels, half[2], config)
+    assert loss.dtype == torch.float32
+    expected = deit_loss(*(tensor.float() for tensor in half[:2]), labels, half[2].float(), config)
+    assert float(loss) == float(expected)  # the bf16 logits, but every term in fp32
+    config.distillation_type = "hard"
+    assert deit_loss(*half[:2], labels, half[2], config).dtype == torch.float32
