@@ -3,12 +3,17 @@
 huggingface_hub reads HF_ENDPOINT when it is imported, so the server starts here, at collection time.
 """
 
+import contextlib
+import io
+import logging
 import os
+import runpy
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import traceback
 from pathlib import Path
 
 from hub_server import HubServer
@@ -185,16 +190,73 @@ FAST = [
 
 
 def run_script(args, *, launcher=(sys.executable,), env=None, expect_success=True, script="finetune.py"):
-    result = subprocess.run(
-        [*launcher, str(SCRIPTS / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
+    """Run scripts/<script> with `args`, as `launcher` would (returns a CompletedProcess). A run expected to fail,
+    with the plain launcher, runs the script file in this process (`runpy`, its own `__main__`): a refusal comes
+    before any work, and a Python start per refused case is most of what it costs. Runs that train, and the
+    launcher's own behaviour, go through a real process."""
+    if launcher == (sys.executable,) and env is None:
+        result = run_script_in_process(script, args)
+    else:
+        result = subprocess.run(
+            [*launcher, str(SCRIPTS / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, **(env or {})},
+        )
     if expect_success:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
+
+
+def run_script_in_process(script: str, args) -> subprocess.CompletedProcess:
+    """scripts/<script> run as `__main__` in this process: its exit code, and what it printed (an exception that
+    escapes becomes exit code 1 and its traceback, as Python would print it)."""
+    path, out, err = str(SCRIPTS / script), io.StringIO(), io.StringIO()
+    argv, code = [path, *map(str, args)], 0
+    with mock_argv(argv), logs_to(err), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        except Exception:
+            code = 1
+            traceback.print_exc(file=err)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def logs_to(stream):
+    """The log handlers that write to stderr (transformers' own, set up before) write to `stream` meanwhile, and
+    so do records that would reach no handler in a process of their own (logging's last resort: warnings and up;
+    pytest's capture handlers stand in its way here)."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict))]
+    handlers = {
+        handler
+        for logger in loggers
+        for handler in logger.handlers
+        if type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.__stderr__)
+    }
+    saved = {handler: handler.setStream(stream) for handler in handlers}
+    last_resort = logging.StreamHandler(stream)
+    last_resort.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(last_resort)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(last_resort)
+        for handler, old in saved.items():
+            handler.setStream(old)
+
+
+@contextlib.contextmanager
+def mock_argv(argv):
+    """sys.argv as a script started with `argv` sees it (restored after)."""
+    saved, sys.argv = sys.argv, argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def launcher(config: str, *flags: str) -> tuple:
