@@ -32,8 +32,10 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from timm.models._hub import save_for_hf  # noqa: E402
+from transformers import ResNetConfig  # noqa: E402
 
 import hf_vit  # noqa: E402
+from hf_vit.models.configuration_vit import DINOV3, EVA02  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
@@ -175,18 +177,8 @@ def make_imagefolder(root, classes=("cat", "dog"), per_class=12, size=(20, 24), 
     return root
 
 
-FAST = [
-    "--max_train_samples",
-    "128",
-    "--max_eval_samples",
-    "64",
-    "--per_device_train_batch_size",
-    "64",
-    "--config_overrides",
-    TINY,
-    "--disable_tqdm",
-    "true",
-]
+FAST = ["--max_train_samples", "128", "--max_eval_samples", "64", "--per_device_train_batch_size", "64",
+        "--config_overrides", TINY, "--disable_tqdm", "true"]  # fmt: skip
 
 
 def run_script(args, *, launcher=(sys.executable,), env=None, expect_success=True, script="finetune.py"):
@@ -267,3 +259,97 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# a tiny ViT's fields as --config_overrides, a few hundred digits, and no files or bars a test does not look at
+TINY_VIT_FLAGS = "--config_overrides", ",".join(f"{key}={value}" for key, value in TINY_VIT.items())
+DIGITS_SUBSET = ("--max_train_samples", "200", "--max_eval_samples", "60")
+
+
+QUIET = ("--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny ViT trained briefly on the digits, and its run's own evaluation."""
+    output = tmp_path_factory.mktemp("trained") / "vit"
+    args = ["--output_dir", str(output), *TINY_VIT_FLAGS, *DIGITS_SUBSET, *QUIET, "--max_steps", "30",
+            "--ema_decay", "0"]  # fmt: skip
+    from hf_vit.training.finetune import finetune, parse_args
+
+    metrics = finetune(*parse_args(args))
+    return output, metrics
+
+
+@pytest.fixture(scope="session")
+def pictures(tmp_path_factory):
+    """A folder of pictures of every kind: RGB, grayscale, RGBA, sizes from 9 to 60 px, one unreadable file."""
+    folder = tmp_path_factory.mktemp("pictures")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(folder / "colour.png")
+    Image.fromarray(rng.integers(0, 255, (20, 60, 4), dtype=np.uint8), "RGBA").save(folder / "transparent.png")
+    Image.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8), "L").save(folder / "gray.jpg")
+    (folder / "nested").mkdir()
+    Image.fromarray(rng.integers(0, 255, (33, 33, 3), dtype=np.uint8)).save(folder / "nested" / "colour.png")
+    (folder / "broken.png").write_bytes(b"not a picture")
+    return folder
+
+
+# every family's smallest classifier, for the suites that check all of them
+TINY_SWIN = dict(image_size=32, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=4)
+
+
+TINY_RESNET = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+
+
+def family_classifier(family: str):
+    """A small classifier of `family` (3 classes, 32 px)."""
+    match family:
+        case "hf_vit":
+            return hf_vit.HfViTForImageClassification(hf_vit.HfViTConfig(**TINY_VIT, num_labels=3))
+        case "hf_vit dinov3":
+            return hf_vit.HfViTForImageClassification(hf_vit.HfViTConfig(**TINY_VIT, **DINOV3, num_labels=3))
+        case "hf_vit eva02":
+            eva = {**EVA02, "rope_reference_grid": [4, 4]}
+            return hf_vit.HfViTForImageClassification(hf_vit.HfViTConfig(**TINY_VIT, **eva, num_labels=3))
+        case "hf_deit":
+            return hf_vit.HfDeiTForImageClassification(hf_vit.HfDeiTConfig(**TINY_VIT, num_labels=3))
+        case "hf_vit_hybrid":
+            hybrid = {**TINY_VIT, "backbone_config": TINY_RESNET.to_dict() | {"out_features": ["stage2"]}}
+            return hf_vit.HfViTHybridForImageClassification(hf_vit.HfViTHybridConfig(**hybrid, num_labels=3))
+        case "hf_swin":
+            return hf_vit.HfSwinForImageClassification(hf_vit.HfSwinConfig(**TINY_SWIN, num_labels=3))
+    raise KeyError(family)
+
+
+def training_inputs(family: str, batch_size: int = 4) -> dict:
+    """A batch for `family_classifier(family)`: 32 px pictures, 3 classes (and teacher logits for DeiT)."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        "pixel_values": torch.randn(batch_size, 3, 32, 32, generator=generator),
+        "labels": torch.randint(0, 3, (batch_size,), generator=generator),
+    }
+    if family == "hf_deit":  # DeiT trains on its teacher's logits too
+        inputs["teacher_logits"] = torch.randn(batch_size, 3, generator=generator)
+    return inputs
+
+
+@pytest.fixture
+def tiny_deit_config():
+    return hf_vit.HfDeiTConfig(**TINY_VIT, num_labels=5)
+
+
+# the hybrid's smallest encoder on a two-stage basic-block ResNet (64 px -> an 8x8 grid at stage 2)
+HYBRID_ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=3)
+HYBRID_RESNET = dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+
+
+def tiny_hybrid_config(**overrides) -> hf_vit.HfViTHybridConfig:
+    return hf_vit.HfViTHybridConfig(
+        **{
+            **HYBRID_ENCODER,
+            "image_size": 64,
+            "backbone_config": {**HYBRID_RESNET, "out_features": ["stage2"]},
+            **overrides,
+        }
+    )

@@ -1,7 +1,5 @@
-"""The first ten minutes: what a newcomer meets on the command line (errors, help, warnings, card, pictures).
-
-Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory."""
+"""Model cards (`hf_vit.cards`): valid Hub metadata, one accuracy per epoch, curves linked, local sources named by
+their folder."""
 
 from huggingface_hub import ModelCard
 from PIL import Image
@@ -10,29 +8,15 @@ from hf_vit import HfViTConfig, HfViTForImageClassification
 from hf_vit.cards import render_model_card
 from hf_vit.training.finetune import finetune, parse_args
 
-from conftest import TINY, make_imagefolder
-from conftest import TINY_VIT as TINY_ENCODER
+from conftest import TINY, TINY_CLASSIFIER, make_imagefolder
 
 
 def test_the_card_is_valid_hub_metadata_with_one_accuracy_per_epoch_and_links_the_curves(tmp_path):
     output_dir = tmp_path / "run"
     train = make_imagefolder(tmp_path / "train", per_class=6)
-    args = [
-        "--output_dir",
-        str(output_dir),
-        "--train_dir",
-        str(train),
-        "--num_train_epochs",
-        "2",
-        "--config_overrides",
-        TINY,
-        "--disable_tqdm",
-        "true",
-        "--save_strategy",
-        "no",
-        "--train_val_split",
-        "0.25",
-    ]
+    args = ["--output_dir", str(output_dir), "--train_dir", str(train), "--num_train_epochs", "2",
+            "--config_overrides", TINY, "--disable_tqdm", "true", "--save_strategy", "no",
+            "--train_val_split", "0.25"]  # fmt: skip
     metrics = finetune(*parse_args(args))
     card = ModelCard.load(output_dir / "README.md")
     assert card.data.datasets is None  # a local folder is no Hub dataset id
@@ -57,11 +41,8 @@ def test_the_card_is_valid_hub_metadata_with_one_accuracy_per_epoch_and_links_th
     assert on_hub.data.datasets == ["AI-Lab-Makerere/beans"] and on_hub.data.eval_results is None
 
 
-TINY_VIT = {**TINY_ENCODER, "num_labels": 3}
-
-
 def test_a_card_names_a_local_source_checkpoint_by_its_folder_only(tmp_path):
-    model = HfViTForImageClassification(HfViTConfig(**TINY_VIT))
+    model = HfViTForImageClassification(HfViTConfig(**TINY_CLASSIFIER))
     model.config._name_or_path = str(tmp_path / "private" / "runs" / "my-vit")
     card = render_model_card(model, "hf_vit.md")
     assert "my-vit" in card and str(tmp_path) not in card

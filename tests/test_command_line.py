@@ -1,21 +1,12 @@
-"""The first ten minutes: what a newcomer meets on the command line (errors, help, warnings, card, pictures).
-
-The main job, end to end: scripts/finetune.py through the Trainer, accelerate and the (loopback) Hub.
-
-The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
-evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium.
-
-Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory."""
+"""The command line (`hf_vit.cli`, `commands`): one-line errors with exit code 2 before any data, help, config
+overrides, and every script end to end as an `hf-vit` subcommand."""
 
 import json
 import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image as PILImage
 from transformers import TrainerCallback
 
 from hf_vit import (
@@ -24,15 +15,8 @@ from hf_vit import (
 from hf_vit.cli import parse_config_overrides
 from hf_vit.guards import UsageError
 from hf_vit.training.finetune import START_HERE, build_parser, finetune, main, parse_args
-from hf_vit.training.finetune import parse_args as finetune_args
 
-from conftest import (
-    FAST,
-    REPO_ROOT,
-    TINY_VIT,
-    make_imagefolder,
-    run_script,
-)
+from conftest import DIGITS_SUBSET, FAST, REPO_ROOT, TINY_VIT_FLAGS, make_imagefolder, run_script
 
 
 @pytest.fixture
@@ -178,42 +162,10 @@ def test_config_overrides_parse_literals_and_lists():
         parse_config_overrides("hidden_size")
 
 
-TINY = "--config_overrides", ",".join(f"{key}={value}" for key, value in TINY_VIT.items())
-
-
-DIGITS_SUBSET = ("--max_train_samples", "200", "--max_eval_samples", "60")
-
-
-QUIET = ("--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny ViT trained briefly on the digits, and its run's own evaluation."""
-    output = tmp_path_factory.mktemp("trained") / "vit"
-    args = ["--output_dir", str(output), *TINY, *DIGITS_SUBSET, *QUIET, "--max_steps", "30", "--ema_decay", "0"]
-    metrics = finetune(*finetune_args(args))
-    return output, metrics
-
-
-@pytest.fixture(scope="module")
-def pictures(tmp_path_factory):
-    """A folder of pictures of every kind: RGB, grayscale, RGBA, sizes from 9 to 60 px, one unreadable file."""
-    folder = tmp_path_factory.mktemp("pictures")
-    rng = np.random.default_rng(0)
-    PILImage.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(folder / "colour.png")
-    PILImage.fromarray(rng.integers(0, 255, (20, 60, 4), dtype=np.uint8), "RGBA").save(folder / "transparent.png")
-    PILImage.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8), "L").save(folder / "gray.jpg")
-    (folder / "nested").mkdir()
-    PILImage.fromarray(rng.integers(0, 255, (33, 33, 3), dtype=np.uint8)).save(folder / "nested" / "colour.png")
-    (folder / "broken.png").write_bytes(b"not a picture")
-    return folder
-
-
 def test_the_scripts_run_end_to_end_and_are_subcommands(tmp_path, trained, pictures):
     checkpoint = str(trained[0])
     runs = {
-        "probe.py": ["--method", "knn", "--output_dir", str(tmp_path / "probe"), *TINY, *DIGITS_SUBSET],
+        "probe.py": ["--method", "knn", "--output_dir", str(tmp_path / "probe"), *TINY_VIT_FLAGS, *DIGITS_SUBSET],
         "evaluate.py": [
             "--model_name_or_path",
             checkpoint,

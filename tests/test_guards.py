@@ -1,8 +1,5 @@
-"""One-line refusals of common mistakes, each before any work and without a half-written output: through the jobs'
-own entry points (`finetune`, `pretrain`, `evaluate`), as a user would meet them.
-
-Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory."""
+"""One-line refusals of common mistakes (`hf_vit.guards`), each before any work and without a half-written output:
+through the jobs' own entry points, as a user would meet them; a run never overwritten."""
 
 import json
 import os
@@ -21,8 +18,7 @@ from hf_vit.inference.evaluation import parse_args as evaluate_args
 from hf_vit.training.finetune import finetune, parse_args
 from hf_vit.training.trainer import last_complete_checkpoint, resolve_resume
 
-from conftest import FAST, REPO_ROOT, TINY, make_imagefolder, run_script
-from conftest import TINY_VIT as TINY_ENCODER
+from conftest import FAST, REPO_ROOT, TINY, TINY_CLASSIFIER, make_imagefolder, run_script
 
 QUICK = [*FAST, "--num_train_epochs", "1", "--report_to", "none"]
 
@@ -127,9 +123,6 @@ def test_the_readmes_launch_shows_an_input_error_in_one_line(tmp_path):
     assert "--per_device_train_batch_size must be at least 1" in result.stderr + result.stdout
 
 
-TINY_VIT = {**TINY_ENCODER, "num_labels": 3}
-
-
 def test_a_second_run_into_the_same_output_dir_is_refused_unless_resumed_or_overwritten(tmp_path):
     output_dir = tmp_path / "run"
     common = ["--output_dir", str(output_dir), *FAST, "--num_train_epochs", "1"]
@@ -155,7 +148,7 @@ def test_a_second_run_into_the_same_output_dir_is_refused_unless_resumed_or_over
 )
 def test_the_other_jobs_refuse_an_output_dir_that_holds_files(tmp_path, script, flags):
     source = tmp_path / "source"
-    HfViTForImageClassification(HfViTConfig(**TINY_VIT)).save_pretrained(source)
+    HfViTForImageClassification(HfViTConfig(**TINY_CLASSIFIER)).save_pretrained(source)
     output_dir = tmp_path / "out"
     output_dir.mkdir()
     (output_dir / "config.json").write_text("{}")

@@ -1,6 +1,4 @@
-"""Auto classes, safetensors, remote code, image processor, pipeline() and the local evaluate metrics.
-
-The house rules: formatted and linted code, a docs site that builds, a short README, one `hf-vit` command, and
+"""The house rules: formatted and linted code, a docs site that builds, a short README, one `hf-vit` command, and
 imports that keep the wings apart (checkpoints carry the models' code; the library never imports the lessons)."""
 
 import ast

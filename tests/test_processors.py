@@ -1,4 +1,4 @@
-"""The first ten minutes: what a newcomer meets on the command line (errors, help, warnings, card, pictures)."""
+"""Image processors (`hf_vit.processors`): loaded without a backend warning, and the pipeline's documented inputs."""
 
 import subprocess
 import sys

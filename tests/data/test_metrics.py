@@ -1,9 +1,5 @@
-"""The first ten minutes: what a newcomer meets on the command line (errors, help, warnings, card, pictures).
-
-Auto classes, safetensors, remote code, image processor, pipeline() and the local evaluate metrics.
-
-The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
-evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium."""
+"""The metrics (`hf_vit.data.metrics`): accuracy and top-5 as a local `evaluate` module, multi-label mAP and F1 over
+the classes present, and what the Trainer reports."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,5 @@
-"""One way to read a picture in every job: predict and the demo read files as finetune, evaluate and probe do
-(`data.decode_image`), resize with the processor's own resampling, and draw attention over the region the model saw."""
+"""One way to read a picture in every job (`hf_vit.data.decoding`, `transforms`): predict reads files as finetune,
+evaluate and probe do, and the evaluation resize uses the processor's own resampling."""
 
 import numpy as np
 import pytest

@@ -1,14 +1,5 @@
-"""Ready for the accelerator, checked on the CPU: every family's training step in mixed precision and in one
-compiled graph, losses in fp32, the teacher under the student's autocast, the data path's fixes (one image check
-per dataset, a stream in a shard per reader, pinned non-blocking copies, fused AdamW) and the GPU benchmark's smoke
-mode. What only a GPU shows (flash attention, the fp16 scaler at work, the speeds) is in docs/results.md.
-
-The first ten minutes: what a newcomer meets on the command line (errors, help, warnings, card, pictures).
-
-The main job, end to end: scripts/finetune.py through the Trainer, accelerate and the (loopback) Hub.
-
-Training at scale on this machine's CPUs: FSDP2 that really shards (and resumes), the shipped accelerate
-configs for data parallelism on one and on two machines (two ranks over 127.0.0.1), streamed and large datasets."""
+"""Where the data comes from (`hf_vit.data.sources`, `folders`): the embedded digits, folders and dataset
+directories, unreadable and missing pictures named at once, empty classes, images checked once per dataset."""
 
 import json
 import logging
@@ -41,22 +32,9 @@ def test_two_processes_check_the_images_once(tmp_path):
 def test_an_empty_class_folder_warns_and_a_class_without_training_images_fails(tmp_path, caplog):
     train = make_imagefolder(tmp_path / "train", per_class=6)
     (train / "bird").mkdir()
-    args = [
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--train_dir",
-        str(train),
-        "--num_train_epochs",
-        "1",
-        "--config_overrides",
-        TINY,
-        "--disable_tqdm",
-        "true",
-        "--save_strategy",
-        "no",
-        "--train_val_split",
-        "0.25",
-    ]
+    args = ["--output_dir", str(tmp_path / "out"), "--train_dir", str(train), "--num_train_epochs", "1",
+            "--config_overrides", TINY, "--disable_tqdm", "true", "--save_strategy", "no",
+            "--train_val_split", "0.25"]  # fmt: skip
     with caplog.at_level("WARNING"):
         metrics = finetune(*parse_args(args))
     assert "Class folders without images" in caplog.text and "bird" in caplog.text
@@ -84,18 +62,8 @@ def test_a_local_dataset_directory_works_as_dataset_name(tmp_path):
     (tmp_path / "digits").mkdir()
     splits["train"].select(range(100)).to_parquet(tmp_path / "digits" / "train.parquet")
     splits["validation"].select(range(40)).to_parquet(tmp_path / "digits" / "validation.parquet")
-    args = [
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--dataset_name",
-        str(tmp_path / "digits"),
-        "--num_train_epochs",
-        "1",
-        "--config_overrides",
-        TINY,
-        "--disable_tqdm",
-        "true",
-    ]
+    args = ["--output_dir", str(tmp_path / "out"), "--dataset_name", str(tmp_path / "digits"),
+            "--num_train_epochs", "1", "--config_overrides", TINY, "--disable_tqdm", "true"]  # fmt: skip
     metrics = finetune(*parse_args(args))
     assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["eval_samples_per_second"] > 0
     assert metrics["epoch"] == 1.0

@@ -1,10 +1,5 @@
-"""Ready for the accelerator, checked on the CPU: every family's training step in mixed precision and in one
-compiled graph, losses in fp32, the teacher under the student's autocast, the data path's fixes (one image check
-per dataset, a stream in a shard per reader, pinned non-blocking copies, fused AdamW) and the GPU benchmark's smoke
-mode. What only a GPU shows (flash attention, the fp16 scaler at work, the speeds) is in docs/results.md.
-
-Training at scale on this machine's CPUs: FSDP2 that really shards (and resumes), the shipped accelerate
-configs for data parallelism on one and on two machines (two ranks over 127.0.0.1), streamed and large datasets."""
+"""Streaming (`hf_vit.data.streaming`): an image folder read as a stream, a shard for every reader, unreadable
+pictures skipped and counted, and the flags a stream needs."""
 
 import json
 

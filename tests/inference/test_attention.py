@@ -1,8 +1,5 @@
-"""One way to read a picture in every job: predict and the demo read files as finetune, evaluate and probe do
-(`data.decode_image`), resize with the processor's own resampling, and draw attention over the region the model saw.
-
-The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
-evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium."""
+"""Attention maps (`hf_vit.inference.attention`): from the SDPA forward, equal to eager rollout, drawn over the
+region the model saw."""
 
 import torch
 

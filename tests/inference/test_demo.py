@@ -1,5 +1,4 @@
-"""The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
-evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium."""
+"""The Gradio demo (`hf_vit.inference.demo`), driven in a real headless Chromium, and its script."""
 
 import shutil
 import subprocess
@@ -7,46 +6,11 @@ import sys
 import time
 import urllib.request
 
-import numpy as np
 import pytest
 from PIL import Image as PILImage
 from transformers import pipeline
 
-from hf_vit.training.finetune import finetune
-from hf_vit.training.finetune import parse_args as finetune_args
-
-from conftest import REPO_ROOT, TINY_VIT, free_port
-
-TINY = "--config_overrides", ",".join(f"{key}={value}" for key, value in TINY_VIT.items())
-
-
-DIGITS_SUBSET = ("--max_train_samples", "200", "--max_eval_samples", "60")
-
-
-QUIET = ("--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny ViT trained briefly on the digits, and its run's own evaluation."""
-    output = tmp_path_factory.mktemp("trained") / "vit"
-    args = ["--output_dir", str(output), *TINY, *DIGITS_SUBSET, *QUIET, "--max_steps", "30", "--ema_decay", "0"]
-    metrics = finetune(*finetune_args(args))
-    return output, metrics
-
-
-@pytest.fixture(scope="module")
-def pictures(tmp_path_factory):
-    """A folder of pictures of every kind: RGB, grayscale, RGBA, sizes from 9 to 60 px, one unreadable file."""
-    folder = tmp_path_factory.mktemp("pictures")
-    rng = np.random.default_rng(0)
-    PILImage.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(folder / "colour.png")
-    PILImage.fromarray(rng.integers(0, 255, (20, 60, 4), dtype=np.uint8), "RGBA").save(folder / "transparent.png")
-    PILImage.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8), "L").save(folder / "gray.jpg")
-    (folder / "nested").mkdir()
-    PILImage.fromarray(rng.integers(0, 255, (33, 33, 3), dtype=np.uint8)).save(folder / "nested" / "colour.png")
-    (folder / "broken.png").write_bytes(b"not a picture")
-    return folder
+from conftest import REPO_ROOT, free_port
 
 
 def chromium_driver():

@@ -1,5 +1,5 @@
-"""The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
-evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium."""
+"""The evaluation report (`hf_vit.inference.evaluation`): it matches the run's own evaluation, its pictures, the
+calibration error, and a checkpoint without a head refused."""
 
 import subprocess
 import sys
@@ -11,27 +11,8 @@ from PIL import Image as PILImage
 from hf_vit import HfViTConfig, HfViTModel
 from hf_vit.inference.evaluation import calibration, evaluate_checkpoint
 from hf_vit.inference.evaluation import parse_args as evaluate_args
-from hf_vit.training.finetune import finetune
-from hf_vit.training.finetune import parse_args as finetune_args
 
 from conftest import REPO_ROOT, TINY_VIT
-
-TINY = "--config_overrides", ",".join(f"{key}={value}" for key, value in TINY_VIT.items())
-
-
-DIGITS_SUBSET = ("--max_train_samples", "200", "--max_eval_samples", "60")
-
-
-QUIET = ("--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny ViT trained briefly on the digits, and its run's own evaluation."""
-    output = tmp_path_factory.mktemp("trained") / "vit"
-    args = ["--output_dir", str(output), *TINY, *DIGITS_SUBSET, *QUIET, "--max_steps", "30", "--ema_decay", "0"]
-    metrics = finetune(*finetune_args(args))
-    return output, metrics
 
 
 def test_the_report_matches_the_runs_own_evaluation_and_draws_its_pictures(tmp_path, trained):

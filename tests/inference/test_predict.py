@@ -1,10 +1,9 @@
-"""The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
-evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium."""
+"""Prediction over a folder (`hf_vit.inference.predict`): every kind of picture, as the pipeline sees it, the
+refusals, and a table never overwritten."""
 
 import csv
 import json
 
-import numpy as np
 import pytest
 from PIL import Image as PILImage
 from transformers import pipeline
@@ -12,41 +11,6 @@ from transformers import pipeline
 from hf_vit.guards import UsageError
 from hf_vit.inference.predict import parse_args as predict_args
 from hf_vit.inference.predict import predict
-from hf_vit.training.finetune import finetune
-from hf_vit.training.finetune import parse_args as finetune_args
-
-from conftest import TINY_VIT
-
-TINY = "--config_overrides", ",".join(f"{key}={value}" for key, value in TINY_VIT.items())
-
-
-DIGITS_SUBSET = ("--max_train_samples", "200", "--max_eval_samples", "60")
-
-
-QUIET = ("--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny ViT trained briefly on the digits, and its run's own evaluation."""
-    output = tmp_path_factory.mktemp("trained") / "vit"
-    args = ["--output_dir", str(output), *TINY, *DIGITS_SUBSET, *QUIET, "--max_steps", "30", "--ema_decay", "0"]
-    metrics = finetune(*finetune_args(args))
-    return output, metrics
-
-
-@pytest.fixture(scope="module")
-def pictures(tmp_path_factory):
-    """A folder of pictures of every kind: RGB, grayscale, RGBA, sizes from 9 to 60 px, one unreadable file."""
-    folder = tmp_path_factory.mktemp("pictures")
-    rng = np.random.default_rng(0)
-    PILImage.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(folder / "colour.png")
-    PILImage.fromarray(rng.integers(0, 255, (20, 60, 4), dtype=np.uint8), "RGBA").save(folder / "transparent.png")
-    PILImage.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8), "L").save(folder / "gray.jpg")
-    (folder / "nested").mkdir()
-    PILImage.fromarray(rng.integers(0, 255, (33, 33, 3), dtype=np.uint8)).save(folder / "nested" / "colour.png")
-    (folder / "broken.png").write_bytes(b"not a picture")
-    return folder
 
 
 def test_predict_a_folder_of_every_kind_of_picture_like_the_pipeline(tmp_path, trained, pictures, caplog):
@@ -93,14 +57,8 @@ def test_predict_refuses_bad_arguments_before_writing(tmp_path, trained, picture
 
 def test_predict_will_not_overwrite_a_table(tmp_path, trained, pictures):
     (tmp_path / "out.csv").write_text("a finished table")
-    args = [
-        "--model_name_or_path",
-        str(trained[0]),
-        "--inputs",
-        str(pictures),
-        "--output_file",
-        str(tmp_path / "out.csv"),
-    ]
+    args = ["--model_name_or_path", str(trained[0]), "--inputs", str(pictures),
+            "--output_file", str(tmp_path / "out.csv")]  # fmt: skip
     with pytest.raises(UsageError, match="exists; pass --overwrite"):
         predict(*predict_args(args))
     assert (tmp_path / "out.csv").read_text() == "a finished table"

@@ -1,6 +1,5 @@
-"""The first ten minutes: what a newcomer meets on the command line (errors, help, warnings, card, pictures).
-
-Converting transformers and timm checkpoints (saved here from random weights) into hf_vit, with logit parity."""
+"""Converting transformers and timm checkpoints (saved here from random weights) into hf_vit, with logit parity,
+through the function and the script."""
 
 import json
 import subprocess

@@ -1,12 +1,5 @@
-"""The ViT backbones people fine-tune in 2026, and the options they are made of: rotary positions (DINOv3's, EVA02's,
-Perception Encoder's), SwiGLU, RMSNorm, a norm before the encoder, masked key biases, models without a class token.
-Every source converts with parity against transformers and timm on random weights, at its own size and (rotary
-models) at a non-square one; the options work under SDPA and eager attention, gradient checkpointing, bf16 / fp16 and
-remote code; a converted DINOv3 fine-tunes, serves as an AutoBackbone and UperNet's backbone, and exports.
-
-The later ViTs' options (registers, LayerScale, qk-norm, grid-only position embeddings, CLS + mean and attention
-pooling) and the checkpoints that use them: timm's DINOv2, DINOv2 with registers, DeiT III and SigLIP, transformers'
-Dinov2 and Dinov2WithRegisters, each converted from random weights with logit parity at two sizes."""
+"""Converting the ViT backbones people fine-tune in 2026 (DINOv2/v3, EVA02, PE, AIMv2, CLIP, SigLIP) from timm and
+transformers, with parity at two sizes; the variants hf_vit does not implement are named."""
 
 import logging
 
@@ -32,13 +25,13 @@ from transformers import (
     UperNetForSemanticSegmentation,
 )
 
-from hf_vit import HfViTBackbone, HfViTConfig, HfViTForImageClassification
+from hf_vit import HfViTBackbone, HfViTForImageClassification
 from hf_vit.interop.convert import convert_checkpoint, from_timm, from_transformers
 from hf_vit.models.configuration_utils import CheckpointMismatchError
 from hf_vit.models.modeling_vit import HfViTModel
 from hf_vit.training.finetune import finetune, parse_args
 
-from conftest import TINY_VIT, assert_same_logits, make_imagefolder, randomize, save_timm
+from conftest import assert_same_logits, make_imagefolder, randomize, save_timm
 
 SMALL = dict(depth=2, embed_dim=64, num_heads=2)
 
@@ -198,46 +191,6 @@ def test_a_converted_dinov3_exports_with_dynamic_height_and_width(tmp_path):
     assert max(report["max_abs_difference"].values()) <= 1e-4
 
 
-OPTIONS = {
-    "dinov3 rotary": dict(rope="dinov3", absolute_position_embeddings=False, num_register_tokens=2, key_bias=False),
-    "eva rotary beside absolute positions": dict(rope="eva", rope_reference_grid=[4, 4], rope_layout="interleaved"),
-    "swiglu and rmsnorm": dict(mlp_type="swiglu", hidden_act="silu", norm_type="rms_norm", mlp_norm=True),
-    "fused swiglu, pre-norm, no biases": dict(
-        mlp_type="swiglu_fused",
-        hidden_act="silu",
-        pre_norm=True,
-        qkv_bias=False,
-        proj_bias=False,
-        mlp_bias=False,
-        patch_embedding_bias=False,
-    ),
-    "no class token, normalised mean": dict(class_token=False, pooling="normalized_mean", patch_embedding_norm=True),
-    "attention pooling without query projection or mlp": dict(
-        class_token=False, pooling="map", pooling_query_projection=False, pooling_mlp=False, pooling_num_heads=4
-    ),
-    "clip's pooled norm": dict(pre_norm=True, pooled_norm_only=True, attention_output_norm=True),
-}
-
-
-def options_model(options: dict, **more):
-    torch.manual_seed(0)
-    return randomize(HfViTForImageClassification(HfViTConfig(**TINY_VIT, num_labels=3, **options, **more)))
-
-
-def test_a_config_that_does_not_describe_the_checkpoint_is_refused(tmp_path):
-    options_model(OPTIONS["dinov3 rotary"]).save_pretrained(tmp_path / "model")
-    HfViTModel.from_pretrained(tmp_path / "model")
-    for override, named in (
-        (dict(rope_theta=10000.0), "rope_theta: checkpoint 100.0, config 10000.0"),
-        (dict(norm_type="rms_norm"), "norm_type: checkpoint 'layer_norm', config 'rms_norm'"),
-        (dict(mlp_type="swiglu"), "mlp_type"),
-        (dict(num_register_tokens=4), "num_register_tokens: checkpoint 2, config 4"),
-        (dict(num_register_tokens=0), "num_register_tokens: checkpoint 2, config 0"),
-    ):
-        with pytest.raises(CheckpointMismatchError, match=named):
-            HfViTForImageClassification.from_pretrained(tmp_path / "model", **override)
-
-
 @pytest.mark.parametrize("architecture, model_args, named", [
     ("vit_base_patch16_rope_mixed_224", dict(depth=1), "RotaryEmbeddingMixed rotary embeddings"),
     ("vit_small_patch16_dinov3", dict(depth=1, num_kv_heads=3, qkv_fused=False, attn_type="rope"), "grouped-query"),
@@ -299,7 +252,7 @@ def test_a_siglip2_naflex_checkpoint_is_refused_by_name():
         from_transformers(reference.config.to_dict(), reference.state_dict())
 
 
-TIMM_SOURCES = {
+TIMM_DINOV2_SOURCES = {
     "dinov2": ("vit_small_patch14_dinov2", dict(img_size=56), dict(layer_scale_init_value=1e-5)),
     "dinov2 with registers": (
         "vit_small_patch14_reg4_dinov2",
@@ -320,7 +273,9 @@ TIMM_SOURCES = {
 }
 
 
-@pytest.mark.parametrize("architecture, model_args, expected", TIMM_SOURCES.values(), ids=TIMM_SOURCES.keys())
+@pytest.mark.parametrize(
+    "architecture, model_args, expected", TIMM_DINOV2_SOURCES.values(), ids=TIMM_DINOV2_SOURCES.keys()
+)
 def test_timm_sources_convert_with_parity_at_two_sizes(tmp_path, architecture, model_args, expected):
     reference, source = save_timm(
         tmp_path, "source", architecture, std=0.1, depth=2, dynamic_img_size=True, **model_args

@@ -1,8 +1,5 @@
 """Export to ONNX and torch.export for every family: onnxruntime against PyTorch at two batch sizes and two image
-sizes (dynamic axes), the script, and the options that cannot be exported.
-
-Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory."""
+sizes (dynamic axes), the script, and the options that cannot be exported."""
 
 import json
 import subprocess

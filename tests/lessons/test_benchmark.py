@@ -1,9 +1,5 @@
-"""Ready for the accelerator, checked on the CPU: every family's training step in mixed precision and in one
-compiled graph, losses in fp32, the teacher under the student's autocast, the data path's fixes (one image check
-per dataset, a stream in a shard per reader, pinned non-blocking copies, fused AdamW) and the GPU benchmark's smoke
-mode. What only a GPU shows (flash attention, the fp16 scaler at work, the speeds) is in docs/results.md.
-
-The benchmark's machinery (never its timings): interleaved comparisons, the memory probe, graph breaks."""
+"""The benchmark (`hf_vit_lessons.benchmark`): speed against timm and transformers as ratios, memory, export speed,
+the input pipeline, the time to the first steps, and the GPU benchmark's smoke mode."""
 
 import json
 import os

@@ -1,8 +1,5 @@
-"""DeiT: the distillation token and losses, teacher distillation through the Trainer, the data-efficient recipe.
-
-The learner scripts: the article's three exercises and attention rollout, on the embedded digits.
-
-Recipes: which ingredient each recipe picks for which data size and source, and that explicit flags win."""
+"""The lessons (`hf_vit_lessons`, `scripts/`): the article's exercises, attention rollout, segmentation and the
+studies (recipes, pretraining, fine-tuning), each end to end on the embedded digits."""
 
 import json
 import subprocess

@@ -1,6 +1,5 @@
 """ViT, DeiT and the hybrid as `AutoBackbone`s (normalised NCHW maps of chosen blocks, prefix tokens dropped, any
-size), UperNet segmentation on hf_vit and hf_swin backbones through the Trainer, and image-feature-extraction
-pipelines on every family."""
+size), the feature pyramid, and UperNet segmentation on hf_vit and hf_swin backbones through the Trainer."""
 
 import numpy as np
 import pytest

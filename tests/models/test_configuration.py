@@ -1,4 +1,4 @@
-""""""
+"""The configurations (`hf_vit.models.configuration_*`): bad values named at construction, the presets, AutoConfig."""
 
 import pytest
 from transformers import AutoConfig

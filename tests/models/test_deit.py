@@ -16,19 +16,6 @@ from conftest import SMALL_VIT, randomize
 SMALL = SMALL_VIT
 
 
-@pytest.fixture
-def tiny_deit_config():
-    return HfDeiTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=5,
-    )
-
-
 @pytest.mark.parametrize("distillation_type", ["hard", "soft"])
 def test_distillation_losses_match_the_formulas(tiny_deit_config, distillation_type):
     tiny_deit_config.distillation_type, tiny_deit_config.distillation_alpha = distillation_type, 0.3

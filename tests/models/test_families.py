@@ -9,59 +9,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, ResNetConfig, pipeline
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, pipeline
 
 import hf_vit
-from hf_vit.models.configuration_vit import DINOV3, EVA02
 from hf_vit.processors import make_image_processor
 
-from conftest import TINY_VIT, randomize, run_without_hf_vit
-
-TINY_SWIN = dict(image_size=32, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=4)
-
-
-TINY_RESNET = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
-
-
-def classifier(family: str):
-    """A small classifier of `family` (3 classes, 32 px)."""
-    match family:
-        case "hf_vit":
-            return hf_vit.HfViTForImageClassification(hf_vit.HfViTConfig(**TINY_VIT, num_labels=3))
-        case "hf_vit dinov3":
-            return hf_vit.HfViTForImageClassification(hf_vit.HfViTConfig(**TINY_VIT, **DINOV3, num_labels=3))
-        case "hf_vit eva02":
-            eva = {**EVA02, "rope_reference_grid": [4, 4]}
-            return hf_vit.HfViTForImageClassification(hf_vit.HfViTConfig(**TINY_VIT, **eva, num_labels=3))
-        case "hf_deit":
-            return hf_vit.HfDeiTForImageClassification(hf_vit.HfDeiTConfig(**TINY_VIT, num_labels=3))
-        case "hf_vit_hybrid":
-            hybrid = {**TINY_VIT, "backbone_config": TINY_RESNET.to_dict() | {"out_features": ["stage2"]}}
-            return hf_vit.HfViTHybridForImageClassification(hf_vit.HfViTHybridConfig(**hybrid, num_labels=3))
-        case "hf_swin":
-            return hf_vit.HfSwinForImageClassification(hf_vit.HfSwinConfig(**TINY_SWIN, num_labels=3))
-    raise KeyError(family)
-
+from conftest import family_classifier, randomize, run_without_hf_vit, training_inputs
 
 # every family, and the ViT with the options that change its attention most (rotary positions, registers)
 VARIANTS = ["hf_vit", "hf_vit dinov3", "hf_vit eva02", "hf_deit", "hf_vit_hybrid", "hf_swin"]
 FAMILIES = sorted(hf_vit.FAMILIES)
 
 
-def training_inputs(family: str, batch_size: int = 4) -> dict:
-    generator = torch.Generator().manual_seed(0)
-    inputs = {
-        "pixel_values": torch.randn(batch_size, 3, 32, 32, generator=generator),
-        "labels": torch.randint(0, 3, (batch_size,), generator=generator),
-    }
-    if family == "hf_deit":  # DeiT trains on its teacher's logits too
-        inputs["teacher_logits"] = torch.randn(batch_size, 3, generator=generator)
-    return inputs
-
-
 @pytest.mark.parametrize("family", VARIANTS)
 def test_the_training_step_of_every_family_compiles_in_one_graph_once(family):
-    model = classifier(family).train()
+    model = family_classifier(family).train()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # a graph break raises
     inputs = training_inputs(family)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -78,7 +40,7 @@ def test_the_training_step_of_every_family_compiles_in_one_graph_once(family):
 def test_every_family_trains_in_fp16_autocast_with_a_scaler(family):
     # CPU autocast takes fp16 where torch allows it; the GradScaler is what --fp16 adds on a GPU
     torch.manual_seed(0)
-    model = classifier(family).train()
+    model = family_classifier(family).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu")
     with torch.autocast("cpu", dtype=torch.float16):
@@ -97,7 +59,7 @@ def checkpoints(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("families")
     saved = {}
     for family in FAMILIES:
-        model = randomize(classifier(family), std=0.05)
+        model = randomize(family_classifier(family), std=0.05)
         model.config.id2label = {i: f"class_{i}" for i in range(3)}
         model.config.label2id = {name: i for i, name in model.config.id2label.items()}
         model.save_pretrained(root / family)
@@ -174,7 +136,7 @@ def test_pipelines_classify_and_extract_features_from_pil_pictures(checkpoints, 
 
 @pytest.mark.parametrize("family", VARIANTS)
 def test_eager_and_sdpa_agree_and_only_eager_returns_attention_maps(family):
-    model = randomize(classifier(family), std=0.05)
+    model = randomize(family_classifier(family), std=0.05)
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         sdpa = model(pixels).logits
@@ -189,8 +151,8 @@ def test_eager_and_sdpa_agree_and_only_eager_returns_attention_maps(family):
 
 @pytest.mark.parametrize("family", VARIANTS)
 def test_gradient_checkpointing_gives_the_same_gradients(family):
-    reference = randomize(classifier(family), std=0.05).train()
-    checkpointed = classifier(family).train()
+    reference = randomize(family_classifier(family), std=0.05).train()
+    checkpointed = family_classifier(family).train()
     checkpointed.load_state_dict(reference.state_dict())
     checkpointed.gradient_checkpointing_enable()
     inputs = training_inputs(family)

@@ -20,12 +20,7 @@ from hf_vit import (
 )
 from hf_vit.interop.key_maps import TIMM_VIT_RULES, load_converted_state_dict, rename_keys
 
-from conftest import randomize
-
-ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=3)
-
-
-TINY_RESNET = dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+from conftest import HYBRID_ENCODER, HYBRID_RESNET, randomize, tiny_hybrid_config
 
 
 def resnet_block(match: re.Match) -> str:
@@ -49,12 +44,6 @@ TIMM_VIT_HYBRID_RULES = [
     (_TIMM_RESNET + r"layer(\d)\.(\d+)\.(conv|bn|downsample\.)(\d)\.", resnet_block),
     *TIMM_VIT_RULES,
 ]
-
-
-def tiny_hybrid_config(**overrides) -> HfViTHybridConfig:
-    return HfViTHybridConfig(
-        **{**ENCODER, "image_size": 64, "backbone_config": {**TINY_RESNET, "out_features": ["stage2"]}, **overrides}
-    )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +89,7 @@ def tiny_hybrid_config(**overrides) -> HfViTHybridConfig:
     ids=["resnet50", "resnet18", "bit", "convnext", "hf_swin"],
 )
 def test_tokens_follow_the_backbone_stride_at_any_size(backbone_config, image_size, grid, other_size, other_grid):
-    config = HfViTHybridConfig(**ENCODER, image_size=image_size, backbone_config=backbone_config)
+    config = HfViTHybridConfig(**HYBRID_ENCODER, image_size=image_size, backbone_config=backbone_config)
     model = HfViTHybridModel(config).eval()
     assert model.embeddings.position_embeddings.shape == (1, 1 + grid[0] * grid[1], 32)
     with torch.no_grad():
@@ -209,11 +198,11 @@ def test_frozen_backbone_gets_no_gradients_and_keeps_its_statistics():
 
 
 def test_pretrained_backbone_initialises_a_fresh_model_and_is_not_refetched(tmp_path):
-    resnet = randomize(ResNetModel(ResNetConfig(**{k: v for k, v in TINY_RESNET.items() if k != "model_type"})))
+    resnet = randomize(ResNetModel(ResNetConfig(**{k: v for k, v in HYBRID_RESNET.items() if k != "model_type"})))
     resnet.save_pretrained(tmp_path / "resnet")
     # Without backbone_config the checkpoint's own configuration is used, tapping its last stage.
     config = HfViTHybridConfig(
-        **ENCODER, image_size=64, backbone=str(tmp_path / "resnet"), use_pretrained_backbone=True
+        **HYBRID_ENCODER, image_size=64, backbone=str(tmp_path / "resnet"), use_pretrained_backbone=True
     )
     assert config.backbone_config.out_features == ["stage2"] and config.backbone_config.hidden_sizes == [8, 16]
     model = HfViTHybridForImageClassification(config).eval()
@@ -227,7 +216,7 @@ def test_pretrained_backbone_initialises_a_fresh_model_and_is_not_refetched(tmp_
 
 
 def test_pretrained_backbone_that_does_not_fit_is_an_error(tmp_path):
-    small = {k: v for k, v in TINY_RESNET.items() if k != "model_type"}
+    small = {k: v for k, v in HYBRID_RESNET.items() if k != "model_type"}
     ResNetModel(ResNetConfig(**{**small, "depths": [1], "hidden_sizes": [8]})).save_pretrained(tmp_path / "resnet")
     config = tiny_hybrid_config(backbone=str(tmp_path / "resnet"), use_pretrained_backbone=True)
     with pytest.raises(ValueError, match="does not fit backbone_config: missing"):
@@ -237,7 +226,7 @@ def test_pretrained_backbone_that_does_not_fit_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(backbone_config={**TINY_RESNET, "out_features": ["stage1", "stage2"]}), "exactly one stage"),
+        (dict(backbone_config={**HYBRID_RESNET, "out_features": ["stage1", "stage2"]}), "exactly one stage"),
         (dict(backbone_config={"model_type": "bert"}), "has no AutoBackbone class"),
         (dict(num_channels=1), "num_channels"),
         (dict(use_pretrained_backbone=True), "needs `backbone`"),
@@ -259,15 +248,15 @@ def test_wrong_channels_or_size_name_expected_and_received_shapes():
 
 
 def test_conv_stem_on_deit_keeps_the_sequence_length():
-    plain = HfDeiTModel(HfDeiTConfig(**ENCODER, image_size=32, patch_size=8))
-    stem = HfDeiTModel(HfDeiTConfig(**ENCODER, image_size=32, patch_size=8, patch_embedding_type="conv_stem"))
+    plain = HfDeiTModel(HfDeiTConfig(**HYBRID_ENCODER, image_size=32, patch_size=8))
+    stem = HfDeiTModel(HfDeiTConfig(**HYBRID_ENCODER, image_size=32, patch_size=8, patch_embedding_type="conv_stem"))
     pixels = torch.randn(2, 3, 32, 32)
     assert stem(pixels).last_hidden_state.shape == plain(pixels).last_hidden_state.shape == (2, 2 + 16, 32)
     assert [type(m).__name__ for m in stem.patch_embeddings.stem][:3] == ["Conv2d", "BatchNorm2d", "ReLU"]
 
 
 def test_stages_after_the_tapped_one_are_reported(caplog):
-    config = tiny_hybrid_config(backbone_config={**TINY_RESNET, "out_features": ["stage1"]})
+    config = tiny_hybrid_config(backbone_config={**HYBRID_RESNET, "out_features": ["stage1"]})
     with caplog.at_level("WARNING", logger="hf_vit.models.modeling_hybrid"):
         HfViTHybridModel(config)
     assert "runs stages ['stage2'] after the tapped stage1" in caplog.text

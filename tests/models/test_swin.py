@@ -1,7 +1,5 @@
-"""Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory.
-
-Swin: window geometry, masks, odd sizes, the backbone, and parity with transformers' and timm's Swin."""
+"""Swin: window geometry, masks, odd sizes, the backbone, relative position tables, compilation, and parity with
+transformers and timm."""
 
 import copy
 import json
@@ -67,7 +65,7 @@ def test_resizing_the_relative_position_bias_table_stays_on_its_device():
     assert resized.device.type == "cuda" and resized.shape == (121, 3)
 
 
-TINY_SWIN = dict(
+SMALL_SWIN = dict(
     image_size=64, patch_size=4, embed_dim=16, depths=[2, 2, 2], num_heads=[1, 2, 4], window_size=4, num_labels=5
 )
 
@@ -78,7 +76,7 @@ PARITY_STD = 0.1
 
 @pytest.fixture
 def tiny_swin_config():
-    return HfSwinConfig(**TINY_SWIN, drop_path_rate=0.0)
+    return HfSwinConfig(**SMALL_SWIN, drop_path_rate=0.0)
 
 
 def test_window_partition_and_reverse_round_trip_and_shift_cyclically():
@@ -223,7 +221,7 @@ def test_invalid_configs_name_the_field():
     with pytest.raises(ValueError, match="out_features must be a subset"):
         HfSwinConfig(out_features=["stage9"])
     with pytest.raises(ValueError, match="channels"):
-        HfSwinModel(HfSwinConfig(**TINY_SWIN))(torch.randn(1, 1, 64, 64))
+        HfSwinModel(HfSwinConfig(**SMALL_SWIN))(torch.randn(1, 1, 64, 64))
 
 
 def transformers_swin(attn_implementation, **overrides):

@@ -1,4 +1,5 @@
-""""""
+"""The ViT (`hf_vit.models.modeling_vit`): outputs and losses, sizes, position embeddings, pooling, stochastic depth,
+initialisation, the prefix-only last block, the masked key bias."""
 
 import pytest
 import torch

@@ -1,15 +1,6 @@
-"""The ViT backbones people fine-tune in 2026, and the options they are made of: rotary positions (DINOv3's, EVA02's,
-Perception Encoder's), SwiGLU, RMSNorm, a norm before the encoder, masked key biases, models without a class token.
-Every source converts with parity against transformers and timm on random weights, at its own size and (rotary
-models) at a non-square one; the options work under SDPA and eager attention, gradient checkpointing, bf16 / fp16 and
-remote code; a converted DINOv3 fine-tunes, serves as an AutoBackbone and UperNet's backbone, and exports.
-
-The later ViTs' options (registers, LayerScale, qk-norm, grid-only position embeddings, CLS + mean and attention
-pooling) and the checkpoints that use them: timm's DINOv2, DINOv2 with registers, DeiT III and SigLIP, transformers'
-Dinov2 and Dinov2WithRegisters, each converted from random weights with logit parity at two sizes.
-
-Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory."""
+"""The options modern ViTs are made of (rotary positions, registers, layer scale, SwiGLU, RMSNorm, pre-norm, attention
+pooling): each under eager and SDPA, at other sizes, as remote code; what starts fresh on loading; a checkpoint
+loaded under a config that does not describe it is refused."""
 
 import copy
 
@@ -30,9 +21,9 @@ from hf_vit import (
     HfViTForPreTraining,
     HfViTModel,
 )
+from hf_vit.models.configuration_utils import CheckpointMismatchError
 
-from conftest import TINY_VIT, assert_loads_as_remote_code, randomize
-from conftest import TINY_VIT as TINY_ENCODER
+from conftest import TINY_CLASSIFIER, TINY_VIT, assert_loads_as_remote_code, randomize
 
 OPTIONS = {
     "dinov3 rotary": dict(rope="dinov3", absolute_position_embeddings=False, num_register_tokens=2, key_bias=False),
@@ -171,7 +162,7 @@ def test_options_that_cannot_work_together_are_named(fields, message):
 TINY = {**TINY_VIT, "num_labels": 5}
 
 
-OPTIONS = {
+BLOCK_OPTIONS = {
     "registers": dict(num_register_tokens=3),
     "layer scale": dict(layer_scale_init_value=0.1),
     "qk-norm": dict(qk_norm=True),
@@ -189,7 +180,7 @@ def classifier(options, attn_implementation="sdpa", model_class=HfViTForImageCla
     return randomize(model_class._from_config(config, attn_implementation=attn_implementation), std=0.1)
 
 
-@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+@pytest.mark.parametrize("options", BLOCK_OPTIONS.values(), ids=BLOCK_OPTIONS.keys())
 def test_every_option_under_sdpa_and_eager_checkpointing_and_other_sizes(options):
     eager, sdpa = classifier(options, "eager"), classifier(options, "sdpa")
     sdpa.load_state_dict(eager.state_dict())
@@ -249,7 +240,7 @@ def test_deit_with_registers_and_layer_scale_keeps_its_two_heads_on_their_tokens
 
 
 def test_every_option_loads_as_remote_code(tmp_path):
-    model = classifier(OPTIONS["everything"])
+    model = classifier(BLOCK_OPTIONS["everything"])
     assert_loads_as_remote_code(model, tmp_path / "modern", torch.randn(2, 3, 32, 32))
 
 
@@ -271,9 +262,6 @@ def test_bad_option_values_name_the_field(config, message):
         HfViTConfig(**TINY, **config)
     with pytest.raises(ValueError, match="pooling must be 'cls' for hf_deit"):
         HfDeiTConfig(**TINY, pooling="map")
-
-
-TINY_VIT = {**TINY_ENCODER, "num_labels": 3}
 
 
 TINY_SWIN = dict(
@@ -299,11 +287,11 @@ def assert_started_as_new(loaded: torch.nn.Module, fresh: torch.nn.Module, missi
 @pytest.mark.parametrize(
     "model_class, base_config, added",
     [
-        (HfViTBackbone, TINY_VIT, dict(feature_pyramid_channels=16)),  # ViTDet's pyramid on a pretrained ViT
-        (HfViTForImageClassification, TINY_VIT, {}),  # a new classifier head
+        (HfViTBackbone, TINY_CLASSIFIER, dict(feature_pyramid_channels=16)),  # ViTDet's pyramid on a pretrained ViT
+        (HfViTForImageClassification, TINY_CLASSIFIER, {}),  # a new classifier head
         (
             HfViTForPreTraining,
-            TINY_VIT,
+            TINY_CLASSIFIER,
             dict(
                 decoder_hidden_size=16,
                 decoder_num_hidden_layers=1,
@@ -311,7 +299,7 @@ def assert_started_as_new(loaded: torch.nn.Module, fresh: torch.nn.Module, missi
                 decoder_intermediate_size=32,
             ),
         ),  # MAE's decoder
-        (HfViTForMaskedImageModeling, TINY_VIT, {}),  # SimMIM's decoder and mask token
+        (HfViTForMaskedImageModeling, TINY_CLASSIFIER, {}),  # SimMIM's decoder and mask token
         (HfSwinBackbone, TINY_SWIN, dict(out_features=["stage1", "stage2"])),  # the backbone's norms
         (HfSwinForMaskedImageModeling, TINY_SWIN, {}),
     ],
@@ -329,3 +317,17 @@ def test_what_a_head_or_option_adds_starts_initialised_on_the_from_pretrained_pa
     outputs = loaded.eval()(pixels)
     for tensor in outputs.feature_maps if hasattr(outputs, "feature_maps") else [outputs[0]]:
         assert torch.isfinite(tensor).all()
+
+
+def test_a_config_that_does_not_describe_the_checkpoint_is_refused(tmp_path):
+    options_model(OPTIONS["dinov3 rotary"]).save_pretrained(tmp_path / "model")
+    HfViTModel.from_pretrained(tmp_path / "model")
+    for override, named in (
+        (dict(rope_theta=10000.0), "rope_theta: checkpoint 100.0, config 10000.0"),
+        (dict(norm_type="rms_norm"), "norm_type: checkpoint 'layer_norm', config 'rms_norm'"),
+        (dict(mlp_type="swiglu"), "mlp_type"),
+        (dict(num_register_tokens=4), "num_register_tokens: checkpoint 2, config 4"),
+        (dict(num_register_tokens=0), "num_register_tokens: checkpoint 2, config 0"),
+    ):
+        with pytest.raises(CheckpointMismatchError, match=named):
+            HfViTForImageClassification.from_pretrained(tmp_path / "model", **override)

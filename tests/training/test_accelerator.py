@@ -1,62 +1,23 @@
-"""Ready for the accelerator, checked on the CPU: every family's training step in mixed precision and in one
-compiled graph, losses in fp32, the teacher under the student's autocast, the data path's fixes (one image check
-per dataset, a stream in a shard per reader, pinned non-blocking copies, fused AdamW) and the GPU benchmark's smoke
-mode. What only a GPU shows (flash attention, the fp16 scaler at work, the speeds) is in docs/results.md."""
+"""Ready for the accelerator, checked on the CPU: losses in fp32, the MIM steps compiled, the teacher under the
+student's autocast, a bf16 compiled fine-tune, pinned non-blocking copies and fused AdamW (each family's compiled
+bf16 and fp16 steps are in tests/models/test_families.py). What only a GPU shows is in docs/results.md."""
 
 import copy
 import json
 
 import pytest
 import torch
-from transformers import PretrainedConfig, ResNetConfig
+from transformers import PretrainedConfig
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
 
 import hf_vit
-from hf_vit.models.configuration_vit import DINOV3, EVA02
 from hf_vit.models.modeling_utils import image_classification_loss
 from hf_vit.training.arguments import FinetuneTrainingArguments
 from hf_vit.training.trainer import ImageClassificationTrainer
 
-from conftest import FAST, TINY_VIT, run_script
+from conftest import FAST, TINY_VIT, family_classifier, run_script, training_inputs
 
 OPTIMIZATION = dict(learning_rate=1e-3, weight_decay=0.05, warmup_steps=0.0)
-
-
-TINY_SWIN = dict(image_size=32, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=4)
-
-
-TINY_RESNET = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
-
-
-def classifier(family: str):
-    """A small classifier of `family` (3 classes, 32 px)."""
-    match family:
-        case "hf_vit":
-            return hf_vit.HfViTForImageClassification(hf_vit.HfViTConfig(**TINY_VIT, num_labels=3))
-        case "hf_vit dinov3":
-            return hf_vit.HfViTForImageClassification(hf_vit.HfViTConfig(**TINY_VIT, **DINOV3, num_labels=3))
-        case "hf_vit eva02":
-            eva = {**EVA02, "rope_reference_grid": [4, 4]}
-            return hf_vit.HfViTForImageClassification(hf_vit.HfViTConfig(**TINY_VIT, **eva, num_labels=3))
-        case "hf_deit":
-            return hf_vit.HfDeiTForImageClassification(hf_vit.HfDeiTConfig(**TINY_VIT, num_labels=3))
-        case "hf_vit_hybrid":
-            hybrid = {**TINY_VIT, "backbone_config": TINY_RESNET.to_dict() | {"out_features": ["stage2"]}}
-            return hf_vit.HfViTHybridForImageClassification(hf_vit.HfViTHybridConfig(**hybrid, num_labels=3))
-        case "hf_swin":
-            return hf_vit.HfSwinForImageClassification(hf_vit.HfSwinConfig(**TINY_SWIN, num_labels=3))
-    raise KeyError(family)
-
-
-def training_inputs(family: str, batch_size: int = 4) -> dict:
-    generator = torch.Generator().manual_seed(0)
-    inputs = {
-        "pixel_values": torch.randn(batch_size, 3, 32, 32, generator=generator),
-        "labels": torch.randint(0, 3, (batch_size,), generator=generator),
-    }
-    if family == "hf_deit":  # DeiT trains on its teacher's logits too
-        inputs["teacher_logits"] = torch.randn(batch_size, 3, generator=generator)
-    return inputs
 
 
 @pytest.mark.parametrize(
@@ -105,7 +66,7 @@ def test_fp16_without_an_accelerator_is_refused_by_name(tmp_path):
 
 
 def test_the_teacher_runs_under_the_students_autocast(tmp_path):
-    student, teacher = classifier("hf_deit"), classifier("hf_vit").eval()
+    student, teacher = family_classifier("hf_deit"), family_classifier("hf_vit").eval()
     args = FinetuneTrainingArguments(
         output_dir=str(tmp_path), bf16=True, use_cpu=True, eval_strategy="no", report_to=[], **OPTIMIZATION
     )
@@ -134,6 +95,6 @@ def test_pinned_batches_are_copied_without_blocking_and_adamw_is_fused(tmp_path)
     on_cpu = FinetuneTrainingArguments(output_dir=str(tmp_path), dataloader_pin_memory=True, use_cpu=True)
     assert not on_cpu.dataloader_pin_memory and not on_cpu.accelerator_config.non_blocking  # nothing to pin for
     args = FinetuneTrainingArguments(output_dir=str(tmp_path), use_cpu=True, eval_strategy="no", **OPTIMIZATION)
-    trainer = ImageClassificationTrainer(model=classifier("hf_vit"), args=args)
+    trainer = ImageClassificationTrainer(model=family_classifier("hf_vit"), args=args)
     optimizer = trainer.create_optimizer()
     assert optimizer.defaults.get("fused") is True  # one kernel per step for all parameters

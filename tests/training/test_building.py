@@ -1,5 +1,5 @@
-"""Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory."""
+"""From arguments to a model (`hf_vit.training.building`): a shape-changing override of a checkpoint refused, a new
+head for other labels."""
 
 import pytest
 import torch
@@ -19,16 +19,8 @@ def test_a_shape_changing_override_of_a_checkpoint_is_refused_naming_image_size(
     HfViTForImageClassification(HfViTConfig(**TINY_CLASSIFIER)).save_pretrained(tmp_path / "checkpoint")
     train = make_imagefolder(tmp_path / "train", per_class=4)
     for override, named in (("image_size=64", "--image_size"), ("patch_size=4", "patch_size=4")):
-        args = [
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--train_dir",
-            str(train),
-            "--model_name_or_path",
-            str(tmp_path / "checkpoint"),
-            "--config_overrides",
-            override,
-        ]
+        args = ["--output_dir", str(tmp_path / "out"), "--train_dir", str(train),
+                "--model_name_or_path", str(tmp_path / "checkpoint"), "--config_overrides", override]  # fmt: skip
         with pytest.raises(UsageError, match="would start weights of the checkpoint .* at random") as error:
             finetune(*parse_args(args))
         assert named in str(error.value) and "position_embeddings" in str(error.value)
@@ -45,24 +37,9 @@ def test_a_checkpoint_with_other_labels_of_the_same_count_gets_a_new_head(tmp_pa
     randomize(HfViTForImageClassification(config), std=1.0).save_pretrained(checkpoint)
     old_head = AutoModelForImageClassification.from_pretrained(checkpoint).classifier.weight.detach().clone()
     train = make_imagefolder(tmp_path / "train", per_class=4)  # cat, dog
-    args = [
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--train_dir",
-        str(train),
-        "--model_name_or_path",
-        str(checkpoint),
-        "--max_steps",
-        "1",
-        "--save_strategy",
-        "no",
-        "--disable_tqdm",
-        "true",
-        "--recipe",
-        "plain",
-        "--learning_rate",
-        "1e-9",
-    ]
+    args = ["--output_dir", str(tmp_path / "out"), "--train_dir", str(train),
+            "--model_name_or_path", str(checkpoint), "--max_steps", "1", "--save_strategy", "no",
+            "--disable_tqdm", "true", "--recipe", "plain", "--learning_rate", "1e-9"]  # fmt: skip
     finetune(*parse_args(args))
     printed = capsys.readouterr().out
     assert (

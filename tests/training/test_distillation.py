@@ -1,10 +1,5 @@
-"""DeiT: the distillation token and losses, teacher distillation through the Trainer, the data-efficient recipe.
-
-The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
-evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium.
-
-Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory."""
+"""Teacher distillation (DeiT): the teacher's inputs, the teacher frozen and out of the checkpoint, the whole recipe
+in two processes, fp32 losses, and the combinations that are refused."""
 
 import json
 import math
@@ -31,19 +26,6 @@ from hf_vit.training.regularisation import TeacherInputAdapter
 from hf_vit.training.trainer import ImageClassificationTrainer
 
 from conftest import TINY, TINY_CLASSIFIER, TWO_PROCESSES, run_script
-
-
-@pytest.fixture
-def tiny_deit_config():
-    return HfDeiTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=5,
-    )
 
 
 def test_teacher_inputs_resize_and_renormalise():
@@ -122,28 +104,10 @@ def test_whole_recipe_with_a_teacher_runs_end_to_end_in_two_processes(tmp_path):
     teacher = make_resnet_teacher(tmp_path / "teacher", [str(d) for d in range(10)])
     output_dir = tmp_path / "deit"
     launcher = TWO_PROCESSES
-    args = [
-        "--output_dir",
-        str(output_dir),
-        "--model_type",
-        "hf_deit",
-        "--recipe",
-        "deit",
-        "--teacher_name_or_path",
-        str(teacher),
-        "--num_train_epochs",
-        "2",
-        "--max_train_samples",
-        "96",
-        "--max_eval_samples",
-        "32",
-        "--config_overrides",
-        TINY,
-        "--disable_tqdm",
-        "true",
-        "--per_device_train_batch_size",
-        "16",
-    ]
+    args = ["--output_dir", str(output_dir), "--model_type", "hf_deit", "--recipe", "deit",
+            "--teacher_name_or_path", str(teacher), "--num_train_epochs", "2", "--max_train_samples", "96",
+            "--max_eval_samples", "32", "--config_overrides", TINY, "--disable_tqdm", "true",
+            "--per_device_train_batch_size", "16"]  # fmt: skip
     result = run_script(args, launcher=launcher)
     assert result.stdout.count("eval: accuracy") == 1
     state = json.loads((output_dir / "trainer_state.json").read_text())

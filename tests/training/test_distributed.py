@@ -1,8 +1,5 @@
-"""Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory.
-
-Training at scale on this machine's CPUs: FSDP2 that really shards (and resumes), the shipped accelerate
-configs for data parallelism on one and on two machines (two ranks over 127.0.0.1), streamed and large datasets."""
+"""Training on several processes and machines on this machine's CPUs: FSDP2 that really shards, FSDP1 refused, the
+shipped DDP config over two ranks, the unused-parameter probe."""
 
 import json
 import subprocess

@@ -1,13 +1,5 @@
-"""The main job, end to end: scripts/finetune.py through the Trainer, accelerate and the (loopback) Hub.
-
-The ViT backbones people fine-tune in 2026, and the options they are made of: rotary positions (DINOv3's, EVA02's,
-Perception Encoder's), SwiGLU, RMSNorm, a norm before the encoder, masked key biases, models without a class token.
-Every source converts with parity against transformers and timm on random weights, at its own size and (rotary
-models) at a non-square one; the options work under SDPA and eager attention, gradient checkpointing, bf16 / fp16 and
-remote code; a converted DINOv3 fine-tunes, serves as an AutoBackbone and UperNet's backbone, and exports.
-
-The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
-evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium."""
+"""The main job, end to end: scripts/finetune.py through the Trainer, accelerate and the (loopback) Hub; resuming,
+folders at a requested size, new labels, class weights and the new presets from scratch."""
 
 import json
 import os
@@ -86,22 +78,9 @@ def test_imagefolder_data_trains_at_a_requested_size(tmp_path):
     make_imagefolder(tmp_path / "train")
     make_imagefolder(tmp_path / "val", per_class=4)
     output_dir = tmp_path / "out"
-    args = [
-        "--output_dir",
-        str(output_dir),
-        "--train_dir",
-        str(tmp_path / "train"),
-        "--validation_dir",
-        str(tmp_path / "val"),
-        "--image_size",
-        "24",
-        "--num_train_epochs",
-        "1",
-        "--config_overrides",
-        TINY,
-        "--disable_tqdm",
-        "true",
-    ]
+    args = ["--output_dir", str(output_dir), "--train_dir", str(tmp_path / "train"),
+            "--validation_dir", str(tmp_path / "val"), "--image_size", "24", "--num_train_epochs", "1",
+            "--config_overrides", TINY, "--disable_tqdm", "true"]  # fmt: skip
     metrics = finetune(*parse_args(args))
     assert metrics["eval_samples_per_second"] > 0
     model = AutoModelForImageClassification.from_pretrained(output_dir)
@@ -116,24 +95,9 @@ def test_checkpoint_fine_tunes_on_new_labels_at_a_new_size(tmp_path, tiny_vit_co
     make_image_processor(32).save_pretrained(tmp_path / "source")
     make_imagefolder(tmp_path / "train", classes=("ant", "bee", "wasp"), per_class=6)
     output_dir = tmp_path / "tuned"
-    args = [
-        "--output_dir",
-        str(output_dir),
-        "--model_name_or_path",
-        str(tmp_path / "source"),
-        "--train_dir",
-        str(tmp_path / "train"),
-        "--image_size",
-        "48",
-        "--num_train_epochs",
-        "1",
-        "--learning_rate",
-        "5e-5",
-        "--disable_tqdm",
-        "true",
-        "--train_val_split",
-        "0.25",
-    ]
+    args = ["--output_dir", str(output_dir), "--model_name_or_path", str(tmp_path / "source"),
+            "--train_dir", str(tmp_path / "train"), "--image_size", "48", "--num_train_epochs", "1",
+            "--learning_rate", "5e-5", "--disable_tqdm", "true", "--train_val_split", "0.25"]  # fmt: skip
     finetune(*parse_args(args))
     tuned = AutoModelForImageClassification.from_pretrained(output_dir)
     assert tuned.config.id2label == {0: "ant", 1: "bee", 2: "wasp"} and tuned.classifier.weight.shape == (3, 32)
@@ -185,18 +149,8 @@ def test_two_processes_under_accelerate_launch_train_one_model(tmp_path):
 
 def test_push_to_hub_and_load_back_with_a_fresh_cache(tmp_path, hub):
     output_dir = tmp_path / "pushed"
-    args = [
-        "--output_dir",
-        str(output_dir),
-        "--num_train_epochs",
-        "1",
-        *FAST,
-        "--push_to_hub",
-        "--hub_model_id",
-        "user/digits-vit",
-        "--save_strategy",
-        "no",
-    ]
+    args = ["--output_dir", str(output_dir), "--num_train_epochs", "1", *FAST, "--push_to_hub",
+            "--hub_model_id", "user/digits-vit", "--save_strategy", "no"]  # fmt: skip
     run_script(args, env={"HF_TOKEN": HUB_TOKEN})
     pushed = set(hub.repos["user/digits-vit"].files())
     assert {
@@ -230,16 +184,8 @@ def test_push_to_hub_and_load_back_with_a_fresh_cache(tmp_path, hub):
 
 
 def test_push_with_a_wrong_token_fails_clearly(tmp_path, hub):
-    args = [
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--num_train_epochs",
-        "1",
-        *FAST,
-        "--push_to_hub",
-        "--hub_model_id",
-        "user/never-created",
-    ]
+    args = ["--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1", *FAST, "--push_to_hub",
+            "--hub_model_id", "user/never-created"]  # fmt: skip
     result = run_script(args, env={"HF_TOKEN": "hf_wrong"}, expect_success=False)
     assert result.returncode != 0
     assert "401" in result.stderr and "Invalid credentials" in result.stderr, result.stderr[-3000:]
@@ -269,24 +215,9 @@ class KillAtEpoch(TrainerCallback):
 
 def test_a_run_with_an_ema_killed_after_epoch_two_resumes_to_the_same_weights(tmp_path):
     # an average long enough (decay 0.9 over 6 steps an epoch) that restarting it would change the weights
-    common = [
-        "--recipe",
-        "deit",
-        "--ema_decay",
-        "0.9",
-        "--num_train_epochs",
-        "3",
-        "--max_train_samples",
-        "96",
-        "--max_eval_samples",
-        "48",
-        "--disable_tqdm",
-        "true",
-        "--report_to",
-        "none",
-        "--seed",
-        "0",
-    ]
+    common = ["--recipe", "deit", "--ema_decay", "0.9", "--num_train_epochs", "3",
+              "--max_train_samples", "96", "--max_eval_samples", "48", "--disable_tqdm", "true",
+              "--report_to", "none", "--seed", "0"]  # fmt: skip
     whole = finetune(*parse_args(["--output_dir", str(tmp_path / "whole"), *common]))
     with pytest.raises(Killed):
         finetune(*parse_args(["--output_dir", str(tmp_path / "killed"), *common]), callbacks=[KillAtEpoch(2)])

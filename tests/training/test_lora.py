@@ -1,7 +1,5 @@
-"""LoRA through PEFT: `finetune.py --lora_rank` trains adapters and the head, saves PEFT's adapter, merges it.
-
-Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory."""
+"""LoRA through PEFT: `finetune.py --lora_rank` trains adapters and the head, saves PEFT's adapter, merges it, on
+every family and on two processes."""
 
 import json
 
@@ -22,33 +20,15 @@ from hf_vit.training.finetune import finetune, parse_args
 from hf_vit.training.lora import LoraArguments, add_lora, head_modules, lora_targets
 from hf_vit.training.regularisation import ModelEMA
 
-from conftest import TINY_CLASSIFIER, free_port, launcher, randomize, run_script
+from conftest import TINY_CLASSIFIER, family_classifier, free_port, launcher, randomize, run_script, training_inputs
 
-SMALL = [
-    "--max_train_samples",
-    "96",
-    "--max_eval_samples",
-    "32",
-    "--per_device_train_batch_size",
-    "32",
-    "--disable_tqdm",
-    "true",
-    "--num_train_epochs",
-    "2",
-]
+SMALL = ["--max_train_samples", "96", "--max_eval_samples", "32", "--per_device_train_batch_size", "32",
+         "--disable_tqdm", "true", "--num_train_epochs", "2"]  # fmt: skip
 
 
 @pytest.fixture
 def base_checkpoint(tmp_path):
-    config = hf_vit.HfViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=3,
-    )
+    config = hf_vit.HfViTConfig(**TINY_CLASSIFIER)
     model = randomize(hf_vit.HfViTForImageClassification(config), std=0.05)
     model.save_pretrained(tmp_path / "base")
     make_image_processor(32).save_pretrained(tmp_path / "base")
@@ -111,49 +91,17 @@ def test_lora_trains_adapters_and_head_saves_a_peft_adapter_and_merges(tmp_path,
     assert metrics["eval_accuracy"] >= 0
 
 
-def test_only_adapters_and_heads_learn_on_every_family():
-    configs = {
-        "vit": (
-            hf_vit.HfViTForImageClassification,
-            hf_vit.HfViTConfig(
-                image_size=32,
-                patch_size=8,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=64,
-                num_labels=3,
-            ),
-        ),
-        "deit": (
-            hf_vit.HfDeiTForImageClassification,
-            hf_vit.HfDeiTConfig(
-                image_size=32,
-                patch_size=8,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=64,
-                num_labels=3,
-            ),
-        ),
-        "swin": (
-            hf_vit.HfSwinForImageClassification,
-            hf_vit.HfSwinConfig.from_preset(
-                "swin-cifar-patch2-window4-32", embed_dim=16, depths=[1, 1], num_heads=[1, 2], num_labels=3
-            ),
-        ),
-    }
-    for name, (model_class, config) in configs.items():
-        model = model_class(config)
-        expected_heads = ["classifier", "distillation_classifier"] if name == "deit" else ["classifier"]
-        assert head_modules(model) == expected_heads
-        peft_model = add_lora(model, LoraArguments(lora_rank=2))
-        trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
-        assert trainable and all(
-            "lora_" in n or any(f"{head}.modules_to_save" in n for head in expected_heads) for n in trainable
-        ), name
-        peft_model(pixel_values=torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 1])).loss.backward()
+@pytest.mark.parametrize("family", ["hf_vit", "hf_deit", "hf_vit_hybrid", "hf_swin"])
+def test_only_adapters_and_heads_learn_on_every_family(family):
+    model = family_classifier(family)
+    expected_heads = ["classifier", "distillation_classifier"] if family == "hf_deit" else ["classifier"]
+    assert head_modules(model) == expected_heads
+    peft_model = add_lora(model, LoraArguments(lora_rank=2))
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all(
+        "lora_" in n or any(f"{head}.modules_to_save" in n for head in expected_heads) for n in trainable
+    )
+    peft_model(**training_inputs(family)).loss.backward()
 
 
 def test_a_lora_target_that_matches_nothing_is_named_and_nothing_is_written(tmp_path, base_checkpoint):

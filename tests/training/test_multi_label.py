@@ -1,5 +1,5 @@
-"""The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
-evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium."""
+"""Multi-label data: folders and Hub-style columns train with BCE, report mAP, mix multi-hot targets, and run on two
+processes."""
 
 import json
 import shutil
@@ -20,12 +20,7 @@ from hf_vit.training.finetune import parse_args as finetune_args
 from hf_vit.training.regularisation import BatchMixer
 from hf_vit_lessons.digit_grids import make_digit_grids
 
-from conftest import TINY_VIT
-
-TINY = "--config_overrides", ",".join(f"{key}={value}" for key, value in TINY_VIT.items())
-
-
-QUIET = ("--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none")
+from conftest import QUIET, TINY_VIT, TINY_VIT_FLAGS
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +31,7 @@ def digit_grids(tmp_path_factory):
 def test_multi_label_imagefolder_trains_with_bce_reports_map_and_pipeline_gives_sigmoids(tmp_path, digit_grids):
     output = tmp_path / "grids"
     args = ["--output_dir", str(output), "--train_dir", digit_grids["train"], "--validation_dir",
-            digit_grids["validation"], "--label_column_name", "labels", *TINY, *QUIET, "--max_steps", "6",
+            digit_grids["validation"], "--label_column_name", "labels", *TINY_VIT_FLAGS, *QUIET, "--max_steps", "6",
             "--class_weights", "balanced"]  # fmt: skip
     metrics = finetune(*finetune_args(args))
     assert {"eval_mAP", "eval_micro_f1", "eval_macro_f1"} <= set(metrics) and 0 < metrics["eval_mAP"] <= 1
@@ -65,7 +60,7 @@ def test_a_hub_style_sequence_of_class_labels_column_trains_multi_label(tmp_path
         (tmp_path / "data").mkdir(exist_ok=True)
         Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "data" / f"{split}.parquet")
     args = ["--output_dir", str(tmp_path / "run"), "--dataset_name", str(tmp_path / "data"), "--label_column_name",
-            "tags", *TINY, *QUIET, "--max_steps", "2"]  # fmt: skip
+            "tags", *TINY_VIT_FLAGS, *QUIET, "--max_steps", "2"]  # fmt: skip
     metrics = finetune(*finetune_args(args))
     assert "eval_mAP" in metrics
     assert AutoModelForImageClassification.from_pretrained(tmp_path / "run").config.id2label == dict(enumerate(names))
@@ -78,7 +73,7 @@ def test_multi_label_classes_only_the_evaluation_split_has_are_named(tmp_path, d
     lines[0] = json.dumps({"file_name": "00000.png", "labels": ["7", "eleven"]})
     (validation / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     args = ["--output_dir", str(tmp_path / "run"), "--train_dir", digit_grids["train"], "--validation_dir",
-            str(validation), "--label_column_name", "labels", *TINY, *QUIET]  # fmt: skip
+            str(validation), "--label_column_name", "labels", *TINY_VIT_FLAGS, *QUIET]  # fmt: skip
     with pytest.raises(UsageError, match=r"classes no training image has: \['eleven'\]"):
         finetune(*finetune_args(args))
     assert not (tmp_path / "run").exists()
@@ -102,7 +97,7 @@ def test_untagged_rows_and_unicode_digit_class_names_train_multi_label(tmp_path)
         rows.append(f"{i}.png," + ["①;cat", "cat", "", "dog;①"][i % 4])  # every fourth image untagged
     (folder / "metadata.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     args = ["--output_dir", str(tmp_path / "run"), "--train_dir", str(folder), "--label_column_name", "tags",
-            "--label_separator", ";", "--max_steps", "2", *TINY, *QUIET]  # fmt: skip
+            "--label_separator", ";", "--max_steps", "2", *TINY_VIT_FLAGS, *QUIET]  # fmt: skip
     finetune(*finetune_args(args))
     config = json.loads((tmp_path / "run" / "config.json").read_text(encoding="utf-8"))
     assert sorted(config["id2label"].values()) == sorted(["cat", "dog", "①"])
@@ -122,7 +117,7 @@ def test_multi_label_data_trains_on_two_processes(tmp_path, digit_grids):
     from test_finetune import run_script
 
     args = ["--output_dir", str(tmp_path / "ddp"), "--train_dir", digit_grids["train"], "--validation_dir",
-            digit_grids["validation"], "--label_column_name", "labels", *TINY, *QUIET, "--max_steps", "2",
+            digit_grids["validation"], "--label_column_name", "labels", *TINY_VIT_FLAGS, *QUIET, "--max_steps", "2",
             "--per_device_train_batch_size", "8"]  # fmt: skip
     result = run_script(args, launcher=TWO_PROCESSES)
     assert result.stdout.count("eval: mAP") == 1 and (tmp_path / "ddp" / "model.safetensors").is_file()

@@ -1,10 +1,5 @@
-"""The hybrid (a transformers backbone under the ViT encoder) and the convolutional patch embedding.
-
-Layer-wise learning-rate decay: each parameter's scale against timm's `param_groups_layer_decay`, and the
-optimizer the Trainer builds from it.
-
-Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory."""
+"""Parameter groups: layer-wise learning-rate decay against timm's `param_groups_layer_decay`, the backbone's own
+learning rate, and what takes no weight decay."""
 
 import pytest
 import timm
@@ -28,21 +23,9 @@ from hf_vit.training.finetune import finetune, parse_args
 from hf_vit.training.recipes import Ingredients
 from hf_vit.training.trainer import HfViTTrainer, ImageClassificationTrainer, layer_decay_scales
 
-from conftest import TINY_CLASSIFIER
-
-ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=3)
-
-
-TINY_RESNET = dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
-
+from conftest import TINY_CLASSIFIER, tiny_hybrid_config
 
 OPTIMIZATION = dict(learning_rate=1e-3, weight_decay=0.05, warmup_steps=0.02)
-
-
-def tiny_hybrid_config(**overrides) -> HfViTHybridConfig:
-    return HfViTHybridConfig(
-        **{**ENCODER, "image_size": 64, "backbone_config": {**TINY_RESNET, "out_features": ["stage2"]}, **overrides}
-    )
 
 
 def test_backbone_learning_rate_gets_its_own_parameter_groups(tmp_path):
@@ -72,24 +55,9 @@ def test_backbone_learning_rate_needs_a_backbone(tmp_path, tiny_vit_config):
 
 
 def test_finetune_trains_a_hybrid_with_a_lower_backbone_learning_rate(tmp_path):
-    args = [
-        "--model_type",
-        "hf_vit_hybrid",
-        "--output_dir",
-        str(tmp_path / "run"),
-        "--num_train_epochs",
-        "1",
-        "--max_train_samples",
-        "128",
-        "--max_eval_samples",
-        "64",
-        "--per_device_train_batch_size",
-        "64",
-        "--backbone_learning_rate",
-        "1e-4",
-        "--disable_tqdm",
-        "true",
-    ]
+    args = ["--model_type", "hf_vit_hybrid", "--output_dir", str(tmp_path / "run"), "--num_train_epochs", "1",
+            "--max_train_samples", "128", "--max_eval_samples", "64", "--per_device_train_batch_size", "64",
+            "--backbone_learning_rate", "1e-4", "--disable_tqdm", "true"]  # fmt: skip
     metrics = finetune(*parse_args(args))
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
     model = HfViTHybridForImageClassification.from_pretrained(tmp_path / "run")

@@ -1,8 +1,5 @@
-"""Masked-image-modeling pretraining: MAE (hf_vit, hf_deit) and SimMIM (hf_swin, hf_vit) against transformers,
-their checkpoints in the other model classes, the pretraining script and the fine-tuning that follows it.
-
-Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory."""
+"""The pretraining job (`scripts/pretrain.py`): MAE and SimMIM on folders and in two processes, the fine-tuning that
+follows, the Hub, and the refusals."""
 
 import json
 import logging
@@ -32,13 +29,13 @@ from hf_vit.training.trainer import PretrainingTrainer
 from conftest import (
     FAST,
     HUB_TOKEN,
+    TINY_CLASSIFIER,
     TINY_VIT,
     TWO_PROCESSES,
     make_imagefolder,
     randomize,
     run_script,
 )
-from conftest import TINY_VIT as TINY_ENCODER
 
 TINY_MAE = dict(
     **TINY_VIT,
@@ -227,13 +224,10 @@ def test_simmim_pretraining_lifts_the_vit_on_a_tenth_of_the_digits_labels(tmp_pa
     assert accuracy["ViT, SimMIM-pretrained"] >= accuracy["ViT from scratch"] + 0.2, accuracy
 
 
-TINY_VIT = {**TINY_ENCODER, "num_labels": 3}
-
-
 def test_pretraining_evaluation_keeps_the_loss_only(tmp_path):
     model = HfViTForPreTraining(
         HfViTConfig(
-            **TINY_VIT,
+            **TINY_CLASSIFIER,
             decoder_hidden_size=16,
             decoder_num_hidden_layers=1,
             decoder_num_attention_heads=2,

@@ -1,5 +1,5 @@
-"""The practitioner's loop around training: frozen-feature probes, multi-label data and class weights, the
-evaluation report, prediction over a folder, and the Gradio demo driven in a real (headless) Chromium."""
+"""Frozen-feature probes (`hf_vit.training.probe`): kNN, logistic and linear on cached features, on checkpoints and
+several blocks, with little data, and the arguments that cannot work."""
 
 import json
 
@@ -12,29 +12,10 @@ from transformers import AutoModelForImageClassification, pipeline
 from hf_vit.guards import UsageError
 from hf_vit.inference.evaluation import evaluate_checkpoint
 from hf_vit.inference.evaluation import parse_args as evaluate_args
-from hf_vit.training.finetune import finetune
-from hf_vit.training.finetune import parse_args as finetune_args
 from hf_vit.training.probe import knn_probe, probe
 from hf_vit.training.probe import parse_args as probe_args
 
-from conftest import TINY_VIT
-
-TINY = "--config_overrides", ",".join(f"{key}={value}" for key, value in TINY_VIT.items())
-
-
-DIGITS_SUBSET = ("--max_train_samples", "200", "--max_eval_samples", "60")
-
-
-QUIET = ("--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny ViT trained briefly on the digits, and its run's own evaluation."""
-    output = tmp_path_factory.mktemp("trained") / "vit"
-    args = ["--output_dir", str(output), *TINY, *DIGITS_SUBSET, *QUIET, "--max_steps", "30", "--ema_decay", "0"]
-    metrics = finetune(*finetune_args(args))
-    return output, metrics
+from conftest import DIGITS_SUBSET, TINY_VIT, TINY_VIT_FLAGS
 
 
 def run_probe(tmp_path, name, *flags):
@@ -45,15 +26,15 @@ def run_probe(tmp_path, name, *flags):
 def test_probes_share_cached_features_and_the_linear_probe_is_a_checkpoint_that_scores_what_it_reports(
     tmp_path, capsys
 ):
-    knn = run_probe(tmp_path, "knn", "--method", "knn", *TINY)
+    knn = run_probe(tmp_path, "knn", "--method", "knn", *TINY_VIT_FLAGS)
     assert "train features read from the cache" not in capsys.readouterr().out
     assert knn["k"] in (1, 3, 5, 10, 20, 50, 100) and 0 < knn["accuracy"] <= 1
-    logistic = run_probe(tmp_path, "logistic", "--method", "logistic", *TINY)
+    logistic = run_probe(tmp_path, "logistic", "--method", "logistic", *TINY_VIT_FLAGS)
     assert "train features read from the cache" in capsys.readouterr().out  # the same random model: the same features
-    run_probe(tmp_path, "mean", "--method", "knn", TINY[0], TINY[1] + ",pooling='mean'")
+    run_probe(tmp_path, "mean", "--method", "knn", TINY_VIT_FLAGS[0], TINY_VIT_FLAGS[1] + ",pooling='mean'")
     assert "train features read from the cache" not in capsys.readouterr().out  # the same weights, other features
     assert logistic["C"] > 0 and logistic["num_features"] == 32
-    linear = run_probe(tmp_path, "linear", "--method", "linear", "--linear_epochs", "5", *TINY)
+    linear = run_probe(tmp_path, "linear", "--method", "linear", "--linear_epochs", "5", *TINY_VIT_FLAGS)
     assert json.loads((tmp_path / "linear" / "probe_results.json").read_text())["accuracy"] == linear["accuracy"]
     model = AutoModelForImageClassification.from_pretrained(tmp_path / "linear").eval()
     assert model.config.id2label[3] == "3"
@@ -110,7 +91,7 @@ def test_probe_arguments_that_cannot_work_are_named(tmp_path, flags, message):
 @pytest.mark.parametrize("method", ["knn", "linear", "logistic"])
 def test_probes_on_a_handful_of_pictures_give_valid_json_or_one_line(tmp_path, method):
     flags = ["--method", method, "--max_train_samples", "1" if method == "knn" else "4", "--max_eval_samples", "8"]
-    args = ["--output_dir", str(tmp_path / "probe"), *TINY, *flags]
+    args = ["--output_dir", str(tmp_path / "probe"), *TINY_VIT_FLAGS, *flags]
     if method == "logistic":  # one picture per class at most: nothing to cross-validate
         with pytest.raises(UsageError, match="every class needs 2 images"):
             probe(*probe_args(args))

@@ -1,7 +1,5 @@
-"""DeiT: the distillation token and losses, teacher distillation through the Trainer, the data-efficient recipe.
-
-Faults a review found, each pinned by the test that failed before its fix: silent wrong results, crashes on common
-paths, a finished run overwritten, evaluation memory."""
+"""The data-efficient recipe's regularisers: repeated augmentation, Mixup/CutMix with smoothing, the EMA and its
+decay."""
 
 from collections import Counter
 
