@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from hf_vit import commands
+
 from conftest import REPO_ROOT, run_without
 
 
@@ -59,14 +61,15 @@ def test_the_readme_is_short_and_shows_the_two_commands():
     assert "apt-get install" in ci and 'python -m pip install -e ".[dev]" && python -m pytest' in ci
 
 
-def test_hf_vit_lists_its_jobs_and_runs_them():
-    result = run("hf-vit", "--help")
+def test_hf_vit_lists_its_jobs_and_runs_them(capsys):
+    result = run("hf-vit", "--help")  # the installed command
     assert result.returncode == 0, result.stderr
-    for job in ("finetune", "pretrain", "convert", "export"):
+    for job in ("finetune", "pretrain", "convert", "export", "probe", "evaluate", "predict", "demo"):
         assert f"\n  {job} " in result.stdout
-    assert "--output_dir" in run("hf-vit", "finetune", "--help").stdout
-    wrong = run("hf-vit", "finetun")
-    assert wrong.returncode == 2 and "did you mean finetune?" in wrong.stderr
+    with pytest.raises(SystemExit):
+        commands.main(["finetune", "--help"])
+    assert "--output_dir" in capsys.readouterr().out
+    assert commands.main(["finetun"]) == 2 and "did you mean finetune?" in capsys.readouterr().err
 
 
 def imported_modules(path) -> set[str]:

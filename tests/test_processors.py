@@ -11,9 +11,11 @@ from transformers import pipeline
 from hf_vit import HfViTConfig, HfViTForImageClassification
 from hf_vit.processors import make_image_processor
 
+from conftest import TINY_VIT
+
 
 def test_image_processors_load_without_a_backend_warning(tmp_path):
-    HfViTForImageClassification(HfViTConfig(num_labels=2)).save_pretrained(tmp_path)
+    HfViTForImageClassification(HfViTConfig(**TINY_VIT, num_labels=2)).save_pretrained(tmp_path)
     make_image_processor(224).save_pretrained(tmp_path)
     result = subprocess.run(
         [

@@ -2,22 +2,18 @@
 the input pipeline, the time to the first steps, and the GPU benchmark's smoke mode."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from hf_vit_lessons import benchmark
 
-from conftest import REPO_ROOT
+from conftest import run_script
 
 
 def test_the_gpu_benchmark_runs_in_smoke_mode(tmp_path):
     output = tmp_path / "gpu.json"
-    command = [sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--suite", "gpu", "--smoke"]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    subprocess.run([*command, "--no_compile", "--json", str(output)], check=True, env=env, timeout=600)
+    smoke = ["--suite", "gpu", "--smoke"]
+    run_script([*smoke, "--no_compile", "--json", str(output)], script="benchmark.py")
     rows = json.loads(output.read_text())["speed"]
     assert {(row["mode"], row["implementation"]) for row in rows} == {
         (mode, name) for mode in ("train", "inference") for name in ("hf_vit", "timm", "transformers")
@@ -25,11 +21,9 @@ def test_the_gpu_benchmark_runs_in_smoke_mode(tmp_path):
     assert all(row["images_per_s"] > 0 and row["gflops_per_image"] > 0 for row in rows)
     assert all(row["mfu"] is None and row["step_peak_mib"] is None for row in rows)  # no GPU, no peak to use
 
-    subprocess.run(
-        [*command, "--modes", "inference", "--implementations", "ours", "--peak_tflops", "1", "--json", str(output)],
-        check=True,
-        env=env,
-        timeout=600,
+    run_script(
+        [*smoke, "--modes", "inference", "--implementations", "ours", "--peak_tflops", "1", "--json", str(output)],
+        script="benchmark.py",
     )
     rows = json.loads(output.read_text())["speed"]
     assert [row["implementation"] for row in rows] == ["hf_vit", "hf_vit+compile"]

@@ -2,8 +2,6 @@
 studies (recipes, pretraining, fine-tuning), each end to end on the embedded digits."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfViTConfig, HfVi
 from hf_vit.processors import make_image_processor
 from hf_vit_lessons.attention import attention_cost, attention_cost_sweep, attention_rollout
 
-from conftest import REPO_ROOT, randomize, run_script
+from conftest import randomize, run_script
 
 
 def test_recipe_study_writes_its_table_and_plot(tmp_path):
@@ -39,12 +37,9 @@ def test_recipe_study_writes_its_table_and_plot(tmp_path):
     assert config["patch_embedding_init"] == "xavier"  # the recipe's, for a student from scratch with a teacher
 
 
-def run(script, *args):
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / script), *args], capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+def run(script, *args) -> str:
+    """A lesson's script run to its end; what it printed."""
+    return run_script(list(args), script=script).stdout
 
 
 def save_article_vit(path):

@@ -47,11 +47,13 @@ TINY_SWIN = dict(
 
 
 def test_swin_compiles_with_torch_compile_defaults():
+    # dynamo's default shape handling is what once failed (a symbolic shift size); aot_eager traces as inductor
+    # does without generating code, at a tenth of the time
     model = randomize(HfSwinForImageClassification(HfSwinConfig(**TINY_SWIN)))
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(pixels).logits
-        compiled = torch.compile(model)
+        compiled = torch.compile(model, backend="aot_eager")
         torch.testing.assert_close(compiled(pixels).logits, expected, rtol=1e-4, atol=1e-4)
 
 

@@ -3,6 +3,7 @@ folders at a requested size, new labels, class weights and the new presets from 
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -134,14 +135,24 @@ def test_bad_input_fails_with_a_clear_error_and_writes_nothing(tmp_path, case, m
     assert not output_dir.exists() or not any(output_dir.iterdir())
 
 
-def test_two_processes_under_accelerate_launch_train_one_model(tmp_path):
-    output_dir = tmp_path / "ddp"
-    launcher = TWO_PROCESSES
-    result = run_script(["--output_dir", str(output_dir), "--num_train_epochs", "1", *FAST], launcher=launcher)
+def test_two_processes_under_accelerate_launch_train_one_model_and_check_the_images_once(tmp_path):
+    def run(launcher, name):  # each on its own copy of the images, so that neither finds the other's cached check
+        train = make_imagefolder(tmp_path / name / "train", per_class=40, corrupt="broken.png")
+        args = ["--output_dir", str(tmp_path / name / "run"), "--train_dir", str(train), "--skip_unreadable_images"]
+        return run_script([*args, "--num_train_epochs", "1", *FAST], launcher=launcher)
+
+    single, result = run((sys.executable,), "single"), run(TWO_PROCESSES, "ddp")
+    two = result.stdout + result.stderr
+    assert two.count("Leaving out 1 unreadable image") == 2  # both processes leave the broken file out
+    for split in ("train", "validation"):  # the main process's progress bars alone (each starts once, at 0 %)
+        started = f"Checking {split} images:   0%"
+        assert two.count(started) == (single.stdout + single.stderr).count(started) >= 1
+    output_dir = tmp_path / "ddp" / "run"
     assert result.stdout.count("eval: accuracy") == 1  # only the main process reports
     assert "find_unused_parameters=True was specified" not in result.stderr  # the model uses every parameter
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    assert state["global_step"] == 1  # 128 images / (64 per process x 2 processes): one data-parallel step
+    steps = {name: json.loads((tmp_path / name / "run" / "trainer_state.json").read_text())["global_step"]
+             for name in ("single", "ddp")}  # fmt: skip
+    assert steps["ddp"] == -(-steps["single"] // 2)  # each data-parallel step takes two processes' batches
     saved = [p for p in output_dir.rglob("model.safetensors") if "checkpoint-" not in str(p)]
     assert saved == [output_dir / "model.safetensors"]
     AutoModelForImageClassification.from_pretrained(output_dir)
