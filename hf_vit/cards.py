@@ -151,6 +151,7 @@ def render_model_card(
         hyperparameters=hyperparameters,
         load_id=load_id or "path/to/this/checkpoint",
         eval_loss=f"{evaluations[-1]['eval_loss']:.4f}" if evaluations else "not evaluated",
+        input_size=input_size(config),
         **(extra_fields or {}),
     )
     backbone_config = getattr(config, "backbone_config", None)
@@ -174,6 +175,15 @@ def render_model_card(
             )
         ]
     return card.content
+
+
+def input_size(config) -> str:
+    """What the model is given, for people: its image size, or a NaFlex checkpoint's patch budget."""
+    budget = getattr(config, "max_num_patches", None)
+    if budget:
+        patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
+        return f"each picture at its own aspect ratio, within {budget} patches of {patch} px (NaFlex)"
+    return f"{config.image_size} px"
 
 
 def write_model_card(output_dir, model, template: str, **kwargs) -> str:

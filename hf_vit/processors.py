@@ -2,12 +2,13 @@
 to.
 
     make_image_processor(image_size, channels)        hf_vit's: resize, scale to [0, 1], mean and std 0.5
+    naflex_image_processor(patch_size, max_num_patches)   SigLIP 2's: each picture at its own aspect ratio, as patches
     checkpoint_image_processor(name_or_path, config)  a checkpoint's own (hf_vit's for one saved without it)
     timm_image_processor(pretrained_cfg)              timm's evaluation transform
     set_processor_size / processor_size               a processor's output size
 """
 
-from transformers import AutoImageProcessor, BitImageProcessor, ViTImageProcessor
+from transformers import AutoImageProcessor, BitImageProcessor, Siglip2ImageProcessor, ViTImageProcessor
 from transformers.utils import logging
 
 from .models.configuration_utils import to_2tuple
@@ -31,18 +32,38 @@ def make_image_processor(
     )
 
 
+def naflex_image_processor(patch_size: int, max_num_patches: int, mean=(0.5,) * 3, std=(0.5,) * 3):
+    """transformers' `Siglip2ImageProcessor`: each picture resized, keeping its aspect ratio, to the largest grid of
+    `patch_size` patches within `max_num_patches`, cut into patches (channels last) and padded to the budget; it
+    returns `pixel_values` (B, max_num_patches, p * p * C), `pixel_attention_mask` and `spatial_shapes`. The budget
+    may be given again at call time (`processor(images, max_num_patches=...)`)."""
+    return Siglip2ImageProcessor(
+        patch_size=patch_size, max_num_patches=max_num_patches, image_mean=list(mean), image_std=list(std)
+    )
+
+
+def is_naflex(image_processor) -> bool:
+    """Whether the processor cuts pictures into NaFlex patches at their own aspect ratio."""
+    return isinstance(image_processor, Siglip2ImageProcessor)
+
+
 def checkpoint_image_processor(name_or_path: str, config, trust_remote_code: bool = False):
     """The checkpoint's own image processor; one saved without it (a user's `model.save_pretrained`) gets hf_vit's
     (`make_image_processor`: resize to the config's image size, mean and std 0.5), with a warning that says so."""
     try:
         return AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError:
+        budget = getattr(config, "max_num_patches", None)
         logger.warning(
-            "%s has no preprocessor_config.json: the image processor is built from config.json (resize to %s, mean and "
-            "std 0.5); if the model was trained with other values, save its processor beside it",
+            "%s has no preprocessor_config.json: the image processor is built from config.json (%s, mean and std "
+            "0.5); if the model was trained with other values, save its processor beside it",
             name_or_path,
-            config.image_size,
+            f"NaFlex within {budget} patches" if budget else f"resize to {config.image_size}",
         )
+        if budget:
+            return naflex_image_processor(
+                to_2tuple(config.patch_size)[0], budget, (0.5,) * config.num_channels, (0.5,) * config.num_channels
+            )
         return make_image_processor(config.image_size, config.num_channels)
 
 

@@ -40,6 +40,10 @@ def refused(tmp_path, *flags) -> str:
         (("--max_train_samples", "0"), "--max_train_samples must be at least 1, got 0"),
         (("--dataset_name", "some/data", "--train_dir", "x"), "--dataset_name and --train_dir / --validation_dir"),
         (("--resume_from_checkpoint", "no-such-checkpoint"), "'no-such-checkpoint': no such checkpoint directory"),
+        (("--max_num_patches", "0"), "--max_num_patches must be at least 1, got 0"),
+        (("--max_num_patches", "16", "--image_size", "32"), "--max_num_patches keeps each picture's own shape"),
+        (("--max_num_patches", "16", "--model_type", "hf_vit_hybrid"), "--max_num_patches does not apply to hf_vit_h"),
+        (("--max_num_patches", "16", "--teacher_name_or_path", "."), "--teacher_name_or_path takes fixed-size"),
     ],
 )
 def test_flags_that_cannot_work_are_named_before_any_data(tmp_path, flags, message):

@@ -20,7 +20,7 @@ from .sources import (
     load_splits,
 )
 from .streaming import TrainingData, check_streaming, load_training_data
-from .transforms import attach_transforms, build_transforms, evaluation_loader, set_transforms
+from .transforms import attach_transforms, build_transforms, evaluation_loader, model_inputs, set_transforms
 
 __all__ = [
     "DataArguments",
@@ -39,6 +39,7 @@ __all__ = [
     "load_digits_splits",
     "load_splits",
     "load_training_data",
+    "model_inputs",
     "open_image",
     "set_transforms",
 ]

@@ -21,8 +21,9 @@ PARALLEL_CHECK_FROM = 5_000  # images in a split from which opening them all is 
 
 def collate(examples) -> dict:
     """Examples -> {"pixel_values": (B, C, H, W), "labels": (B,) ids or (B, num_labels) multi-hot targets} (no
-    labels for unlabelled examples)."""
-    batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+    labels for unlabelled examples); NaFlex examples also stack their `pixel_attention_mask` and `spatial_shapes`
+    (their `pixel_values` are (N, p * p * C) patches, all padded to one budget)."""
+    batch = {key: torch.stack([example[key] for example in examples]) for key in examples[0] if key != "labels"}
     if "labels" in examples[0]:
         batch["labels"] = torch.tensor([example["labels"] for example in examples])
     return batch

@@ -76,6 +76,13 @@ class DataArguments:
     image_size: int | None = field(
         default=None, metadata={"help": "Train and evaluate at this size (default: the model's image_size)."}
     )
+    max_num_patches: int | None = field(
+        default=None,
+        metadata={
+            "help": "NaFlex: take each picture at its own aspect ratio, within this many patches (SigLIP 2's "
+            "processor); hf_vit and hf_deit models."
+        },
+    )
     streaming: bool = field(
         default=False,
         metadata={
@@ -98,9 +105,11 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        for flag in ("max_train_samples", "max_eval_samples"):
+        for flag in ("max_train_samples", "max_eval_samples", "max_num_patches"):
             if getattr(self, flag) is not None and getattr(self, flag) < 1:
                 raise ValueError(f"--{flag} must be at least 1, got {getattr(self, flag)}")
+        if self.max_num_patches is not None and self.image_size is not None:
+            raise ValueError("--max_num_patches keeps each picture's own shape; --image_size squares them: give one")
         if self.dataset_name is not None and (self.train_dir is not None or self.validation_dir is not None):
             raise ValueError("--dataset_name and --train_dir / --validation_dir name two sources: give one")
 

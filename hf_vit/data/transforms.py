@@ -13,7 +13,7 @@ from datasets import Dataset, DatasetDict
 from torchvision.transforms import v2
 from transformers.utils import logging
 
-from ..processors import processor_size
+from ..processors import is_naflex, processor_size
 from .decoding import collate, decode_image
 from .sources import DataArguments, encode_label, label_names
 from .streaming import TrainingData
@@ -43,7 +43,7 @@ class DecodingCollator:
                         self.skipped.value += 1
                     continue
                 labels = example[self.args.label_column_name] if self.num_labels is not None else None
-                example = {"pixel_values": pixel_values}
+                example = model_inputs(pixel_values)
                 if labels is not None:
                     example["labels"] = encode_label(labels, self.num_labels)
             ready.append(example)
@@ -67,6 +67,41 @@ def processor_interpolation(image_processor) -> v2.InterpolationMode:
     return TENSOR_INTERPOLATION.get(int(resample) if resample is not None else 2, v2.InterpolationMode.BICUBIC)
 
 
+def model_inputs(transformed) -> dict:
+    """One example's model inputs from what a transform gave: a (C, H, W) tensor, or NaFlex's dict of patches."""
+    return transformed if isinstance(transformed, dict) else {"pixel_values": transformed}
+
+
+class RandomAspectCrop(torch.nn.Module):
+    """A random crop of a fraction in `scale` of the picture's area, at the picture's own aspect ratio (NaFlex's
+    RandomResizedCrop: the processor resizes it within the patch budget afterwards)."""
+
+    def __init__(self, scale=(0.8, 1.0)):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, picture: torch.Tensor) -> torch.Tensor:
+        height, width = picture.shape[-2:]
+        side = float(torch.empty(1).uniform_(*self.scale).sqrt())
+        crop_h, crop_w = max(1, round(height * side)), max(1, round(width * side))
+        top = int(torch.randint(0, height - crop_h + 1, ()))
+        left = int(torch.randint(0, width - crop_w + 1, ()))
+        return v2.functional.crop(picture, top, left, crop_h, crop_w)
+
+
+class NaFlexPatches:
+    """A NaFlex processor's (SigLIP 2's) input for one picture: (C, H, W) uint8 -> {"pixel_values" (N, p * p * C),
+    "pixel_attention_mask" (N,), "spatial_shapes" (2,)}, the picture resized to its own aspect ratio within the
+    processor's patch budget N and padded to it. For training, `geometry` (random crops, flips) runs first."""
+
+    def __init__(self, image_processor, geometry=()):
+        self.image_processor, self.geometry = image_processor, v2.Compose([v2.Identity(), *geometry])
+
+    def __call__(self, picture) -> dict:
+        inputs = self.image_processor(images=self.geometry(v2.functional.to_image(picture)), return_tensors="pt")
+        return {key: value[0] for key, value in inputs.items()}
+
+
 def build_transforms(
     image_processor,
     num_channels: int,
@@ -83,7 +118,16 @@ def build_transforms(
     after normalisation).
     Evaluation: what the processor itself does (resize with its resampling, then center-crop when the processor
     crops), so eval accuracy matches `pipeline()`; training resizes with the same resampling.
+    A NaFlex processor (`is_naflex`) keeps each picture's aspect ratio: `NaFlexPatches`, after, in training, a crop
+    at the picture's own aspect ratio, the flip, RandAugment and erasing (of uint8 pixels, to black) on the picture.
     """
+    if is_naflex(image_processor):
+        augment = [RandomAspectCrop((crop_scale_min, 1.0)), v2.RandomHorizontalFlip(hflip_prob)]
+        if rand_augment_magnitude > 0:
+            augment.append(v2.RandAugment(num_ops=2, magnitude=rand_augment_magnitude))
+        if random_erasing_prob > 0:
+            augment.append(v2.RandomErasing(p=random_erasing_prob))
+        return NaFlexPatches(image_processor, augment if train else [])
     height, width = processor_size(image_processor)
     interpolation = processor_interpolation(image_processor)
     erasing = []
@@ -131,7 +175,8 @@ def set_transforms(
 
         def apply(batch, transform=transform, num_labels=num_labels):
             images = [decode_image(value, num_channels) for value in batch[args.image_column_name]]
-            transformed = {"pixel_values": [transform(image) for image in images]}
+            examples = [model_inputs(transform(image)) for image in images]
+            transformed = {key: [example[key] for example in examples] for key in examples[0]}
             if not labelled:
                 return transformed
             labels = [encode_label(value, num_labels) for value in batch[args.label_column_name]]

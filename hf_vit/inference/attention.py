@@ -80,16 +80,19 @@ def last_stage_attention(config, attentions, batch: int, height: int, width: int
 
 
 @torch.inference_mode()
-def attention_heatmaps(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (B, num_labels), heat maps (B, h, w)) of an hf_vit classifier, in one forward pass."""
+def attention_heatmaps(model, pixel_values: torch.Tensor, **naflex) -> tuple[torch.Tensor, torch.Tensor | list]:
+    """(logits (B, num_labels), heat maps (B, h, w)) of an hf_vit classifier, in one forward pass; for NaFlex
+    patches (`naflex`: their `spatial_shapes` and `pixel_attention_mask`), one (h_i, w_i) map per picture."""
     with maps_from_sdpa(model):
-        output = model(pixel_values, output_attentions=True, return_dict=True)
+        output = model(pixel_values, output_attentions=True, return_dict=True, **naflex)
     if hasattr(model.config, "window_size"):  # Swin
         return output.logits, last_stage_attention(
             model.config, output.attentions, len(pixel_values), *pixel_values.shape[-2:]
         )
     base = model.base_model
     heat = rollout(output.attentions, base.num_prefix_tokens, model.config.class_token)
+    if pixel_values.ndim == 3:  # NaFlex: each picture's own grid, its padding dropped
+        return output.logits, [row[: h * w].view(h, w) for row, (h, w) in zip(heat, naflex["spatial_shapes"].tolist())]
     return output.logits, heat.view(-1, *token_grid(heat.shape[1], *pixel_values.shape[-2:]))
 
 

@@ -73,15 +73,17 @@ def attention_overlay(picture: torch.Tensor, heat: torch.Tensor, image_processor
     return overlay(image.crop(seen_region(image_processor, image.height, image.width)), heat)
 
 
-def classify(model, pixel_values: torch.Tensor, attention: bool = False):
-    """(scores (B, num_labels) as `class_scores`, heat maps (B, h, w) of where the model looks or None) of a batch
-    (B, C, H, W) prepared by the evaluation transform, on the model's device (`devices`); the results on the CPU."""
-    pixel_values = pixel_values.to(model.device, non_blocking=True)
+def classify(model, inputs, attention: bool = False):
+    """(scores (B, num_labels) as `class_scores`, heat maps of where the model looks or None) of a batch prepared by
+    the evaluation transform: (B, C, H, W) pixels, or NaFlex's dict of patches (`collate`'s), on the model's device
+    (`devices`); the results on the CPU. Heat maps are (B, h, w), or for NaFlex one (h_i, w_i) map per picture."""
+    inputs = inputs if isinstance(inputs, dict) else {"pixel_values": inputs}
+    inputs = {key: value.to(model.device, non_blocking=True) for key, value in inputs.items() if key != "labels"}
     with inference_precision(model.device):
         if attention:
-            logits, heat = attention_heatmaps(model, pixel_values)
-            heat = heat.float().cpu()
+            logits, heat = attention_heatmaps(model, **inputs)
+            heat = [map_.float().cpu() for map_ in heat] if isinstance(heat, list) else heat.float().cpu()
         else:
             with torch.inference_mode():
-                logits, heat = model(pixel_values).logits, None
+                logits, heat = model(**inputs).logits, None
     return class_scores(model, logits).cpu(), heat

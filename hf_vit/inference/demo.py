@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..cli import command, grouped_parser, parse_into_dataclasses
-from ..data import build_transforms
+from ..data import build_transforms, collate, model_inputs
 from ..guards import usage_errors
 from .classifier import attention_overlay, classify, load_classifier, read_picture
 from .predict import picture_paths
@@ -60,7 +60,7 @@ def build_demo(model_name_or_path: str, top_k: int = 5, examples=None, trust_rem
             picture = read_picture(path, channels)  # the uploaded file itself, read as every job reads it
         except ValueError as error:
             raise gr.Error(str(error)) from error
-        scores, heat = classify(model, transform(picture)[None], attention=True)
+        scores, heat = classify(model, collate([model_inputs(transform(picture))]), attention=True)
         overlay = attention_overlay(picture, heat[0], image_processor)
         return {names[i]: float(score) for i, score in enumerate(scores[0])}, overlay
 

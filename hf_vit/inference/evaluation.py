@@ -31,6 +31,7 @@ from ..data.metrics import multi_label_metrics
 from ..devices import inference_precision, loader_settings
 from ..figures import new_figure, save_figure
 from ..guards import check_output_dir, replaced_atomically, usage_errors
+from ..processors import is_naflex
 from .classifier import class_scores, load_classifier
 
 METRICS_FILE = "metrics.json"
@@ -91,8 +92,9 @@ def predict_split(model, loader, tta: str | None) -> dict:
     scores, tta_scores, labels = [], [], []
     with torch.inference_mode(), inference_precision(model.device):
         for batch in tqdm(loader, desc="evaluating"):
-            pixel_values = batch["pixel_values"].to(model.device, non_blocking=True)
-            views = [class_scores(model, model(view).logits) for view in tta_views(pixel_values, tta)]
+            inputs = {key: value.to(model.device, non_blocking=True) for key, value in batch.items() if key != "labels"}
+            pixel_values = inputs.pop("pixel_values")
+            views = [class_scores(model, model(view, **inputs).logits) for view in tta_views(pixel_values, tta)]
             scores.append(views[0].cpu())
             tta_scores.append(torch.stack(views).mean(0).cpu())
             labels.append(batch["labels"])
@@ -199,6 +201,18 @@ def draw_reliability_diagram(confidences, correct, path: str) -> None:
     save_figure(figure, path)
 
 
+def picture_seen(example: dict, image_processor) -> torch.Tensor:
+    """The normalised (C, H, W) picture an evaluation example holds; NaFlex patches put back on their grid."""
+    pixels = example["pixel_values"]
+    if pixels.ndim == 3:
+        return pixels
+    height, width = example["spatial_shapes"].tolist()
+    patch = image_processor.patch_size
+    channels = pixels.shape[-1] // patch**2
+    grid = pixels[: height * width].view(height, width, patch, patch, channels)
+    return grid.permute(4, 0, 2, 1, 3).reshape(channels, height * patch, width * patch)
+
+
 def draw_mistakes(split, picks: list[tuple[int, str]], image_processor, path: str) -> None:
     """A grid of the pictures of `split` (its evaluation transform attached) at `picks` ((index, caption)),
     denormalised from the tensors the model saw."""
@@ -206,7 +220,7 @@ def draw_mistakes(split, picks: list[tuple[int, str]], image_processor, path: st
     rows = max(1, -(-len(picks) // columns))
     figure, axes = new_figure(rows, columns, figsize=(2.6 * columns, 3.2 * rows))  # room for two-line captions
     axes = np.atleast_1d(axes).ravel()
-    pixels = {index: split[index]["pixel_values"] for index, _ in picks}
+    pixels = {index: picture_seen(split[index], image_processor) for index, _ in picks}
     channels = len(image_processor.image_mean) if not pixels else next(iter(pixels.values())).shape[0]
     mean = torch.tensor(image_processor.image_mean[:channels]).view(-1, 1, 1)
     std = torch.tensor(image_processor.image_std[:channels]).view(-1, 1, 1)
@@ -250,10 +264,15 @@ def evaluate_checkpoint(evaluate_args: EvaluateArguments, data_args: DataArgumen
     with usage_errors():
         if evaluate_args.tta not in (None, *TTA_CHOICES):
             raise ValueError(f"--tta must be one of {list(TTA_CHOICES)}, got {evaluate_args.tta!r}")
-        if data_args.image_size is not None:
-            raise ValueError("--image_size does not apply: the checkpoint's image processor sets the size")
+        for flag in ("image_size", "max_num_patches"):
+            if getattr(data_args, flag) is not None:
+                raise ValueError(f"--{flag} does not apply: the checkpoint's image processor sets the size")
         check_output_dir(evaluate_args.output_dir, evaluate_args.overwrite_output_dir, False)
         model, image_processor = load_classifier(evaluate_args.model_name_or_path, evaluate_args.trust_remote_code)
+        if evaluate_args.tta is not None and is_naflex(image_processor):
+            raise ValueError(
+                f"--tta {evaluate_args.tta} takes fixed-size pictures; this checkpoint's are NaFlex patches"
+            )
         split = load_splits(data_args, seed=evaluate_args.seed, evaluation_only=True)["validation"]
         multi_label = is_multi_label(split.features[data_args.label_column_name])
         if multi_label != (model.config.problem_type == "multi_label_classification"):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..cli import command, grouped_parser, parse_into_dataclasses
-from ..data import build_transforms, image_files, is_image_file
+from ..data import build_transforms, collate, image_files, is_image_file, model_inputs
 from ..devices import loader_settings
 from ..guards import check_output_dir, replaced_atomically, usage_errors
 from .classifier import attention_overlay, classify, load_classifier, read_picture
@@ -161,8 +161,8 @@ def predict(args: PredictArguments) -> dict:
             read = [(path, picture, pixel_values) for path, picture, pixel_values, error in batch if error is None]
             if not read:
                 continue
-            pixel_values = torch.stack([pixel_values for _, _, pixel_values in read])
-            scores, heat = classify(model, pixel_values, args.attention_maps is not None)
+            inputs = collate([model_inputs(transformed) for _, _, transformed in read])
+            scores, heat = classify(model, inputs, args.attention_maps is not None)
             top = scores.topk(top_k, dim=1)
             for row, (path, picture, _) in enumerate(read):
                 labels = [names[int(i)] for i in top.indices[row]]

@@ -22,7 +22,7 @@ from transformers.utils import logging
 from ..cards import public_name, write_model_card
 from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..guards import OVERWRITE_HELP, check_local_path, check_output_dir, usage_errors
-from ..processors import checkpoint_image_processor, set_processor_size, timm_image_processor
+from ..processors import checkpoint_image_processor, is_naflex, set_processor_size, timm_image_processor
 from ..registry import FAMILIES, converter_for
 from .key_maps import load_converted_state_dict
 
@@ -100,14 +100,8 @@ def from_transformers(config: dict, state_dict: dict):
     model_type = config.get("model_type")
     found = converter_for(f"transformers:{model_type}")
     if found is None:
-        naflex = (
-            " (SigLIP 2's NaFlex tower takes pictures at their own aspect ratio, which hf_vit does not yet; the "
-            "fixed-resolution SigLIP 2 checkpoints are model_type 'siglip' and convert)"
-            if model_type == "siglip2_vision_model"
-            else ""
-        )
         raise ValueError(
-            f"Unsupported transformers model_type {model_type!r}{naflex}; hf_vit converts {sources('transformers')}"
+            f"Unsupported transformers model_type {model_type!r}; hf_vit converts {sources('transformers')}"
         )
     family, key_map = found
     base = family.classifier_class.base_model_prefix
@@ -196,6 +190,11 @@ def convert_checkpoint(
                 )
             model.set_window_size(window_size)
         if image_size is not None:
+            if is_naflex(processor):
+                raise ValueError(
+                    f"image_size does not apply to {source}: its processor takes each picture at its own aspect "
+                    f"ratio within {model.config.max_num_patches} patches (NaFlex); give max_num_patches to it instead"
+                )
             model.set_image_size(image_size)
             set_processor_size(processor, image_size)
     model.save_pretrained(output_dir)

@@ -7,6 +7,7 @@ Query/key/value projections stored separately are fused into one `qkv` tensor. L
 unexpected or misshapen key is named. The families (`families.py`) say which key map serves which source.
 """
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -548,6 +549,26 @@ def transformers_siglip_prepare(state_dict: dict, config=None) -> dict:
     return state_dict
 
 
+def transformers_siglip2_config(config: dict) -> dict:
+    """hf_vit config fields of a transformers Siglip2VisionConfig: SigLIP's, with the learned position grid of
+    `num_patches` positions (a square, sqrt(num_patches) a side) as the training size."""
+    side = math.isqrt(config.get("num_patches", 256))
+    if side * side != config.get("num_patches", 256):
+        raise ValueError(f"SigLIP 2's num_patches must be a square number, got {config['num_patches']}")
+    patch = config.get("patch_size", 16)
+    return dict(transformers_siglip_config(config), image_size=side * patch, max_num_patches=side * side)
+
+
+def transformers_siglip2_prepare(state_dict: dict, config: dict) -> dict:
+    """SigLIP's reshapes, and SigLIP 2's patch embedding, a Linear over patches flattened channels last
+    (hidden, p * p * C), as the Conv2d hf_vit holds (hidden, C, p, p)."""
+    state_dict = transformers_siglip_prepare(state_dict, config)
+    weight = "vision_model.embeddings.patch_embedding.weight"
+    patch, channels = config.get("patch_size", 16), config.get("num_channels", 3)
+    state_dict[weight] = state_dict[weight].reshape(-1, patch, patch, channels).permute(0, 3, 1, 2)
+    return state_dict
+
+
 def transformers_dinov2_config(config: dict) -> dict:
     """hf_vit config fields of a transformers Dinov2 / Dinov2WithRegisters config (a dict of config.json)."""
     unsupported_options(
@@ -603,4 +624,11 @@ TRANSFORMERS_SIGLIP = KeyMap(
     transformers_siglip_config,
     source_prefix="vision_model",
     prepare=transformers_siglip_prepare,
+)
+# SigLIP 2's NaFlex tower: SigLIP's names, a Linear patch embedding, positions resized to each picture's grid
+TRANSFORMERS_SIGLIP2 = KeyMap(
+    TRANSFORMERS_SIGLIP_RULES,
+    transformers_siglip2_config,
+    source_prefix="vision_model",
+    prepare=transformers_siglip2_prepare,
 )

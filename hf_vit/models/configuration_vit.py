@@ -366,6 +366,11 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
             Encoder have none).
         patch_embedding_norm (`bool`, defaults to `False`): a norm on the patch tokens before the positions are
             added (AIMv2).
+        max_num_patches (`int`, *optional*): NaFlex (SigLIP 2): the patch budget of pictures taken at their own
+            aspect ratio; the model then also reads (B, N, p * p * C) patches with their `spatial_shapes` and
+            `pixel_attention_mask` (`naflex_image_processor` cuts them), the learned positions resized to each
+            picture's grid. It records what the checkpoint's processor does (the model takes either input);
+            needs square `"patch"` patches.
 
     Masked-image-modeling pretraining (`HfViTForPreTraining`: MAE; `HfViTForMaskedImageModeling`: SimMIM); the
     other models ignore these fields:
@@ -389,6 +394,7 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
     patch_embedding_init: str = "trunc_normal"
     patch_embedding_bias: bool = True
     patch_embedding_norm: bool = False
+    max_num_patches: int | None = None
     mask_ratio: float = 0.75
     mask_patch_size: int | None = None
     norm_pix_loss: bool = False
@@ -412,6 +418,14 @@ class HfViTConfig(PresetsMixin, ViTEncoderConfig):
                 f"patch_embedding_init='xavier' starts the 'patch' projection (one linear map per patch); "
                 f"patch_embedding_type={self.patch_embedding_type!r} has none"
             )
+        if self.max_num_patches is not None:
+            check_positive(self, "max_num_patches")
+            patch_h, patch_w = to_2tuple(self.patch_size)
+            if self.patch_embedding_type != "patch" or patch_h != patch_w:
+                raise ValueError(
+                    f"max_num_patches (NaFlex) needs square 'patch' patches; got patch_embedding_type="
+                    f"{self.patch_embedding_type!r}, patch_size {self.patch_size}"
+                )
         for image, patch in zip(to_2tuple(self.image_size), to_2tuple(self.patch_size)):
             if image % patch:
                 raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")

@@ -171,6 +171,17 @@ class RotaryPositions(nn.Module):
         return torch.cat([prefix, angles.sin()]), torch.cat([prefix + 1, angles.cos()])
 
 
+def rotary_positions_per_picture(rope: "RotaryPositions", spatial_shapes: torch.Tensor, length: int):
+    """The (sin, cos) of a NaFlex batch, each (B, 1, prefix + length, head_dim): every picture's own grid, the
+    padding unrotated (sin 0, cos 1)."""
+    tables = []
+    for height, width in spatial_shapes.tolist():
+        sin, cos = rope((height, width), spatial_shapes.device)
+        pad = rope.num_prefix_tokens + length - sin.shape[0]
+        tables.append((F.pad(sin, (0, 0, 0, pad)), F.pad(cos, (0, 0, 0, pad), value=1.0)))
+    return tuple(torch.stack(parts)[:, None] for parts in zip(*tables))
+
+
 class AttentionKernel(nn.Module):
     """What an attention module needs to call transformers' attention interface (`config._attn_implementation`:
     eager, sdpa, flash, flex): heads, scaling, dropout; subclasses make the queries, keys and values."""
@@ -455,13 +466,14 @@ class AttentionPooling(AttentionKernel):
         self.norm = norm_layer(dim) if mlp is not None else None
         self.mlp = mlp
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """attention_mask: additive, (B, 1, 1, N), hides padding tokens from the probe."""
         batch_size, seq_len, dim = hidden_states.shape
         query = self.q(self.probe).reshape(1, 1, self.num_heads, self.head_dim).transpose(1, 2)
         key, value = (
             self.kv(hidden_states).reshape(batch_size, seq_len, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )
-        pooled, _ = self.attend(query.expand(batch_size, -1, -1, -1).to(key.dtype), key, value)
+        pooled, _ = self.attend(query.expand(batch_size, -1, -1, -1).to(key.dtype), key, value, attention_mask)
         pooled = self.proj(pooled.reshape(batch_size, 1, dim))
         if self.mlp is not None:
             pooled = pooled + self.mlp(self.norm(pooled))
@@ -506,6 +518,63 @@ class PatchEmbedding(GridEmbedding):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.projection(pixel_values)
+
+    def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """NaFlex input: patches cut and flattened channels last, as SigLIP 2's and timm's NaFlex processors cut
+        them (row, column, channel), through the same projection as `forward`: (B, N, p * p * C) -> (B, N, hidden)."""
+        weight = self.projection.weight  # (hidden, C, p, p)
+        expected = weight[0].numel()
+        if patches.shape[-1] != expected:
+            raise ValueError(
+                f"NaFlex patches must be flattened {self.input_multiple[0]}x{self.input_multiple[1]} patches of "
+                f"{weight.shape[1]} channels ({expected} values each), got {patches.shape[-1]}"
+            )
+        return F.linear(patches.to(weight.dtype), weight.permute(0, 2, 3, 1).flatten(1), self.projection.bias)
+
+
+def resize_positions_per_picture(grid_table: torch.Tensor, grid_size, spatial_shapes: torch.Tensor, length: int):
+    """NaFlex's positions (SigLIP 2): the learned (1, gh * gw, C) grid table resized to each picture's own (h, w)
+    patch grid, as `F.interpolate(mode="bilinear", antialias=True)` resizes, row-major, then padded (zeros) to
+    `length`: (B, length, C). Written as one matrix product per axis pair, so that a batch of different shapes is
+    one graph (no loop over pictures, nothing that recompiles per shape)."""
+    grid_h, grid_w = grid_size
+    sizes = spatial_shapes.to(torch.float32)[:, None]  # (B, 1, 2)
+    index = torch.arange(length, device=spatial_shapes.device, dtype=torch.float32)[None, :, None]  # (1, L, 1)
+    rows = torch.div(index, sizes[..., 1:], rounding_mode="floor")
+    valid = index[..., 0] < sizes.prod(-1)  # (B, L)
+    # each token's row and column in its picture; padding takes the first patch's (dropped below)
+    output = torch.cat([rows, index - rows * sizes[..., 1:]], dim=-1) * valid[..., None]
+    # A bilinear antialiased resize's weights along each axis: a triangle of half-width max(1, scale) around the
+    # output's centre in the source's coordinates, normalised
+    source_sides = torch.tensor([grid_h, grid_w], device=spatial_shapes.device, dtype=torch.float32)
+    scale = source_sides / sizes  # (B, 1, 2)
+    support = scale.clamp(min=1)
+    centre = (output + 0.5) * scale - 0.5
+    weights = []
+    for axis, side in enumerate((grid_h, grid_w)):
+        source = torch.arange(side, device=spatial_shapes.device, dtype=torch.float32)
+        distance = (source - centre[..., axis, None]).abs() / support[..., axis, None]
+        axis_weights = (1 - distance).clamp(min=0)
+        weights.append(axis_weights / axis_weights.sum(-1, keepdim=True))
+    combined = (weights[0][..., :, None] * weights[1][..., None, :]).flatten(-2)  # (B, L, gh * gw)
+    resized = combined @ grid_table[0].float()
+    return (resized * valid[..., None]).to(grid_table.dtype)
+
+
+def grid_mean(tokens: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """The mean of (B, N, C) tokens over those `valid` (B, N) marks (all without it): (B, C)."""
+    if valid is None:
+        return tokens.mean(dim=1)
+    weights = valid[..., None].to(tokens.dtype)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
+def key_padding_bias(key_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, N) True for the tokens that are there -> the additive attention mask (B, 1, 1, N) that hides the others
+    (padding) from every query."""
+    return torch.zeros(key_valid.shape, dtype=dtype, device=key_valid.device).masked_fill(
+        ~key_valid.bool(), torch.finfo(dtype).min
+    )[:, None, None, :]
 
 
 def resample_position_embeddings(

@@ -89,12 +89,18 @@ class HfDeiTForImageClassification(HfDeiTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
     ) -> HfDeiTImageClassifierOutput | tuple:
-        """labels: (B,) ids or (B, num_labels) soft targets; teacher_logits: (B, num_labels) from a frozen teacher."""
+        """labels: (B,) ids or (B, num_labels) soft targets; teacher_logits: (B, num_labels) from a frozen teacher;
+        `pixel_attention_mask` and `spatial_shapes`: of NaFlex patches (see `HfViTModel.forward`)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if teacher_logits is not None and labels is None:
             raise ValueError("teacher_logits need labels: the CLS head always learns from the labels")
-        features = self.encode_for_head(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
+        naflex = dict(pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes)
+        features = self.encode_for_head(
+            pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states, **naflex
+        )
         cls_logits = self.classifier(features.last_hidden_state[:, 0])
         distillation_logits = self.distillation_classifier(features.last_hidden_state[:, 1])
         loss = None
@@ -110,10 +116,10 @@ class HfDeiTForImageClassification(HfDeiTPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def head_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def head_features(self, pixel_values: torch.Tensor, **naflex) -> torch.Tensor:
         """The mean of the CLS and distillation tokens, (B, C, H, W) -> (B, hidden_size): with both heads the same
         linear map, the logits (the heads' mean) are that map of these features."""
-        tokens = self.encode_for_head(pixel_values, None, None, None).last_hidden_state
+        tokens = self.encode_for_head(pixel_values, None, None, None, **naflex).last_hidden_state
         return (tokens[:, 0] + tokens[:, 1]) / 2
 
     @torch.no_grad()

@@ -154,16 +154,22 @@ class LinearClassifierMixin:
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
     ) -> ImageClassifierOutput | tuple:
         """pixel_values (B, C, H, W) -> logits (B, num_labels). labels: (B,) class ids, or (B, num_labels) float
-        targets (soft labels, multi-label, regression)."""
+        targets (soft labels, multi-label, regression). `pixel_attention_mask` and `spatial_shapes`: of NaFlex
+        patches (B, N, p * p * C), for the families that take them."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        features = self.encode_for_head(pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states)
+        naflex = dict(pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes)
+        features = self.encode_for_head(
+            pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states, **naflex
+        )
         return classifier_output(self.classifier(features.pooler_output), labels, features, self.config, return_dict)
 
-    def head_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def head_features(self, pixel_values: torch.Tensor, **naflex) -> torch.Tensor:
         """What the head reads, (B, C, H, W) -> (B, width): the frozen features a linear probe learns from."""
-        return self.encode_for_head(pixel_values, None, None, None).pooler_output
+        return self.encode_for_head(pixel_values, None, None, None, **naflex).pooler_output
 
     @torch.no_grad()
     def set_linear_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:

@@ -29,8 +29,12 @@ from .layers import (
     PreNormBlock,
     RotaryPositions,
     drop_path_rates,
+    grid_mean,
     init_transformer_weights,
+    key_padding_bias,
     resample_position_embeddings,
+    resize_positions_per_picture,
+    rotary_positions_per_picture,
     vit_block_parts,
     vit_norm,
 )
@@ -150,6 +154,26 @@ class TokenEmbeddings(nn.Module):
         self.position_embeddings = nn.Parameter(resampled.contiguous())
         self.grid_size = tuple(grid_size)
 
+    def positioned_prefix(self, batch_size: int) -> list[torch.Tensor]:
+        """The CLS and distillation tokens that are there, each (B, 1, C)."""
+        tokens = (self.cls_token, self.distillation_token)
+        return [token.expand(batch_size, -1, -1) for token in tokens if token is not None]
+
+    def embed_naflex(self, patch_tokens: torch.Tensor, spatial_shapes: torch.Tensor) -> torch.Tensor:
+        """NaFlex (SigLIP 2): (B, N, C) patch tokens of pictures cut at their own (h, w) patch grids, padded to N ->
+        (B, prefix + N, C), the learned grid positions resized to each picture's grid (bilinear, antialiased:
+        `resize_positions_per_picture`); padding tokens get none."""
+        batch_size, length, _ = patch_tokens.shape
+        prefix, grid = self.positioned_prefix(batch_size), self.patch_norm(patch_tokens)
+        if self.position_embeddings is not None:
+            table, positioned = self.position_embeddings, self.num_positioned_prefix
+            grid = grid + resize_positions_per_picture(table[:, positioned:], self.grid_size, spatial_shapes, length)
+            if positioned:
+                prefix = [torch.cat(prefix, 1) + table[:, :positioned]]
+        if self.register_tokens is not None:
+            prefix.append(self.register_tokens.expand(batch_size, -1, -1))
+        return self.dropout(torch.cat(prefix + [grid], 1))
+
     def forward(
         self,
         feature_grid: torch.Tensor,
@@ -164,9 +188,7 @@ class TokenEmbeddings(nn.Module):
                 f"The input gives a {grid_h}x{grid_w} token grid but the position embeddings are for "
                 f"{self.grid_size[0]}x{self.grid_size[1]}; pass interpolate_pos_encoding=True to resample them"
             )
-        prefix = [
-            token.expand(batch_size, -1, -1) for token in (self.cls_token, self.distillation_token) if token is not None
-        ]
+        prefix = self.positioned_prefix(batch_size)
         grid = self.patch_norm(feature_grid.flatten(2).transpose(1, 2))
         if bool_masked_pos is not None:
             if self.mask_token is None:
@@ -213,14 +235,18 @@ class ViTEncoder(nn.Module):
         output_hidden_states=False,
         last_layer_queries: int | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> BaseModelOutput:
         """`last_layer_queries`: the last layer computes only the first this many tokens, so `last_hidden_state` is
-        (B, last_layer_queries, C); for heads that read nothing else. `rope`: the rotary positions of the tokens."""
+        (B, last_layer_queries, C); for heads that read nothing else. `rope`: the rotary positions of the tokens.
+        `attention_mask`: additive, (B, 1, 1, N), hides padding tokens (NaFlex) from every query."""
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
             num_queries = last_layer_queries if layer is self.layers[-1] else None
-            hidden_states, attn_weights = layer(hidden_states, num_queries=num_queries, rope=rope)
+            hidden_states, attn_weights = layer(
+                hidden_states, num_queries=num_queries, rope=rope, attention_mask=attention_mask
+            )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -333,9 +359,11 @@ class HfViTPreTrainedModel(PretrainingHeadLoading, ImagePreTrainedModel):
         )
         return self.config.pooling == "cls" and not (output_attentions or output_hidden_states)
 
-    def encode_for_head(self, pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states):
+    def encode_for_head(
+        self, pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states, **naflex
+    ):
         """The base model's output for a classifier's head: the last block computes the prefix tokens only when the
-        head reads nothing else (`head_reads_prefix_only`)."""
+        head reads nothing else (`head_reads_prefix_only`). `naflex`: `pixel_attention_mask`, `spatial_shapes`."""
         prefix_tokens_only = self.head_reads_prefix_only(output_attentions, output_hidden_states)
         return self.encode(
             pixel_values,
@@ -343,6 +371,7 @@ class HfViTPreTrainedModel(PretrainingHeadLoading, ImagePreTrainedModel):
             output_attentions,
             output_hidden_states,
             prefix_tokens_only=prefix_tokens_only,
+            **naflex,
         )
 
     def encode(self, pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states, **tokens):
@@ -446,6 +475,25 @@ class HfViTModel(HfViTPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.patch_embeddings
 
+    def embed_naflex(self, patches, spatial_shapes, pixel_attention_mask):
+        """NaFlex patches (B, N, p * p * C) -> the tokens (B, prefix + N, C), which grid tokens are pictures' (B, N)
+        and the rotary positions of each picture's grid (None without `rope`)."""
+        if spatial_shapes is None:
+            raise ValueError("NaFlex patches (B, N, p * p * C) need spatial_shapes (B, 2): each picture's patch grid")
+        if not hasattr(self.patch_embeddings, "embed_patches"):
+            raise ValueError(
+                f"NaFlex patches need patch_embedding_type='patch'; this model's patch embedding is "
+                f"{type(self.patch_embeddings).__name__}, which reads whole images"
+            )
+        batch_size, length, _ = patches.shape
+        spatial_shapes = spatial_shapes.to(patches.device)
+        if pixel_attention_mask is None:
+            index = torch.arange(length, device=patches.device)
+            pixel_attention_mask = index[None] < spatial_shapes.prod(-1)[:, None]
+        tokens = self.embeddings.embed_naflex(self.patch_embeddings.embed_patches(patches), spatial_shapes)
+        rope = None if self.rope is None else rotary_positions_per_picture(self.rope, spatial_shapes, length)
+        return tokens, pixel_attention_mask.bool().to(patches.device), rope
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -456,8 +504,13 @@ class HfViTModel(HfViTPreTrainedModel):
         prefix_tokens_only: bool = False,
         bool_masked_pos: torch.Tensor | None = None,
         kept_positions: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
     ) -> BaseModelOutputWithPooling | tuple:
-        """pixel_values: (B, num_channels, H, W), H x W = image_size unless `interpolate_pos_encoding`.
+        """pixel_values: (B, num_channels, H, W), H x W = image_size unless `interpolate_pos_encoding`; or NaFlex
+        patches (B, N, p * p * num_channels) of pictures at their own aspect ratio (SigLIP 2's processor's), with
+        `spatial_shapes` (B, 2) each picture's patch grid and `pixel_attention_mask` (B, N) 1 for its patches, 0 for
+        padding, which no token attends to and no pooling reads.
 
         `prefix_tokens_only`: the last block computes only the prefix tokens (CLS, distillation), all a CLS-pooling
         head reads, so `last_hidden_state` is (B, prefix, C); it skips most of that block's work.
@@ -474,33 +527,41 @@ class HfViTModel(HfViTPreTrainedModel):
                 f"every token of the last block); got pooling={config.pooling!r}, output_attentions="
                 f"{output_attentions}, output_hidden_states={output_hidden_states}"
             )
-        check_pixel_values(
-            pixel_values,
-            config.num_channels,
-            config.image_size,
-            self.patch_embeddings.input_multiple,
-            bool(interpolate_pos_encoding) or not config.absolute_position_embeddings,
-        )
-
-        pixel_values = pixel_values.to(self.dtype)
-        patch_grid = self.patch_embeddings(pixel_values)
-        hidden_states = self.embeddings(patch_grid, bool(interpolate_pos_encoding), bool_masked_pos, kept_positions)
+        attention_mask, grid_valid = None, None
+        if pixel_values.ndim == 3:
+            if bool_masked_pos is not None or kept_positions is not None:
+                raise ValueError("masked image modeling (bool_masked_pos, kept_positions) takes (B, C, H, W) images")
+            hidden_states, grid_valid, rope = self.embed_naflex(pixel_values, spatial_shapes, pixel_attention_mask)
+            valid = torch.cat([grid_valid.new_ones(grid_valid.shape[0], self.num_prefix_tokens), grid_valid], 1)
+            attention_mask = key_padding_bias(valid, hidden_states.dtype)
+        else:
+            check_pixel_values(
+                pixel_values,
+                config.num_channels,
+                config.image_size,
+                self.patch_embeddings.input_multiple,
+                bool(interpolate_pos_encoding) or not config.absolute_position_embeddings,
+            )
+            patch_grid = self.patch_embeddings(pixel_values.to(self.dtype))
+            hidden_states = self.embeddings(patch_grid, bool(interpolate_pos_encoding), bool_masked_pos, kept_positions)
+            rope = self.rotary_positions(patch_grid.shape[-2:], hidden_states.device, kept_positions)
         hidden_states = self.pre_norm(hidden_states)
-        rope = self.rotary_positions(patch_grid.shape[-2:], hidden_states.device, kept_positions)
         last_layer_queries = self.num_prefix_tokens if prefix_tokens_only else None
-        encoded = self.encoder(hidden_states, output_attentions, output_hidden_states, last_layer_queries, rope)
+        encoded = self.encoder(
+            hidden_states, output_attentions, output_hidden_states, last_layer_queries, rope, attention_mask
+        )
         raw = encoded.last_hidden_state
         last_hidden_state = raw if config.pooled_norm_only else self.layernorm(raw)
         grid_tokens = slice(self.num_prefix_tokens, None)
         if config.pooling == "mean":
             # timm's global_pool="avg": average the un-normalised patch tokens, then normalise.
-            pooled = self.layernorm(raw[:, grid_tokens].mean(dim=1))
+            pooled = self.layernorm(grid_mean(raw[:, grid_tokens], grid_valid))
         elif config.pooling == "normalized_mean":  # timm's "avg" with fc_norm=False: normalise, then average
-            pooled = last_hidden_state[:, grid_tokens].mean(dim=1)
+            pooled = grid_mean(last_hidden_state[:, grid_tokens], grid_valid)
         elif config.pooling == "cls_mean":  # DINOv2's classifier input: (B, 2C)
-            pooled = torch.cat([last_hidden_state[:, 0], last_hidden_state[:, grid_tokens].mean(dim=1)], dim=-1)
+            pooled = torch.cat([last_hidden_state[:, 0], grid_mean(last_hidden_state[:, grid_tokens], grid_valid)], -1)
         elif config.pooling == "map":
-            pooled = self.pooler(last_hidden_state)
+            pooled = self.pooler(last_hidden_state, attention_mask)
         elif config.pooled_norm_only:  # CLIP: the final norm on the pooled CLS token only
             pooled = self.layernorm(raw[:, 0])
         else:

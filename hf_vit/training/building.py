@@ -13,7 +13,15 @@ teacher. Every training job (finetune, pretrain, probe) builds them here, from t
 from transformers import AutoModelForImageClassification
 
 from ..checkpoints import load_checkpoint
-from ..processors import checkpoint_image_processor, make_image_processor, processor_size, set_processor_size
+from ..models.configuration_utils import to_2tuple
+from ..processors import (
+    checkpoint_image_processor,
+    is_naflex,
+    make_image_processor,
+    naflex_image_processor,
+    processor_size,
+    set_processor_size,
+)
 from .arguments import ModelArguments, ModelSource
 from .regularisation import TeacherInputAdapter
 
@@ -74,12 +82,23 @@ def restart_head(model) -> None:
 
 def build_image_processor(model_args: ModelArguments, model):
     """The image processor a model trains and is saved with: the checkpoint's own at the model's size, else hf_vit's
-    (`make_image_processor`)."""
-    size = model.config.image_size
+    (`make_image_processor`); with a patch budget (`max_num_patches`), SigLIP 2's NaFlex processor at that budget,
+    with the checkpoint's normalisation."""
+    config = model.config
+    budget = getattr(config, "max_num_patches", None)
     if model_args.model_name_or_path is None:
-        return make_image_processor(size, model.config.num_channels)
-    processor = checkpoint_image_processor(model_args.model_name_or_path, model.config, model_args.trust_remote_code)
-    set_processor_size(processor, size)
+        if budget:
+            return naflex_image_processor(to_2tuple(config.patch_size)[0], budget, *[(0.5,) * config.num_channels] * 2)
+        return make_image_processor(config.image_size, config.num_channels)
+    processor = checkpoint_image_processor(model_args.model_name_or_path, config, model_args.trust_remote_code)
+    if budget and is_naflex(processor):
+        processor.max_num_patches = budget
+    elif budget:
+        processor = naflex_image_processor(
+            to_2tuple(config.patch_size)[0], budget, processor.image_mean, processor.image_std
+        )
+    else:
+        set_processor_size(processor, config.image_size)
     return processor
 
 

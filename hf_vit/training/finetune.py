@@ -105,7 +105,8 @@ def check_arguments(
     check_layer_decay(recipe_args.layer_decay)
     check_lora_arguments(lora_args)
     flags = config_ingredients_given(recipe_args)
-    source = check_model_source(model_args, data_args.image_size, **flags)
+    naflex = {} if data_args.max_num_patches is None else {"max_num_patches": data_args.max_num_patches}
+    source = check_model_source(model_args, data_args.image_size, **flags, **naflex)
     for name in START_INGREDIENTS:
         start = flags.get(name, source.overrides.get(name))
         if start is not None and source.from_checkpoint:  # it would be saved, and do nothing
@@ -115,6 +116,8 @@ def check_arguments(
             )
     if model_args.teacher_name_or_path is not None:
         check_local_path(model_args.teacher_name_or_path, "--teacher_name_or_path")
+        if data_args.max_num_patches is not None:
+            raise ValueError("--teacher_name_or_path takes fixed-size pictures; --max_num_patches gives NaFlex patches")
         if training_args.class_weights is not None:
             raise ValueError("--class_weights and --teacher_name_or_path do not combine: choose one")
         if "teacher_logits" not in inspect.signature(source.family.classifier_class.forward).parameters:
@@ -211,6 +214,8 @@ def finetune(
             check_teacher_labels(teacher_config, labels)
         # a checkpoint's image size stays its own here: its position embeddings are resampled after loading
         size = {} if source.from_checkpoint or data_args.image_size is None else {"image_size": data_args.image_size}
+        if data_args.max_num_patches is not None:
+            size["max_num_patches"] = data_args.max_num_patches
         config = source.with_fields(**label_fields(labels, multi_label), **size)
         training_args.resume_from_checkpoint = resolve_resume(training_args, labels)
         class_weights = class_weights_for(training_args, data, data_args.label_column_name, len(labels))
@@ -222,6 +227,7 @@ def finetune(
             sharded=fsdp_requested(training_args),
             streaming=data.streaming,
             multi_label=multi_label,
+            naflex=data_args.max_num_patches is not None,
         )
         apply_to_training(ingredients, training_args)
         apply_to_config(ingredients, config)

@@ -88,6 +88,8 @@ def check_arguments(
     check_output_dir(
         training_args.output_dir, training_args.overwrite_output_dir, training_args.resume_from_checkpoint is not None
     )
+    if data_args.max_num_patches is not None:
+        raise ValueError("--max_num_patches does not apply to pretraining: MAE and SimMIM mask whole images")
     mask = {} if args.mask_ratio is None else {"mask_ratio": args.mask_ratio}
     source = check_model_source(model_args, None if model_args.model_name_or_path else data_args.image_size, **mask)
     methods = source.family.pretraining_methods

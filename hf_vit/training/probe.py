@@ -310,6 +310,8 @@ def probe(model_args: ModelArguments, data_args: DataArguments, probe_args: Prob
     checkpoint with its card). Returns the results. Bad input is a `UsageError` before any feature is computed."""
     with usage_errors():
         source = check_model_source(model_args, data_args.image_size)
+        if data_args.max_num_patches is not None or getattr(source.config, "max_num_patches", None):
+            raise ValueError("The probes read fixed-size pictures; NaFlex patches (max_num_patches) are not probed")
         check_arguments(data_args, probe_args, source.family)
         set_seed(probe_args.seed)
         splits = load_splits(data_args, seed=probe_args.seed)

@@ -453,12 +453,22 @@ def turn_off(ingredients: Ingredients, name: str, off, reason: str, flag: str) -
 
 
 def fit_to_training(
-    ingredients: Ingredients, lora: bool, sharded: bool, streaming: bool, multi_label: bool = False
+    ingredients: Ingredients,
+    lora: bool,
+    sharded: bool,
+    streaming: bool,
+    multi_label: bool = False,
+    naflex: bool = False,
 ) -> Ingredients:
     """The ingredients that the way of training rules out, turned off: layer decay with LoRA (only the adapters and
     the head learn), the EMA under FSDP (it would hold a whole copy of the sharded weights), repeated augmentation
     for a stream (it needs a sampler of indices), Mixup / CutMix and label smoothing for multi-label data (their
-    targets are one distribution over the classes; multi-label targets are one yes / no per class)."""
+    targets are one distribution over the classes; multi-label targets are one yes / no per class), Mixup / CutMix
+    for NaFlex patches (pictures of different shapes have no pixel to pixel pairing)."""
+    if naflex:
+        reason = "pictures of different shapes have no pixel to pixel pairing"
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            ingredients = turn_off(ingredients, name, 0.0, reason, "--max_num_patches")
     if multi_label:
         reason = "the targets are one yes / no per class, not one distribution over the classes"
         for name in ("mixup_alpha", "cutmix_alpha", "label_smoothing"):

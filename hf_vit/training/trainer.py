@@ -348,7 +348,7 @@ class ImageClassificationTrainer(HfViTTrainer):
         if self.class_weights is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
-        outputs = model(pixel_values=inputs["pixel_values"])
+        outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
         multi_label = self.model.config.problem_type == "multi_label_classification"
         loss = weighted_loss(outputs.logits, labels, self.class_weights, multi_label)
         return (loss, outputs) if return_outputs else loss

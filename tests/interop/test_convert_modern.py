@@ -242,16 +242,6 @@ def test_the_vision_tower_of_a_whole_clip_or_siglip_checkpoint_converts(tmp_path
         torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=1e-4, rtol=0)
 
 
-def test_a_siglip2_naflex_checkpoint_is_refused_by_name():
-    from transformers import Siglip2Config, Siglip2Model
-
-    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99)
-    vision = dict(**TRANSFORMERS_SMALL, patch_size=16, num_patches=16)
-    reference = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision))
-    with pytest.raises(ValueError, match="'siglip2_vision_model' \\(SigLIP 2's NaFlex tower"):
-        from_transformers(reference.config.to_dict(), reference.state_dict())
-
-
 TIMM_DINOV2_SOURCES = {
     "dinov2": ("vit_small_patch14_dinov2", dict(img_size=56), dict(layer_scale_init_value=1e-5)),
     "dinov2 with registers": (

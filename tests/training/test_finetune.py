@@ -9,12 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
-from transformers import (
-    AutoModelForImageClassification,
-    TrainerCallback,
-    pipeline,
-)
+from transformers import AutoImageProcessor, AutoModelForImageClassification, TrainerCallback, pipeline
 
 from hf_vit import (
     HfViTForImageClassification,
@@ -284,3 +281,47 @@ def test_balanced_class_weights_are_scikit_learns_and_weigh_the_loss():
     torch.testing.assert_close(rare_first, F.cross_entropy(logits[6:], ids[6:]) / 7)
     with pytest.raises(ValueError, match=r"classes \[2\] have no training image"):
         balanced_class_weights([0, 1, 1], 3)
+
+
+def make_shaped_folder(root, per_class: int = 8):
+    """Two classes of 1:3, 3:1 and 1:1 pictures (the class is in the colour, not the shape)."""
+    rng = np.random.default_rng(0)
+    shapes = ((72, 24), (24, 72), (40, 40))
+    for index, name in enumerate(("red", "blue")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            height, width = shapes[i % 3]
+            pixels = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+            pixels[..., 0 if index == 0 else 2] += 180
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def test_finetune_at_native_aspect_ratio_saves_a_naflex_checkpoint_that_every_job_serves(tmp_path):
+    train, validation = make_shaped_folder(tmp_path / "train"), make_shaped_folder(tmp_path / "val", per_class=3)
+    output_dir = tmp_path / "naflex"
+    args = ["--output_dir", str(output_dir), "--train_dir", str(train), "--validation_dir", str(validation),
+            "--max_num_patches", "32", "--num_train_epochs", "2", "--config_overrides", TINY,
+            "--per_device_train_batch_size", "8", "--disable_tqdm", "true"]  # fmt: skip
+    run_script(args)
+    processor = AutoImageProcessor.from_pretrained(output_dir)
+    assert type(processor).__name__.startswith("Siglip2ImageProcessor") and processor.max_num_patches == 32
+    tall = Image.open(train / "red" / "0.png")  # 72 x 24
+    inputs = processor(tall, return_tensors="pt")
+    height, width = inputs["spatial_shapes"][0].tolist()
+    assert height == 3 * width  # the picture keeps its 1:3 shape
+    model = AutoModelForImageClassification.from_pretrained(output_dir)
+    assert model.config.max_num_patches == 32
+    predictions = pipeline("image-classification", model=str(output_dir))(tall)
+    assert {p["label"] for p in predictions} == {"red", "blue"}
+    with torch.no_grad():
+        expected = torch.softmax(model(**inputs).logits, -1)[0]
+    best = max(predictions, key=lambda p: p["score"])
+    assert best["score"] == pytest.approx(float(expected.max()), abs=1e-4)
+    predicted = tmp_path / "predictions.csv"
+    run_script(["--model_name_or_path", str(output_dir), "--inputs", str(validation), "--output_file", str(predicted),
+                "--attention_maps", str(tmp_path / "maps")], script="predict.py")  # fmt: skip
+    assert len(predicted.read_text().splitlines()) == 1 + 6 and len(list((tmp_path / "maps").iterdir())) == 6
+    run_script(["--model_name_or_path", str(output_dir), "--validation_dir", str(validation), "--output_dir",
+                str(tmp_path / "report")], script="evaluate.py")  # fmt: skip
+    assert 0 <= json.loads((tmp_path / "report" / "metrics.json").read_text())["accuracy"] <= 1

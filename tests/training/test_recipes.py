@@ -253,3 +253,14 @@ def test_multi_label_data_turns_off_mixing_and_smoothing_and_refuses_them_by_han
     given = resolve("deit", IMAGENET, "--label_smoothing", "0.1")
     with pytest.raises(ValueError, match="--label_smoothing 0.1 does not apply with multi-label data"):
         fit_to_training(given, lora=False, sharded=False, streaming=False, multi_label=True)
+
+
+def test_naflex_turns_off_mixup_and_cutmix_and_refuses_them_by_hand():
+    from hf_vit.training.recipes import fit_to_training
+
+    ingredients = fit_to_training(resolve("deit", IMAGENET), lora=False, sharded=False, streaming=False, naflex=True)
+    assert (ingredients.mixup_alpha, ingredients.cutmix_alpha) == (0.0, 0.0) and ingredients.label_smoothing > 0
+    assert ingredients.reasons["mixup_alpha"].startswith("--max_num_patches:")
+    given = resolve("deit", IMAGENET, "--cutmix_alpha", "1.0")
+    with pytest.raises(ValueError, match="--cutmix_alpha 1.0 does not apply with --max_num_patches"):
+        fit_to_training(given, lora=False, sharded=False, streaming=False, naflex=True)
