@@ -77,11 +77,7 @@ class DataArguments:
         default=None, metadata={"help": "Train and evaluate at this size (default: the model's image_size)."}
     )
     max_num_patches: int | None = field(
-        default=None,
-        metadata={
-            "help": "NaFlex: take each picture at its own aspect ratio, within this many patches (SigLIP 2's "
-            "processor); hf_vit and hf_deit models."
-        },
+        default=None, metadata={"help": "NaFlex: each picture at its own aspect ratio, within this many patches."}
     )
     streaming: bool = field(
         default=False,

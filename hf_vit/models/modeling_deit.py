@@ -89,8 +89,8 @@ class HfDeiTForImageClassification(HfDeiTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        pixel_attention_mask: torch.Tensor | None = None,
         spatial_shapes: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
     ) -> HfDeiTImageClassifierOutput | tuple:
         """labels: (B,) ids or (B, num_labels) soft targets; teacher_logits: (B, num_labels) from a frozen teacher;
         `pixel_attention_mask` and `spatial_shapes`: of NaFlex patches (see `HfViTModel.forward`)."""
