@@ -1,6 +1,7 @@
 """On-the-fly transforms: each image is decoded and augmented when a batch is drawn, in the data-loading workers.
 
     build_transforms(processor, channels, train, **augmentation)   torchvision v2 pipeline: uint8 image -> tensor
+                                                                    (NaFlexPatches for a NaFlex processor: -> patches)
     set_transforms(splits, ...) / attach_transforms(data, ...)      the pipelines attached to the splits of a job
     evaluation_loader(split, ...)                                   a split's batches, as a job evaluates them
     collate(examples) / DecodingCollator                            examples -> a batch (a stream decodes here)

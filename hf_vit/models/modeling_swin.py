@@ -465,7 +465,7 @@ class HfSwinForImageClassification(LinearClassifierMixin, HfSwinPreTrainedModel)
         self, pixel_values, interpolate_pos_encoding, output_attentions, output_hidden_states, **naflex
     ):
         """The base model's output; Swin takes any size, so `interpolate_pos_encoding` changes nothing."""
-        if any(value is not None for value in naflex.values()) or pixel_values.ndim != 4:
+        if any(value is not None for value in naflex.values()):
             raise ValueError(
                 "hf_swin takes (B, C, H, W) images of any size, not NaFlex patches: its windows need a whole grid"
             )

@@ -24,7 +24,8 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size
     """
     if pixel_values.ndim != 4:
         raise ValueError(
-            f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)}"
+            f"pixel_values must have shape (batch, channels, height, width), got {tuple(pixel_values.shape)} (NaFlex "
+            "patches (batch, patches, p * p * channels) come with spatial_shapes, for the models that take them)"
         )
     batch_size, channels, height, width = pixel_values.shape
     if channels != num_channels:

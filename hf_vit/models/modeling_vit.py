@@ -478,8 +478,10 @@ class HfViTModel(HfViTPreTrainedModel):
     def embed_naflex(self, patches, spatial_shapes, pixel_attention_mask):
         """NaFlex patches (B, N, p * p * C) -> the tokens (B, prefix + N, C), which grid tokens are pictures' (B, N)
         and the rotary positions of each picture's grid (None without `rope`)."""
-        if spatial_shapes is None:
-            raise ValueError("NaFlex patches (B, N, p * p * C) need spatial_shapes (B, 2): each picture's patch grid")
+        if patches.ndim != 3:
+            raise ValueError(
+                f"NaFlex patches must have shape (batch, patches, p * p * channels), got {tuple(patches.shape)}"
+            )
         if not hasattr(self.patch_embeddings, "embed_patches"):
             raise ValueError(
                 f"NaFlex patches need patch_embedding_type='patch'; this model's patch embedding is "
@@ -528,7 +530,7 @@ class HfViTModel(HfViTPreTrainedModel):
                 f"{output_attentions}, output_hidden_states={output_hidden_states}"
             )
         attention_mask, grid_valid = None, None
-        if pixel_values.ndim == 3:
+        if spatial_shapes is not None:  # NaFlex patches
             if bool_masked_pos is not None or kept_positions is not None:
                 raise ValueError("masked image modeling (bool_masked_pos, kept_positions) takes (B, C, H, W) images")
             hidden_states, grid_valid, rope = self.embed_naflex(pixel_values, spatial_shapes, pixel_attention_mask)

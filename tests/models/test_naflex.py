@@ -73,10 +73,31 @@ def test_the_loss_reads_no_padding_and_training_reaches_every_weight():
 
 def test_what_cannot_take_naflex_patches_is_named():
     patches, shapes = torch.randn(1, 16, 192), torch.tensor([[4, 4]])
-    with pytest.raises(ValueError, match="need spatial_shapes"):
+    with pytest.raises(
+        ValueError, match="NaFlex patches \\(batch, patches, p \\* p \\* channels\\) come with spatial_shapes"
+    ):
         hf_vit.HfViTModel(hf_vit.HfViTConfig(**TINY_VIT))(patches)
     with pytest.raises(ValueError, match="max_num_patches \\(NaFlex\\) needs square 'patch' patches"):
         hf_vit.HfViTConfig(**TINY_VIT, patch_embedding_type="conv_stem", max_num_patches=16)
     swin = hf_vit.HfSwinForImageClassification(hf_vit.HfSwinConfig.from_preset("swin-cifar-patch2-window4-32"))
     with pytest.raises(ValueError, match="hf_swin takes \\(B, C, H, W\\) images of any size, not NaFlex patches"):
         swin(patches, spatial_shapes=shapes)
+
+
+def test_a_naflex_training_step_compiles_in_one_graph_in_bf16_for_every_mix_of_shapes():
+    """At one patch budget every batch has the same tensor shapes, whatever its pictures' shapes: the positions are
+    resized by a matrix product of the shapes' values, so a new mix of shapes is not a new graph."""
+    config = hf_vit.HfViTConfig(**TINY_VIT, num_labels=3, class_token=False, pooling="map", max_num_patches=32)
+    model = randomize(hf_vit.HfViTForImageClassification(config)).train()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    processor, rng = naflex_image_processor(8, 32), np.random.default_rng(1)
+    first = processor(mixed_pictures(), return_tensors="pt")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = compiled(**first, labels=torch.tensor([0, 1, 2])).loss
+    assert loss.dtype == torch.float32
+    loss.backward()
+    others = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((16, 80), (50, 30), (8, 8))]
+    second = processor(others, return_tensors="pt")
+    assert not torch.equal(first["spatial_shapes"], second["spatial_shapes"])
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.autocast("cpu", dtype=torch.bfloat16):
+        compiled(**second, labels=torch.tensor([2, 1, 0])).loss.backward()
