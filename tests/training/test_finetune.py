@@ -325,3 +325,15 @@ def test_finetune_at_native_aspect_ratio_saves_a_naflex_checkpoint_that_every_jo
     run_script(["--model_name_or_path", str(output_dir), "--validation_dir", str(validation), "--output_dir",
                 str(tmp_path / "report")], script="evaluate.py")  # fmt: skip
     assert 0 <= json.loads((tmp_path / "report" / "metrics.json").read_text())["accuracy"] <= 1
+
+
+def test_a_streamed_naflex_run_trains_on_two_processes(tmp_path):
+    train, validation = make_shaped_folder(tmp_path / "train"), make_shaped_folder(tmp_path / "val", per_class=3)
+    output_dir = tmp_path / "streamed"
+    args = ["--output_dir", str(output_dir), "--train_dir", str(train), "--validation_dir", str(validation),
+            "--max_num_patches", "32", "--streaming", "--max_steps", "2", "--config_overrides", TINY,
+            "--per_device_train_batch_size", "4", "--disable_tqdm", "true"]  # fmt: skip
+    result = run_script(args, launcher=TWO_PROCESSES)
+    assert result.stdout.count("eval: accuracy") == 1
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2
+    assert AutoModelForImageClassification.from_pretrained(output_dir).config.max_num_patches == 32
