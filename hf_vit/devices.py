@@ -4,6 +4,7 @@ one, in bf16 where it computes in bf16, with batches read by data-loading worker
     inference_device() -> torch.device         cuda when there is a GPU, else the CPU
     inference_precision(device)                autocast to bf16 on a GPU that supports it, else nothing
     loader_settings(device) -> dict            a DataLoader's num_workers and pin_memory for that device
+    batch_inputs(batch, device) -> dict        a batch's model inputs (all but its labels) on that device
 """
 
 import contextlib
@@ -32,3 +33,9 @@ def loader_settings(device: torch.device) -> dict:
     if device.type != "cuda":
         return dict(num_workers=0, pin_memory=False)
     return dict(num_workers=min(MAX_WORKERS, max(1, (os.cpu_count() or 2) - 1)), pin_memory=True)
+
+
+def batch_inputs(batch: dict, device: torch.device) -> dict:
+    """A collated batch's model inputs, every tensor but the labels (pixels, and NaFlex's mask and shapes), on
+    `device` (copied without blocking from pinned memory)."""
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items() if key != "labels"}

@@ -3,6 +3,7 @@ to.
 
     make_image_processor(image_size, channels)        hf_vit's: resize, scale to [0, 1], mean and std 0.5
     naflex_image_processor(patch_size, max_num_patches)   SigLIP 2's: each picture at its own aspect ratio, as patches
+    naflex_processor_for(config)                      that processor for a config's patch budget and patch side
     checkpoint_image_processor(name_or_path, config)  a checkpoint's own (hf_vit's for one saved without it)
     timm_image_processor(pretrained_cfg)              timm's evaluation transform
     set_processor_size / processor_size               a processor's output size
@@ -42,6 +43,15 @@ def naflex_image_processor(patch_size: int, max_num_patches: int, mean=(0.5,) * 
     )
 
 
+def naflex_processor_for(config, mean=None, std=None):
+    """The NaFlex processor a config's patch budget (`max_num_patches`) and square patch side call for, normalising
+    with `mean` and `std` (default 0.5 for each of its channels)."""
+    neutral = (0.5,) * config.num_channels
+    return naflex_image_processor(
+        to_2tuple(config.patch_size)[0], config.max_num_patches, mean or neutral, std or neutral
+    )
+
+
 def is_naflex(image_processor) -> bool:
     """Whether the processor cuts pictures into NaFlex patches at their own aspect ratio."""
     return isinstance(image_processor, Siglip2ImageProcessor)
@@ -61,9 +71,7 @@ def checkpoint_image_processor(name_or_path: str, config, trust_remote_code: boo
             f"NaFlex within {budget} patches" if budget else f"resize to {config.image_size}",
         )
         if budget:
-            return naflex_image_processor(
-                to_2tuple(config.patch_size)[0], budget, (0.5,) * config.num_channels, (0.5,) * config.num_channels
-            )
+            return naflex_processor_for(config)
         return make_image_processor(config.image_size, config.num_channels)
 
 

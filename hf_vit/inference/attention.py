@@ -91,7 +91,7 @@ def attention_heatmaps(model, pixel_values: torch.Tensor, **naflex) -> tuple[tor
         )
     base = model.base_model
     heat = rollout(output.attentions, base.num_prefix_tokens, model.config.class_token)
-    if pixel_values.ndim == 3:  # NaFlex: each picture's own grid, its padding dropped
+    if naflex.get("spatial_shapes") is not None:  # NaFlex: each picture's own grid, its padding dropped
         return output.logits, [row[: h * w].view(h, w) for row, (h, w) in zip(heat, naflex["spatial_shapes"].tolist())]
     return output.logits, heat.view(-1, *token_grid(heat.shape[1], *pixel_values.shape[-2:]))
 

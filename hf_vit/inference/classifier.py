@@ -14,7 +14,7 @@ from transformers import AutoModelForImageClassification
 
 from ..checkpoints import load_checkpoint
 from ..data import decode_image
-from ..devices import inference_device, inference_precision
+from ..devices import batch_inputs, inference_device, inference_precision
 from ..processors import checkpoint_image_processor, processor_size
 from .attention import attention_heatmaps, overlay
 
@@ -77,8 +77,7 @@ def classify(model, inputs, attention: bool = False):
     """(scores (B, num_labels) as `class_scores`, heat maps of where the model looks or None) of a batch prepared by
     the evaluation transform: (B, C, H, W) pixels, or NaFlex's dict of patches (`collate`'s), on the model's device
     (`devices`); the results on the CPU. Heat maps are (B, h, w), or for NaFlex one (h_i, w_i) map per picture."""
-    inputs = inputs if isinstance(inputs, dict) else {"pixel_values": inputs}
-    inputs = {key: value.to(model.device, non_blocking=True) for key, value in inputs.items() if key != "labels"}
+    inputs = batch_inputs(inputs if isinstance(inputs, dict) else {"pixel_values": inputs}, model.device)
     with inference_precision(model.device):
         if attention:
             logits, heat = attention_heatmaps(model, **inputs)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..data import DataArguments, evaluation_loader, is_multi_label, label_names, load_splits
 from ..data.metrics import multi_label_metrics
-from ..devices import inference_precision, loader_settings
+from ..devices import batch_inputs, inference_precision, loader_settings
 from ..figures import new_figure, save_figure
 from ..guards import check_output_dir, replaced_atomically, usage_errors
 from ..processors import is_naflex
@@ -92,7 +92,7 @@ def predict_split(model, loader, tta: str | None) -> dict:
     scores, tta_scores, labels = [], [], []
     with torch.inference_mode(), inference_precision(model.device):
         for batch in tqdm(loader, desc="evaluating"):
-            inputs = {key: value.to(model.device, non_blocking=True) for key, value in batch.items() if key != "labels"}
+            inputs = batch_inputs(batch, model.device)
             pixel_values = inputs.pop("pixel_values")
             views = [class_scores(model, model(view, **inputs).logits) for view in tta_views(pixel_values, tta)]
             scores.append(views[0].cpu())

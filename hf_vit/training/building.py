@@ -13,12 +13,11 @@ teacher. Every training job (finetune, pretrain, probe) builds them here, from t
 from transformers import AutoModelForImageClassification
 
 from ..checkpoints import load_checkpoint
-from ..models.configuration_utils import to_2tuple
 from ..processors import (
     checkpoint_image_processor,
     is_naflex,
     make_image_processor,
-    naflex_image_processor,
+    naflex_processor_for,
     processor_size,
     set_processor_size,
 )
@@ -88,15 +87,13 @@ def build_image_processor(model_args: ModelArguments, model):
     budget = getattr(config, "max_num_patches", None)
     if model_args.model_name_or_path is None:
         if budget:
-            return naflex_image_processor(to_2tuple(config.patch_size)[0], budget, *[(0.5,) * config.num_channels] * 2)
+            return naflex_processor_for(config)
         return make_image_processor(config.image_size, config.num_channels)
     processor = checkpoint_image_processor(model_args.model_name_or_path, config, model_args.trust_remote_code)
     if budget and is_naflex(processor):
         processor.max_num_patches = budget
     elif budget:
-        processor = naflex_image_processor(
-            to_2tuple(config.patch_size)[0], budget, processor.image_mean, processor.image_std
-        )
+        processor = naflex_processor_for(config, processor.image_mean, processor.image_std)
     else:
         set_processor_size(processor, config.image_size)
     return processor
