@@ -17,6 +17,7 @@ from PIL import Image
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from ..models.layers import grid_mean, patches_present
 from ..models.modeling_swin import window_and_shift, window_reverse
 
 ATTENTION_WITH_MAPS = "hf_vit_sdpa_with_maps"
@@ -54,15 +55,16 @@ def token_grid(tokens: int, height: int, width: int) -> tuple[int, int]:
     return tokens // columns, columns
 
 
-def rollout(attentions, prefix: int, class_token: bool) -> torch.Tensor:
+def rollout(attentions, prefix: int, class_token: bool, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Attention rollout over (B, heads, N, N) maps, heads averaged, half identity for the residual: from the class
-    token (else the mean over tokens) to each grid token, (B, N - prefix)."""
+    token (else the mean over the tokens, the `valid` (B, N) ones only: a NaFlex batch's padding is nobody's) to each
+    grid token, (B, N - prefix)."""
     identity = torch.eye(attentions[0].shape[-1], device=attentions[0].device)
     flow = identity.expand(attentions[0].shape[0], -1, -1)
     for attention in attentions:
         mixed = 0.5 * attention.float().mean(1) + 0.5 * identity
         flow = (mixed / mixed.sum(-1, keepdim=True)) @ flow
-    source = flow[:, 0] if class_token else flow.mean(1)
+    source = flow[:, 0] if class_token else grid_mean(flow, valid)
     return source[:, prefix:]
 
 
@@ -89,10 +91,14 @@ def attention_heatmaps(model, pixel_values: torch.Tensor, **naflex) -> tuple[tor
         return output.logits, last_stage_attention(
             model.config, output.attentions, len(pixel_values), *pixel_values.shape[-2:]
         )
-    base = model.base_model
-    heat = rollout(output.attentions, base.num_prefix_tokens, model.config.class_token)
+    base, valid = model.base_model, None
     if naflex.get("spatial_shapes") is not None:  # NaFlex: each picture's own grid, its padding dropped
-        return output.logits, [row[: h * w].view(h, w) for row, (h, w) in zip(heat, naflex["spatial_shapes"].tolist())]
+        spatial_shapes = naflex["spatial_shapes"]
+        grid_valid = patches_present(spatial_shapes, pixel_values.shape[1])
+        valid = torch.cat([grid_valid.new_ones(len(grid_valid), base.num_prefix_tokens), grid_valid], 1)
+    heat = rollout(output.attentions, base.num_prefix_tokens, model.config.class_token, valid)
+    if valid is not None:
+        return output.logits, [row[: h * w].view(h, w) for row, (h, w) in zip(heat, spatial_shapes.tolist())]
     return output.logits, heat.view(-1, *token_grid(heat.shape[1], *pixel_values.shape[-2:]))
 
 

@@ -561,6 +561,13 @@ def resize_positions_per_picture(grid_table: torch.Tensor, grid_size, spatial_sh
     return (resized * valid[..., None]).to(grid_table.dtype)
 
 
+def patches_present(spatial_shapes: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, length) True for the first h * w of each NaFlex picture's `length` patches (the rest is padding), from its
+    `spatial_shapes` (B, 2): the `pixel_attention_mask` SigLIP 2's processor gives."""
+    index = torch.arange(length, device=spatial_shapes.device)
+    return index[None] < spatial_shapes.prod(-1)[:, None]
+
+
 def grid_mean(tokens: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """The mean of (B, N, C) tokens over those `valid` (B, N) marks (all without it): (B, C)."""
     if valid is None:

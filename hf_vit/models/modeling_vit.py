@@ -32,6 +32,7 @@ from .layers import (
     grid_mean,
     init_transformer_weights,
     key_padding_bias,
+    patches_present,
     resample_position_embeddings,
     resize_positions_per_picture,
     rotary_positions_per_picture,
@@ -490,8 +491,7 @@ class HfViTModel(HfViTPreTrainedModel):
         batch_size, length, _ = patches.shape
         spatial_shapes = spatial_shapes.to(patches.device)
         if pixel_attention_mask is None:
-            index = torch.arange(length, device=patches.device)
-            pixel_attention_mask = index[None] < spatial_shapes.prod(-1)[:, None]
+            pixel_attention_mask = patches_present(spatial_shapes, length)
         tokens = self.embeddings.embed_naflex(self.patch_embeddings.embed_patches(patches), spatial_shapes)
         rope = None if self.rope is None else rotary_positions_per_picture(self.rope, spatial_shapes, length)
         return tokens, pixel_attention_mask.bool().to(patches.device), rope

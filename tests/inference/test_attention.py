@@ -37,3 +37,25 @@ def test_attention_maps_come_from_the_sdpa_forward_and_match_eager_rollout():
     swin = HfSwinForImageClassification(HfSwinConfig.from_preset("swin-cifar-patch2-window4-32", num_labels=3)).eval()
     _, heat = attention_heatmaps(swin, torch.randn(2, 3, 32, 48))  # a 4 x 6 last stage: two windows of 4 x 4, padded
     assert heat.shape == (2, 4, 6) and torch.all(heat >= 0)
+
+
+def test_a_naflex_pictures_map_is_its_own_grid_whatever_the_padding_beside_it():
+    """Without a class token the map starts from the mean over the tokens: the picture's, never the padding's."""
+    import numpy as np
+    from PIL import Image
+
+    from hf_vit.processors import naflex_image_processor
+
+    config = HfViTConfig(**TINY_VIT, num_labels=3, class_token=False, pooling="map", max_num_patches=32)
+    model = HfViTForImageClassification(config).eval()
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((72, 24), (40, 40))]
+    batch = naflex_image_processor(8, 32)(pictures, return_tensors="pt")
+    _, heat = attention_heatmaps(model, **batch)
+    for row, (height, width) in enumerate(batch["spatial_shapes"].tolist()):
+        alone = {key: value[row : row + 1] for key, value in batch.items()}
+        for key in ("pixel_values", "pixel_attention_mask"):
+            alone[key] = alone[key][:, : height * width]
+        _, (expected,) = attention_heatmaps(model, **alone)
+        assert heat[row].shape == (height, width)
+        torch.testing.assert_close(heat[row], expected, atol=1e-5, rtol=1e-5)
