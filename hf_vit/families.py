@@ -4,6 +4,7 @@ converts from. Importing this module registers them (`registry.register`); `impo
 
 from .interop.key_maps import (
     TIMM_EVA,
+    TIMM_NAFLEXVIT,
     TIMM_SWIN,
     TIMM_VIT,
     TRANSFORMERS_AIMV2,
@@ -60,6 +61,7 @@ VIT = register(
             "transformers:siglip2_vision_model": TRANSFORMERS_SIGLIP2,
             "timm:VisionTransformer": TIMM_VIT,
             "timm:Eva": TIMM_EVA,
+            "timm:NaFlexVit": TIMM_NAFLEXVIT,
         },
     )
 )

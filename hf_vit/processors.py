@@ -5,7 +5,7 @@ to.
     naflex_image_processor(patch_size, max_num_patches)   SigLIP 2's: each picture at its own aspect ratio, as patches
     naflex_processor_for(config)                      that processor for a config's patch budget and patch side
     checkpoint_image_processor(name_or_path, config)  a checkpoint's own (hf_vit's for one saved without it)
-    timm_image_processor(pretrained_cfg)              timm's evaluation transform
+    timm_image_processor(pretrained_cfg, config)      timm's evaluation transform (NaFlex's for NaFlexVit)
     set_processor_size / processor_size               a processor's output size
 """
 
@@ -98,15 +98,19 @@ def processor_size(image_processor) -> tuple[int, int]:
     return size["shortest_edge"], size["shortest_edge"]
 
 
-def timm_image_processor(pretrained_cfg: dict):
+def timm_image_processor(pretrained_cfg: dict, config=None):
     """timm's evaluation transform as a transformers processor: resize the short side to size / crop_pct,
-    center-crop, normalise with the source's mean and std."""
+    center-crop, normalise with the source's mean and std; for a NaFlex model (`config.max_num_patches`, timm's
+    NaFlexVit) each picture at its own aspect ratio within the budget, normalised the same way."""
+    mean, std = pretrained_cfg.get("mean", (0.485, 0.456, 0.406)), pretrained_cfg.get("std", (0.229, 0.224, 0.225))
+    if getattr(config, "max_num_patches", None):
+        return naflex_processor_for(config, mean, std)
     size = pretrained_cfg.get("input_size", (3, 224, 224))[-1]
     crop_pct = pretrained_cfg.get("crop_pct") or 0.875
     return BitImageProcessor(
         size={"shortest_edge": int(size / crop_pct)},
         resample=TIMM_INTERPOLATION.get(pretrained_cfg.get("interpolation", "bicubic"), 3),
         crop_size={"height": size, "width": size},
-        image_mean=list(pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
-        image_std=list(pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
+        image_mean=list(mean),
+        image_std=list(std),
     )

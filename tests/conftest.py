@@ -163,6 +163,12 @@ def run_without_hf_vit(code: str, cwd) -> subprocess.CompletedProcess:
 TINY = "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64"
 
 
+def random_pictures(shapes, seed: int = 0) -> list[Image.Image]:
+    """RGB pictures of random pixels, one of each (height, width) in `shapes`."""
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+
+
 def make_imagefolder(root, classes=("cat", "dog"), per_class=12, size=(20, 24), corrupt=None):
     rng = np.random.default_rng(0)
     for index, name in enumerate(classes):

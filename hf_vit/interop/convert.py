@@ -177,7 +177,7 @@ def convert_checkpoint(
         config, state_dict, directory = read_source(source)
         if "architecture" in config:
             model = from_timm(config, state_dict)
-            processor = timm_image_processor(config.get("pretrained_cfg") or {})
+            processor = timm_image_processor(config.get("pretrained_cfg") or {}, model.config)
         elif "model_type" in config:
             model = from_transformers(config, state_dict)
             processor = checkpoint_image_processor(directory, model.config)

@@ -298,27 +298,27 @@ def timm_activation(module, source: str) -> str:
     name = type(module).__name__
     if name == "GELU":
         return "gelu_pytorch_tanh" if getattr(module, "approximate", "none") == "tanh" else "gelu"
-    names = {"QuickGELU": "quick_gelu", "SiLU": "silu", "ReLU": "relu"}
+    names = {"QuickGELU": "quick_gelu", "SiLU": "silu", "ReLU": "relu", "GELUTanh": "gelu_pytorch_tanh"}
     unsupported_options({f"act_layer={name}": name not in names}, source)
     return names[name]
 
 
-def timm_token_fields(model, source: str) -> dict:
-    """hf_vit config fields of what a timm ViT (VisionTransformer, Eva) does around its blocks: the patch embedding,
-    the prefix tokens and positions, the norms before and after the blocks, the pooling."""
+def timm_head_fields(model, num_prefix_tokens: int, source: str) -> dict:
+    """hf_vit config fields of what a timm ViT (VisionTransformer, Eva, NaFlexVit) does after its blocks: the final
+    norm, the pooling."""
     identity, attn_pool = torch.nn.Identity, getattr(model, "attn_pool", None)
     fc_norm = not isinstance(model.fc_norm, identity)
-    registers = 0 if model.reg_token is None else model.reg_token.shape[1]
     pooling = {"token": "cls", "map": "map", "avg": "mean" if fc_norm else "normalized_mean"}.get(model.global_pool)
+    # whether the pooling reads the prefix tokens too (Eva has no such option: its attention pool reads them all)
+    include_prefix = getattr(model, "pool_include_prefix", attn_pool is not None) and num_prefix_tokens > 0
     heads = model.blocks[0].attn.num_heads
     unsupported_options(
         {
             f"global_pool={model.global_pool!r}": pooling is None,
             "both norm and fc_norm": fc_norm and not isinstance(model.norm, identity),
             "no final norm (final_norm=False)": not fc_norm and isinstance(model.norm, identity),
-            "position embeddings on register tokens (reg_tokens without no_embed_class=True)": registers > 0
-            and model.pos_embed is not None
-            and not model.no_embed_class,
+            "average pooling over the prefix tokens too (pool_include_prefix=True)": include_prefix
+            and pooling != "map",
             "attention pooling other than one latent with a q projection (AttentionPoolLatent)": attn_pool is not None
             and (
                 attn_pool.latent_len != 1
@@ -330,22 +330,41 @@ def timm_token_fields(model, source: str) -> dict:
         source,
     )
     return dict(
-        image_size=list(model.patch_embed.img_size),
-        patch_size=list(model.patch_embed.patch_size),
-        num_channels=model.patch_embed.proj.in_channels,
-        hidden_size=model.embed_dim,
-        num_hidden_layers=len(model.blocks),
-        num_attention_heads=heads,
         layer_norm_eps=(model.fc_norm if fc_norm else model.norm).eps,
         pooling=pooling,
         pooling_num_heads=attn_pool.num_heads if attn_pool is not None and attn_pool.num_heads != heads else None,
+        pooling_prefix_tokens=pooling != "map" or include_prefix or num_prefix_tokens == 0,
+        hidden_size=model.embed_dim,
+        num_hidden_layers=len(model.blocks),
+        num_attention_heads=heads,
+        pre_norm=not isinstance(model.norm_pre, identity),
+    )
+
+
+def timm_token_fields(model, source: str) -> dict:
+    """hf_vit config fields of what a timm ViT (VisionTransformer, Eva) does around its blocks: the patch embedding,
+    the prefix tokens and positions, the norms before and after the blocks, the pooling."""
+    identity = torch.nn.Identity
+    registers = 0 if model.reg_token is None else model.reg_token.shape[1]
+    unsupported_options(
+        {
+            "position embeddings on register tokens (reg_tokens without no_embed_class=True)": registers > 0
+            and model.pos_embed is not None
+            and not model.no_embed_class,
+        },
+        source,
+    )
+    return dict(
+        **timm_head_fields(model, registers + (model.cls_token is not None), source),
+        image_size=list(model.patch_embed.img_size),
+        patch_size=list(model.patch_embed.patch_size),
+        num_channels=model.patch_embed.proj.in_channels,
         class_token=model.cls_token is not None,
         num_register_tokens=registers,
         absolute_position_embeddings=model.pos_embed is not None,
         # with position embeddings, where they start; timm resamples them with antialiasing
         prefix_position_embeddings=model.pos_embed is None or not model.no_embed_class,
         interpolation_antialias=model.pos_embed is not None,
-        pre_norm=not isinstance(model.norm_pre, identity),
         patch_embedding_bias=model.patch_embed.proj.bias is not None,
         patch_embedding_norm=not isinstance(model.patch_embed.norm, identity),
     )
@@ -390,6 +409,77 @@ def timm_vit_config(model) -> dict:
         qkv_bias=block.attn.qkv.bias is not None,
         layer_scale_init_value=getattr(block.ls1, "init_values", None),
     )
+
+
+def timm_naflexvit_config(model) -> dict:
+    """hf_vit config fields of a timm NaFlexVit (naflexvit_*: NaFlex inputs, learned or factorized positions
+    resized to each picture's grid), refusing the variants hf_vit does not implement."""
+    source = f"timm model {type(model).__name__}"
+    embeds, block = model.embeds, model.blocks[0]
+    factorized = embeds.pos_embed_type == "factorized"
+    unsupported_options(
+        {
+            "rotary position embeddings (rope_type)": model.rope is not None,
+            "no position embeddings (pos_embed='none')": embeds.pos_embed_type == "none",
+            "position resampling by grid_sample (pos_embed_use_grid_sample=True)": embeds.pos_embed_use_grid_sample,
+            "position resampling with align_corners=True": embeds.pos_embed_align_corners,
+            f"pos_embed_interp_mode={embeds.pos_embed_interp_mode!r}": not factorized
+            and embeds.pos_embed_interp_mode not in ("bicubic", "bilinear"),
+            "a norm on the flattened patches (input_norm_layer)": embeds.norm_input is not None,
+            "patch-size interpolation (enable_patch_interpolator=True)": embeds.patch_interpolator is not None,
+            "padding images to the patch size (dynamic_img_pad=True)": embeds.dynamic_img_pad,
+            "patches flattened channels first (patchify_channels_last=False)": not embeds.channels_last,
+            "non-square patches": embeds.patch_size[0] != embeds.patch_size[1],
+        },
+        source,
+    )
+    registers = embeds.num_reg_tokens
+    grid = embeds.pos_embed_grid_size
+    patch = embeds.patch_size[0]
+    return dict(
+        **timm_head_fields(model, embeds.num_prefix_tokens, source),
+        **timm_block_fields(model, source),
+        image_size=[grid[0] * patch, grid[1] * patch],
+        patch_size=patch,
+        num_channels=model.in_chans,
+        max_num_patches=grid[0] * grid[1],
+        class_token=embeds.cls_token is not None,
+        num_register_tokens=registers,
+        prefix_position_embeddings=False,  # NaFlexVit positions the grid tokens only
+        # factorized tables are resampled linearly, without antialiasing; the 2D table as configured
+        position_interpolation="bilinear" if factorized else embeds.pos_embed_interp_mode,
+        interpolation_antialias=not factorized and embeds.pos_embed_antialias,
+        position_aspect_preserving=embeds.pos_embed_ar_preserving,
+        factorized_positions=factorized,
+        patch_embedding_bias=embeds.proj.bias is not None,
+        patch_embedding_norm=not isinstance(embeds.norm, torch.nn.Identity),
+        qkv_bias=block.attn.qkv.bias is not None,
+        layer_scale_init_value=getattr(block.ls1, "init_values", None),
+    )
+
+
+def timm_naflexvit_prepare(state_dict: dict, model) -> dict:
+    """NaFlexVit's learned grid (1, gh, gw, C) as hf_vit's (1, gh * gw, C); its Linear patch projection over patches
+    flattened channels last, (C_out, p * p * C), as the Conv2d hf_vit holds (C_out, C, p, p)."""
+    if "embeds.pos_embed" in state_dict:
+        state_dict["embeds.pos_embed"] = state_dict["embeds.pos_embed"].flatten(1, 2)
+    weight = state_dict["embeds.proj.weight"]
+    if weight.ndim == 2:
+        patch = model.embeds.patch_size[0]
+        state_dict["embeds.proj.weight"] = weight.reshape(-1, patch, patch, model.in_chans).permute(0, 3, 1, 2)
+    return state_dict
+
+
+# timm's NaFlexVit: its embedding module's names, then a VisionTransformer's
+TIMM_NAFLEXVIT_RULES = [
+    (r"^embeds\.cls_token$", r"{base}.embeddings.cls_token"),
+    (r"^embeds\.reg_token$", r"{base}.embeddings.register_tokens"),
+    (r"^embeds\.pos_embed$", r"{base}.embeddings.position_embeddings"),
+    (r"^embeds\.pos_embed_y$", r"{base}.embeddings.row_position_embeddings"),
+    (r"^embeds\.pos_embed_x$", r"{base}.embeddings.column_position_embeddings"),
+    (r"^embeds\.proj\.", r"{base}.patch_embeddings.projection."),
+    (r"^embeds\.norm\.", r"{base}.embeddings.patch_norm."),
+] + TIMM_VIT_RULES
 
 
 def timm_eva_config(model) -> dict:
@@ -556,7 +646,13 @@ def transformers_siglip2_config(config: dict) -> dict:
     if side * side != config.get("num_patches", 256):
         raise ValueError(f"SigLIP 2's num_patches must be a square number, got {config['num_patches']}")
     patch = config.get("patch_size", 16)
-    return dict(transformers_siglip_config(config), image_size=side * patch, max_num_patches=side * side)
+    return dict(
+        transformers_siglip_config(config),
+        image_size=side * patch,
+        max_num_patches=side * side,
+        position_interpolation="bilinear",  # SigLIP 2 resizes its grid to each picture's, bilinear, antialiased
+        interpolation_antialias=True,
+    )
 
 
 def transformers_siglip2_prepare(state_dict: dict, config: dict) -> dict:
@@ -610,6 +706,7 @@ TRANSFORMERS_DINOV2_WITH_REGISTERS = KeyMap(
     TRANSFORMERS_DINOV2_RULES, transformers_dinov2_config, source_prefix="dinov2_with_registers"
 )
 TIMM_EVA = KeyMap(TIMM_VIT_RULES, timm_eva_config, prepare=timm_eva_prepare)
+TIMM_NAFLEXVIT = KeyMap(TIMM_NAFLEXVIT_RULES, timm_naflexvit_config, prepare=timm_naflexvit_prepare)
 TRANSFORMERS_DINOV3 = KeyMap(
     transformers_dinov3_rules, transformers_dinov3_config, source_prefix="dinov3", prepare=fill_key_biases
 )

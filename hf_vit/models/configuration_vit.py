@@ -132,8 +132,19 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
             resolution (strides 4, 8, 16, 32 for 16 px patches), each with this many channels, for heads that want
             several scales (UperNet, FPN).
         interpolation_antialias (`bool`, defaults to `False`): resample position embeddings for other image sizes
-            with antialiased bicubic interpolation, as timm does, instead of plain bicubic, as transformers does
-            (PyTorch's two bicubic kernels differ, so a converted model keeps its source's choice).
+            (and NaFlex pictures) with antialiased interpolation, as timm does, instead of plain, as transformers
+            does (PyTorch's two kernels differ, so a converted model keeps its source's choice).
+        position_interpolation (`str`, defaults to `"bicubic"`): the kernel that resamples the learned positions
+            to another grid: `"bicubic"` (ViT, timm) or `"bilinear"` (SigLIP 2's NaFlex; with factorized positions,
+            timm's linear resampling of each axis).
+        position_aspect_preserving (`bool`, defaults to `False`): resample the positions to a square of the grid's
+            longer side, then crop, so a 1:3 grid keeps the table's proportions (timm's `pos_embed_ar_preserving`).
+        factorized_positions (`bool`, defaults to `False`): a learned table per axis, (rows, C) and (columns, C),
+            summed for each grid token, instead of one (rows * columns, C) table (timm's `pos_embed="factorized"`);
+            needs no position embedding on the prefix tokens.
+        pooling_prefix_tokens (`bool`, defaults to `True`): `"map"` pooling's probe attends to the prefix tokens
+            (CLS, registers) as well as the grid tokens; `False`: the grid tokens only (timm's default
+            `pool_include_prefix=False`).
 
     The options of the ViTs after 2023 (DINOv3, EVA02, Perception Encoder, AIMv2, CLIP), each off by default:
 
@@ -194,6 +205,10 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
     layer_scale_init_value: float | None = None
     qk_norm: bool = False
     interpolation_antialias: bool = False
+    position_interpolation: str = "bicubic"
+    position_aspect_preserving: bool = False
+    factorized_positions: bool = False
+    pooling_prefix_tokens: bool = True
     feature_pyramid_channels: int | None = None
     absolute_position_embeddings: bool = True
     rope: str | None = None
@@ -276,6 +291,11 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
                 raise ValueError(
                     f"pooling_num_heads ({self.pooling_num_heads}) must divide hidden_size ({self.hidden_size})"
                 )
+        if not self.pooling_prefix_tokens and self.pooling != "map":
+            raise ValueError(
+                f"pooling_prefix_tokens=False keeps the prefix tokens from 'map' pooling's probe; got pooling="
+                f"{self.pooling!r}, which reads the grid tokens only or the CLS token by definition"
+            )
         if self.pooled_norm_only and self.pooling != "cls":
             raise ValueError(
                 f"pooled_norm_only normalises the pooled CLS token; it needs pooling='cls', got {self.pooling!r}"
@@ -330,11 +350,22 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
                 value = getattr(self, name)
                 if value is not None and not (isinstance(value, (int, float)) and value >= smallest):
                     raise ValueError(f"{name} must be a number of at least {smallest}, got {value!r}")
+        check_choice(self, "position_interpolation", ("bicubic", "bilinear"))
+        if self.factorized_positions and self.position_embedding_init == "sincos":
+            raise ValueError("position_embedding_init='sincos' fills one 2D table; factorized_positions has two")
+        if self.factorized_positions and self.class_token and self.prefix_position_embeddings:
+            raise ValueError(
+                "factorized_positions has a row and a column table and no place for the CLS token's position: set "
+                "prefix_position_embeddings=False"
+            )
         if not self.absolute_position_embeddings:
             unused = {
                 "position_embedding_init": self.position_embedding_init != "trunc_normal",
                 "interpolation_antialias": self.interpolation_antialias,
                 "prefix_position_embeddings=False": not self.prefix_position_embeddings,
+                "position_interpolation": self.position_interpolation != "bicubic",
+                "position_aspect_preserving": self.position_aspect_preserving,
+                "factorized_positions": self.factorized_positions,
             }
             if any(unused.values()):
                 raise ValueError(

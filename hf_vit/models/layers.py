@@ -532,33 +532,60 @@ class PatchEmbedding(GridEmbedding):
         return F.linear(patches.to(weight.dtype), weight.permute(0, 2, 3, 1).flatten(1), self.projection.bias)
 
 
-def resize_positions_per_picture(grid_table: torch.Tensor, grid_size, spatial_shapes: torch.Tensor, length: int):
-    """NaFlex's positions (SigLIP 2): the learned (1, gh * gw, C) grid table resized to each picture's own (h, w)
-    patch grid, as `F.interpolate(mode="bilinear", antialias=True)` resizes, row-major, then padded (zeros) to
-    `length`: (B, length, C). Written as one matrix product per axis pair, so that a batch of different shapes is
-    one graph (no loop over pictures, nothing that recompiles per shape)."""
-    grid_h, grid_w = grid_size
+def _keys_cubic(distance: torch.Tensor, a: float) -> torch.Tensor:
+    """Keys' cubic convolution kernel (a = -0.75: torch's bicubic; -0.5: its antialiased bicubic, PIL's)."""
+    x = distance.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def interpolation_weights(centre: torch.Tensor, scale: torch.Tensor, side: int, mode: str, antialias: bool):
+    """The weights `F.interpolate(mode=mode, align_corners=False, antialias=antialias)` gives the `side` source
+    samples of one axis for outputs centred at source coordinates `centre` (..., ) of a resize by `scale` (source /
+    output size, broadcastable to `centre`): (..., side). `mode`: "bilinear" or "bicubic"."""
+    device = centre.device
+    if antialias:  # the kernel stretched by the downscaling factor over the sources that exist, then normalised
+        kernel = partial(_keys_cubic, a=-0.5) if mode == "bicubic" else lambda x: (1 - x.abs()).clamp(min=0)
+        source = torch.arange(side, device=device, dtype=torch.float32)
+        weights = kernel((source - centre[..., None]) / scale.clamp(min=1)[..., None])
+        return weights / weights.sum(-1, keepdim=True)
+    # Without antialiasing the kernel keeps its width and reads the samples beyond an edge as the edge itself.
+    kernel = partial(_keys_cubic, a=-0.75) if mode == "bicubic" else lambda x: (1 - x.abs()).clamp(min=0)
+    source = torch.arange(-2, side + 2, device=device)
+    weights = kernel(source.to(torch.float32) - centre[..., None])
+    return weights @ F.one_hot(source.clamp(0, side - 1), side).to(torch.float32)
+
+
+def naflex_position_weights(
+    spatial_shapes: torch.Tensor, length: int, grid_size, mode: str, antialias: bool, aspect_preserving: bool = False
+):
+    """How NaFlex pictures mix the learned (gh, gw) position grid: each picture's grid (`spatial_shapes` (B, 2)) is
+    the table resized to it as `F.interpolate(mode=mode, antialias=antialias)` resizes (SigLIP 2: bilinear,
+    antialiased; timm's NaFlexViT: bicubic, antialiased), or with `aspect_preserving` resized to a square of the
+    picture's longer side and cropped (timm's `pos_embed_ar_preserving`). Returns the weights of the table's rows
+    and columns for each of the `length` tokens, row-major, (B, L, gh) and (B, L, gw), zero for padding tokens.
+
+    Weights instead of a resize per picture: a batch of different shapes is one graph (no loop over pictures,
+    nothing that recompiles per shape)."""
+    device = spatial_shapes.device
     sizes = spatial_shapes.to(torch.float32)[:, None]  # (B, 1, 2)
-    index = torch.arange(length, device=spatial_shapes.device, dtype=torch.float32)[None, :, None]  # (1, L, 1)
+    index = torch.arange(length, device=device, dtype=torch.float32)[None, :, None]  # (1, L, 1)
     rows = torch.div(index, sizes[..., 1:], rounding_mode="floor")
     valid = index[..., 0] < sizes.prod(-1)  # (B, L)
-    # each token's row and column in its picture; padding takes the first patch's (dropped below)
+    # each token's row and column in its picture; padding takes the first patch's (zeroed below)
     output = torch.cat([rows, index - rows * sizes[..., 1:]], dim=-1) * valid[..., None]
-    # A bilinear antialiased resize's weights along each axis: a triangle of half-width max(1, scale) around the
-    # output's centre in the source's coordinates, normalised
-    source_sides = torch.tensor([grid_h, grid_w], device=spatial_shapes.device, dtype=torch.float32)
-    scale = source_sides / sizes  # (B, 1, 2)
-    support = scale.clamp(min=1)
+    source_sides = torch.tensor(grid_size, device=device, dtype=torch.float32)
+    targets = sizes
+    if aspect_preserving:  # a picture at the table's own grid takes it as it is, as timm does
+        square = sizes.amax(-1, keepdim=True).expand_as(sizes)
+        targets = torch.where((sizes == source_sides).all(-1, keepdim=True), sizes, square)
+    scale = source_sides / targets  # (B, 1, 2)
     centre = (output + 0.5) * scale - 0.5
-    weights = []
-    for axis, side in enumerate((grid_h, grid_w)):
-        source = torch.arange(side, device=spatial_shapes.device, dtype=torch.float32)
-        distance = (source - centre[..., axis, None]).abs() / support[..., axis, None]
-        axis_weights = (1 - distance).clamp(min=0)
-        weights.append(axis_weights / axis_weights.sum(-1, keepdim=True))
-    combined = (weights[0][..., :, None] * weights[1][..., None, :]).flatten(-2)  # (B, L, gh * gw)
-    resized = combined @ grid_table[0].float()
-    return (resized * valid[..., None]).to(grid_table.dtype)
+    return tuple(
+        interpolation_weights(centre[..., axis], scale[..., axis], side, mode, antialias) * valid[..., None]
+        for axis, side in enumerate(grid_size)
+    )
 
 
 def patches_present(spatial_shapes: torch.Tensor, length: int) -> torch.Tensor:
@@ -584,22 +611,37 @@ def key_padding_bias(key_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     )[:, None, None, :]
 
 
-def resample_position_embeddings(
-    position_embeddings: torch.Tensor, num_prefix_tokens: int, old_grid, new_grid, antialias: bool = False
-) -> torch.Tensor:
-    """Bicubically resamples the patch part of (1, prefix + gh * gw, C) position embeddings to a new grid.
+def resample_grid(grid: torch.Tensor, size, mode: str = "bicubic", antialias: bool = False) -> torch.Tensor:
+    """A (1, C, h, w) position grid resampled to `size` (fp32 inside, its own dtype out). While torch.export
+    traces, the resampling always runs (at the same size it is the identity), so the graph serves every size."""
+    if not torch.compiler.is_exporting() and tuple(grid.shape[-2:]) == tuple(size):
+        return grid
+    resized = F.interpolate(grid.float(), size=tuple(size), mode=mode, align_corners=False, antialias=antialias)
+    return resized.to(grid.dtype)
 
-    The prefix tokens (CLS, distillation) have no place on the grid and are kept as they are. While torch.export
-    traces, the resampling always runs (at the same size it is the identity), so the graph serves every grid.
+
+def resample_position_embeddings(
+    position_embeddings: torch.Tensor,
+    num_prefix_tokens: int,
+    old_grid,
+    new_grid,
+    antialias: bool = False,
+    mode: str = "bicubic",
+    aspect_preserving: bool = False,
+) -> torch.Tensor:
+    """Resamples the patch part of (1, prefix + gh * gw, C) position embeddings to a new grid, or with
+    `aspect_preserving` to a square of its longer side, then cropped (timm's `pos_embed_ar_preserving`).
+
+    The prefix tokens (CLS, distillation) have no place on the grid and are kept as they are.
     """
     if not torch.compiler.is_exporting() and tuple(old_grid) == tuple(new_grid):
         return position_embeddings
     prefix, grid = position_embeddings[:, :num_prefix_tokens], position_embeddings[:, num_prefix_tokens:]
-    dim = grid.shape[-1]
+    dim, (height, width) = grid.shape[-1], new_grid
     grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=antialias)
-    grid = grid.to(position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, -1, dim)
-    return torch.cat([prefix, grid], dim=1)
+    size = (max(height, width),) * 2 if aspect_preserving else (height, width)
+    grid = resample_grid(grid, size, mode, antialias)[:, :, :height, :width]
+    return torch.cat([prefix, grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
 
 
 @torch.no_grad()

@@ -32,9 +32,10 @@ from .layers import (
     grid_mean,
     init_transformer_weights,
     key_padding_bias,
+    naflex_position_weights,
     patches_present,
+    resample_grid,
     resample_position_embeddings,
-    resize_positions_per_picture,
     rotary_positions_per_picture,
     vit_block_parts,
     vit_norm,
@@ -119,13 +120,17 @@ class TokenEmbeddings(nn.Module):
         absolute=True,
         patch_norm: nn.Module | None = None,
         position_start: str = "trunc_normal",
+        interpolation: str = "bicubic",
+        aspect_preserving: bool = False,
+        factorized: bool = False,
     ):
         super().__init__()
         self.grid_size = tuple(grid_size)
         # how `_init_weights` starts the position embeddings: "trunc_normal" or "sincos" (MAE's encoder always)
         self.position_start = position_start
         self.patch_norm = patch_norm or nn.Identity()
-        self.antialias = antialias
+        # how the positions are resampled to other grids (`resample_position_embeddings`)
+        self.resampling = dict(antialias=antialias, mode=interpolation, aspect_preserving=aspect_preserving)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if class_token else None
         self.distillation_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if distillation_token else None
         self.register_tokens = (
@@ -136,23 +141,59 @@ class TokenEmbeddings(nn.Module):
         self.num_positioned_prefix = (int(class_token) + int(distillation_token)) * prefix_position_embeddings
         self.num_prefix_tokens = int(class_token) + int(distillation_token) + num_register_tokens
         num_positions = self.num_positioned_prefix + self.grid_size[0] * self.grid_size[1]
-        self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, hidden_size)) if absolute else None
+        self.position_embeddings = self.row_position_embeddings = self.column_position_embeddings = None
+        if absolute and factorized:  # a table per axis, summed (timm's pos_embed="factorized")
+            self.row_position_embeddings = nn.Parameter(torch.zeros(1, self.grid_size[0], hidden_size))
+            self.column_position_embeddings = nn.Parameter(torch.zeros(1, self.grid_size[1], hidden_size))
+        elif absolute:
+            self.position_embeddings = nn.Parameter(torch.zeros(1, num_positions, hidden_size))
         self.dropout = nn.Dropout(dropout)
 
     def sincos_table(self) -> torch.Tensor:
         """MAE's 2D sine-cosine positions for the grid, zeros for the positioned prefix: (1, positions, C)."""
         return sincos_position_table(self.grid_size, self.position_embeddings.shape[-1], self.num_positioned_prefix)
 
+    @property
+    def absolute(self) -> bool:
+        return self.position_embeddings is not None or self.row_position_embeddings is not None
+
+    def axis_positions(self, grid_size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Factorized positions: the row and the column tables resampled to a (gh, gw) grid, (1, gh, C) and
+        (1, gw, C); with `aspect_preserving` both to the longer side, then cropped, as timm does."""
+        resampling = self.resampling
+        longer = max(grid_size) if resampling["aspect_preserving"] else None
+        axes = []
+        for table, old, new in zip(
+            (self.row_position_embeddings, self.column_position_embeddings), self.grid_size, grid_size
+        ):
+            if old == new:
+                axes.append(table)
+                continue
+            grid = table.transpose(1, 2)[..., None]  # (1, C, n, 1)
+            resized = resample_grid(grid, (longer or new, 1), resampling["mode"], resampling["antialias"])
+            axes.append(resized[:, :, :new, 0].transpose(1, 2))
+        return tuple(axes)
+
+    def grid_positions(self, grid_size) -> torch.Tensor:
+        """(1, positioned prefix + gh * gw, C): the learned positions for a (gh, gw) token grid, resampled when it
+        is not the trained one."""
+        if self.row_position_embeddings is not None:
+            rows, columns = self.axis_positions(grid_size)
+            return (rows[:, :, None] + columns[:, None, :]).flatten(1, 2)
+        return resample_position_embeddings(
+            self.position_embeddings, self.num_positioned_prefix, self.grid_size, grid_size, **self.resampling
+        )
+
     @torch.no_grad()
     def resize_grid(self, grid_size) -> None:
-        """Resample the position embeddings to a new grid for good (they are saved at the new size)."""
-        if self.position_embeddings is None:  # rotary positions follow any grid by themselves
-            self.grid_size = tuple(grid_size)
-            return
-        resampled = resample_position_embeddings(
-            self.position_embeddings, self.num_positioned_prefix, self.grid_size, grid_size, self.antialias
-        )
-        self.position_embeddings = nn.Parameter(resampled.contiguous())
+        """Resample the position embeddings to a new grid for good (they are saved at the new size); rotary
+        positions follow any grid by themselves."""
+        if self.row_position_embeddings is not None:
+            rows, columns = self.axis_positions(grid_size)
+            self.row_position_embeddings = nn.Parameter(rows.contiguous())
+            self.column_position_embeddings = nn.Parameter(columns.contiguous())
+        elif self.position_embeddings is not None:
+            self.position_embeddings = nn.Parameter(self.grid_positions(grid_size).contiguous())
         self.grid_size = tuple(grid_size)
 
     def positioned_prefix(self, batch_size: int) -> list[torch.Tensor]:
@@ -160,17 +201,27 @@ class TokenEmbeddings(nn.Module):
         tokens = (self.cls_token, self.distillation_token)
         return [token.expand(batch_size, -1, -1) for token in tokens if token is not None]
 
+    def picture_positions(self, spatial_shapes: torch.Tensor, length: int) -> torch.Tensor:
+        """NaFlex: the learned grid positions resized to each picture's own (h, w) grid (`naflex_position_weights`),
+        row-major and zero-padded to `length`: (B, length, C)."""
+        rows, columns = naflex_position_weights(spatial_shapes, length, self.grid_size, **self.resampling)
+        if self.row_position_embeddings is not None:
+            tables = self.row_position_embeddings, self.column_position_embeddings
+            return (rows @ tables[0][0].float() + columns @ tables[1][0].float()).to(tables[0].dtype)
+        table = self.position_embeddings[0, self.num_positioned_prefix :]
+        return ((rows[..., :, None] * columns[..., None, :]).flatten(-2) @ table.float()).to(table.dtype)
+
     def embed_naflex(self, patch_tokens: torch.Tensor, spatial_shapes: torch.Tensor) -> torch.Tensor:
-        """NaFlex (SigLIP 2): (B, N, C) patch tokens of pictures cut at their own (h, w) patch grids, padded to N ->
-        (B, prefix + N, C), the learned grid positions resized to each picture's grid (bilinear, antialiased:
-        `resize_positions_per_picture`); padding tokens get none."""
+        """NaFlex (SigLIP 2, timm's NaFlexViT): (B, N, C) patch tokens of pictures cut at their own (h, w) patch
+        grids, padded to N -> (B, prefix + N, C), the learned positions resized to each picture's grid; padding
+        tokens get none."""
         batch_size, length, _ = patch_tokens.shape
         prefix, grid = self.positioned_prefix(batch_size), self.patch_norm(patch_tokens)
-        if self.position_embeddings is not None:
-            table, positioned = self.position_embeddings, self.num_positioned_prefix
-            grid = grid + resize_positions_per_picture(table[:, positioned:], self.grid_size, spatial_shapes, length)
+        if self.absolute:
+            grid = grid + self.picture_positions(spatial_shapes, length)
+            positioned = self.num_positioned_prefix
             if positioned:
-                prefix = [torch.cat(prefix, 1) + table[:, :positioned]]
+                prefix = [torch.cat(prefix, 1) + self.position_embeddings[:, :positioned]]
         if self.register_tokens is not None:
             prefix.append(self.register_tokens.expand(batch_size, -1, -1))
         return self.dropout(torch.cat(prefix + [grid], 1))
@@ -183,7 +234,7 @@ class TokenEmbeddings(nn.Module):
         kept_positions=None,
     ) -> torch.Tensor:
         batch_size, _, grid_h, grid_w = feature_grid.shape
-        absolute = self.position_embeddings is not None
+        absolute = self.absolute
         if absolute and not interpolate_pos_encoding and (grid_h, grid_w) != self.grid_size:
             raise ValueError(
                 f"The input gives a {grid_h}x{grid_w} token grid but the position embeddings are for "
@@ -196,9 +247,7 @@ class TokenEmbeddings(nn.Module):
                 raise ValueError("bool_masked_pos needs a model with a mask token (HfViTForMaskedImageModeling)")
             grid = torch.where(bool_masked_pos[..., None].bool(), self.mask_token.to(grid.dtype), grid)
         if absolute:
-            position_embeddings = resample_position_embeddings(
-                self.position_embeddings, self.num_positioned_prefix, self.grid_size, (grid_h, grid_w), self.antialias
-            )
+            position_embeddings = self.grid_positions((grid_h, grid_w))
         if absolute and self.num_positioned_prefix:
             tokens = torch.cat(prefix + [grid], 1) + position_embeddings
             prefix, grid = [tokens[:, : self.num_positioned_prefix]], tokens[:, self.num_positioned_prefix :]
@@ -328,6 +377,8 @@ class HfViTPreTrainedModel(PretrainingHeadLoading, ImagePreTrainedModel):
                 module.distillation_token,
                 module.register_tokens,
                 module.position_embeddings,
+                module.row_position_embeddings,
+                module.column_position_embeddings,
                 module.mask_token,
             ):
                 if token is not None:
@@ -425,6 +476,9 @@ class HfViTModel(HfViTPreTrainedModel):
             absolute=config.absolute_position_embeddings,
             patch_norm=self.make_patch_norm(config),
             position_start=position_start or config.position_embedding_init,
+            interpolation=config.position_interpolation,
+            aspect_preserving=config.position_aspect_preserving,
+            factorized=config.factorized_positions,
         )
         self.num_prefix_tokens = self.embeddings.num_prefix_tokens
         head_dim = config.hidden_size // config.num_attention_heads
@@ -562,8 +616,11 @@ class HfViTModel(HfViTPreTrainedModel):
             pooled = grid_mean(last_hidden_state[:, grid_tokens], grid_valid)
         elif config.pooling == "cls_mean":  # DINOv2's classifier input: (B, 2C)
             pooled = torch.cat([last_hidden_state[:, 0], grid_mean(last_hidden_state[:, grid_tokens], grid_valid)], -1)
-        elif config.pooling == "map":
+        elif config.pooling == "map" and config.pooling_prefix_tokens:
             pooled = self.pooler(last_hidden_state, attention_mask)
+        elif config.pooling == "map":  # timm's pool_include_prefix=False: the probe reads the grid tokens only
+            grid_mask = None if grid_valid is None else key_padding_bias(grid_valid, hidden_states.dtype)
+            pooled = self.pooler(last_hidden_state[:, grid_tokens], grid_mask)
         elif config.pooled_norm_only:  # CLIP: the final norm on the pooled CLS token only
             pooled = self.layernorm(raw[:, 0])
         else:

@@ -168,8 +168,6 @@ def test_a_converted_dinov3_is_an_autobackbone_at_any_size_like_transformers(tmp
 def test_a_converted_dinov3_fine_tunes_with_layer_decay(tmp_path, capsys):
     from hf_vit.training.finetune import finetune, parse_args
 
-    from test_finetune import make_imagefolder
-
     _, checkpoint = dinov3_checkpoint(tmp_path)
     train = make_imagefolder(tmp_path / "train", per_class=8, size=(64, 64))
     args = ["--output_dir", str(tmp_path / "tuned"), "--model_name_or_path", str(checkpoint), "--train_dir", str(train),
@@ -195,7 +193,8 @@ def test_a_converted_dinov3_exports_with_dynamic_height_and_width(tmp_path):
     ("vit_base_patch16_rope_mixed_224", dict(depth=1), "RotaryEmbeddingMixed rotary embeddings"),
     ("vit_small_patch16_dinov3", dict(depth=1, num_kv_heads=3, qkv_fused=False, attn_type="rope"), "grouped-query"),
     ("vit_pe_spatial_tiny_patch16_512", dict(depth=1), r"no final norm \(final_norm=False\)"),
-    ("naflexvit_base_patch16_siglip", dict(depth=1), r"\(NaFlexVit\) is not a model hf_vit converts"),
+    ("naflexvit_base_patch16_gap", dict(depth=1, pos_embed_use_grid_sample=True), "grid_sample"),
+    ("naflexvit_base_patch16_gap", dict(depth=1, rope_type="axial", pos_embed="none"), "rotary position"),
 ])  # fmt: skip
 def test_a_variant_still_unsupported_names_the_option_it_needs(architecture, model_args, named):
     with torch.device("meta"):
@@ -260,6 +259,12 @@ TIMM_DINOV2_SOURCES = {
         dict(pooling="map", class_token=False),
     ),
     "qk-norm": ("vit_tiny_patch16_224", dict(img_size=64, qk_norm=True), dict(qk_norm=True)),
+    # timm's MAP pooling reads the grid tokens only (pool_include_prefix=False), not the register
+    "map with a register": (
+        "vit_base_patch16_siglip_224",
+        dict(img_size=64, embed_dim=192, num_heads=3, reg_tokens=1, no_embed_class=True),
+        dict(pooling="map", num_register_tokens=1, pooling_prefix_tokens=False),
+    ),
 }
 
 

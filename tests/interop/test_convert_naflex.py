@@ -1,7 +1,6 @@
 """Native aspect ratio (NaFlex): SigLIP 2's NaFlex tower converted from transformers, with parity on batches that mix
 square, tall and wide pictures at two patch budgets, through the processor it carries."""
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -10,15 +9,14 @@ from transformers import AutoImageProcessor, Siglip2Config, Siglip2Model, Siglip
 from hf_vit.interop.convert import convert_checkpoint, from_transformers
 from hf_vit.processors import naflex_image_processor
 
-from conftest import randomize
+from conftest import random_pictures, randomize
 
 VISION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, patch_size=8)
 
 
 def pictures(seed: int = 0) -> list[Image.Image]:
     """A square, a tall (1:3) and a wide (3:1) picture."""
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((60, 60), (90, 30), (30, 90))]
+    return random_pictures(((60, 60), (90, 30), (30, 90)), seed)
 
 
 def assert_same_outputs(ours, reference, inputs):

@@ -19,6 +19,10 @@ from hf_vit import VIT_PRESETS, HfViTConfig
         (dict(drop_path_rate=-0.1), "drop_path_rate"),
         (dict(patch_embedding_type="linear"), "patch_embedding_type"),
         (dict(image_size=[224, 0]), "image_size"),
+        (dict(position_interpolation="nearest"), "position_interpolation"),
+        (dict(factorized_positions=True), "prefix_position_embeddings=False"),
+        (dict(pooling_prefix_tokens=False), "pooling_prefix_tokens"),
+        (dict(absolute_position_embeddings=False, rope="dinov3", factorized_positions=True), "factorized_positions"),
     ],
 )
 def test_invalid_values_fail_at_construction_naming_the_field(fields, named):

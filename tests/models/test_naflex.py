@@ -4,13 +4,15 @@ positions resized to each picture's grid, padding that no valid token, pooling o
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import hf_vit
 from hf_vit.models.configuration_vit import DINOV3, EVA02
+from hf_vit.models.layers import naflex_position_weights
 from hf_vit.processors import naflex_image_processor
 
-from conftest import TINY_VIT, randomize
+from conftest import TINY_VIT, random_pictures, randomize
 
 POOLINGS = {
     "cls": {},
@@ -18,13 +20,20 @@ POOLINGS = {
     "mean, registers": dict(pooling="mean", num_register_tokens=2),
     "dinov3 rotary": {**DINOV3, "num_register_tokens": 2},
     "eva rotary": {**EVA02, "rope_reference_grid": [4, 4]},
+    "map over the grid, factorized positions": dict(
+        pooling="map",
+        num_register_tokens=1,
+        pooling_prefix_tokens=False,
+        factorized_positions=True,
+        prefix_position_embeddings=False,
+        position_aspect_preserving=True,
+    ),
 }
 
 
 def mixed_pictures() -> list[Image.Image]:
     """A square, a tall (1:3) and a wide (3:1) picture."""
-    rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 40), (72, 24), (24, 72))]
+    return random_pictures(((40, 40), (72, 24), (24, 72)))
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
@@ -42,6 +51,25 @@ def test_each_picture_of_a_padded_batch_gets_what_it_gets_alone(options, attn_im
             alone["pixel_values"] = alone["pixel_values"][:, : height * width]
             alone["pixel_attention_mask"] = alone["pixel_attention_mask"][:, : height * width]
             torch.testing.assert_close(model(**alone).logits[0], together[row], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("grid", [(8, 8), (5, 7)])
+def test_each_picture_gets_the_table_resized_as_f_interpolate_resizes_it(mode, antialias, grid):
+    """The per-picture weights are F.interpolate's (align_corners=False) for up- and downsizing, and with
+    aspect_preserving its resize to the longer side's square, cropped; padding tokens get nothing."""
+    table = torch.randn(1, 4, *grid)
+    shapes = torch.tensor([[3, 12], [12, 3], [8, 8], [16, 16], [1, 1], [5, 7], [20, 2]])
+    for aspect_preserving in (False, True):
+        rows, columns = naflex_position_weights(shapes, 300, grid, mode, antialias, aspect_preserving)
+        resized = torch.einsum("bli,blj,cij->blc", rows, columns, table[0])
+        for picture, (height, width) in enumerate(shapes.tolist()):
+            size = (max(height, width),) * 2 if aspect_preserving and (height, width) != grid else (height, width)
+            expected = F.interpolate(table, size=size, mode=mode, align_corners=False, antialias=antialias)
+            expected = expected[0, :, :height, :width].flatten(1).T
+            torch.testing.assert_close(resized[picture, : height * width], expected, atol=1e-5, rtol=0)
+            assert not resized[picture, height * width :].any()
 
 
 def test_patches_on_the_trained_grid_give_what_the_image_gives():

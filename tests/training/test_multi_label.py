@@ -20,7 +20,7 @@ from hf_vit.training.finetune import parse_args as finetune_args
 from hf_vit.training.regularisation import BatchMixer
 from hf_vit_lessons.digit_grids import make_digit_grids
 
-from conftest import QUIET, TINY_VIT, TINY_VIT_FLAGS
+from conftest import QUIET, TINY_VIT, TINY_VIT_FLAGS, run_script
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,6 @@ def test_multi_label_data_trains_on_two_processes(tmp_path, digit_grids):
     """The data-parallel start asks the model which parameters one step leaves unused: with multi-hot targets, as
     a BCE loss takes them (class ids made it fail before the first step)."""
     from conftest import TWO_PROCESSES
-    from test_finetune import run_script
 
     args = ["--output_dir", str(tmp_path / "ddp"), "--train_dir", digit_grids["train"], "--validation_dir",
             digit_grids["validation"], "--label_column_name", "labels", *TINY_VIT_FLAGS, *QUIET, "--max_steps", "2",
