@@ -44,6 +44,13 @@ def refused(tmp_path, *flags) -> str:
         (("--max_num_patches", "16", "--image_size", "32"), "--max_num_patches keeps each picture's own shape"),
         (("--max_num_patches", "16", "--model_type", "hf_vit_hybrid"), "--max_num_patches does not apply to hf_vit_h"),
         (("--max_num_patches", "16", "--teacher_name_or_path", "."), "--teacher_name_or_path takes fixed-size"),
+        (("--train_patch_budgets", "16"), "--train_patch_budgets fills NaFlex batches by patches; it needs --max_num"),
+        (("--max_num_patches", "16", "--train_patch_budgets", "0"), "--train_patch_budgets must be budgets of at"),
+        (("--max_num_patches", "16", "--train_patch_budgets", "16", "--streaming"), "which a stream (--streaming)"),
+        (
+            ("--max_num_patches", "16", "--train_patch_budgets", "16", "--repeated_augmentation", "3"),
+            "--repeated_augmentation 3 does not apply with --train_patch_budgets",
+        ),
     ],
 )
 def test_flags_that_cannot_work_are_named_before_any_data(tmp_path, flags, message):

@@ -79,6 +79,14 @@ class DataArguments:
     max_num_patches: int | None = field(
         default=None, metadata={"help": "NaFlex: each picture at its own aspect ratio, within this many patches."}
     )
+    train_patch_budgets: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "NaFlex training batches filled by patches (timm's NaFlex loader): each batch draws one of these "
+            "budgets, cuts its pictures within it and holds per_device_train_batch_size * max_num_patches // budget "
+            "pictures, so every batch carries about as many patches. Needs --max_num_patches (the evaluation's)."
+        },
+    )
     streaming: bool = field(
         default=False,
         metadata={
@@ -104,6 +112,16 @@ class DataArguments:
         for flag in ("max_train_samples", "max_eval_samples", "max_num_patches"):
             if getattr(self, flag) is not None and getattr(self, flag) < 1:
                 raise ValueError(f"--{flag} must be at least 1, got {getattr(self, flag)}")
+        if self.train_patch_budgets is not None:
+            if self.max_num_patches is None:
+                raise ValueError("--train_patch_budgets fills NaFlex batches by patches; it needs --max_num_patches")
+            if self.streaming:
+                raise ValueError(
+                    "--train_patch_budgets draws batches by index from the training split, which a stream "
+                    "(--streaming) is not: leave one out"
+                )
+            if not self.train_patch_budgets or min(self.train_patch_budgets) < 1:
+                raise ValueError(f"--train_patch_budgets must be budgets of at least 1, got {self.train_patch_budgets}")
         if self.max_num_patches is not None and self.image_size is not None:
             raise ValueError("--max_num_patches keeps each picture's own shape; --image_size squares them: give one")
         if self.dataset_name is not None and (self.train_dir is not None or self.validation_dir is not None):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from datasets import ClassLabel, Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict
 
+from .batching import BudgetedPictures, PatchBudgetBatches
 from .decoding import collate
 from .sources import (
     DataArguments,
@@ -89,10 +90,21 @@ class TrainingData:
     validation: Dataset
     skipped: object = None  # multiprocessing.Value("i") for a stream
     collator: object = collate  # the Trainer's data_collator
+    train_batches: PatchBudgetBatches | None = None  # NaFlex batches filled by patches (`batch_by_patches`)
+
+    def batch_by_patches(self, cut, budgets, patches_per_batch: int, seed: int) -> None:
+        """Train on NaFlex batches filled by patches (`data.batching`): each batch draws one of `budgets`, holds
+        about `patches_per_batch` patches, and `cut(picture, budget)` cuts its pictures (`NaFlexPatches.cut`). The
+        training split's transform must leave the pictures whole (`set_transforms` does, given
+        `--train_patch_budgets`)."""
+        self.train_batches = PatchBudgetBatches(len(self.train), budgets, patches_per_batch, seed)
+        self.train = BudgetedPictures(self.train, cut)
 
     def trainer_inputs(self) -> dict:
-        """The Trainer's `train_dataset`, `eval_dataset` and `data_collator`."""
-        return dict(train_dataset=self.train, eval_dataset=self.validation, data_collator=self.collator)
+        """The Trainer's `train_dataset`, `eval_dataset` and `data_collator` (and `train_batch_sampler` for batches
+        filled by patches)."""
+        inputs = dict(train_dataset=self.train, eval_dataset=self.validation, data_collator=self.collator)
+        return inputs if self.train_batches is None else dict(inputs, train_batch_sampler=self.train_batches)
 
     @property
     def streaming(self) -> bool:

@@ -96,11 +96,17 @@ class NaFlexPatches:
     processor's patch budget N and padded to it. For training, `geometry` (random crops, flips) runs first."""
 
     def __init__(self, image_processor, geometry=()):
-        self.image_processor, self.geometry = image_processor, v2.Compose([v2.Identity(), *geometry])
+        self.image_processor = image_processor
+        self.geometry = v2.Compose([v2.ToImage(), *geometry])  # (C, H, W) uint8 -> the same, augmented
+
+    def cut(self, picture: torch.Tensor, max_num_patches: int | None = None) -> dict:
+        """The picture's patches within `max_num_patches` (default: the processor's budget)."""
+        budget = {} if max_num_patches is None else {"max_num_patches": max_num_patches}
+        inputs = self.image_processor(images=picture, return_tensors="pt", **budget)
+        return {key: value[0] for key, value in inputs.items()}
 
     def __call__(self, picture) -> dict:
-        inputs = self.image_processor(images=self.geometry(v2.functional.to_image(picture)), return_tensors="pt")
-        return {key: value[0] for key, value in inputs.items()}
+        return self.cut(self.geometry(picture))
 
 
 def build_transforms(
@@ -172,6 +178,8 @@ def set_transforms(
     """
     for name, split in splits.items():
         transform = build_transforms(image_processor, num_channels, name == "train", **augmentation)
+        if name == "train" and args.train_patch_budgets:  # cut later, within each batch's budget (`data.batching`)
+            transform = transform.geometry
         num_labels = len(label_names(split.features[args.label_column_name])) if labelled else None
 
         def apply(batch, transform=transform, num_labels=num_labels):

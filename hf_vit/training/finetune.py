@@ -29,6 +29,7 @@ from ..data import (
     load_training_data,
 )
 from ..data.metrics import compute_metrics
+from ..data.transforms import NaFlexPatches
 from ..guards import check_local_path, check_output_dir, claim_output_dir, usage_errors
 from .arguments import (
     FinetuneTrainingArguments,
@@ -173,6 +174,7 @@ def run_facts(
         position_embeddings=hasattr(config, "position_embedding_init"),
         patch_projection=getattr(config, "patch_embedding_type", None) == "patch",
         max_steps=max(training_args.max_steps, 0),
+        max_num_patches=data_args.max_num_patches,
     )
 
 
@@ -228,6 +230,7 @@ def finetune(
             streaming=data.streaming,
             multi_label=multi_label,
             naflex=data_args.max_num_patches is not None,
+            batches_by_patches=data_args.train_patch_budgets is not None,
         )
         apply_to_training(ingredients, training_args)
         apply_to_config(ingredients, config)
@@ -250,6 +253,10 @@ def finetune(
             print(recipe_summary[-1])
     teacher, teacher_inputs = load_teacher(model_args, model, image_processor) if has_teacher else (None, None)
     attach_transforms(data, image_processor, model.config.num_channels, data_args, **ingredients.augmentation)
+    if data_args.train_patch_budgets:
+        patches_per_batch = training_args.per_device_train_batch_size * data_args.max_num_patches
+        cut = NaFlexPatches(image_processor).cut
+        data.batch_by_patches(cut, data_args.train_patch_budgets, patches_per_batch, training_args.seed)
     dataset_name, dataset_id = describe_dataset(data_args)
 
     trainer = ImageClassificationTrainer(

@@ -30,6 +30,7 @@ class RunFacts:
     position_embeddings: bool = True  # learned absolute position embeddings (ViT, DeiT, hybrid; not Swin)
     patch_projection: bool = True  # a linear patch projection (ViT, DeiT; not a conv stem, a hybrid, Swin)
     max_steps: int = 0  # > 0: the run stops after this many optimiser steps, whatever the epochs say
+    max_num_patches: int | None = None  # NaFlex: pictures at their own aspect ratio within this many patches
 
     @property
     def steps_per_epoch(self) -> int:
@@ -54,8 +55,9 @@ class RunFacts:
     def describe(self) -> str:
         source = "from a checkpoint" if self.from_checkpoint else "from scratch"
         teacher = "with a teacher" if self.has_teacher else "no teacher"
+        size = f"{self.image_size} px" if self.max_num_patches is None else f"up to {self.max_num_patches} patches"
         return (
-            f"{self.model_type} {source}, {self.num_train_images} training images of {self.image_size} px in "
+            f"{self.model_type} {source}, {self.num_train_images} training images of {size} in "
             f"{self.num_labels} classes x {self.length}, global batch {self.global_batch_size}, {teacher}"
         )
 
@@ -459,12 +461,14 @@ def fit_to_training(
     streaming: bool,
     multi_label: bool = False,
     naflex: bool = False,
+    batches_by_patches: bool = False,
 ) -> Ingredients:
     """The ingredients that the way of training rules out, turned off: layer decay with LoRA (only the adapters and
     the head learn), the EMA under FSDP (it would hold a whole copy of the sharded weights), repeated augmentation
     for a stream (it needs a sampler of indices), Mixup / CutMix and label smoothing for multi-label data (their
     targets are one distribution over the classes; multi-label targets are one yes / no per class), Mixup / CutMix
-    for NaFlex patches (pictures of different shapes have no pixel to pixel pairing)."""
+    for NaFlex patches (pictures of different shapes have no pixel to pixel pairing), repeated augmentation for
+    batches filled by patches (their own sampler draws them)."""
     if naflex:
         reason = "pictures of different shapes have no pixel to pixel pairing"
         for name in ("mixup_alpha", "cutmix_alpha"):
@@ -478,6 +482,10 @@ def fit_to_training(
     if sharded:
         ingredients = turn_off(
             ingredients, "ema_decay", 0.0, "an EMA would hold a whole copy of the sharded weights", "FSDP"
+        )
+    if batches_by_patches:
+        ingredients = turn_off(
+            ingredients, "repeated_augmentation", 1, "batches are drawn by patch budget", "--train_patch_budgets"
         )
     if streaming:
         ingredients = turn_off(

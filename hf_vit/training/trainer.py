@@ -10,12 +10,13 @@ PretrainingTrainer             HfViTTrainer for masked-image-modeling models (th
 import json
 import os
 import shutil
+from functools import partial
 
 import torch
 from datasets import IterableDataset
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker, sort_checkpoints
 from transformers.utils import logging
 
 from ..cards import CURVES_FILE, plot_training_curves, write_model_card
@@ -282,7 +283,9 @@ class ImageClassificationTrainer(HfViTTrainer):
     - a `layer_decay` below 1: each layer's learning rate lowered with its distance from the head;
     - a frozen `teacher` (any image classifier) adds `teacher_logits` to every training batch, computed on the same
       (augmented, mixed) images after `teacher_inputs` re-expresses them for it;
-    - `class_weights` (num_labels,): the loss weighs each class (`regularisation.weighted_loss`).
+    - `class_weights` (num_labels,): the loss weighs each class (`regularisation.weighted_loss`);
+    - a `train_batch_sampler` (`data.batching.PatchBudgetBatches`: NaFlex batches filled by patches) draws the
+      training batches, each of its own size.
 
     The optimisation ingredients (learning rate, weight decay, warmup) are the arguments' (`recipes.apply_to_training`
     writes them there).
@@ -295,9 +298,11 @@ class ImageClassificationTrainer(HfViTTrainer):
         teacher=None,
         teacher_inputs=None,
         class_weights: torch.Tensor | None = None,
+        train_batch_sampler=None,
         **kwargs,
     ):
         ingredients = ingredients or Ingredients.off()
+        self.train_batch_sampler = train_batch_sampler
         super().__init__(*args, layer_decay=ingredients.layer_decay, **kwargs)
         if class_weights is not None and teacher is not None:
             raise ValueError("class weights and a teacher's distillation loss do not combine: choose one")
@@ -327,6 +332,20 @@ class ImageClassificationTrainer(HfViTTrainer):
         if ingredients.ema_decay:
             self.ema = ModelEMA(self.model, ingredients.ema_decay)
             self.add_callback(EMACallback(self.ema))
+
+    def get_train_dataloader(self):
+        if self.train_batch_sampler is None:
+            return super().get_train_dataloader()
+        args = self.args
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset,
+            batch_sampler=self.train_batch_sampler,
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
+        )
+        return self.accelerator.prepare(loader)  # shards the batches (whole, each its size) across the processes
 
     def _get_train_sampler(self, train_dataset=None):
         if self.repeated_augmentation > 1:

@@ -17,6 +17,7 @@ from hf_vit import (
     HfViTForImageClassification,
 )
 from hf_vit.data import load_digits_splits
+from hf_vit.data.batching import PatchBudgetBatches
 from hf_vit.training.finetune import finetune, parse_args
 from hf_vit.training.regularisation import balanced_class_weights, weighted_loss
 
@@ -302,8 +303,13 @@ def test_finetune_at_native_aspect_ratio_saves_a_naflex_checkpoint_that_every_jo
     output_dir = tmp_path / "naflex"
     args = ["--output_dir", str(output_dir), "--train_dir", str(train), "--validation_dir", str(validation),
             "--max_num_patches", "32", "--num_train_epochs", "2", "--config_overrides", TINY,
-            "--per_device_train_batch_size", "8", "--disable_tqdm", "true"]  # fmt: skip
-    run_script(args)
+            "--per_device_train_batch_size", "8", "--disable_tqdm", "true",
+            "--train_patch_budgets", "16", "32", "64"]  # fmt: skip
+    result = run_script(args)
+    assert "training images of up to 32 patches" in result.stdout
+    # 16 pictures in batches of 8 * 32 patches: 16, 8 or 4 pictures a batch as the batch's budget is 16, 32 or 64
+    schedule = PatchBudgetBatches(16, [16, 32, 64], patches_per_batch=8 * 32, seed=42).schedule  # the default seed
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2 * len(schedule)
     processor = AutoImageProcessor.from_pretrained(output_dir)
     assert type(processor).__name__.startswith("Siglip2ImageProcessor") and processor.max_num_patches == 32
     tall = Image.open(train / "red" / "0.png")  # 72 x 24
