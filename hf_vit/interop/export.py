@@ -5,8 +5,10 @@
 Every family exports with a dynamic batch. Image height and width are dynamic too where the graph can follow
 them: ViT, DeiT and the hybrid resample their position embeddings inside the graph (any multiple of the patch
 size, or of the backbone's stride); Swin takes multiples of its padding-free size, patch_size * 2**(stages - 1)
-* window_size (224 for Swin-T), where every window is whole. onnx, onnxscript and onnxruntime are imported when
-an export runs (`pip install hf_vit[export]`).
+* window_size (224 for Swin-T), where every window is whole. A NaFlex checkpoint (its processor cuts pictures
+into patches) exports its patch input instead: `pixel_values` (B, N, p * p * C), `pixel_attention_mask` (B, N)
+and `spatial_shapes` (B, 2), with a dynamic patch count N, so one graph serves every budget. onnx, onnxscript and
+onnxruntime are imported when an export runs (`pip install hf_vit[export]`).
 """
 
 import argparse
@@ -22,7 +24,7 @@ from ..checkpoints import load_checkpoint
 from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..guards import OVERWRITE_HELP, check_local_path, check_output_dir, usage_errors
 from ..models.configuration_utils import to_2tuple
-from ..processors import checkpoint_image_processor
+from ..processors import checkpoint_image_processor, is_naflex
 
 ONNX_FILE, PROGRAM_FILE, REPORT_FILE = "model.onnx", "model.pt2", "export_report.json"
 TOLERANCE = 1e-4  # the largest |onnxruntime - PyTorch| an export may show
@@ -39,10 +41,27 @@ class ExportedForward(torch.nn.Module):
         self.classifies = hasattr(model, "classifier")
         self.output_names = ["logits"] if self.classifies else ["last_hidden_state", "pooler_output"]
 
+    input_names = ("pixel_values",)
+
     def forward(self, pixel_values):
         kwargs = {"interpolate_pos_encoding": True} if self.resamples else {}
-        output = self.model(pixel_values, return_dict=True, **kwargs)
+        return self.outputs(self.model(pixel_values, return_dict=True, **kwargs))
+
+    def outputs(self, output):
         return output.logits if self.classifies else (output.last_hidden_state, output.pooler_output)
+
+
+class ExportedNaFlexForward(ExportedForward):
+    """The graph of a NaFlex checkpoint: patches (B, N, p * p * C), their mask (B, N) and each picture's grid (B, 2)
+    -> the same outputs."""
+
+    input_names = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+
+    def forward(self, pixel_values, pixel_attention_mask, spatial_shapes):
+        output = self.model(
+            pixel_values, pixel_attention_mask=pixel_attention_mask, spatial_shapes=spatial_shapes, return_dict=True
+        )
+        return self.outputs(output)
 
 
 def load_model(model_name_or_path: str, trust_remote_code: bool = False):
@@ -55,9 +74,10 @@ def load_model(model_name_or_path: str, trust_remote_code: bool = False):
     return load_checkpoint(auto_class, model_name_or_path, trust_remote_code=trust_remote_code).eval()
 
 
-def check_exportable(model) -> None:
+def check_exportable(model, naflex: bool = False) -> None:
     """Options that cannot be exported, named: an attention kernel outside PyTorch (flash, flex), a model in training
-    mode (stochastic depth and dropout would be frozen into the graph)."""
+    mode (stochastic depth and dropout would be frozen into the graph), NaFlex patches of a rotary model (it builds
+    each picture's rotary table in Python)."""
     kernel = model.config._attn_implementation
     if kernel not in ("sdpa", "eager"):
         raise ValueError(f"attn_implementation={kernel!r} cannot be exported: load the model with 'sdpa' or 'eager'")
@@ -65,6 +85,28 @@ def check_exportable(model) -> None:
         raise ValueError(
             "the model is in training mode (dropout, stochastic depth): call model.eval() before exporting"
         )
+    if naflex and getattr(model.config, "rope", None):
+        raise ValueError(
+            f"NaFlex patches of a rotary model (rope={model.config.rope!r}) cannot be exported yet: it builds each "
+            "picture's rotary table in Python"
+        )
+
+
+def grid_within(budget: int, ratio: float) -> tuple[int, int]:
+    """(rows, columns) of about `ratio` rows per column, at most `budget` patches."""
+    columns = max(1, int((budget / ratio) ** 0.5))
+    return min(budget // columns, max(1, round(ratio * columns))), columns
+
+
+def naflex_example(model, batch_size: int, budget: int) -> dict:
+    """Random NaFlex inputs: `batch_size` pictures of square, tall (3:1) and wide (1:3) patch grids in turn, each
+    within `budget` patches and padded to it."""
+    patch, channels = to_2tuple(model.config.patch_size)[0], model.config.num_channels
+    spatial_shapes = torch.tensor([grid_within(budget, (1, 3, 1 / 3)[i % 3]) for i in range(batch_size)])
+    present = torch.arange(budget)[None] < spatial_shapes.prod(-1)[:, None]
+    patches = torch.randn(batch_size, budget, patch * patch * channels) * present[..., None]
+    # the dtypes transformers' Siglip2ImageProcessor gives
+    return dict(pixel_values=patches, pixel_attention_mask=present.to(torch.int32), spatial_shapes=spatial_shapes)
 
 
 def size_step(model) -> tuple[int, int]:
@@ -116,49 +158,92 @@ def dynamic_axes(program) -> dict:
     return axes
 
 
-def export_model(model, output_dir: str, dynamic_image_size: bool = True):
-    """Write `model.pt2` (torch.export) and `model.onnx` (torch.onnx's dynamo exporter) to `output_dir`.
-    Returns (the exported forward, the exported program)."""
-    check_exportable(model)
-    forward = ExportedForward(model).eval()
-    height, width = example_size(model)
-    example = torch.randn(2, model.config.num_channels, height, width)
-    shapes = dynamic_shapes(model, dynamic_image_size)
+def export_model(model, output_dir: str, dynamic_image_size: bool = True, max_num_patches: int | None = None):
+    """Write `model.pt2` (torch.export) and `model.onnx` (torch.onnx's dynamo exporter) to `output_dir`; with
+    `max_num_patches`, the NaFlex patch input traced at that budget (the patch count dynamic unless not
+    `dynamic_image_size`). Returns (the exported forward, the exported program)."""
+    naflex = max_num_patches is not None
+    check_exportable(model, naflex)
+    if naflex:
+        forward = ExportedNaFlexForward(model).eval()
+        example = naflex_example(model, 2, max_num_patches)
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        patches = {1: torch.export.Dim("patches", min=2, max=65536)} if dynamic_image_size else {}
+        shapes = {
+            "pixel_values": {0: batch, **patches},
+            "pixel_attention_mask": {0: batch, **patches},
+            "spatial_shapes": {0: batch},
+        }
+    else:
+        forward = ExportedForward(model).eval()
+        height, width = example_size(model)
+        example = dict(pixel_values=torch.randn(2, model.config.num_channels, height, width))
+        shapes = dynamic_shapes(model, dynamic_image_size)
+    arguments = tuple(example[name] for name in forward.input_names)
     with torch.no_grad():
-        program = torch.export.export(forward, (example,), dynamic_shapes=shapes, strict=False)
+        program = torch.export.export(forward, arguments, dynamic_shapes=shapes, strict=False)
     os.makedirs(output_dir, exist_ok=True)
     torch.export.save(program, os.path.join(output_dir, PROGRAM_FILE))
     onnx_program = torch.onnx.export(
-        program, (example,), input_names=["pixel_values"], output_names=forward.output_names, dynamo=True, verbose=False
+        program,
+        arguments,
+        input_names=list(forward.input_names),
+        output_names=forward.output_names,
+        dynamo=True,
+        verbose=False,
     )
     onnx_program.save(os.path.join(output_dir, ONNX_FILE))
     return forward, program
 
 
+def check_cases(forward, sizes, batch_sizes=(1, 3)) -> dict:
+    """{"B x H x W" (or "B x N patches"): the inputs} of random pixels (or NaFlex patches of square, tall and wide
+    grids) at every batch size and checked size (a NaFlex export's sizes are patch budgets)."""
+    torch.manual_seed(0)
+    cases, model = {}, forward.model
+    for size in sizes:
+        for batch_size in batch_sizes:
+            if isinstance(forward, ExportedNaFlexForward):
+                cases[f"{batch_size} x {size} patches"] = naflex_example(model, batch_size, size)
+            else:
+                pixels = torch.randn(batch_size, model.config.num_channels, *size)
+                cases[f"{batch_size} x {size[0]} x {size[1]}"] = dict(pixel_values=pixels)
+    return cases
+
+
 def check_with_onnxruntime(forward, onnx_path: str, sizes, batch_sizes=(1, 3), tolerance: float = TOLERANCE) -> dict:
-    """Run the ONNX model with onnxruntime on the CPU and PyTorch on random pixels of every (batch, size); returns
-    {"B x H x W": largest difference} and raises a ValueError when one exceeds `tolerance`."""
+    """Run the ONNX model with onnxruntime on the CPU and PyTorch on random inputs of every (batch, size)
+    (`check_cases`); returns {case: largest difference} and raises a ValueError when one exceeds `tolerance`."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     differences = {}
-    generator = torch.Generator().manual_seed(0)
-    for height, width in sizes:
-        for batch_size in batch_sizes:
-            pixels = torch.randn(batch_size, forward.model.config.num_channels, height, width, generator=generator)
-            with torch.no_grad():
-                expected = forward(pixels)
-            expected = expected if isinstance(expected, tuple) else (expected,)
-            got = session.run(None, {"pixel_values": pixels.numpy()})
-            differences[f"{batch_size} x {height} x {width}"] = max(
-                float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected)
-            )
+    for case, inputs in check_cases(forward, sizes, batch_sizes).items():
+        with torch.no_grad():
+            expected = forward(*(inputs[name] for name in forward.input_names))
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = session.run(None, {name: inputs[name].numpy() for name in forward.input_names})
+        differences[case] = max(float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected))
     worst = max(differences, key=differences.get)
     if differences[worst] > tolerance:
         raise ValueError(
             f"onnxruntime differs from PyTorch by {differences[worst]:.2e} at {worst} (tolerance {tolerance:g})"
         )
     return differences
+
+
+def check_budgets(budgets, max_num_patches: int, dynamic: bool) -> list[int]:
+    """The patch budgets a NaFlex export is checked at: `budgets`, or the traced one and, with a dynamic patch count,
+    half of it."""
+    if not budgets:
+        return [max_num_patches, max(2, max_num_patches // 2)] if dynamic else [max_num_patches]
+    checked = []
+    for budget in budgets:
+        if not str(budget).isdigit() or int(budget) < 2 or (not dynamic and int(budget) != max_num_patches):
+            allowed = "patch budgets of at least 2" if dynamic else f"{max_num_patches} patches (a static count)"
+            raise ValueError(f"--check_sizes {budget}: this NaFlex export takes {allowed}")
+        checked.append(int(budget))
+    return checked
 
 
 def check_sizes(model, sizes, dynamic_image_size: bool) -> list[tuple[int, int]]:
@@ -199,16 +284,21 @@ def export_checkpoint(
         check_output_dir(output_dir, overwrite_output_dir)
         model = load_model(model_name_or_path, trust_remote_code)
         processor = checkpoint_image_processor(model_name_or_path, model.config, trust_remote_code)
-        sizes = check_sizes(model, sizes, dynamic_image_size)
-    forward, program = export_model(model, output_dir, dynamic_image_size)
+        budget = processor.max_num_patches if is_naflex(processor) else None
+        if budget is None:
+            sizes = check_sizes(model, sizes, dynamic_image_size)
+        else:
+            sizes = check_budgets(sizes, budget, dynamic_image_size)
+    forward, program = export_model(model, output_dir, dynamic_image_size, budget)
     differences = check_with_onnxruntime(forward, os.path.join(output_dir, ONNX_FILE), sizes)
     processor.save_pretrained(output_dir)
     report = dict(
         source=model_name_or_path,
         model_type=model.config.model_type,
+        inputs=list(forward.input_names),
         outputs=forward.output_names,
         dynamic_axes=dynamic_axes(program),
-        size_step=list(size_step(model)),
+        **({"size_step": list(size_step(model))} if budget is None else {"max_num_patches": budget}),
         max_abs_difference=differences,
         files=[ONNX_FILE, PROGRAM_FILE],
     )
@@ -226,8 +316,10 @@ onnxruntime.
 
 Every export has a dynamic batch; height and width are dynamic too (ViT, DeiT, hybrid: multiples of the patch
 size, or any size the CNN takes; Swin: multiples of patch_size * 2**(stages - 1) * window_size) unless
---static_image_size. onnxruntime must match PyTorch within 1e-4 at two batch sizes and every checked size, or the
-export fails. export_report.json records the dynamic axes and the differences."""
+--static_image_size. A NaFlex checkpoint exports its patch input (pixel_values, pixel_attention_mask,
+spatial_shapes) with a dynamic patch count; its --check_sizes are patch budgets. onnxruntime must match PyTorch
+within 1e-4 at two batch sizes and every checked size, or the export fails. export_report.json records the
+dynamic axes and the differences."""
 
 
 @dataclass
@@ -242,7 +334,8 @@ class ExportArguments:
     check_sizes: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Image sizes (a side or HxW) onnxruntime is checked at (default: the traced size and one more)."
+            "help": "Image sizes (a side or HxW) onnxruntime is checked at (default: the traced size and one more); "
+            "for a NaFlex checkpoint, patch budgets (default: its own and half of it)."
         },
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the checkpoint."})

@@ -16,9 +16,10 @@ from hf_vit import (
 )
 from hf_vit.guards import UsageError
 from hf_vit.interop.export import PROGRAM_FILE, check_exportable, export_checkpoint
-from hf_vit.processors import make_image_processor
+from hf_vit.models.configuration_vit import DINOV3
+from hf_vit.processors import make_image_processor, naflex_image_processor
 
-from conftest import REPO_ROOT, TINY_CLASSIFIER, TINY_VIT, randomize, run_script
+from conftest import REPO_ROOT, TINY_CLASSIFIER, TINY_VIT, random_pictures, randomize, run_script
 
 VIT = {**TINY_VIT, "num_labels": 3}
 
@@ -145,3 +146,30 @@ def test_export_takes_a_checkpoint_saved_without_its_processor(tmp_path, caplog)
         "height": 32,
         "width": 32,
     }
+
+
+def test_a_naflex_checkpoint_exports_its_patch_input_with_a_dynamic_patch_count(tmp_path):
+    """One graph for every budget: onnxruntime matches PyTorch on square, tall and wide grids at 32 and 16 patches,
+    and on what the checkpoint's own processor gives for real pictures at a third budget."""
+    import onnxruntime
+
+    # timm's NaFlexViT options: factorized, aspect-preserving positions resized antialiased, MAP over the grid
+    naflexvit = dict(factorized_positions=True, position_aspect_preserving=True, interpolation_antialias=True)
+    grid_map = dict(class_token=False, num_register_tokens=1, pooling="map", pooling_prefix_tokens=False)
+    config = HfViTConfig(**VIT, **naflexvit, **grid_map, max_num_patches=32)
+    model = randomize(HfViTForImageClassification(config), std=0.1)
+    model.save_pretrained(tmp_path / "naflex")
+    naflex_image_processor(8, 32).save_pretrained(tmp_path / "naflex")
+    report = export_checkpoint(str(tmp_path / "naflex"), str(tmp_path / "onnx"))
+    assert report["inputs"] == ["pixel_values", "pixel_attention_mask", "spatial_shapes"]
+    assert set(report["max_abs_difference"]) == {"1 x 32 patches", "3 x 32 patches", "1 x 16 patches", "3 x 16 patches"}
+    assert {"0", "1"} <= set(report["dynamic_axes"])  # the batch and the patch count
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = naflex_image_processor(8, 32)(random_pictures(((60, 60), (90, 30))), max_num_patches=48,
+                                           return_tensors="pt")  # fmt: skip
+    (logits,) = session.run(None, {name: value.numpy() for name, value in inputs.items()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), model.eval()(**inputs).logits, atol=1e-4, rtol=0)
+    rotary = HfViTForImageClassification(HfViTConfig(**VIT, **DINOV3, max_num_patches=32)).eval()
+    with pytest.raises(ValueError, match="NaFlex patches of a rotary model"):
+        check_exportable(rotary, naflex=True)
