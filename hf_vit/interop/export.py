@@ -74,21 +74,15 @@ def load_model(model_name_or_path: str, trust_remote_code: bool = False):
     return load_checkpoint(auto_class, model_name_or_path, trust_remote_code=trust_remote_code).eval()
 
 
-def check_exportable(model, naflex: bool = False) -> None:
+def check_exportable(model) -> None:
     """Options that cannot be exported, named: an attention kernel outside PyTorch (flash, flex), a model in training
-    mode (stochastic depth and dropout would be frozen into the graph), NaFlex patches of a rotary model (it builds
-    each picture's rotary table in Python)."""
+    mode (stochastic depth and dropout would be frozen into the graph)."""
     kernel = model.config._attn_implementation
     if kernel not in ("sdpa", "eager"):
         raise ValueError(f"attn_implementation={kernel!r} cannot be exported: load the model with 'sdpa' or 'eager'")
     if model.training:
         raise ValueError(
             "the model is in training mode (dropout, stochastic depth): call model.eval() before exporting"
-        )
-    if naflex and getattr(model.config, "rope", None):
-        raise ValueError(
-            f"NaFlex patches of a rotary model (rope={model.config.rope!r}) cannot be exported yet: it builds each "
-            "picture's rotary table in Python"
         )
 
 
@@ -163,7 +157,7 @@ def export_model(model, output_dir: str, dynamic_image_size: bool = True, max_nu
     `max_num_patches`, the NaFlex patch input traced at that budget (the patch count dynamic unless not
     `dynamic_image_size`). Returns (the exported forward, the exported program)."""
     naflex = max_num_patches is not None
-    check_exportable(model, naflex)
+    check_exportable(model)
     if naflex:
         forward = ExportedNaFlexForward(model).eval()
         example = naflex_example(model, 2, max_num_patches)

@@ -122,25 +122,29 @@ class RotaryPositions(nn.Module):
         super().__init__()
         self.config, self.head_dim, self.num_prefix_tokens = config, head_dim, num_prefix_tokens
 
+    def axis_coordinates(self, index: torch.Tensor, side, reference: int | None) -> torch.Tensor:
+        """The coordinates of patches at `index` (float) along an axis of `side` patches (a number or a tensor that
+        broadcasts with `index`)."""
+        config = self.config
+        if config.rope == "dinov3":
+            return (index + 0.5 + config.rope_offset) / side * 2 - 1
+        axis = index + config.rope_offset
+        return axis if reference is None else axis / side * reference
+
     def coordinates(self, grid_size, device) -> torch.Tensor:
         """(gh * gw, 2) coordinates of the patches, row-major, axes in `rope_axes` order."""
-        config = self.config
-        axes = []
-        for side, reference in zip(grid_size, config.rope_reference_grid or (None, None)):
-            if config.rope == "dinov3":
-                axis = (
-                    (torch.arange(0.5, side, device=device, dtype=torch.float32) + config.rope_offset) / side
-                ) * 2 - 1
-            else:
-                axis = torch.arange(side, device=device, dtype=torch.float32) + config.rope_offset
-                axis = axis if reference is None else axis / side * reference
-            axes.append(axis)
+        references = self.config.rope_reference_grid or (None, None)
+        axes = [
+            self.axis_coordinates(torch.arange(side, device=device, dtype=torch.float32), side, reference)
+            for side, reference in zip(grid_size, references)
+        ]
         rows, columns = torch.meshgrid(axes[0], axes[1], indexing="ij")
-        coordinates = torch.stack([rows, columns] if config.rope_axes == "yx" else [columns, rows], dim=-1)
-        coordinates = coordinates.flatten(0, 1)
-        if self.training:
-            coordinates = self.augment(coordinates)
-        return coordinates
+        return self.ordered(rows.flatten(), columns.flatten())
+
+    def ordered(self, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """(..., 2) coordinates in `rope_axes` order, augmented in training."""
+        coordinates = torch.stack([rows, columns] if self.config.rope_axes == "yx" else [columns, rows], dim=-1)
+        return self.augment(coordinates) if self.training else coordinates
 
     def augment(self, coordinates: torch.Tensor) -> torch.Tensor:
         """DINOv3's training-time changes of the coordinates, each when configured: a shift uniform in [-s, s] per
@@ -156,30 +160,40 @@ class RotaryPositions(nn.Module):
             coordinates = coordinates * torch.empty(1, device=device).uniform_(-bound, bound).exp()
         return coordinates
 
-    def forward(self, grid_size, device) -> tuple[torch.Tensor, torch.Tensor]:
-        config = self.config
-        coordinates = self.coordinates(grid_size, device)[:, :, None]
+    def angles(self, coordinates: torch.Tensor) -> torch.Tensor:
+        """(..., N, 2) coordinates -> (..., N, head_dim) rotation angles: the first axis's frequencies, then the
+        second's, paired as `rope_layout` says."""
+        config, device = self.config, coordinates.device
+        coordinates = coordinates[..., None]
         if config.rope == "dinov3":  # as transformers' DINOv3ViTRopePositionEmbedding computes it
             inverse = 1 / config.rope_theta ** torch.arange(0, 1, 4 / self.head_dim, device=device, dtype=torch.float32)
             angles = 2 * math.pi * coordinates * inverse
         else:  # as timm's RotaryEmbeddingCat (in_pixels=False) computes it
             exponents = torch.arange(self.head_dim // 4, device=device, dtype=torch.float32) / (self.head_dim // 4)
             angles = coordinates * (1.0 / config.rope_theta**exponents)
-        angles = angles.flatten(1)  # (N, head_dim / 2): the first axis's frequencies, then the second's
-        angles = torch.cat([angles, angles], -1) if config.rope_layout == "half" else angles.repeat_interleave(2, -1)
+        angles = angles.flatten(-2)
+        return torch.cat([angles, angles], -1) if config.rope_layout == "half" else angles.repeat_interleave(2, -1)
+
+    def forward(self, grid_size, device) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = self.angles(self.coordinates(grid_size, device))
         prefix = angles.new_zeros(self.num_prefix_tokens, self.head_dim)
         return torch.cat([prefix, angles.sin()]), torch.cat([prefix + 1, angles.cos()])
 
-
-def rotary_positions_per_picture(rope: "RotaryPositions", spatial_shapes: torch.Tensor, length: int):
-    """The (sin, cos) of a NaFlex batch, each (B, 1, prefix + length, head_dim): every picture's own grid, the
-    padding unrotated (sin 0, cos 1)."""
-    tables = []
-    for height, width in spatial_shapes.tolist():
-        sin, cos = rope((height, width), spatial_shapes.device)
-        pad = rope.num_prefix_tokens + length - sin.shape[0]
-        tables.append((F.pad(sin, (0, 0, 0, pad)), F.pad(cos, (0, 0, 0, pad), value=1.0)))
-    return tuple(torch.stack(parts)[:, None] for parts in zip(*tables))
+    def per_picture(self, spatial_shapes: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (sin, cos) of a NaFlex batch, each (B, 1, prefix + length, head_dim): every picture's own (h, w) grid
+        (`spatial_shapes` (B, 2)), the padding unrotated (sin 0, cos 1). Tensor arithmetic on the shapes' values,
+        so a new mix of shapes is not a new graph under torch.compile."""
+        sizes = spatial_shapes.to(torch.float32)[:, None]  # (B, 1, 2)
+        index = torch.arange(length, device=spatial_shapes.device, dtype=torch.float32)[None]  # (1, L)
+        rows = torch.div(index, sizes[..., 1], rounding_mode="floor")
+        references = self.config.rope_reference_grid or (None, None)
+        row_axis = self.axis_coordinates(rows, sizes[..., 0], references[0])
+        column_axis = self.axis_coordinates(index - rows * sizes[..., 1], sizes[..., 1], references[1])
+        valid = index < sizes.prod(-1)  # (B, L)
+        angles = self.angles(self.ordered(row_axis, column_axis)) * valid[..., None]
+        prefix = angles.new_zeros(angles.shape[0], self.num_prefix_tokens, self.head_dim)
+        sin, cos = torch.cat([prefix, angles.sin()], 1), torch.cat([prefix + 1, angles.cos()], 1)
+        return sin[:, None], cos[:, None]
 
 
 class AttentionKernel(nn.Module):

@@ -36,7 +36,6 @@ from .layers import (
     patches_present,
     resample_grid,
     resample_position_embeddings,
-    rotary_positions_per_picture,
     vit_block_parts,
     vit_norm,
 )
@@ -547,7 +546,7 @@ class HfViTModel(HfViTPreTrainedModel):
         if pixel_attention_mask is None:
             pixel_attention_mask = patches_present(spatial_shapes, length)
         tokens = self.embeddings.embed_naflex(self.patch_embeddings.embed_patches(patches), spatial_shapes)
-        rope = None if self.rope is None else rotary_positions_per_picture(self.rope, spatial_shapes, length)
+        rope = None if self.rope is None else self.rope.per_picture(spatial_shapes, length)
         return tokens, pixel_attention_mask.bool().to(patches.device), rope
 
     def forward(

@@ -15,7 +15,13 @@ from hf_vit import (
     HfViTForImageClassification,
 )
 from hf_vit.guards import UsageError
-from hf_vit.interop.export import PROGRAM_FILE, check_exportable, export_checkpoint
+from hf_vit.interop.export import (
+    PROGRAM_FILE,
+    check_exportable,
+    check_with_onnxruntime,
+    export_checkpoint,
+    export_model,
+)
 from hf_vit.models.configuration_vit import DINOV3
 from hf_vit.processors import make_image_processor, naflex_image_processor
 
@@ -150,7 +156,7 @@ def test_export_takes_a_checkpoint_saved_without_its_processor(tmp_path, caplog)
 
 def test_a_naflex_checkpoint_exports_its_patch_input_with_a_dynamic_patch_count(tmp_path):
     """One graph for every budget: onnxruntime matches PyTorch on square, tall and wide grids at 32 and 16 patches,
-    and on what the checkpoint's own processor gives for real pictures at a third budget."""
+    and on what the checkpoint's own processor gives for real pictures at a third budget; rotary models too."""
     import onnxruntime
 
     # timm's NaFlexViT options: factorized, aspect-preserving positions resized antialiased, MAP over the grid
@@ -170,6 +176,6 @@ def test_a_naflex_checkpoint_exports_its_patch_input_with_a_dynamic_patch_count(
     (logits,) = session.run(None, {name: value.numpy() for name, value in inputs.items()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(logits), model.eval()(**inputs).logits, atol=1e-4, rtol=0)
-    rotary = HfViTForImageClassification(HfViTConfig(**VIT, **DINOV3, max_num_patches=32)).eval()
-    with pytest.raises(ValueError, match="NaFlex patches of a rotary model"):
-        check_exportable(rotary, naflex=True)
+    rotary = randomize(HfViTForImageClassification(HfViTConfig(**VIT, **DINOV3, max_num_patches=32))).eval()
+    forward, _ = export_model(rotary, str(tmp_path / "rotary"), max_num_patches=32)
+    assert max(check_with_onnxruntime(forward, str(tmp_path / "rotary" / "model.onnx"), [32, 16]).values()) <= 1e-4

@@ -112,10 +112,16 @@ def test_what_cannot_take_naflex_patches_is_named():
         swin(patches, spatial_shapes=shapes)
 
 
-def test_a_naflex_training_step_compiles_in_one_graph_in_bf16_for_every_mix_of_shapes():
+@pytest.mark.parametrize(
+    "options",
+    [dict(class_token=False, pooling="map"), {**DINOV3, "rope_shift": 0.1}],
+    ids=["learned positions", "dinov3 rotary, augmented"],
+)
+def test_a_naflex_training_step_compiles_in_one_graph_in_bf16_for_every_mix_of_shapes(options):
     """At one patch budget every batch has the same tensor shapes, whatever its pictures' shapes: the positions are
-    resized by a matrix product of the shapes' values, so a new mix of shapes is not a new graph."""
-    config = hf_vit.HfViTConfig(**TINY_VIT, num_labels=3, class_token=False, pooling="map", max_num_patches=32)
+    resized by a matrix product of the shapes' values (rotary ones computed from them), so a new mix of shapes is
+    not a new graph."""
+    config = hf_vit.HfViTConfig(**TINY_VIT, **options, num_labels=3, max_num_patches=32)
     model = randomize(hf_vit.HfViTForImageClassification(config)).train()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     processor, rng = naflex_image_processor(8, 32), np.random.default_rng(1)
