@@ -22,8 +22,10 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
@@ -33,6 +35,7 @@ from hf_vit.interop.convert import from_timm
 from hf_vit.interop.export import ONNX_FILE, export_model
 from hf_vit.models.configuration_deit import DEIT_PRESETS
 from hf_vit.models.configuration_vit import VIT_PRESETS
+from hf_vit.processors import naflex_image_processor
 from hf_vit.registry import FAMILIES
 
 from .loop import logits_of
@@ -173,37 +176,44 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def inference_step(model, batch_size: int, image_size: int, device="cpu", amp=None) -> Callable[[], None]:
-    model.eval()
-    pixels = torch.randn(batch_size, 3, image_size, image_size, device=device)
+def step_on(model, call: Callable, batch_size: int, mode: str, device="cpu", amp=None) -> Callable[[], None]:
+    """One `call(model)` on a batch (inference), or one AdamW step on its cross-entropy (training: forward,
+    backward, update)."""
+    if mode == "inference":
+        model.eval()
 
-    def step():
-        with torch.inference_mode(), autocast(device, amp):
-            logits_of(model(pixels))
-        synchronize(device)
+        def step():
+            with torch.inference_mode(), autocast(device, amp):
+                logits_of(call(model))
+            synchronize(device)
 
-    return step
-
-
-def training_step(model, batch_size: int, image_size: int, device="cpu", amp=None) -> Callable[[], None]:
-    """One AdamW step on cross-entropy: forward, backward, update."""
-    model.train()
-    pixels = torch.randn(batch_size, 3, image_size, image_size, device=device)
+        return step
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")  # fused: one kernel per step
     with torch.no_grad():
-        num_labels = logits_of(model.eval()(pixels[:1])).shape[-1]
+        num_labels = logits_of(call(model.eval())).shape[-1]
     model.train()
     labels = torch.randint(0, num_labels, (batch_size,), device=device)
 
     def step():
         with autocast(device, amp):
-            loss = F.cross_entropy(logits_of(model(pixels)).float(), labels)
+            loss = F.cross_entropy(logits_of(call(model)).float(), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         synchronize(device)
 
     return step
+
+
+def inference_step(model, batch_size: int, image_size: int, device="cpu", amp=None) -> Callable[[], None]:
+    pixels = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    return step_on(model, lambda model: model(pixels), batch_size, "inference", device, amp)
+
+
+def training_step(model, batch_size: int, image_size: int, device="cpu", amp=None) -> Callable[[], None]:
+    """One AdamW step on cross-entropy: forward, backward, update."""
+    pixels = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    return step_on(model, lambda model: model(pixels), batch_size, "train", device, amp)
 
 
 def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int, warmup: int = 1, desc: str = "") -> dict:
@@ -253,6 +263,73 @@ def speed_rows(seconds: dict, family, mode, batch_size, device, amp) -> list[dic
             implementation=name,
             images_per_s=batch_size / value,
             hf_vit_ratio=value / ours,
+        )
+        for name, value in seconds.items()
+    ]
+
+
+# timm's NaFlexViT with global average pooling at ViT-S/16's width, on a 14 x 14 position grid (224 px)
+NAFLEX_S16 = dict(architecture="naflexvit_base_patch16_gap", embed_dim=384, num_heads=6, pos_embed_grid_size=(14, 14))
+# the pictures' aspect ratios (height / width) of a NaFlex batch, in turn: documents, screens, strips, squares
+ASPECT_RATIOS = (1.0, 4 / 3, 3 / 4, 16 / 9, 9 / 16, 2.0, 1 / 2, 3.0, 1 / 3)
+
+
+def naflex_batch(batch_size: int, budget: int, patch_size: int = 16, device="cpu") -> dict:
+    """A NaFlex batch as SigLIP 2's processor cuts it: random pictures of ASPECT_RATIOS in turn, each within
+    `budget` patches, padded to it; with timm's `patch_coord` / `patch_valid` for the same patches."""
+    processor = naflex_image_processor(patch_size, budget)
+    pictures = []
+    for index in range(batch_size):
+        ratio = ASPECT_RATIOS[index % len(ASPECT_RATIOS)]
+        height, width = round(224 * ratio**0.5), round(224 / ratio**0.5)
+        pictures.append(Image.fromarray(np.random.default_rng(index).integers(0, 255, (height, width, 3), np.uint8)))
+    inputs = {key: value.to(device) for key, value in processor(pictures, return_tensors="pt").items()}
+    index = torch.arange(budget, device=device)[None]
+    columns = inputs["spatial_shapes"][:, 1:]
+    valid = inputs["pixel_attention_mask"].bool()
+    coordinates = torch.stack([index // columns, index % columns], -1) * valid[..., None]
+    return dict(ours=inputs, timm=dict(x=inputs["pixel_values"], patch_coord=coordinates, patch_valid=valid))
+
+
+def naflex_speed(
+    mode: str, batch_size: int, repeats: int, device="cpu", amp=None, budget: int | None = None, model=NAFLEX_S16
+) -> list[dict]:
+    """NaFlex against fixed-size images at the same patches per picture: timm's NaFlexViT (`model`: ViT-S/16 on a
+    14 x 14 grid) and hf_vit's conversion of it, on images of the position grid's size (224 px: 196 patches) and on
+    pictures of ASPECT_RATIOS cut within `budget` patches (default: as many as the grid) and padded to it. Rows:
+    images/s, the mean patches a picture really has, and `fixed_size_ratio`: the NaFlex batch's images/s over the
+    same implementation's on fixed-size images."""
+    torch.manual_seed(0)
+    architecture, model_args = model["architecture"], {k: v for k, v in model.items() if k != "architecture"}
+    reference = timm.create_model(architecture, **model_args)
+    models = dict(hf_vit=from_timm(dict(architecture=architecture, model_args=model_args), reference.state_dict()))
+    models["timm"] = reference
+    rows, columns = model["pos_embed_grid_size"]
+    side, budget = rows * 16, budget or rows * columns
+    batch = naflex_batch(batch_size, budget, device=device)
+    pixels = torch.randn(batch_size, 3, side, columns * 16, device=device)
+    steps = {}
+    for name, network in models.items():
+        network.to(device)
+        steps[f"{name} fixed"] = step_on(network, lambda network: network(pixels), batch_size, mode, device, amp)
+        naflex = batch[name if name == "timm" else "ours"]
+        steps[f"{name} NaFlex"] = step_on(
+            network, lambda network, naflex=naflex: network(**naflex), batch_size, mode, device, amp
+        )
+    seconds = interleaved_medians(steps, repeats, desc=f"naflex {mode} b{batch_size}")
+    mean_patches = float(batch["ours"]["pixel_attention_mask"].sum(1).float().mean())
+    return [
+        dict(
+            family=f"{architecture} {model_args}",
+            mode=mode,
+            batch_size=batch_size,
+            device=device,
+            amp=amp or "fp32",
+            implementation=name.split(" ")[0],
+            input=f"NaFlex <= {budget} patches" if name.endswith("NaFlex") else f"{side} x {columns * 16} images",
+            mean_patches=round(mean_patches, 1) if name.endswith("NaFlex") else rows * columns,
+            images_per_s=batch_size / value,
+            fixed_size_ratio=seconds[name.replace("NaFlex", "fixed")] / value,
         )
         for name, value in seconds.items()
     ]

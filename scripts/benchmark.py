@@ -7,6 +7,7 @@ onnxruntime against PyTorch eager, the input pipeline, and the time to the first
     python scripts/benchmark.py --suite export        # ViT-S/16 in onnxruntime vs PyTorch eager, batch 1 and 8
     python scripts/benchmark.py --suite data          # the 224 px input pipeline at 0, 1, 2 workers vs a ViT-S/16 step
     python scripts/benchmark.py --suite startup       # finetune.py's first steps on 1,000 and 100,000 images
+    python scripts/benchmark.py --suite naflex        # NaFlex batches against 224 px images at 196 patches a picture
     python scripts/benchmark.py --suite gpu --device cuda --amp bf16 --json gpu.json   # the accelerator suite
     python scripts/benchmark.py --suite gpu --smoke   # the same code on the CPU, tiny (the test suite runs this)
 """
@@ -21,8 +22,8 @@ import torch
 from hf_vit_lessons import benchmark
 from hf_vit_lessons.report import markdown_table
 
-SUITES = ("inference", "train", "swin", "memory", "compile", "export", "data", "startup", "gpu")
-OPT_IN = ("compile", "export", "data", "startup", "gpu")  # run only when named
+SUITES = ("inference", "train", "swin", "memory", "compile", "export", "data", "startup", "naflex", "gpu")
+OPT_IN = ("compile", "export", "data", "startup", "naflex", "gpu")  # run only when named
 
 
 def main(argv=None) -> int:
@@ -103,6 +104,12 @@ def main(argv=None) -> int:
         implementations = ["hf_vit", "hf_vit_every_token", "timm", "transformers"]
         add("train", benchmark.compare_speed("vit_cifar", implementations, "train", 128, **speed))
         add("train", benchmark.compare_speed("vit_s16", implementations, "train", 16, **speed))
+    if "naflex" in args.suite:
+        for mode, batch_size in (("inference", 16), ("train", 16)):
+            new = benchmark.naflex_speed(mode, batch_size, args.repeats, args.device, args.amp)
+            add("naflex", new)
+            columns = ["mode", "implementation", "input", "mean_patches", "images_per_s", "fixed_size_ratio"]
+            print(markdown_table(new, columns), flush=True)
     if "compile" in args.suite:
         add(
             "compile",

@@ -9,9 +9,12 @@
 How strongly training images are augmented is the recipe's choice (`recipes.py`); this module applies it.
 """
 
+import copy
+
 import torch
 from datasets import Dataset, DatasetDict
 from torchvision.transforms import v2
+from torchvision.transforms.v2._utils import query_size
 from transformers.utils import logging
 
 from ..processors import is_naflex, processor_size
@@ -90,6 +93,21 @@ class RandomAspectCrop(torch.nn.Module):
         return v2.functional.crop(picture, top, left, crop_h, crop_w)
 
 
+class PictureShapedResizedCrop(v2.RandomResizedCrop):
+    """RandomResizedCrop whose crops' aspect ratios are drawn around the picture's own (`ratio` times its width /
+    height) rather than around a square. Where evaluation squashes the whole picture to the output size (a
+    processor that resizes without a center crop), training then sees the same shapes, squashed alike; torchvision's
+    square-centred ratios could only take a square-ish piece of a 1:3 picture (a third of it, after ten failed
+    draws the center crop). For a square picture it is torchvision's, draw for draw."""
+
+    def make_params(self, flat_inputs) -> dict:
+        height, width = query_size(flat_inputs)
+        shaped = copy.copy(self)
+        shaped.ratio = tuple(ratio * width / height for ratio in self.ratio)
+        shaped._log_ratio = torch.log(torch.tensor(shaped.ratio))
+        return v2.RandomResizedCrop.make_params(shaped, flat_inputs)
+
+
 class NaFlexPatches:
     """A NaFlex processor's (SigLIP 2's) input for one picture: (C, H, W) uint8 -> {"pixel_values" (N, p * p * C),
     "pixel_attention_mask" (N,), "spatial_shapes" (2,)}, the picture resized to its own aspect ratio within the
@@ -121,7 +139,8 @@ def build_transforms(
     """torchvision v2 pipeline from the processor's size, mean and std: a (C, H, W) uint8 image (or a PIL image) ->
     (C, H, W) float tensor; the geometry works on the uint8 pixels, the conversion to float comes last.
 
-    Training: RandomResizedCrop + horizontal flip (+ RandAugment when its magnitude is above 0, + RandomErasing
+    Training: RandomResizedCrop (its crops shaped like the picture where evaluation squashes it:
+    `PictureShapedResizedCrop`) + horizontal flip (+ RandAugment when its magnitude is above 0, + RandomErasing
     after normalisation).
     Evaluation: what the processor itself does (resize with its resampling, then center-crop when the processor
     crops), so eval accuracy matches `pipeline()`; training resizes with the same resampling.
@@ -139,11 +158,9 @@ def build_transforms(
     interpolation = processor_interpolation(image_processor)
     erasing = []
     if train:
-        geometry = [
-            v2.RandomResizedCrop(
-                (height, width), scale=(crop_scale_min, 1.0), interpolation=interpolation, antialias=True
-            )
-        ]
+        # around the picture's own shape where evaluation squashes it, around a square where it center-crops
+        crop = v2.RandomResizedCrop if getattr(image_processor, "do_center_crop", False) else PictureShapedResizedCrop
+        geometry = [crop((height, width), scale=(crop_scale_min, 1.0), interpolation=interpolation, antialias=True)]
         if hflip_prob > 0:
             geometry.append(v2.RandomHorizontalFlip(hflip_prob))
         if rand_augment_magnitude > 0:

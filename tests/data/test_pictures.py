@@ -56,3 +56,24 @@ def test_the_evaluation_resize_uses_the_processors_resampling():
     bilinear = build_transforms(make_image_processor(32), 3, train=False)
     modes = lambda pipeline: [t.interpolation for t in pipeline.transforms if isinstance(t, v2.Resize)]  # noqa: E731
     assert modes(bicubic) == [v2.InterpolationMode.BICUBIC] and modes(bilinear) == [v2.InterpolationMode.BILINEAR]
+
+
+def test_training_crops_take_an_elongated_picture_whole_where_evaluation_squashes_it():
+    """A 1:3 strip trained at 32 x 32 with crops of at least 90 % of its area: hf_vit's processor squashes the whole
+    strip at evaluation, so the crops keep the strip's shape (torchvision's square-centred ones could take a third
+    of it at most, and after ten failed draws fell back to its middle); a center-cropping processor keeps them."""
+    torch.manual_seed(0)
+    strip = torch.arange(8 * 24, dtype=torch.uint8).reshape(1, 8, 24)  # every pixel its own value
+    squashing = build_transforms(make_image_processor(32), 1, train=True, crop_scale_min=0.9, hflip_prob=0.0)
+    crop = squashing.transforms[1]
+    for _ in range(20):
+        params = crop.make_params([v2.functional.to_image(strip)])
+        assert params["height"] * params["width"] >= 0.85 * 8 * 24 and params["width"] > 2 * params["height"]
+    cropping = build_transforms(timm_image_processor({"input_size": (3, 32, 32)}), 1, train=True, crop_scale_min=0.9)
+    assert type(cropping.transforms[1]) is v2.RandomResizedCrop
+    square = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    torch.manual_seed(1)
+    expected = v2.RandomResizedCrop(32, scale=(0.5, 1.0)).make_params([v2.functional.to_image(square)])
+    torch.manual_seed(1)
+    shaped = build_transforms(make_image_processor(32), 1, train=True, crop_scale_min=0.5).transforms[1]
+    assert shaped.make_params([v2.functional.to_image(square)]) == expected  # a square picture: torchvision's draws

@@ -4,6 +4,7 @@ the input pipeline, the time to the first steps, and the GPU benchmark's smoke m
 import json
 
 import pytest
+import torch
 
 from hf_vit_lessons import benchmark
 
@@ -38,6 +39,23 @@ def test_compare_speed_gives_one_row_per_implementation_with_ratios():
     assert [row["hf_vit_ratio"] for row in rows] == pytest.approx(
         [1.0] + [ours / row["images_per_s"] for row in rows[1:]]
     )
+
+
+def test_naflex_speed_times_both_inputs_of_both_implementations_on_the_same_patches():
+    batch = benchmark.naflex_batch(4, budget=16)
+    valid = batch["ours"]["pixel_attention_mask"].bool()
+    assert torch.equal(batch["timm"]["patch_valid"], valid) and (valid.sum(1) <= 16).all()
+    heights, widths = batch["ours"]["spatial_shapes"].T  # square, 4:3, 3:4, 16:9 pictures keep their shapes
+    assert heights[0] == widths[0] and heights[1] > widths[1] and heights[2] < widths[2] and heights[3] > widths[3]
+    tiny = dict(benchmark.NAFLEX_S16, embed_dim=64, depth=2, num_heads=2, pos_embed_grid_size=(4, 4))
+    rows = benchmark.naflex_speed("train", 2, repeats=1, model=tiny)
+    assert [(row["implementation"], row["input"]) for row in rows] == [
+        ("hf_vit", "64 x 64 images"),
+        ("hf_vit", "NaFlex <= 16 patches"),
+        ("timm", "64 x 64 images"),
+        ("timm", "NaFlex <= 16 patches"),
+    ]
+    assert all(row["images_per_s"] > 0 for row in rows) and rows[0]["fixed_size_ratio"] == 1.0
 
 
 @pytest.mark.slow  # a long end-to-end run; the script's short one stays in CI

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from hf_vit import HfDeiTConfig, HfDeiTForImageClassification, HfViTConfig, HfViTForImageClassification
 from hf_vit.processors import make_image_processor
@@ -35,6 +36,17 @@ def test_recipe_study_writes_its_table_and_plot(tmp_path):
         config["position_embedding_init"] == "trunc_normal"
     )  # the ablation's flag, over the recipe's sine-cosine start
     assert config["patch_embedding_init"] == "xavier"  # the recipe's, for a student from scratch with a teacher
+
+
+def test_aspect_study_trains_squashed_and_naflex_at_one_budget(tmp_path):
+    args = ["--output_dir", str(tmp_path), "--seeds", "0", "--epochs", "1", "--train_images", "40"]
+    run_script([*args, "--validation_images", "20", "--budget", "16"], script="aspect_study.py")
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [row["run"] for row in rows] == ["squashed to 16 px (16 patches)", "NaFlex (<= 16 patches)"]
+    wide = next((tmp_path / "data" / "train").rglob("*.png"))
+    assert max(Image.open(wide).size) == 3 * min(Image.open(wide).size)  # three 8 px digits in a row or a column
+    naflex = json.loads((tmp_path / "seed0" / "naflex" / "config.json").read_text())
+    assert naflex["max_num_patches"] == 16 and (tmp_path / "aspect_study.png").exists()
 
 
 def run(script, *args) -> str:
