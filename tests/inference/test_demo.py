@@ -86,3 +86,34 @@ def test_the_demo_script_serves_the_app(trained):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_the_demo_of_a_naflex_checkpoint_sees_a_tall_picture_at_its_shape(tmp_path):
+    """The app's classify function on a 1:3 picture: the checkpoint's own scores (as its processor cuts it) and an
+    attention overlay as tall as the picture."""
+    import torch
+
+    from hf_vit import HfViTConfig, HfViTForImageClassification
+    from hf_vit.inference.demo import build_demo
+    from hf_vit.processors import naflex_image_processor
+
+    from conftest import TINY_VIT, random_pictures, randomize
+
+    config = HfViTConfig(**TINY_VIT, num_labels=3, max_num_patches=32, id2label={0: "a", 1: "b", 2: "c"})
+    model = randomize(HfViTForImageClassification(config)).eval()
+    model.save_pretrained(tmp_path / "naflex")
+    processor = naflex_image_processor(8, 32)
+    processor.save_pretrained(tmp_path / "naflex")
+    (tall,) = random_pictures([(96, 32)])
+    tall.save(tmp_path / "tall.png")
+    demo = build_demo(str(tmp_path / "naflex"))
+    classify = next(block.fn for block in demo.fns.values() if block.name == "predict")
+    scores, overlay = classify(str(tmp_path / "tall.png"))
+    with torch.no_grad():
+        expected = torch.softmax(model(**processor(tall, return_tensors="pt")).logits, -1)[0]
+    assert [scores[name] for name in "abc"] == pytest.approx(expected.tolist(), abs=1e-4)
+    height, width = (
+        PILImage.fromarray(overlay).size[::-1] if not isinstance(overlay, PILImage.Image) else overlay.size[::-1]
+    )
+    assert height == 3 * width
+    demo.close()
