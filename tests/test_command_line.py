@@ -59,7 +59,7 @@ def broken_images(tmp_path):
         ),
         (["--drop_path_rate", "1.5"], "drop_path_rate must be in"),
         (["--model_name_or_path", "./no_such_checkpoint"], "--model_name_or_path './no_such_checkpoint': no such file"),
-        (["--teacher_name_or_path", "./teacher"], "needs a model that distills"),
+        (["--distillation_tau", "2"], "--distillation_tau sets how a student learns from a teacher"),
         (["--backbone_learning_rate", "1e-4"], "needs a model with a CNN backbone"),
         (["--num_train_epochz", "3"], "unrecognized arguments: --num_train_epochz 3; did you mean --num_train_epochs"),
     ],

@@ -6,12 +6,11 @@ The CLS head learns from the labels, the distillation head from a teacher; at in
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
 from .configuration_deit import HfDeiTConfig
-from .modeling_utils import image_classification_loss
+from .modeling_utils import distillation_loss, image_classification_loss
 from .modeling_vit import HfViTBackbone, HfViTForPreTraining, HfViTModel, HfViTPreTrainedModel
 
 
@@ -28,33 +27,21 @@ class HfDeiTImageClassifierOutput(ModelOutput):
 
 
 def deit_loss(cls_logits, distillation_logits, labels, teacher_logits, config) -> torch.Tensor:
-    """`(1 - alpha) * CE(cls_logits, labels) + alpha * D`.
-
-    - hard: `D = CE(distillation_logits, teacher_logits.argmax(-1))`;
-    - soft: `D = KL(softmax(teacher / tau) || softmax(student / tau)) * tau**2`, averaged over the batch (the usual
-      knowledge-distillation scaling; DeiT's own code divides the summed KL by batch x classes instead);
-    - without teacher logits (or with `distillation_type="none"`) the distillation head learns from the labels too.
+    """`(1 - alpha) * CE(cls_logits, labels) + alpha * D`, D the distillation head's `distillation_loss` (hard or
+    soft, `config.distillation_type`); without teacher logits the distillation head learns from the labels too.
 
     `labels` may be class ids or (B, num_labels) soft targets (Mixup / CutMix); they only enter the label terms.
     """
-    alpha, tau = config.distillation_alpha, config.distillation_tau
-    # every term in fp32, whatever the model computes in (bf16 / fp16 mixed precision)
-    cls_logits, distillation_logits = cls_logits.float(), distillation_logits.float()
-    teacher_logits = None if teacher_logits is None else teacher_logits.float()
+    alpha = config.distillation_alpha
     label_loss = image_classification_loss(cls_logits, labels, config)
     if teacher_logits is None:
         distillation = image_classification_loss(distillation_logits, labels, config)
     elif config.distillation_type == "none":
         raise ValueError("teacher_logits were given but distillation_type='none'; set it to 'hard' or 'soft'")
-    elif config.distillation_type == "hard":
-        distillation = F.cross_entropy(distillation_logits, teacher_logits.argmax(dim=-1))
     else:
-        distillation = F.kl_div(
-            F.log_softmax(distillation_logits / tau, dim=-1),
-            F.log_softmax(teacher_logits / tau, dim=-1),
-            reduction="batchmean",
-            log_target=True,
-        ) * (tau**2)
+        distillation = distillation_loss(
+            distillation_logits, teacher_logits, config.distillation_type, config.distillation_tau
+        )
     return (1 - alpha) * label_loss + alpha * distillation
 
 

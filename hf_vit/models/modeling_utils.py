@@ -100,6 +100,26 @@ def image_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config
     return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1), ignore_index=-100)
 
 
+def distillation_loss(student_logits, teacher_logits, distillation_type: str, tau: float) -> torch.Tensor:
+    """What a student's (B, num_labels) logits pay for differing from a frozen teacher's, in fp32:
+
+    - "hard": `CE(student_logits, teacher_logits.argmax(-1))` (DeiT's hard distillation);
+    - "soft": `KL(softmax(teacher / tau) || softmax(student / tau)) * tau**2`, averaged over the batch (the usual
+      knowledge-distillation scaling; DeiT's own code divides the summed KL by batch x classes instead).
+    """
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+    if distillation_type == "hard":
+        return F.cross_entropy(student_logits, teacher_logits.argmax(dim=-1))
+    if distillation_type != "soft":
+        raise ValueError(f"distillation_type must be 'hard' or 'soft' with teacher logits, got {distillation_type!r}")
+    return F.kl_div(
+        F.log_softmax(student_logits / tau, dim=-1),
+        F.log_softmax(teacher_logits / tau, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (tau**2)
+
+
 def classifier_output(logits, labels, features, config, return_dict: bool):
     """The `ImageClassifierOutput` (or tuple) of a single-head classifier: logits, loss from `labels` if given, and
     the encoder's hidden states and attentions."""

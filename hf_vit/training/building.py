@@ -10,7 +10,7 @@ teacher. Every training job (finetune, pretrain, probe) builds them here, from t
     load_teacher(model_args, model, processor)             a frozen teacher and the adapter to its inputs
 """
 
-from transformers import AutoModelForImageClassification
+from transformers import AutoConfig, AutoModelForImageClassification
 
 from ..checkpoints import load_checkpoint
 from ..processors import (
@@ -20,6 +20,7 @@ from ..processors import (
     naflex_processor_for,
     processor_size,
     set_processor_size,
+    timm_image_processor,
 )
 from .arguments import ModelArguments, ModelSource
 from .regularisation import TeacherInputAdapter
@@ -100,13 +101,20 @@ def build_image_processor(model_args: ModelArguments, model):
 
 
 def load_teacher(model_args, model, image_processor):
-    """The frozen teacher and the adapter that turns student batches into its inputs (its size, mean, std)."""
-    teacher = load_checkpoint(
-        AutoModelForImageClassification, model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code
-    )
-    teacher_processor = checkpoint_image_processor(
-        model_args.teacher_name_or_path, teacher.config, model_args.trust_remote_code
-    )
+    """The frozen teacher (any image classifier `AutoModelForImageClassification` loads: hf_vit, transformers, a timm
+    folder as transformers' TimmWrapper) and the adapter that turns student batches into its inputs (its size, mean,
+    std)."""
+    path, trust_remote_code = model_args.teacher_name_or_path, model_args.trust_remote_code
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    timm_folder = config.model_type == "timm_wrapper"
+    if timm_folder and "num_classes" in (config.model_args or {}):
+        # timm's save_for_hf also writes num_classes into model_args, which TimmWrapper passes a second time
+        config.model_args = {key: value for key, value in config.model_args.items() if key != "num_classes"}
+    teacher = load_checkpoint(AutoModelForImageClassification, path, config=config, trust_remote_code=trust_remote_code)
+    if timm_folder:  # its evaluation transform, from timm's pretrained_cfg (TimmWrapper's processor names no sizes)
+        teacher_processor = timm_image_processor(config.pretrained_cfg or {})
+    else:
+        teacher_processor = checkpoint_image_processor(path, teacher.config, trust_remote_code)
     channels = model.config.num_channels
     teacher_inputs = TeacherInputAdapter(
         image_processor.image_mean[:channels],

@@ -10,7 +10,6 @@ Arguments (every one checked before any data is read; bad input is a one-line `U
 processes.
 """
 
-import inspect
 import os
 from dataclasses import dataclass, field
 
@@ -53,7 +52,7 @@ from .recipes import (
     fit_to_training,
     resolve_recipe,
 )
-from .regularisation import balanced_class_weights, check_teacher_labels
+from .regularisation import Distillation, balanced_class_weights, teacher_label_order
 from .trainer import ImageClassificationTrainer, resolve_resume
 
 
@@ -64,10 +63,34 @@ class FinetuneModelArguments(ModelArguments):
     teacher_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "An image classifier (checkpoint dir or Hub id) to distill from; needs --model_type hf_deit."
+            "help": "An image classifier to distill from, any that AutoModelForImageClassification loads (an hf_vit, "
+            "transformers or timm checkpoint dir, or a Hub id), its classes the data's (matched by name)."
         },
     )
+    distillation_type: str | None = field(
+        default=None,
+        metadata={"help": "With a teacher: hard (its top class, DeiT's default) or soft (its distribution)."},
+    )
+    distillation_alpha: float | None = field(
+        default=None, metadata={"help": "With a teacher: the weight of its term against the labels' (default 0.5)."}
+    )
+    distillation_tau: float | None = field(
+        default=None, metadata={"help": "With a teacher: the temperature of soft distillation (default 1)."}
+    )
 
+    def distillation(self, config) -> Distillation:
+        """The distillation settings: the flags given, else a DeiT config's own, else DeiT's defaults."""
+        fields = {"type": "distillation_type", "alpha": "distillation_alpha", "tau": "distillation_tau"}
+        chosen = {
+            name: getattr(self, flag) if getattr(self, flag) is not None else getattr(config, flag, None)
+            for name, flag in fields.items()
+        }
+        if chosen["type"] == "none":  # a DeiT config's "no teacher": a teacher given now teaches the DeiT way
+            chosen["type"] = None
+        return Distillation(**{name: value for name, value in chosen.items() if value is not None})
+
+
+DISTILLATION_FLAGS = ("distillation_type", "distillation_alpha", "distillation_tau")
 
 # The flags a newcomer needs, shown first in --help (the others follow in their groups: model, data, recipe, Trainer).
 START_HERE = ("--output_dir", "--train_dir", "--model_name_or_path", "--model_type", "--num_train_epochs")
@@ -121,11 +144,11 @@ def check_arguments(
             raise ValueError("--teacher_name_or_path takes fixed-size pictures; --max_num_patches gives NaFlex patches")
         if training_args.class_weights is not None:
             raise ValueError("--class_weights and --teacher_name_or_path do not combine: choose one")
-        if "teacher_logits" not in inspect.signature(source.family.classifier_class.forward).parameters:
-            raise ValueError(
-                f"--teacher_name_or_path needs a model that distills (--model_type hf_deit), not "
-                f"{source.family.model_type}"
-            )
+        model_args.distillation(source.config)  # the settings, checked
+    else:
+        given = [flag for flag in DISTILLATION_FLAGS if getattr(model_args, flag) is not None]
+        if given:
+            raise ValueError(f"--{given[0]} sets how a student learns from a teacher: give --teacher_name_or_path")
     check_backbone_learning_rate(training_args, source.config)
     check_streaming(data_args, training_args)
     if lora_args.lora_rank is not None:
@@ -213,7 +236,7 @@ def finetune(
             teacher_config = AutoConfig.from_pretrained(
                 model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code
             )
-            check_teacher_labels(teacher_config, labels)
+            teacher_label_order(teacher_config, labels)
         # a checkpoint's image size stays its own here: its position embeddings are resampled after loading
         size = {} if source.from_checkpoint or data_args.image_size is None else {"image_size": data_args.image_size}
         if data_args.max_num_patches is not None:
@@ -235,6 +258,17 @@ def finetune(
         apply_to_training(ingredients, training_args)
         apply_to_config(ingredients, config)
         recipe_summary = [f"recipe {recipe_args.recipe!r} for {facts.describe()}:", *ingredients.describe()]
+        distillation = model_args.distillation(config) if has_teacher else None
+        if distillation is not None:
+            if hasattr(config, "distillation_type"):  # DeiT's own head learns from the teacher with these
+                config.distillation_type, config.distillation_alpha = distillation.type, distillation.alpha
+                config.distillation_tau = distillation.tau
+            recipe_summary.append(
+                f"distillation from {model_args.teacher_name_or_path}: {distillation.type}, alpha "
+                f"{distillation.alpha:g}"
+                + (f", tau {distillation.tau:g}" if distillation.type == "soft" else "")
+                + " (the flags, else DeiT's defaults: hard, alpha 0.5)"
+            )
         # every input checked: the run takes its output directory (made here, locked against a second run)
         lock = claim_output_dir(training_args.output_dir) if training_args.process_index == 0 else None
     if training_args.should_log:
@@ -268,6 +302,7 @@ def finetune(
         callbacks=list(callbacks),
         teacher=teacher,
         teacher_inputs=teacher_inputs,
+        distillation=distillation,
         class_weights=class_weights,
         ingredients=ingredients,
         card_template=source.family.card_template,

@@ -11,6 +11,7 @@ EMA of the weights, and the teacher's inputs.
 import math
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from transformers import TrainerCallback
 
 from ..guards import replaced_atomically
 from ..models.configuration_utils import CheckpointMismatchError
+from ..models.modeling_utils import distillation_loss, image_classification_loss
 
 EMA_FILE = "ema.safetensors"  # the EMA of the weights, in every checkpoint of a run with one
 
@@ -237,15 +239,52 @@ class TeacherInputAdapter:
         return (images - self.teacher_mean.to(device)) / self.teacher_std.to(device)
 
 
-def check_teacher_labels(teacher_config, student_labels: list[str]) -> None:
-    """The teacher's classes must be the student's, in the same order."""
-    teacher = [teacher_config.id2label[i] for i in range(teacher_config.num_labels)]
-    student = list(student_labels)
-    if teacher != student:
-        raise ValueError(
-            f"The teacher's labels {teacher} differ from the student's {student}; distill from a "
-            "teacher trained on the same classes in the same order"
+@dataclass(frozen=True)
+class Distillation:
+    """How a student without DeiT's distillation head learns from a teacher's logits (DeiT's names and meanings):
+    `type` "hard" (the teacher's top class) or "soft" (its distribution at temperature `tau`), `alpha` the weight of
+    the teacher's term against the labels'. `loss`: `(1 - alpha) * label loss + alpha * distillation_loss`."""
+
+    type: str = "hard"
+    alpha: float = 0.5
+    tau: float = 1.0
+
+    def __post_init__(self):
+        if self.type not in ("hard", "soft"):
+            raise ValueError(f"--distillation_type must be 'hard' or 'soft', got {self.type!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"--distillation_alpha must be in [0, 1], got {self.alpha!r}")
+        if not self.tau > 0:
+            raise ValueError(f"--distillation_tau must be positive, got {self.tau!r}")
+
+    def loss(self, logits, labels, teacher_logits, config) -> torch.Tensor:
+        """labels: (B,) ids or (B, num_labels) soft targets (Mixup, CutMix, label smoothing) for the label term."""
+        label_loss = image_classification_loss(logits, labels, config)
+        return (1 - self.alpha) * label_loss + self.alpha * distillation_loss(
+            logits, teacher_logits, self.type, self.tau
         )
+
+
+def teacher_label_order(teacher_config, student_labels: list[str]) -> list[int]:
+    """Which of the teacher's classes each of the student's is: matched by name where the teacher names its classes,
+    taken in order where it has only transformers' default names (LABEL_0, ...). A teacher with another number of
+    classes, or with names that are not the student's, is refused in one line."""
+    teacher = [str(teacher_config.id2label[i]) for i in range(teacher_config.num_labels)]
+    student = [str(label) for label in student_labels]
+    if len(teacher) != len(student):
+        raise ValueError(
+            f"The teacher has {len(teacher)} classes and the data {len(student)}; distill from a teacher trained on "
+            "the data's classes"
+        )
+    if teacher == [f"LABEL_{index}" for index in range(len(teacher))]:  # no names: the same classes in order
+        return list(range(len(student)))
+    unmatched = sorted(set(student) - set(teacher))
+    if unmatched or len(set(teacher)) != len(teacher):
+        raise ValueError(
+            f"The teacher's classes {teacher} are not the data's {student} (the data's {unmatched} are not among "
+            "them); distill from a teacher trained on the same classes"
+        )
+    return [teacher.index(label) for label in student]
 
 
 def balanced_class_weights(labels: list, num_labels: int) -> torch.Tensor:

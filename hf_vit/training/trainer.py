@@ -7,6 +7,7 @@ ImageClassificationTrainer     HfViTTrainer + the recipe's ingredients: batch mi
 PretrainingTrainer             HfViTTrainer for masked-image-modeling models (the loss is the metric)
 """
 
+import inspect
 import json
 import os
 import shutil
@@ -24,10 +25,11 @@ from .distributed import check_fsdp_version, has_accelerator, hf_vit_model, shar
 from .recipes import TRAINING_INGREDIENTS, Ingredients
 from .regularisation import (
     BatchMixer,
+    Distillation,
     EMACallback,
     ModelEMA,
     RepeatedAugmentationSampler,
-    check_teacher_labels,
+    teacher_label_order,
     weighted_loss,
 )
 
@@ -281,8 +283,9 @@ class ImageClassificationTrainer(HfViTTrainer):
     - repeated augmentation > 1: `RepeatedAugmentationSampler`;
     - an `ema_decay` above 0: evaluation and the saved model use the averaged weights (`ModelEMA`);
     - a `layer_decay` below 1: each layer's learning rate lowered with its distance from the head;
-    - a frozen `teacher` (any image classifier) adds `teacher_logits` to every training batch, computed on the same
-      (augmented, mixed) images after `teacher_inputs` re-expresses them for it;
+    - a frozen `teacher` (any image classifier, its classes matched to the student's by name) computes logits on
+      the same (augmented, mixed) images after `teacher_inputs` re-expresses them for it: DeiT's distillation head
+      learns from them (its config's settings), any other student through `distillation` (`Distillation`);
     - `class_weights` (num_labels,): the loss weighs each class (`regularisation.weighted_loss`);
     - a `train_batch_sampler` (`data.batching.PatchBudgetBatches`: NaFlex batches filled by patches) draws the
       training batches, each of its own size.
@@ -297,6 +300,7 @@ class ImageClassificationTrainer(HfViTTrainer):
         ingredients: Ingredients | None = None,
         teacher=None,
         teacher_inputs=None,
+        distillation: Distillation | None = None,
         class_weights: torch.Tensor | None = None,
         train_batch_sampler=None,
         **kwargs,
@@ -307,10 +311,14 @@ class ImageClassificationTrainer(HfViTTrainer):
         if class_weights is not None and teacher is not None:
             raise ValueError("class weights and a teacher's distillation loss do not combine: choose one")
         self.class_weights = class_weights
-        self.teacher = None
+        self.teacher, self.teacher_order = None, None
+        # DeiT learns from the teacher with its own head (its config's settings); any other student through `loss`
+        self.distillation = distillation or Distillation()
+        self.own_distillation_head = "teacher_logits" in inspect.signature(hf_vit_model(self.model).forward).parameters
         if teacher is not None:
             config = self.model.config
-            check_teacher_labels(teacher.config, [config.id2label[i] for i in range(config.num_labels)])
+            order = teacher_label_order(teacher.config, [config.id2label[i] for i in range(config.num_labels)])
+            self.teacher_order = torch.tensor(order, device=self.args.device)
             self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.teacher_inputs = teacher_inputs or (lambda pixel_values: pixel_values)
         unset = [name for name in TRAINING_INGREDIENTS if getattr(self.args, name) is None]
@@ -355,21 +363,31 @@ class ImageClassificationTrainer(HfViTTrainer):
             )
         return super()._get_train_sampler(train_dataset)
 
+    def teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's (B, num_labels) logits on the student's (augmented, mixed) batch, its classes in the
+        student's order, in the student's precision (accelerate's autocast wraps only the model it prepared)."""
+        with torch.no_grad(), self.accelerator.autocast():
+            return self.teacher(self.teacher_inputs(pixel_values)).logits[:, self.teacher_order]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        teacher_logits = None
         if model.training:
             inputs = dict(inputs)
             if self.batch_mixer is not None:
                 inputs["pixel_values"], inputs["labels"] = self.batch_mixer(inputs["pixel_values"], inputs["labels"])
             if self.teacher is not None:
-                # in the student's precision: accelerate's autocast wraps only the model it prepared
-                with torch.no_grad(), self.accelerator.autocast():
-                    inputs["teacher_logits"] = self.teacher(self.teacher_inputs(inputs["pixel_values"])).logits
-        if self.class_weights is None:
+                teacher_logits = self.teacher_logits(inputs["pixel_values"])
+            if self.own_distillation_head and teacher_logits is not None:  # DeiT: its loss takes them
+                inputs["teacher_logits"], teacher_logits = teacher_logits, None
+        if self.class_weights is None and teacher_logits is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
         outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
-        multi_label = self.model.config.problem_type == "multi_label_classification"
-        loss = weighted_loss(outputs.logits, labels, self.class_weights, multi_label)
+        if teacher_logits is not None:
+            loss = self.distillation.loss(outputs.logits, labels, teacher_logits, self.model.config)
+        else:
+            multi_label = self.model.config.problem_type == "multi_label_classification"
+            loss = weighted_loss(outputs.logits, labels, self.class_weights, multi_label)
         return (loss, outputs) if return_outputs else loss
 
     def evaluate(self, *args, **kwargs):
