@@ -44,6 +44,8 @@ RUNS = {
     "ViT, plain recipe": ("hf_vit", dict(recipe="plain"), False),
     "ViT, deit recipe": ("hf_vit", dict(recipe="deit"), False),
     "DeiT, deit recipe + CNN teacher": ("hf_deit", dict(recipe="deit"), True),
+    # any student distills: the plain ViT (no distillation token) with the same teacher
+    "ViT, deit recipe + CNN teacher": ("hf_vit", dict(recipe="deit"), True),
 }
 # What MAE's start (sine-cosine positions, Xavier patch projection) and RandAugment do (`--runs`; not by default).
 ABLATIONS = {

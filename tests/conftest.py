@@ -32,7 +32,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from timm.models._hub import save_for_hf  # noqa: E402
-from transformers import ResNetConfig  # noqa: E402
+from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification  # noqa: E402
 
 import hf_vit  # noqa: E402
 from hf_vit.models.configuration_vit import DINOV3, EVA02  # noqa: E402
@@ -161,6 +161,21 @@ def run_without_hf_vit(code: str, cwd) -> subprocess.CompletedProcess:
 
 
 TINY = "num_hidden_layers=1,hidden_size=32,num_attention_heads=2,intermediate_size=64"
+
+
+def make_resnet_teacher(path, labels, image_size=48):
+    """A transformers CNN teacher with its own size and ImageNet normalisation."""
+    config = ResNetConfig(
+        embedding_size=16,
+        hidden_sizes=[16, 32],
+        depths=[1, 1],
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    ResNetForImageClassification(config).save_pretrained(path)
+    ConvNextImageProcessor(size={"shortest_edge": image_size}, crop_pct=1.0).save_pretrained(path)
+    return path
 
 
 def random_pictures(shapes, seed: int = 0) -> list[Image.Image]:

@@ -4,8 +4,15 @@ patches, so a batch at a small budget (short sequences) holds more pictures inst
 
     PatchBudgetBatches   the batch sampler: lists of (index, budget) keys
     BudgetedPictures     a map-style split read by those keys: each picture cut into patches within its budget
+
+And views that can be replayed (for the teacher-logit cache): each picture's training view drawn from (seed,
+epoch, index) alone.
+
+    EpochBatches         the batch sampler: lists of (index, epoch) keys
+    SeededViews          a map-style split read by those keys: each example transformed under its own seed
 """
 
+import hashlib
 from collections.abc import Callable
 
 import torch
@@ -73,3 +80,50 @@ class BudgetedPictures(torch.utils.data.Dataset):
         index, budget = key
         example = dict(self.split[index])
         return {**example, **self.cut(example["pixel_values"], budget)}
+
+
+def view_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of picture `index`'s training view in `epoch`, from the run's seed alone."""
+    digest = hashlib.sha256(f"{seed}/{epoch}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class SeededViews(torch.utils.data.Dataset):
+    """A map-style training split (its transform set) read by (index, epoch) keys: each example transformed under
+    the torch seed `view_seed(seed, epoch, index)`, with `example_index` and `epoch` beside it, so the same key gives
+    the same view in any run, process or worker."""
+
+    def __init__(self, split, seed: int):
+        self.split, self.seed = split, seed
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key) -> dict:
+        index, epoch = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed(self.seed, epoch, index))
+            example = dict(self.split[index])
+        return {**example, "example_index": torch.tensor(index), "epoch": torch.tensor(epoch)}
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of (index, epoch) keys: every picture once an epoch, shuffled from (seed, epoch); `drop_last` drops a
+    last smaller batch. The epoch comes from `set_epoch` (the Trainer's, through accelerate)."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, drop_last: bool = False):
+        self.num_examples, self.batch_size, self.seed, self.drop_last = num_examples, batch_size, seed, drop_last
+        self.sampler = EpochSeed()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        whole, rest = divmod(self.num_examples, self.batch_size)
+        return whole + (rest > 0 and not self.drop_last)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield [(index, epoch) for index in order[start : start + self.batch_size]]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from datasets import ClassLabel, Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict
 
-from .batching import BudgetedPictures, PatchBudgetBatches
+from .batching import BudgetedPictures, EpochBatches, PatchBudgetBatches, SeededViews
 from .decoding import collate
 from .sources import (
     DataArguments,
@@ -90,7 +90,7 @@ class TrainingData:
     validation: Dataset
     skipped: object = None  # multiprocessing.Value("i") for a stream
     collator: object = collate  # the Trainer's data_collator
-    train_batches: PatchBudgetBatches | None = None  # NaFlex batches filled by patches (`batch_by_patches`)
+    train_batches: PatchBudgetBatches | EpochBatches | None = None  # `batch_by_patches`, `replay_views`
 
     def batch_by_patches(self, cut, budgets, patches_per_batch: int, seed: int) -> None:
         """Train on NaFlex batches filled by patches (`data.batching`): each batch draws one of `budgets`, holds
@@ -99,6 +99,12 @@ class TrainingData:
         `--train_patch_budgets`)."""
         self.train_batches = PatchBudgetBatches(len(self.train), budgets, patches_per_batch, seed)
         self.train = BudgetedPictures(self.train, cut)
+
+    def replay_views(self, batch_size: int, seed: int, drop_last: bool = False) -> None:
+        """Train on views that can be replayed (`data.batching.SeededViews`): each picture's view in an epoch drawn
+        from (seed, epoch, index) alone, its batches keyed by (index, epoch) (`EpochBatches`)."""
+        self.train_batches = EpochBatches(len(self.train), batch_size, seed, drop_last)
+        self.train = SeededViews(self.train, seed)
 
     def trainer_inputs(self) -> dict:
         """The Trainer's `train_dataset`, `eval_dataset` and `data_collator` (and `train_batch_sampler` for batches

@@ -10,6 +10,7 @@ Arguments (every one checked before any data is read; bad input is a one-line `U
 processes.
 """
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -29,7 +30,8 @@ from ..data import (
 )
 from ..data.metrics import compute_metrics
 from ..data.transforms import NaFlexPatches
-from ..guards import check_local_path, check_output_dir, claim_output_dir, usage_errors
+from ..guards import check_local_path, check_output_dir, claim_output_dir, looks_like_local_path, usage_errors
+from ..processors import processor_size
 from .arguments import (
     FinetuneTrainingArguments,
     ModelArguments,
@@ -39,6 +41,7 @@ from .arguments import (
 )
 from .building import build_classifier, build_image_processor, label_fields, load_teacher
 from .distributed import fsdp_requested, global_batch_size
+from .logit_cache import LogitCache, teacher_fingerprint
 from .lora import LoraArguments, add_lora, check_lora_arguments, lora_targets, merged_model, trainable_fraction
 from .recipes import (
     START_INGREDIENTS,
@@ -77,6 +80,21 @@ class FinetuneModelArguments(ModelArguments):
     distillation_tau: float | None = field(
         default=None, metadata={"help": "With a teacher: the temperature of soft distillation (default 1)."}
     )
+    teacher_logits_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "With a teacher: a directory that keeps its top-k logits of every training view, which a later "
+            "run with the same teacher, data and augmentation reads instead of running the teacher."
+        },
+    )
+    teacher_logits_top_k: int = field(
+        default=10, metadata={"help": "--teacher_logits_cache: the classes kept per picture and epoch."}
+    )
+
+    def teacher_on_disk(self) -> bool:
+        """Whether the teacher can be read; with a cache its folder may have gone (the cache may not need it)."""
+        path = self.teacher_name_or_path
+        return self.teacher_logits_cache is None or not looks_like_local_path(path) or os.path.exists(path)
 
     def distillation(self, config) -> Distillation:
         """The distillation settings: the flags given, else a DeiT config's own, else DeiT's defaults."""
@@ -139,14 +157,20 @@ def check_arguments(
                 "loads the checkpoint's weights"
             )
     if model_args.teacher_name_or_path is not None:
-        check_local_path(model_args.teacher_name_or_path, "--teacher_name_or_path")
+        if model_args.teacher_on_disk():
+            check_local_path(model_args.teacher_name_or_path, "--teacher_name_or_path")
+        if model_args.teacher_logits_top_k < 1:
+            raise ValueError(f"--teacher_logits_top_k must be at least 1, got {model_args.teacher_logits_top_k}")
+        if model_args.teacher_logits_cache is not None and data_args.streaming:
+            raise ValueError("--teacher_logits_cache keeps logits per picture, which a stream (--streaming) has not")
         if data_args.max_num_patches is not None:
             raise ValueError("--teacher_name_or_path takes fixed-size pictures; --max_num_patches gives NaFlex patches")
         if training_args.class_weights is not None:
             raise ValueError("--class_weights and --teacher_name_or_path do not combine: choose one")
         model_args.distillation(source.config)  # the settings, checked
     else:
-        given = [flag for flag in DISTILLATION_FLAGS if getattr(model_args, flag) is not None]
+        flags = (*DISTILLATION_FLAGS, "teacher_logits_cache")
+        given = [flag for flag in flags if getattr(model_args, flag) is not None]
         if given:
             raise ValueError(f"--{given[0]} sets how a student learns from a teacher: give --teacher_name_or_path")
     check_backbone_learning_rate(training_args, source.config)
@@ -210,6 +234,48 @@ def save_merged(trainer, directory: str) -> None:
     trainer.processing_class.save_pretrained(directory)
 
 
+def cached_epochs(training_args, data: TrainingData) -> int:
+    """The epochs a run reads training views of (whole or begun): its epochs, or those its --max_steps reach."""
+    if training_args.max_steps > 0:
+        return math.ceil(training_args.max_steps * global_batch_size(training_args) / len(data.train))
+    return math.ceil(training_args.num_train_epochs)
+
+
+def open_logit_cache(model_args, data: TrainingData, labels, ingredients, image_processor, training_args):
+    """The run's teacher-logit cache, keyed by what its logits depend on (the teacher, the training split, the
+    labels, the augmentation, the pictures' size and normalisation, the seed), and a line on what it holds. A cache
+    that lacks rows needs the teacher: one whose folder has gone is refused by name."""
+    key = dict(
+        teacher=model_args.teacher_name_or_path,
+        teacher_fingerprint=teacher_fingerprint(model_args.teacher_name_or_path),
+        data=[getattr(data.train, "_fingerprint", None), len(data.train)],
+        labels=[str(label) for label in labels],
+        augmentation=dict(sorted(ingredients.augmentation.items())),
+        pictures=[list(processor_size(image_processor)), image_processor.image_mean, image_processor.image_std],
+        seed=training_args.seed,
+    )
+    cache = LogitCache(
+        model_args.teacher_logits_cache, key, len(data.train), len(labels), model_args.teacher_logits_top_k
+    )
+    epochs = cached_epochs(training_args, data)
+    missing = cache.missing(epochs)
+    if missing and not model_args.teacher_on_disk():
+        raise ValueError(
+            f"--teacher_logits_cache {model_args.teacher_logits_cache} lacks {missing} of {epochs * len(data.train)} "
+            f"rows, and the teacher {model_args.teacher_name_or_path!r} that would fill them is not there"
+        )
+    state = (
+        "the teacher is not loaded"
+        if not missing
+        else f"the teacher fills {missing} of {epochs * len(data.train)} rows"
+    )
+    line = (
+        f"teacher logits: {model_args.teacher_logits_cache}, top {cache.top_k} of {len(labels)} classes, "
+        f"{cache.bytes_per_picture()} bytes a picture and epoch, {epochs} epochs x {len(data.train)} pictures; {state}"
+    )
+    return cache, missing, line
+
+
 def finetune(
     model_args: FinetuneModelArguments,
     data_args: DataArguments,
@@ -232,7 +298,7 @@ def finetune(
         has_teacher = model_args.teacher_name_or_path is not None
         if has_teacher and multi_label:
             raise ValueError("--teacher_name_or_path distills single-label classifiers; the data is multi-label")
-        if has_teacher:
+        if has_teacher and model_args.teacher_on_disk():
             teacher_config = AutoConfig.from_pretrained(
                 model_args.teacher_name_or_path, trust_remote_code=model_args.trust_remote_code
             )
@@ -254,6 +320,7 @@ def finetune(
             multi_label=multi_label,
             naflex=data_args.max_num_patches is not None,
             batches_by_patches=data_args.train_patch_budgets is not None,
+            replayed_views=model_args.teacher_logits_cache is not None,
         )
         apply_to_training(ingredients, training_args)
         apply_to_config(ingredients, config)
@@ -276,6 +343,15 @@ def finetune(
 
     model = build_classifier(model_args, source, config, data_args.image_size)
     image_processor = build_image_processor(model_args, model)
+    logit_cache, needs_teacher = None, has_teacher
+    if model_args.teacher_logits_cache is not None:
+        with usage_errors():
+            logit_cache, needs_teacher, line = open_logit_cache(
+                model_args, data, labels, ingredients, image_processor, training_args
+            )
+        recipe_summary.append(line)
+        if training_args.should_log:
+            print(line)
     if lora_args.lora_rank is not None:
         model = add_lora(model, lora_args)
         trainable, total = trainable_fraction(model)
@@ -285,8 +361,11 @@ def finetune(
         )
         if training_args.should_log:
             print(recipe_summary[-1])
-    teacher, teacher_inputs = load_teacher(model_args, model, image_processor) if has_teacher else (None, None)
+    teacher, teacher_inputs = load_teacher(model_args, model, image_processor) if needs_teacher else (None, None)
     attach_transforms(data, image_processor, model.config.num_channels, data_args, **ingredients.augmentation)
+    if logit_cache is not None:
+        batch_size, drop_last = training_args.per_device_train_batch_size, training_args.dataloader_drop_last
+        data.replay_views(batch_size, training_args.seed, drop_last)
     if data_args.train_patch_budgets:
         patches_per_batch = training_args.per_device_train_batch_size * data_args.max_num_patches
         cut = NaFlexPatches(image_processor).cut
@@ -303,6 +382,7 @@ def finetune(
         teacher=teacher,
         teacher_inputs=teacher_inputs,
         distillation=distillation,
+        logit_cache=logit_cache,
         class_weights=class_weights,
         ingredients=ingredients,
         card_template=source.family.card_template,

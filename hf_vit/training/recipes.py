@@ -462,13 +462,15 @@ def fit_to_training(
     multi_label: bool = False,
     naflex: bool = False,
     batches_by_patches: bool = False,
+    replayed_views: bool = False,
 ) -> Ingredients:
     """The ingredients that the way of training rules out, turned off: layer decay with LoRA (only the adapters and
     the head learn), the EMA under FSDP (it would hold a whole copy of the sharded weights), repeated augmentation
     for a stream (it needs a sampler of indices), Mixup / CutMix and label smoothing for multi-label data (their
     targets are one distribution over the classes; multi-label targets are one yes / no per class), Mixup / CutMix
     for NaFlex patches (pictures of different shapes have no pixel to pixel pairing), repeated augmentation for
-    batches filled by patches (their own sampler draws them)."""
+    batches filled by patches (their own sampler draws them), Mixup / CutMix and repeated augmentation for views
+    replayed from a teacher-logit cache (it keeps each picture's own view, once an epoch)."""
     if naflex:
         reason = "pictures of different shapes have no pixel to pixel pairing"
         for name in ("mixup_alpha", "cutmix_alpha"):
@@ -483,6 +485,10 @@ def fit_to_training(
         ingredients = turn_off(
             ingredients, "ema_decay", 0.0, "an EMA would hold a whole copy of the sharded weights", "FSDP"
         )
+    if replayed_views:
+        reason = "the cache keeps each picture's own view, once an epoch"
+        for name, off in (("mixup_alpha", 0.0), ("cutmix_alpha", 0.0), ("repeated_augmentation", 1)):
+            ingredients = turn_off(ingredients, name, off, reason, "--teacher_logits_cache")
     if batches_by_patches:
         ingredients = turn_off(
             ingredients, "repeated_augmentation", 1, "batches are drawn by patch budget", "--train_patch_budgets"

@@ -16,12 +16,13 @@ from functools import partial
 import torch
 from datasets import IterableDataset
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, seed_worker, sort_checkpoints
 from transformers.utils import logging
 
 from ..cards import CURVES_FILE, plot_training_curves, write_model_card
 from .distributed import check_fsdp_version, has_accelerator, hf_vit_model, shard_on_cpu, unused_parameters, whole_model
+from .logit_cache import LogitCache
 from .recipes import TRAINING_INGREDIENTS, Ingredients
 from .regularisation import (
     BatchMixer,
@@ -275,6 +276,19 @@ class PretrainingTrainer(HfViTTrainer):
         self.args.prediction_loss_only = True
 
 
+class LogitCacheCallback(TrainerCallback):
+    """Writes this process's new rows of the teacher-logit cache when an epoch ends and when training stops."""
+
+    def __init__(self, cache: LogitCache, rank: int):
+        self.cache, self.rank = cache, rank
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.cache.flush(self.rank)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.cache.flush(self.rank)
+
+
 class ImageClassificationTrainer(HfViTTrainer):
     """`HfViTTrainer` for hf_vit classifiers, with the recipe's `ingredients` (`recipes.Ingredients`; default: none)
     whole:
@@ -287,8 +301,10 @@ class ImageClassificationTrainer(HfViTTrainer):
       the same (augmented, mixed) images after `teacher_inputs` re-expresses them for it: DeiT's distillation head
       learns from them (its config's settings), any other student through `distillation` (`Distillation`);
     - `class_weights` (num_labels,): the loss weighs each class (`regularisation.weighted_loss`);
-    - a `train_batch_sampler` (`data.batching.PatchBudgetBatches`: NaFlex batches filled by patches) draws the
-      training batches, each of its own size.
+    - a `train_batch_sampler` (`data.batching`: NaFlex batches filled by patches, or the (index, epoch) batches of
+      replayable views) draws the training batches;
+    - a `logit_cache` (`LogitCache`) serves the teacher's logits of replayable views it holds, and keeps those the
+      teacher computes.
 
     The optimisation ingredients (learning rate, weight decay, warmup) are the arguments' (`recipes.apply_to_training`
     writes them there).
@@ -301,6 +317,7 @@ class ImageClassificationTrainer(HfViTTrainer):
         teacher=None,
         teacher_inputs=None,
         distillation: Distillation | None = None,
+        logit_cache: LogitCache | None = None,
         class_weights: torch.Tensor | None = None,
         train_batch_sampler=None,
         **kwargs,
@@ -321,6 +338,9 @@ class ImageClassificationTrainer(HfViTTrainer):
             self.teacher_order = torch.tensor(order, device=self.args.device)
             self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.teacher_inputs = teacher_inputs or (lambda pixel_values: pixel_values)
+        self.logit_cache = logit_cache
+        if logit_cache is not None:  # each epoch's new rows written when it ends (and when training stops)
+            self.add_callback(LogitCacheCallback(logit_cache, self.args.process_index))
         unset = [name for name in TRAINING_INGREDIENTS if getattr(self.args, name) is None]
         if unset:
             raise ValueError(
@@ -369,14 +389,28 @@ class ImageClassificationTrainer(HfViTTrainer):
         with torch.no_grad(), self.accelerator.autocast():
             return self.teacher(self.teacher_inputs(pixel_values)).logits[:, self.teacher_order]
 
+    def teaching(self, pixel_values: torch.Tensor, keys) -> torch.Tensor:
+        """The teacher's logits for a training batch: from the cache where it holds every row of the batch's (epoch,
+        index) `keys`, else from the teacher (and then kept in the cache)."""
+        cached = None if self.logit_cache is None else self.logit_cache.lookup(*keys)
+        if cached is not None:
+            return cached.to(pixel_values.device)
+        if self.teacher is None:
+            raise RuntimeError("The teacher-logit cache lacks rows of this batch, and the run has no teacher")
+        logits = self.teacher_logits(pixel_values)
+        if self.logit_cache is not None:
+            self.logit_cache.store(*keys, logits)
+        return logits
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         teacher_logits = None
+        inputs = dict(inputs)
+        keys = inputs.pop("epoch", None), inputs.pop("example_index", None)  # replayable views' (`SeededViews`)
         if model.training:
-            inputs = dict(inputs)
             if self.batch_mixer is not None:
                 inputs["pixel_values"], inputs["labels"] = self.batch_mixer(inputs["pixel_values"], inputs["labels"])
-            if self.teacher is not None:
-                teacher_logits = self.teacher_logits(inputs["pixel_values"])
+            if self.teacher is not None or self.logit_cache is not None:
+                teacher_logits = self.teaching(inputs["pixel_values"], keys)
             if self.own_distillation_head and teacher_logits is not None:  # DeiT: its loss takes them
                 inputs["teacher_logits"], teacher_logits = teacher_logits, None
         if self.class_weights is None and teacher_logits is None:

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from timm.models._hub import save_for_hf
 from transformers import (
     AutoModelForImageClassification,
-    ConvNextImageProcessor,
     ResNetConfig,
     ResNetForImageClassification,
 )
@@ -28,7 +27,7 @@ from hf_vit.training.finetune import parse_args as finetune_args
 from hf_vit.training.regularisation import TeacherInputAdapter
 from hf_vit.training.trainer import ImageClassificationTrainer
 
-from conftest import TINY, TINY_CLASSIFIER, TWO_PROCESSES, run_script
+from conftest import TINY, TINY_CLASSIFIER, TWO_PROCESSES, make_resnet_teacher, run_script
 
 # the optimisation ingredients a Trainer built by hand needs set (the recipe sets them in finetune)
 RECIPE_SET = dict(learning_rate=1e-3, weight_decay=0.05, warmup_steps=0.02, eval_strategy="no")
@@ -44,21 +43,6 @@ def test_teacher_inputs_resize_and_renormalise():
     )
     same = TeacherInputAdapter([0.5] * 3, [0.5] * 3, (8, 8), [0.5] * 3, [0.5] * 3)
     assert same(pixels) is pixels
-
-
-def make_resnet_teacher(path, labels, image_size=48):
-    """A transformers CNN teacher with its own size and ImageNet normalisation."""
-    config = ResNetConfig(
-        embedding_size=16,
-        hidden_sizes=[16, 32],
-        depths=[1, 1],
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-    )
-    ResNetForImageClassification(config).save_pretrained(path)
-    ConvNextImageProcessor(size={"shortest_edge": image_size}, crop_pct=1.0).save_pretrained(path)
-    return path
 
 
 def test_trainer_keeps_the_teacher_frozen_and_out_of_the_checkpoint(tmp_path, tiny_deit_config):
