@@ -335,6 +335,63 @@ def naflex_speed(
     ]
 
 
+def forward_cost(model, pixels) -> int:
+    """FLOPs of one forward pass of `model` on `pixels` (attention in plain matmuls, so that it is counted)."""
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        logits_of(model.eval()(pixels))
+    return counter.get_total_flops()
+
+
+def logit_cache_speed(directory: str, repeats: int = 3, epochs: float = 2, images: int = 768) -> list[dict]:
+    """The teacher-logit cache's worth: finetune's training time for the article's ViT on the digits, taught by a
+    random hf_vit twice as wide (about 4x the student's forward cost, measured), computing the teacher's logits
+    (filling a fresh cache) against reading them from a complete cache without loading the teacher; the two
+    alternate, medians of `repeats`. Rows: run, median train seconds, eval accuracy, the speed-up, the cost ratio."""
+    from hf_vit import HfViTConfig, HfViTForImageClassification
+    from hf_vit.processors import make_image_processor
+    from hf_vit.training.finetune import finetune
+    from hf_vit.training.finetune import parse_args as finetune_args
+
+    labels = {index: str(index) for index in range(10)}
+    student = ours("hf_vit", "vit-cifar-patch4-32", num_labels=10)
+    teacher_config = HfViTConfig.from_preset(
+        "vit-cifar-patch4-32", hidden_size=256, intermediate_size=1024, id2label=labels
+    )
+    teacher_dir = os.path.join(directory, "teacher")
+    HfViTForImageClassification(teacher_config).save_pretrained(teacher_dir)
+    make_image_processor(32).save_pretrained(teacher_dir)
+    pixels = torch.randn(1, 3, 32, 32)
+    cost = forward_cost(HfViTForImageClassification(teacher_config), pixels) / forward_cost(student, pixels)
+
+    def train(name: str, cache: str) -> tuple[float, float]:
+        output_dir = os.path.join(directory, name)
+        args = ["--output_dir", output_dir, "--teacher_name_or_path", teacher_dir, "--teacher_logits_cache", cache,
+                "--num_train_epochs", str(epochs), "--max_train_samples", str(images), "--disable_tqdm", "true",
+                "--save_strategy", "no", "--dataloader_num_workers", "0"]  # fmt: skip
+        metrics = finetune(*finetune_args(args))
+        with open(os.path.join(output_dir, "train_results.json"), encoding="utf-8") as f:
+            return json.load(f)["train_runtime"], metrics["eval_accuracy"]
+
+    seconds, accuracy = {"teacher computed": [], "cache read": []}, {}
+    for round_index in range(repeats):  # round 0 fills cache0 first; then the order alternates
+        fill = ("teacher computed", os.path.join(directory, f"cache{round_index}"))
+        read = ("cache read", os.path.join(directory, "cache0"))
+        for name, cache in [fill, read] if round_index % 2 == 0 else [read, fill]:
+            value, accuracy[name] = train(f"{name.replace(' ', '_')}{round_index}", cache)
+            seconds[name].append(value)
+    computed = statistics.median(seconds["teacher computed"])
+    return [
+        dict(
+            run=name,
+            train_seconds=round(statistics.median(values), 2),
+            eval_accuracy=accuracy[name],
+            speedup=round(computed / statistics.median(values), 3),
+            teacher_cost=round(cost, 2),
+        )
+        for name, values in seconds.items()
+    ]
+
+
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets; the most specific name first.
 PEAK_BF16_TFLOPS = {"H200 NVL": 835.0, "H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
 GPU_FAMILIES = ("vit_b16", "vit_s16", "deit_s_distilled", "swin_t", "dinov3_s16")

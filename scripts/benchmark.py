@@ -8,6 +8,7 @@ onnxruntime against PyTorch eager, the input pipeline, and the time to the first
     python scripts/benchmark.py --suite data          # the 224 px input pipeline at 0, 1, 2 workers vs a ViT-S/16 step
     python scripts/benchmark.py --suite startup       # finetune.py's first steps on 1,000 and 100,000 images
     python scripts/benchmark.py --suite naflex        # NaFlex batches against 224 px images at 196 patches a picture
+    python scripts/benchmark.py --suite logit_cache   # a student's training, teacher computed against cache read
     python scripts/benchmark.py --suite gpu --device cuda --amp bf16 --json gpu.json   # the accelerator suite
     python scripts/benchmark.py --suite gpu --smoke   # the same code on the CPU, tiny (the test suite runs this)
 """
@@ -22,8 +23,20 @@ import torch
 from hf_vit_lessons import benchmark
 from hf_vit_lessons.report import markdown_table
 
-SUITES = ("inference", "train", "swin", "memory", "compile", "export", "data", "startup", "naflex", "gpu")
-OPT_IN = ("compile", "export", "data", "startup", "naflex", "gpu")  # run only when named
+SUITES = (
+    "inference",
+    "train",
+    "swin",
+    "memory",
+    "compile",
+    "export",
+    "data",
+    "startup",
+    "naflex",
+    "logit_cache",
+    "gpu",
+)
+OPT_IN = ("compile", "export", "data", "startup", "naflex", "logit_cache", "gpu")  # run only when named
 
 
 def main(argv=None) -> int:
@@ -110,6 +123,11 @@ def main(argv=None) -> int:
             add("naflex", new)
             columns = ["mode", "implementation", "input", "mean_patches", "images_per_s", "fixed_size_ratio"]
             print(markdown_table(new, columns), flush=True)
+    if "logit_cache" in args.suite:
+        with tempfile.TemporaryDirectory() as directory:
+            results["logit_cache"] = benchmark.logit_cache_speed(directory, repeats=max(2, args.repeats // 2))
+        print(markdown_table(results["logit_cache"], list(results["logit_cache"][0])), flush=True)
+        save()
     if "compile" in args.suite:
         add(
             "compile",

@@ -110,3 +110,10 @@ def test_time_to_first_steps_runs_the_script_streamed_and_map_style(tmp_path):
     assert (tmp_path / "run_40_True_0" / "model.safetensors").is_file() and (
         tmp_path / "run_40_False_0" / "all_results.json"
     ).is_file()
+
+
+@pytest.mark.slow  # four short finetune runs; the cache itself is tested in CI (tests/training/test_logit_cache.py)
+def test_logit_cache_speed_times_computed_against_cached_teaching(tmp_path):
+    rows = benchmark.logit_cache_speed(str(tmp_path), repeats=2, epochs=1, images=32)
+    assert [row["run"] for row in rows] == ["teacher computed", "cache read"]
+    assert rows[0]["speedup"] == 1.0 and rows[1]["speedup"] > 0 and rows[0]["teacher_cost"] > 3
