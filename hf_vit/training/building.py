@@ -100,17 +100,18 @@ def build_image_processor(model_args: ModelArguments, model):
     return processor
 
 
-def load_teacher(model_args, model, image_processor):
-    """The frozen teacher (any image classifier `AutoModelForImageClassification` loads: hf_vit, transformers, a timm
-    folder as transformers' TimmWrapper) and the adapter that turns student batches into its inputs (its size, mean,
-    std)."""
-    path, trust_remote_code = model_args.teacher_name_or_path, model_args.trust_remote_code
+def load_teacher(
+    path: str, trust_remote_code: bool, model, image_processor, auto_class=AutoModelForImageClassification
+):
+    """The frozen teacher (any model `auto_class` loads: an image classifier, or with `AutoModel` any backbone:
+    hf_vit, transformers, a timm folder as transformers' TimmWrapper) and the adapter that turns the student's
+    batches into its inputs (its size, mean, std)."""
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     timm_folder = config.model_type == "timm_wrapper"
     if timm_folder and "num_classes" in (config.model_args or {}):
         # timm's save_for_hf also writes num_classes into model_args, which TimmWrapper passes a second time
         config.model_args = {key: value for key, value in config.model_args.items() if key != "num_classes"}
-    teacher = load_checkpoint(AutoModelForImageClassification, path, config=config, trust_remote_code=trust_remote_code)
+    teacher = load_checkpoint(auto_class, path, config=config, trust_remote_code=trust_remote_code)
     if timm_folder:  # its evaluation transform, from timm's pretrained_cfg (TimmWrapper's processor names no sizes)
         teacher_processor = timm_image_processor(config.pretrained_cfg or {})
     else:

@@ -361,7 +361,10 @@ def finetune(
         )
         if training_args.should_log:
             print(recipe_summary[-1])
-    teacher, teacher_inputs = load_teacher(model_args, model, image_processor) if needs_teacher else (None, None)
+    teacher, teacher_inputs = None, None
+    if needs_teacher:
+        teacher_path = model_args.teacher_name_or_path
+        teacher, teacher_inputs = load_teacher(teacher_path, model_args.trust_remote_code, model, image_processor)
     attach_transforms(data, image_processor, model.config.num_channels, data_args, **ingredients.augmentation)
     if logit_cache is not None:
         batch_size, drop_last = training_args.per_device_train_batch_size, training_args.dataloader_drop_last

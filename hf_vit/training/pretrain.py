@@ -1,5 +1,5 @@
-"""Masked-image-modeling pretraining on unlabelled images, the answer to the ViT's data hunger: MAE for hf_vit and
-hf_deit, SimMIM for hf_swin and hf_vit.
+"""Pretraining on unlabelled images, the answer to the ViT's data hunger: masked image modeling (MAE for hf_vit and
+hf_deit, SimMIM for hf_swin and hf_vit) or feature distillation from a teacher (`--method distill`, any family).
 
     parse_args(argv) -> (ModelArguments, PretrainArguments, DataArguments, PretrainTrainingArguments)
     pretrain(model_args, pretrain_args, data_args, training_args) -> eval metrics (`eval_loss`: the reconstruction
@@ -15,18 +15,21 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from transformers import HfArgumentParser, TrainerCallback, set_seed
+from transformers import AutoModel, HfArgumentParser, TrainerCallback, set_seed
 
+from ..checkpoints import load_checkpoint
 from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..data import DataArguments, attach_transforms, check_streaming, collate, describe_dataset, load_training_data
 from ..figures import new_figure, save_figure
-from ..guards import check_output_dir, claim_output_dir, usage_errors
+from ..guards import check_local_path, check_output_dir, claim_output_dir, usage_errors
+from ..models.configuration_utils import to_2tuple
 from ..models.modeling_mim import pixel_mask
 from ..registry import FAMILIES
 from .arguments import ModelArguments, ModelSource, PretrainTrainingArguments, check_model_source
-from .building import build_image_processor, build_pretraining_model
+from .building import build_image_processor, build_pretraining_model, load_teacher
+from .feature_distillation import FEATURE_LOSSES, FeatureDistiller, teacher_features
 from .recipes import PRETRAINING, pretraining_recipe
-from .trainer import PretrainingTrainer, resolve_resume
+from .trainer import FeatureDistillationTrainer, PretrainingTrainer, resolve_resume
 
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 CARD_TEMPLATE = "pretraining.md"
@@ -40,7 +43,21 @@ class PretrainArguments:
 
     method: str | None = field(
         default=None,
-        metadata={"help": "mae (hf_vit, hf_deit) or simmim (hf_swin, hf_vit); default: mae where the family has it."},
+        metadata={
+            "help": "mae (hf_vit, hf_deit), simmim (hf_swin, hf_vit) or distill (any family: predict a teacher's "
+            "features); default: mae where the family has it."
+        },
+    )
+    teacher_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "--method distill: the teacher, any model AutoModel loads (an hf_vit, transformers or timm "
+            "checkpoint dir, or a Hub id), classifier or backbone."
+        },
+    )
+    feature_loss: str = field(
+        default="cosine",
+        metadata={"help": "--method distill: cosine or smooth_l1 (on the teacher's normalised features)."},
     )
     mask_ratio: float | None = field(
         default=None,
@@ -92,6 +109,8 @@ def check_arguments(
         raise ValueError("--max_num_patches does not apply to pretraining: MAE and SimMIM mask whole images")
     mask = {} if args.mask_ratio is None else {"mask_ratio": args.mask_ratio}
     source = check_model_source(model_args, None if model_args.model_name_or_path else data_args.image_size, **mask)
+    if args.method == "distill" or args.teacher_name_or_path is not None:
+        return source, check_distillation(args, training_args)
     methods = source.family.pretraining_methods
     if not methods:
         pretrainable = sorted(name for name, other in FAMILIES.items() if other.pretraining_methods)
@@ -110,6 +129,46 @@ def check_arguments(
         raise ValueError(f"--reconstruction_images must be 0 or more, got {args.reconstruction_images}")
     check_streaming(data_args, training_args)
     return source, method
+
+
+def check_distillation(args: PretrainArguments, training_args: PretrainTrainingArguments) -> str:
+    """Feature distillation's arguments: a teacher (and only with --method distill), no mask, a known loss, no
+    intermediate checkpoints (the projection heads are not saved). Returns the method."""
+    if args.method not in (None, "distill"):
+        raise ValueError(f"--teacher_name_or_path teaches --method distill; --method {args.method} needs no teacher")
+    if args.teacher_name_or_path is None:
+        raise ValueError("--method distill learns a teacher's features: give --teacher_name_or_path")
+    check_local_path(args.teacher_name_or_path, "--teacher_name_or_path")
+    if args.mask_ratio is not None:
+        raise ValueError("--mask_ratio masks patches for MAE and SimMIM; --method distill shows the whole picture")
+    if args.feature_loss not in FEATURE_LOSSES:
+        raise ValueError(f"--feature_loss must be one of {FEATURE_LOSSES}, got {args.feature_loss!r}")
+    if training_args.resume_from_checkpoint is not None:
+        raise ValueError("--method distill saves the student only at the end: there is no checkpoint to resume from")
+    training_args.save_strategy = "no"  # a checkpoint would lack the projection heads
+    return "distill"
+
+
+def build_distiller(model_args, source: ModelSource, config, args: PretrainArguments, image_processor):
+    """The student (its family's base model: a checkpoint's weights or fresh ones) with projection heads to the
+    teacher's widths, the frozen teacher and its input adapter."""
+    model_class = source.family.base_model_class
+    if source.from_checkpoint:
+        student = load_checkpoint(
+            model_class, model_args.model_name_or_path, new_heads=True, trust_remote_code=model_args.trust_remote_code
+        )
+    else:
+        student = model_class(config)
+    teacher, teacher_inputs = load_teacher(
+        args.teacher_name_or_path, model_args.trust_remote_code, student, image_processor, auto_class=AutoModel
+    )
+    height, width = to_2tuple(config.image_size)
+    probe = torch.zeros(1, config.num_channels, height, width)
+    with torch.no_grad():
+        widths = [t.shape[1] for t in teacher_features(teacher.eval(), teacher_inputs(probe))]
+        distiller = FeatureDistiller(student, (1, 1), widths, args.feature_loss)
+        student_widths = [t.shape[1] for t in distiller.student_features(probe)]
+    return FeatureDistiller(student, student_widths, widths, args.feature_loss), teacher, teacher_inputs
 
 
 class ReconstructionPictures(TrainerCallback):
@@ -191,9 +250,15 @@ def pretrain(
     )
     size = {} if source.from_checkpoint or data_args.image_size is None else {"image_size": data_args.image_size}
     mask = {} if recipe.mask_ratio is None else {"mask_ratio": recipe.mask_ratio}
-    model = build_pretraining_model(model_args, source, method, source.with_fields(**mask, **size))
+    teacher = None
+    if method == "distill":
+        config = source.with_fields(**size)
+        image_processor = build_image_processor(model_args, source.family.base_model_class(config))
+        model, teacher, teacher_inputs = build_distiller(model_args, source, config, args, image_processor)
+    else:
+        model = build_pretraining_model(model_args, source, method, source.with_fields(**mask, **size))
+        image_processor = build_image_processor(model_args, model)
     config = model.config
-    image_processor = build_image_processor(model_args, model)
     attach_transforms(
         data,
         image_processor,
@@ -205,7 +270,7 @@ def pretrain(
     )
     shown = data.validation.select(range(min(args.reconstruction_images, len(data.validation))))
     pictures = []
-    if len(shown):
+    if len(shown) and teacher is None:
         images = collate(list(shown))["pixel_values"]
         pictures = [
             ReconstructionPictures(
@@ -216,8 +281,13 @@ def pretrain(
             )
         ]
     dataset_name, dataset_id = describe_dataset(data_args)
+    what = (
+        f"the features of {args.teacher_name_or_path} ({args.feature_loss} loss; heads dropped at save)"
+        if teacher is not None
+        else f"mask ratio {config.mask_ratio:g}"
+    )
     summary = [
-        f"{method} ({type(model).__name__}): mask ratio {config.mask_ratio:g}, crop scale min "
+        f"{method} ({type(model if teacher is None else model.student).__name__}): {what}, crop scale min "
         f"{recipe.crop_scale_min:g}, horizontal flips {recipe.hflip_prob:g}, "
         + (
             "a stream of unlabelled training images"
@@ -227,24 +297,30 @@ def pretrain(
     ]
     if training_args.should_log:
         print(summary[0])
-    trainer = PretrainingTrainer(
+    distilling = {} if teacher is None else dict(teacher=teacher, teacher_inputs=teacher_inputs)
+    saved = model if teacher is None else model.student  # what the run saves
+    trainer = (FeatureDistillationTrainer if teacher is not None else PretrainingTrainer)(
+        **distilling,
         model=model,
         args=training_args,
         **data.trainer_inputs(),
         processing_class=image_processor,
         callbacks=[*pictures, *callbacks],
-        card_template=CARD_TEMPLATE,
+        card_template=CARD_TEMPLATE if teacher is None else "feature_distillation.md",
         recipe_summary=["pretraining", *summary],
         card_fields=dict(
-            method=method.upper() if method == "mae" else "SimMIM",
-            model_class=type(model).__name__,
+            method={"mae": "MAE", "simmim": "SimMIM", "distill": "feature distillation"}[method],
+            model_class=type(saved).__name__,
             pictures=f"![reconstructions]({RECONSTRUCTIONS_FILE})" if pictures else "",
+            teacher=args.teacher_name_or_path or "",
+            feature_loss=args.feature_loss,
         ),
     )
     metrics = trainer.train_and_evaluate(training_args.resume_from_checkpoint, data.skipped)
     if trainer.is_world_process_zero():
         print(
-            f"eval: reconstruction loss {metrics['eval_loss']:.4f} on {len(data.validation)} images of "
+            f"eval: {'feature' if teacher is not None else 'reconstruction'} loss {metrics['eval_loss']:.4f} on "
+            f"{len(data.validation)} images of "
             f"{dataset_name} after {data.length(training_args)} of {method} -> {training_args.output_dir}"
         )
     trainer.publish(dataset_name, dataset_id)

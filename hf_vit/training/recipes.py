@@ -502,7 +502,11 @@ def fit_to_training(
 
 # Masked-image-modeling pretraining: each paper's fraction of masked patches, and the smallest area fraction its
 # RandomResizedCrop keeps.
-PRETRAINING = {"mae": dict(mask_ratio=0.75, crop_scale_min=0.2), "simmim": dict(mask_ratio=0.6, crop_scale_min=0.67)}
+PRETRAINING = {
+    "mae": dict(mask_ratio=0.75, crop_scale_min=0.2),
+    "simmim": dict(mask_ratio=0.6, crop_scale_min=0.67),
+    "distill": dict(mask_ratio=None, crop_scale_min=0.2),  # feature distillation: no mask, MAE's crops
+}
 
 
 @dataclass(frozen=True)

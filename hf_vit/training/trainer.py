@@ -22,6 +22,7 @@ from transformers.utils import logging
 
 from ..cards import CURVES_FILE, plot_training_curves, write_model_card
 from .distributed import check_fsdp_version, has_accelerator, hf_vit_model, shard_on_cpu, unused_parameters, whole_model
+from .feature_distillation import teacher_features
 from .logit_cache import LogitCache
 from .recipes import TRAINING_INGREDIENTS, Ingredients
 from .regularisation import (
@@ -201,6 +202,10 @@ class HfViTTrainer(Trainer):
                 optimizer.add_param_group(group)
         return optimizer
 
+    def saved_model(self) -> torch.nn.Module:
+        """The model the run saves (and its card describes)."""
+        return self.model
+
     def create_model_card(self, dataset: str | None = None, dataset_id: str | None = None, **kwargs) -> None:
         """README.md (hf_vit's card: `dataset` names the data, `dataset_id` is its Hub id if it has one) and the
         training curves it shows, in the output directory."""
@@ -212,7 +217,7 @@ class HfViTTrainer(Trainer):
             load_id = (self.args.hub_model_id if self.args.push_to_hub else None) or self.args.output_dir
             write_model_card(
                 self.args.output_dir,
-                self.model,
+                self.saved_model(),
                 self.card_template,
                 dataset=dataset,
                 dataset_id=dataset_id,
@@ -274,6 +279,38 @@ class PretrainingTrainer(HfViTTrainer):
         # Evaluation keeps the loss only: the reconstructions (and MAE's masks) of a whole evaluation set would not fit
         # in memory (ImageNet-val: ~30 GB).
         self.args.prediction_loss_only = True
+
+
+class FeatureDistillationTrainer(PretrainingTrainer):
+    """`PretrainingTrainer` for feature distillation (`feature_distillation.FeatureDistiller`): the frozen `teacher`
+    computes its features of every batch after `teacher_inputs` re-expresses it for it, the student learns to
+    predict them; only the student is saved (its projection heads are not part of it, so there are no intermediate
+    checkpoints to resume from)."""
+
+    def __init__(self, *args, teacher=None, teacher_inputs=None, **kwargs):
+        arguments = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if arguments is not None and arguments.ddp_find_unused_parameters is None:
+            arguments.ddp_find_unused_parameters = False  # every weight of the student and its heads learns
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self.teacher_inputs = teacher_inputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pixel_values = inputs["pixel_values"]
+        with torch.no_grad(), self.accelerator.autocast():
+            pooled, features = teacher_features(self.teacher, self.teacher_inputs(pixel_values))
+        outputs = model(pixel_values, pooled, features)
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+    def saved_model(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model).student
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        output_dir = output_dir or self.args.output_dir
+        self.saved_model().save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
 
 class LogitCacheCallback(TrainerCallback):

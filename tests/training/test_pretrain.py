@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import (
     AutoModel,
     AutoModelForImageClassification,
@@ -17,11 +18,13 @@ from transformers import (
 import hf_vit
 from hf_vit import (
     HfViTConfig,
+    HfViTForImageClassification,
     HfViTForPreTraining,
 )
 from hf_vit.data import DataArguments
 from hf_vit.guards import UsageError
 from hf_vit.models.modeling_mim import random_block_mask
+from hf_vit.processors import make_image_processor
 from hf_vit.training.arguments import ModelArguments, PretrainTrainingArguments
 from hf_vit.training.pretrain import PretrainArguments, pretrain
 from hf_vit.training.trainer import PretrainingTrainer
@@ -94,6 +97,10 @@ def test_pretraining_checkpoints_load_into_the_encoder_and_classifier_with_one_l
             r"has no field 'decoder_hiden_size'; did you mean decoder_hidden_size",
         ),
         (dict(), dict(train_dir="EMPTY"), r"--train_dir '.*empty' holds no image files"),
+        (dict(method="distill"), {}, r"--method distill learns a teacher's features: give --teacher_name_or_path"),
+        (dict(method="simmim", teacher_name_or_path="."), {}, r"--method simmim needs no teacher"),
+        (dict(teacher_name_or_path=".", mask_ratio=0.5), {}, r"--method distill shows the whole picture"),
+        (dict(teacher_name_or_path=".", feature_loss="l2"), {}, r"--feature_loss must be one of"),
     ],
 )
 def test_bad_pretraining_input_fails_before_anything_is_written(tmp_path, arguments, data, message):
@@ -240,3 +247,31 @@ def test_pretraining_evaluation_keeps_the_loss_only(tmp_path):
     output = trainer.evaluation_loop(trainer.get_eval_dataloader(), "evaluation", metric_key_prefix="eval")
     assert output.predictions is None and output.label_ids is None
     assert output.metrics["eval_loss"] > 0
+
+
+def test_a_swin_student_learns_a_vit_teachers_features_and_saves_an_ordinary_backbone(tmp_path, capsys):
+    """Feature distillation on unlabelled pictures: an hf_vit classifier (another width, size and grid) teaches an
+    hf_swin student through AutoModel; the saved checkpoint is the student alone (no projection head), which the
+    Swin backbone and the classifier load."""
+    teacher = randomize(HfViTForImageClassification(HfViTConfig(**dict(TINY_VIT, image_size=48), num_labels=2)))
+    teacher.save_pretrained(tmp_path / "teacher")
+    make_image_processor(48).save_pretrained(tmp_path / "teacher")
+    images = make_imagefolder(tmp_path / "images", per_class=8, size=(32, 32))
+    output_dir = tmp_path / "student"
+    metrics = pretrain(
+        ModelArguments(model_type="hf_swin", config_overrides="embed_dim=16,depths=[1,1,1],num_heads=[1,2,4]"),
+        PretrainArguments(method="distill", teacher_name_or_path=str(tmp_path / "teacher")),
+        DataArguments(train_dir=str(images)),
+        PretrainTrainingArguments(
+            output_dir=str(output_dir), num_train_epochs=2, per_device_train_batch_size=8, disable_tqdm=True
+        ),
+    )
+    assert metrics["eval_loss"] > 0 and "the features of" in capsys.readouterr().out
+    saved = load_file(output_dir / "model.safetensors")
+    assert not any("head" in key for key in saved) and all(not key.startswith("student.") for key in saved)
+    assert json.loads((output_dir / "config.json").read_text())["architectures"] == ["HfSwinModel"]
+    assert "feature distillation" in (output_dir / "README.md").read_text() and not list(
+        output_dir.glob("checkpoint-*")
+    )
+    backbone = hf_vit.HfSwinBackbone.from_pretrained(output_dir, out_features=["stage3"])
+    assert backbone(torch.randn(1, 3, 32, 32)).feature_maps[0].shape[1] == 64
