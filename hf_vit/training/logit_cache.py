@@ -26,8 +26,9 @@ KEY_FILE = "key.json"
 
 
 def teacher_fingerprint(name_or_path: str) -> str | None:
-    """What identifies a local teacher: a digest of its config.json and of its weight files' names and sizes; None
-    for a Hub id or a folder that has gone (the key then matches on the name alone)."""
+    """What identifies a local teacher: a digest of its config.json and of its weight files' names, sizes and times
+    of modification (a teacher saved again counts as another; reading gigabytes of weights would cost more than the
+    cache saves); None for a Hub id or a folder that has gone (the key then matches on the name alone)."""
     if not os.path.isdir(name_or_path):
         return None
     digest = hashlib.sha256()
@@ -37,7 +38,8 @@ def teacher_fingerprint(name_or_path: str) -> str | None:
             with open(path, "rb") as f:
                 digest.update(f.read())
         elif name.endswith((".safetensors", ".bin")):
-            digest.update(f"{name}:{os.path.getsize(path)}".encode())
+            status = os.stat(path)
+            digest.update(f"{name}:{status.st_size}:{status.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 

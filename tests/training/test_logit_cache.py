@@ -14,7 +14,7 @@ from hf_vit.processors import make_image_processor
 from hf_vit.training.finetune import finetune
 from hf_vit.training.finetune import parse_args as finetune_args
 
-from conftest import TINY, make_resnet_teacher
+from conftest import TINY, TWO_PROCESSES, make_resnet_teacher, run_script
 
 
 def test_a_pictures_view_is_the_same_in_any_run_for_its_seed_epoch_and_index():
@@ -44,6 +44,7 @@ def test_a_second_run_reads_the_cache_without_the_teacher_and_learns_the_same(tm
         return finetune(*finetune_args(args))
 
     first = run("first")
+    shutil.copytree(teacher, tmp_path / "kept")  # with its files' times, so that it is the same teacher again
     assert "the teacher fills 96 of 96 rows" in capsys.readouterr().out
     assert {path.name for path in cache.iterdir()} == {
         "key.json",
@@ -59,7 +60,27 @@ def test_a_second_run_reads_the_cache_without_the_teacher_and_learns_the_same(tm
     (cache / "epoch1.rank0.safetensors").unlink()
     with pytest.raises(UsageError, match="lacks 48 of 96 rows, and the teacher .* is not there"):
         run("partial")
-    make_resnet_teacher(teacher, labels)  # back (another random teacher, the same name and shape)
+    make_resnet_teacher(teacher, labels)  # another teacher of the same name, shape and size
+    with pytest.raises(UsageError, match=r"its \['teacher_fingerprint'\] differ"):
+        run("another teacher")
+    shutil.rmtree(teacher)
+    shutil.copytree(tmp_path / "kept", teacher)  # the first teacher back
     run("completed")
     assert "the teacher fills 48 of 96 rows" in capsys.readouterr().out
     assert (cache / "epoch1.rank0.safetensors").exists()
+
+
+def test_two_processes_fill_one_cache_that_a_single_process_reads(tmp_path):
+    """Each process writes the rows it computed; a later run with another number of processes reads them all."""
+    teacher = make_resnet_teacher(tmp_path / "teacher", [str(digit) for digit in range(10)])
+    common = ["--teacher_name_or_path", str(teacher), "--teacher_logits_cache", str(tmp_path / "cache"),
+              "--num_train_epochs", "1", "--max_train_samples", "32", "--max_eval_samples", "16",
+              "--config_overrides", TINY, "--disable_tqdm", "true", "--per_device_train_batch_size", "8"]  # fmt: skip
+    run_script(["--output_dir", str(tmp_path / "two"), *common], launcher=TWO_PROCESSES)
+    assert sorted(path.name for path in (tmp_path / "cache").glob("*.safetensors")) == [
+        "epoch0.rank0.safetensors",
+        "epoch0.rank1.safetensors",
+    ]
+    shutil.rmtree(teacher)
+    result = run_script(["--output_dir", str(tmp_path / "one"), *common])
+    assert "the teacher is not loaded" in result.stdout
