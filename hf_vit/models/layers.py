@@ -554,18 +554,23 @@ def _keys_cubic(distance: torch.Tensor, a: float) -> torch.Tensor:
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
+def _triangle(distance: torch.Tensor) -> torch.Tensor:
+    """The linear interpolation kernel."""
+    return (1 - distance.abs()).clamp(min=0)
+
+
 def interpolation_weights(centre: torch.Tensor, scale: torch.Tensor, side: int, mode: str, antialias: bool):
     """The weights `F.interpolate(mode=mode, align_corners=False, antialias=antialias)` gives the `side` source
     samples of one axis for outputs centred at source coordinates `centre` (..., ) of a resize by `scale` (source /
     output size, broadcastable to `centre`): (..., side). `mode`: "bilinear" or "bicubic"."""
     device = centre.device
+    # Keys' a: -0.5 where torch antialiases (PIL's), -0.75 where it does not
+    kernel = partial(_keys_cubic, a=-0.5 if antialias else -0.75) if mode == "bicubic" else _triangle
     if antialias:  # the kernel stretched by the downscaling factor over the sources that exist, then normalised
-        kernel = partial(_keys_cubic, a=-0.5) if mode == "bicubic" else lambda x: (1 - x.abs()).clamp(min=0)
         source = torch.arange(side, device=device, dtype=torch.float32)
         weights = kernel((source - centre[..., None]) / scale.clamp(min=1)[..., None])
         return weights / weights.sum(-1, keepdim=True)
     # Without antialiasing the kernel keeps its width and reads the samples beyond an edge as the edge itself.
-    kernel = partial(_keys_cubic, a=-0.75) if mode == "bicubic" else lambda x: (1 - x.abs()).clamp(min=0)
     source = torch.arange(-2, side + 2, device=device)
     weights = kernel(source.to(torch.float32) - centre[..., None])
     return weights @ F.one_hot(source.clamp(0, side - 1), side).to(torch.float32)

@@ -4,7 +4,7 @@ that are dropped when the student is saved. Student and teacher may differ in wi
 student's map is projected to the teacher's width and resized to its grid. The result is an ordinary checkpoint of
 the student's family, which `finetune`, `probe` and `AutoBackbone` take.
 
-    teacher_features(teacher, pixel_values)  -> (pooled (B, C), map (B, C, h, w)) of any AutoModel
+    backbone_features(model, pixel_values)   -> (pooled (B, C), map (B, C, h, w)) of any AutoModel
     FeatureDistiller(student, ...)           the student and its heads: pixel values + the teacher's features -> loss
 """
 
@@ -32,12 +32,13 @@ def token_map(hidden: torch.Tensor, image_size, num_prefix_tokens: int | None = 
     raise ValueError(f"{length} tokens of a {height}x{width} picture make no grid of its shape after a prefix")
 
 
-@torch.no_grad()
-def teacher_features(teacher: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen teacher's pooled features (B, C') (its `pooler_output`, else its map's mean) and its map of patch
-    features (B, C, h, w)."""
-    output = teacher(pixel_values)
-    features = token_map(output.last_hidden_state, pixel_values.shape[-2:], getattr(teacher, "num_prefix_tokens", None))
+def backbone_features(model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooled features (B, C') (the model's `pooler_output`, else its map's mean) and the map of patch features
+    (B, C, h, w) of any backbone `AutoModel` loads, student or teacher; a model that resamples its positions does so
+    for the pictures' size."""
+    resamples = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+    output = model(pixel_values, **({"interpolate_pos_encoding": True} if resamples else {}))
+    features = token_map(output.last_hidden_state, pixel_values.shape[-2:], getattr(model, "num_prefix_tokens", None))
     pooled = getattr(output, "pooler_output", None)
     pooled = features.mean((2, 3)) if pooled is None else pooled.flatten(1)
     return pooled, features
@@ -65,22 +66,14 @@ class FeatureDistiller(nn.Module):
         self.student, self.config, self.loss = student, student.config, loss
         self.pooled_head = nn.Linear(student_widths[0], teacher_widths[0])
         self.map_head = nn.Linear(student_widths[1], teacher_widths[1])
-        self.resamples = "interpolate_pos_encoding" in inspect.signature(student.forward).parameters
 
     def no_weight_decay(self) -> set[str]:
         """The student's own (tokens, position embeddings, relative position bias tables), under its name here."""
         declared = self.student.no_weight_decay() if hasattr(self.student, "no_weight_decay") else ()
         return {f"student.{name}" for name in declared}
 
-    def student_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The student's pooled features (B, C) and its patch map (B, C, h, w)."""
-        options = {"interpolate_pos_encoding": True} if self.resamples else {}
-        output = self.student(pixel_values, **options)
-        prefix = getattr(self.student, "num_prefix_tokens", None)
-        return output.pooler_output.flatten(1), token_map(output.last_hidden_state, pixel_values.shape[-2:], prefix)
-
     def forward(self, pixel_values, teacher_pooled, teacher_map) -> dict:
-        pooled, features = self.student_features(pixel_values)
+        pooled, features = backbone_features(self.student, pixel_values)
         projected = self.map_head(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         if projected.shape[-2:] != teacher_map.shape[-2:]:  # the teacher's grid (bilinear: a map, not a table)
             projected = F.interpolate(projected, size=teacher_map.shape[-2:], mode="bilinear", align_corners=False)

@@ -258,17 +258,13 @@ def open_logit_cache(model_args, data: TrainingData, labels, ingredients, image_
         model_args.teacher_logits_cache, key, len(data.train), len(labels), model_args.teacher_logits_top_k
     )
     epochs = cached_epochs(training_args, data)
-    missing = cache.missing(epochs)
+    missing, rows = cache.missing(epochs), epochs * len(data.train)
     if missing and not model_args.teacher_on_disk():
         raise ValueError(
-            f"--teacher_logits_cache {model_args.teacher_logits_cache} lacks {missing} of {epochs * len(data.train)} "
-            f"rows, and the teacher {model_args.teacher_name_or_path!r} that would fill them is not there"
+            f"--teacher_logits_cache {model_args.teacher_logits_cache} lacks {missing} of {rows} rows, and the "
+            f"teacher {model_args.teacher_name_or_path!r} that would fill them is not there"
         )
-    state = (
-        "the teacher is not loaded"
-        if not missing
-        else f"the teacher fills {missing} of {epochs * len(data.train)} rows"
-    )
+    state = f"the teacher fills {missing} of {rows} rows" if missing else "the teacher is not loaded"
     line = (
         f"teacher logits: {model_args.teacher_logits_cache}, top {cache.top_k} of {len(labels)} classes, "
         f"{cache.bytes_per_picture()} bytes a picture and epoch, {epochs} epochs x {len(data.train)} pictures; {state}"

@@ -102,11 +102,15 @@ class LogitCache:
     def lookup(self, epochs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
         """The (B, num_labels) log-probabilities of (epoch, index) keys, the classes beyond the top k sharing what
         is left of the probability; None if any row is missing."""
-        rows = [(self.epoch(int(e)), int(i)) for e, i in zip(epochs.tolist(), indices.tolist())]
-        if not all(epoch["filled"][index] for epoch, index in rows):
-            return None
-        classes = torch.stack([epoch["classes"][index] for epoch, index in rows]).long()
-        top = torch.stack([epoch["log_probs"][index] for epoch, index in rows]).float()
+        epochs, indices = epochs.cpu(), indices.cpu().long()
+        classes = torch.empty(len(indices), self.top_k, dtype=torch.long)
+        top = torch.empty(len(indices), self.top_k)
+        for epoch in epochs.unique().tolist():  # a batch of replayed views has one
+            rows, chosen = self.epoch(epoch), epochs == epoch
+            if not rows["filled"][indices[chosen]].all():
+                return None
+            classes[chosen] = rows["classes"][indices[chosen]].long()
+            top[chosen] = rows["log_probs"][indices[chosen]].float()
         rest = self.num_labels - self.top_k
         left = (1 - top.exp().sum(-1, keepdim=True)).clamp(min=1e-12)
         filler = (left / max(rest, 1)).log() if rest else torch.full_like(left, -1e4)
@@ -115,10 +119,12 @@ class LogitCache:
     def store(self, epochs: torch.Tensor, indices: torch.Tensor, logits: torch.Tensor) -> None:
         """Keep the top k of the teacher's (B, num_labels) logits, as log-probabilities, for (epoch, index) keys."""
         top, classes = torch.log_softmax(logits.float(), -1).topk(self.top_k, dim=-1)
-        for row, (epoch, index) in enumerate(zip(epochs.tolist(), indices.tolist())):
-            rows = self.epoch(int(epoch))
-            rows["classes"][index], rows["log_probs"][index] = classes[row].cpu().int(), top[row].cpu().half()
-            rows["filled"][index] = rows["new"][index] = True
+        epochs, indices, top, classes = epochs.cpu(), indices.cpu().long(), top.cpu(), classes.cpu()
+        for epoch in epochs.unique().tolist():
+            rows, chosen = self.epoch(epoch), epochs == epoch
+            rows["classes"][indices[chosen]] = classes[chosen].int()
+            rows["log_probs"][indices[chosen]] = top[chosen].half()
+            rows["filled"][indices[chosen]] = rows["new"][indices[chosen]] = True
 
     def flush(self, rank: int) -> None:
         """Write this process's new rows of every epoch in memory, each epoch's file replaced in one step."""

@@ -27,7 +27,7 @@ from ..models.modeling_mim import pixel_mask
 from ..registry import FAMILIES
 from .arguments import ModelArguments, ModelSource, PretrainTrainingArguments, check_model_source
 from .building import build_image_processor, build_pretraining_model, load_teacher
-from .feature_distillation import FEATURE_LOSSES, FeatureDistiller, teacher_features
+from .feature_distillation import FEATURE_LOSSES, FeatureDistiller, backbone_features
 from .recipes import PRETRAINING, pretraining_recipe
 from .trainer import FeatureDistillationTrainer, PretrainingTrainer, resolve_resume
 
@@ -149,26 +149,28 @@ def check_distillation(args: PretrainArguments, training_args: PretrainTrainingA
     return "distill"
 
 
-def build_distiller(model_args, source: ModelSource, config, args: PretrainArguments, image_processor):
-    """The student (its family's base model: a checkpoint's weights or fresh ones) with projection heads to the
-    teacher's widths, the frozen teacher and its input adapter."""
+def build_student(model_args, source: ModelSource, config):
+    """Feature distillation's student: its family's base model, a checkpoint's weights or fresh ones."""
     model_class = source.family.base_model_class
-    if source.from_checkpoint:
-        student = load_checkpoint(
-            model_class, model_args.model_name_or_path, new_heads=True, trust_remote_code=model_args.trust_remote_code
-        )
-    else:
-        student = model_class(config)
+    if not source.from_checkpoint:
+        return model_class(config)
+    return load_checkpoint(
+        model_class, model_args.model_name_or_path, new_heads=True, trust_remote_code=model_args.trust_remote_code
+    )
+
+
+def build_distiller(student, model_args, args: PretrainArguments, image_processor):
+    """The student with projection heads to the teacher's widths (both measured on one blank picture), the frozen
+    teacher and its input adapter."""
     teacher, teacher_inputs = load_teacher(
         args.teacher_name_or_path, model_args.trust_remote_code, student, image_processor, auto_class=AutoModel
     )
-    height, width = to_2tuple(config.image_size)
-    probe = torch.zeros(1, config.num_channels, height, width)
+    config = student.config
+    probe = torch.zeros(1, config.num_channels, *to_2tuple(config.image_size))
     with torch.no_grad():
-        widths = [t.shape[1] for t in teacher_features(teacher.eval(), teacher_inputs(probe))]
-        distiller = FeatureDistiller(student, (1, 1), widths, args.feature_loss)
-        student_widths = [t.shape[1] for t in distiller.student_features(probe)]
-    return FeatureDistiller(student, student_widths, widths, args.feature_loss), teacher, teacher_inputs
+        student_widths = [t.shape[1] for t in backbone_features(student, probe)]
+        teacher_widths = [t.shape[1] for t in backbone_features(teacher.eval(), teacher_inputs(probe))]
+    return FeatureDistiller(student, student_widths, teacher_widths, args.feature_loss), teacher, teacher_inputs
 
 
 class ReconstructionPictures(TrainerCallback):
@@ -252,9 +254,9 @@ def pretrain(
     mask = {} if recipe.mask_ratio is None else {"mask_ratio": recipe.mask_ratio}
     teacher = None
     if method == "distill":
-        config = source.with_fields(**size)
-        image_processor = build_image_processor(model_args, source.family.base_model_class(config))
-        model, teacher, teacher_inputs = build_distiller(model_args, source, config, args, image_processor)
+        student = build_student(model_args, source, source.with_fields(**size))
+        image_processor = build_image_processor(model_args, student)
+        model, teacher, teacher_inputs = build_distiller(student, model_args, args, image_processor)
     else:
         model = build_pretraining_model(model_args, source, method, source.with_fields(**mask, **size))
         image_processor = build_image_processor(model_args, model)

@@ -22,7 +22,7 @@ from transformers.utils import logging
 
 from ..cards import CURVES_FILE, plot_training_curves, write_model_card
 from .distributed import check_fsdp_version, has_accelerator, hf_vit_model, shard_on_cpu, unused_parameters, whole_model
-from .feature_distillation import teacher_features
+from .feature_distillation import backbone_features
 from .logit_cache import LogitCache
 from .recipes import TRAINING_INGREDIENTS, Ingredients
 from .regularisation import (
@@ -287,18 +287,17 @@ class FeatureDistillationTrainer(PretrainingTrainer):
     predict them; only the student is saved (its projection heads are not part of it, so there are no intermediate
     checkpoints to resume from)."""
 
-    def __init__(self, *args, teacher=None, teacher_inputs=None, **kwargs):
-        arguments = kwargs.get("args", args[1] if len(args) > 1 else None)
-        if arguments is not None and arguments.ddp_find_unused_parameters is None:
-            arguments.ddp_find_unused_parameters = False  # every weight of the student and its heads learns
-        super().__init__(*args, **kwargs)
+    def __init__(self, model=None, args=None, *positional, teacher=None, teacher_inputs=None, **kwargs):
+        if args is not None and args.ddp_find_unused_parameters is None:
+            args.ddp_find_unused_parameters = False  # every weight of the student and its heads learns
+        super().__init__(model, args, *positional, **kwargs)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.teacher_inputs = teacher_inputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values = inputs["pixel_values"]
         with torch.no_grad(), self.accelerator.autocast():
-            pooled, features = teacher_features(self.teacher, self.teacher_inputs(pixel_values))
+            pooled, features = backbone_features(self.teacher, self.teacher_inputs(pixel_values))
         outputs = model(pixel_values, pooled, features)
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
