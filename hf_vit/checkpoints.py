@@ -3,6 +3,7 @@
 load_checkpoint(model_class, name_or_path, new_heads=False, **kwargs) -> model
     transformers' `from_pretrained`, with a checkpoint that has no weights, unreadable (truncated) weights, or
     weights that do not fit the model refused in one line (`CheckpointMismatchError`), naming the keys
+set_token_merging(model, count) -> token merging (ToMe) for a loaded model, or a one-line refusal
 """
 
 from safetensors import SafetensorError
@@ -10,7 +11,11 @@ from safetensors import SafetensorError
 from .guards import UsageError, check_local_path
 from .models.configuration_utils import CheckpointMismatchError
 
-SHOWN_KEYS = 6  # keys named in a refusal; the count says how many more
+SHOWN_KEYS = 6
+TOKEN_MERGING_HELP = (
+    "Token merging (ToMe): tokens merged per block, for speed (hf_vit, hf_deit, hf_vit_hybrid; 0: off). "
+    "Serving fast in the docs has the speed and accuracy per value."
+)  # keys named in a refusal; the count says how many more
 
 
 def head_prefixes(model) -> tuple[str, ...]:
@@ -61,3 +66,23 @@ def load_checkpoint(model_class, name_or_path: str, new_heads: bool = False, **k
         raise UsageError(f"Cannot load {name_or_path!r}: {error}") from error
     check_loading_info(model, info, name_or_path, new_heads)
     return model
+
+
+def set_token_merging(model, count: int) -> None:
+    """Run `model` with token merging (ToMe: `count` tokens merged per block; 0: off) from now on. A family without
+    the `token_merging` field (Swin's windows, a transformers model) or a model it does not fit (rotary positions)
+    is a `UsageError` in one line."""
+    config = model.config
+    if not hasattr(type(config), "check_token_merging"):
+        if count:
+            raise UsageError(
+                f"--token_merging: {config.model_type} cannot merge tokens; token merging needs global attention "
+                "over one token sequence (hf_vit, hf_deit, hf_vit_hybrid), and Swin attends within windows"
+            )
+        return
+    previous, config.token_merging = config.token_merging, count
+    try:
+        config.check_token_merging()
+    except ValueError as error:
+        config.token_merging = previous
+        raise UsageError(f"--token_merging {count}: {error}") from error

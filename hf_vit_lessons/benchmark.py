@@ -25,12 +25,17 @@ from functools import partial
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.utils import compile_regions
 from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForImageClassification, DeiTForImageClassificationWithTeacher
 
+from hf_vit.checkpoints import set_token_merging
+from hf_vit.data import DataArguments, evaluation_loader, load_splits
+from hf_vit.inference.classifier import load_classifier
+from hf_vit.inference.evaluation import EvaluateArguments, evaluate_checkpoint
 from hf_vit.interop.convert import from_timm
 from hf_vit.interop.export import ONNX_FILE, export_model
 from hf_vit.models.configuration_deit import DEIT_PRESETS
@@ -432,28 +437,34 @@ def accelerator_speed(
     family, mode, batch_size, repeats, device="cuda", amp="bf16", compile_models=True, peak=None, implementations=None
 ) -> list[dict]:
     """Images/s, step peak memory and model FLOPs utilisation of every implementation of `family`, eager and (with
-    `compile_models`) compiled, timed interleaved in one process; `implementations` picks some of "ours", "timm"
+    `compile_models`) compiled by regions, with the seconds the compiling first step took beyond a steady one, timed
+    interleaved in one process; `implementations` picks some of "ours", "timm"
     and "transformers". Training is forward, fp32 loss, backward and a
     (fused on CUDA) AdamW update, so utilisation counts 3x the forward FLOPs."""
     image_size = MODELS[family][0]
     make_step = inference_step if mode == "inference" else training_step
-    steps, memory = {}, {}
+    steps, memory, first = {}, {}, {}
     for name in MODELS[family][1]:
         if name in ("hf_vit_every_token", "transformers_eager"):
             continue
         if implementations and ("ours" if name.startswith("hf_") else name) not in implementations:
             continue
         model = build(family, name, device)
-        variants = {name: model} | ({f"{name}+compile": torch.compile(model)} if compile_models else {})
+        # compiled as --torch_compile trains: by regions, each repeated block compiled once
+        variants = {name: model} | ({f"{name}+compile": compile_regions(model)} if compile_models else {})
         for variant, module in variants.items():
             steps[variant] = make_step(module, batch_size, image_size, device, amp)
+            start = time.perf_counter()
             memory[variant] = step_peak_mib(steps[variant], device)
+            first[variant] = time.perf_counter() - start
     seconds = interleaved_medians(steps, repeats, desc=f"{family} {mode} b{batch_size}")
     flops = forward_flops(family) * (1 if mode == "inference" else 3)
     rows = speed_rows(seconds, family, mode, batch_size, device, amp)
     for row in rows:
+        variant = row["implementation"]
         row.update(
-            step_peak_mib=memory[row["implementation"]],
+            compile_s=first[variant] - seconds[variant] if variant.endswith("+compile") else None,
+            step_peak_mib=memory[variant],
             gflops_per_image=flops / 1e9,
             mfu=flops * row["images_per_s"] / (peak * 1e12) if peak else None,
         )
@@ -569,12 +580,103 @@ def reset_peak_resident_memory() -> int:
     return resident_memory("VmRSS")
 
 
+def compile_cost(
+    family: str = "vit_b16", batch_size: int = 8, repeats: int = 3, device="cpu", amp=None, backend: str = "inductor"
+) -> list[dict]:
+    """hf_vit's training step eager, compiled whole (`torch.compile`) and compiled by regions (accelerate's
+    `compile_regions`: each repeated block compiled once and reused, as `--torch_compile` trains): the seconds the
+    first compiled step takes beyond a steady one, and the steady images/s, timed interleaved. Inductor's caches are
+    off, so each compiles from scratch."""
+    torch._inductor.config.force_disable_caches = True
+    compilers = {
+        "eager": None,
+        "whole model": partial(torch.compile, backend=backend),
+        "regional": partial(compile_regions, backend=backend),
+    }
+    image_size = MODELS[family][0]
+    steps, first = {}, {}
+    for name, compiler in compilers.items():
+        model = build(family, "hf_vit", device)
+        steps[name] = training_step(model if compiler is None else compiler(model), batch_size, image_size, device, amp)
+        start = time.perf_counter()
+        steps[name]()
+        first[name] = time.perf_counter() - start
+    seconds = interleaved_medians(steps, repeats, warmup=0, desc=f"{family} compile")
+    return [
+        dict(
+            family=family,
+            mode="train",
+            batch_size=batch_size,
+            compilation=name,
+            compile_s=None if compilers[name] is None else first[name] - seconds[name],
+            images_per_s=batch_size / seconds[name],
+            whole_model_step_ratio=seconds["whole model"] / seconds[name],
+        )
+        for name in compilers
+    ]
+
+
 def graph_breaks(family: str, implementation: str) -> int:
     """Graph breaks `torch._dynamo.explain` finds in one inference forward (0: the whole model is one graph)."""
     model = build(family, implementation).eval()
     pixels = torch.randn(1, 3, MODELS[family][0], MODELS[family][0])
     with torch.no_grad():
         return torch._dynamo.explain(model)(pixels).graph_break_count
+
+
+def token_merging_speed(counts, family: str = "vit_s16", batch_size: int = 8, repeats: int = 7, device="cpu", amp=None):
+    """Inference images/s of hf_vit merging each of `counts` tokens per block (ToMe) against timm's same model, timed
+    interleaved; rows with `speedup`, against hf_vit without merging (which must be among `counts`: 0)."""
+    image_size = MODELS[family][0]
+    timm_model = build(family, "timm", device)
+    steps = {"timm": inference_step(timm_model, batch_size, image_size, device, amp)}
+    for count in counts:
+        model = build(family, next(iter(MODELS[family][1])), device)
+        set_token_merging(model, count)
+        steps[count] = inference_step(model, batch_size, image_size, device, amp)
+    seconds = interleaved_medians(steps, repeats, desc=f"{family} token merging b{batch_size}")
+    return [
+        dict(
+            family=family,
+            batch_size=batch_size,
+            implementation="timm" if name == "timm" else "hf_vit",
+            token_merging=None if name == "timm" else name,
+            images_per_s=batch_size / value,
+            speedup=seconds[0] / value,
+        )
+        for name, value in seconds.items()
+    ]
+
+
+def token_merging_accuracy(
+    model_name_or_path: str, counts, directory: str, batch_size: int = 64, repeats: int = 5, data_args=None
+) -> list[dict]:
+    """A fine-tuned checkpoint at each of `counts` tokens merged per block: its accuracy on its evaluation split
+    (`data_args`'s; default the digits') through `evaluate`, and its images/s on a batch of those pictures, timed
+    interleaved."""
+    data_args = data_args or DataArguments()
+    accuracy, steps = {}, {}
+    for count in counts:
+        arguments = EvaluateArguments(model_name_or_path, os.path.join(directory, str(count)), token_merging=count)
+        with contextlib.redirect_stdout(None):
+            accuracy[count] = evaluate_checkpoint(arguments, data_args)["accuracy"]
+        model, processor = load_classifier(model_name_or_path, token_merging=count)
+        split = load_splits(data_args, arguments.seed, evaluation_only=True)["validation"].select(range(batch_size))
+        loader = evaluation_loader(split, processor, model.config.num_channels, data_args, batch_size)
+        pixels = next(iter(loader))["pixel_values"]
+        steps[count] = step_on(model, lambda model, pixels=pixels: model(pixels), batch_size, "inference")
+    seconds = interleaved_medians(steps, repeats, desc="token merging accuracy")
+    return [
+        dict(
+            model=model_name_or_path,
+            token_merging=count,
+            accuracy=accuracy[count],
+            accuracy_change=accuracy[count] - accuracy[counts[0]],
+            images_per_s=batch_size / seconds[count],
+            speedup=seconds[counts[0]] / seconds[count],
+        )
+        for count in counts
+    ]
 
 
 def export_speed(batch_sizes=(1, 8), repeats: int = 7, family: str = "vit_s16") -> list[dict]:

@@ -3,12 +3,15 @@ training-step peak memory with and without gradient checkpointing, torch.compile
 onnxruntime against PyTorch eager, the input pipeline, and the time to the first training steps.
 
     python scripts/benchmark.py                       # CPU fp32, every suite but compile, export, data and startup
-    python scripts/benchmark.py --suite compile       # torch.compile speed and graph breaks
+    python scripts/benchmark.py --suite compile       # ViT-B/16's training compiled whole and by regions; graph breaks
     python scripts/benchmark.py --suite export        # ViT-S/16 in onnxruntime vs PyTorch eager, batch 1 and 8
     python scripts/benchmark.py --suite data          # the 224 px input pipeline at 0, 1, 2 workers vs a ViT-S/16 step
     python scripts/benchmark.py --suite startup       # finetune.py's first steps on 1,000 and 100,000 images
     python scripts/benchmark.py --suite naflex        # NaFlex batches against 224 px images at 196 patches a picture
     python scripts/benchmark.py --suite logit_cache   # a student's training, teacher computed against cache read
+    python scripts/benchmark.py --suite token_merging --token_merging 0 4 8 13 [--model_name_or_path runs/digits-vit]
+        # ViT-S/16 and DeiT-S at batch 8 merging tokens (ToMe), against timm; with a fine-tuned checkpoint, its
+        # accuracy on its evaluation data beside its speed, per count
     python scripts/benchmark.py --suite gpu --device cuda --amp bf16 --json gpu.json   # the accelerator suite
     python scripts/benchmark.py --suite gpu --smoke   # the same code on the CPU, tiny (the test suite runs this)
 """
@@ -34,9 +37,10 @@ SUITES = (
     "startup",
     "naflex",
     "logit_cache",
+    "token_merging",
     "gpu",
 )
-OPT_IN = ("compile", "export", "data", "startup", "naflex", "logit_cache", "gpu")  # run only when named
+OPT_IN = ("compile", "export", "data", "startup", "naflex", "logit_cache", "token_merging", "gpu")  # when named
 
 
 def main(argv=None) -> int:
@@ -47,6 +51,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timed rounds; medians are reported")
     parser.add_argument("--json", default=None, help="also write every figure to this file, as each suite ends")
+    merging = parser.add_argument_group("the token_merging suite")
+    merging.add_argument("--token_merging", nargs="+", type=int, default=[0, 4, 8, 13], help="tokens merged per block")
+    merging.add_argument("--model_name_or_path", default=None, help="a fine-tuned checkpoint to measure accuracy on")
     gpu = parser.add_argument_group("the gpu suite")
     gpu.add_argument("--families", nargs="+", choices=list(benchmark.MODELS), default=list(benchmark.GPU_FAMILIES))
     gpu.add_argument("--modes", nargs="+", choices=["train", "inference"], default=["train", "inference"])
@@ -101,7 +108,16 @@ def main(argv=None) -> int:
                     results.setdefault("failed", []).append(f"{family} {mode}: {error!r}")
                     continue
                 add("gpu", new)
-                columns = ["family", "mode", "implementation", "images_per_s", "hf_vit_ratio", "step_peak_mib", "mfu"]
+                columns = [
+                    "family",
+                    "mode",
+                    "implementation",
+                    "images_per_s",
+                    "hf_vit_ratio",
+                    "step_peak_mib",
+                    "mfu",
+                    "compile_s",
+                ]
                 print(markdown_table(new, columns), flush=True)
 
     if "inference" in args.suite:
@@ -128,7 +144,24 @@ def main(argv=None) -> int:
             results["logit_cache"] = benchmark.logit_cache_speed(directory, repeats=max(2, args.repeats // 2))
         print(markdown_table(results["logit_cache"], list(results["logit_cache"][0])), flush=True)
         save()
+    if "token_merging" in args.suite:
+        counts = sorted(set(args.token_merging) | {0})
+        columns = ["family", "implementation", "token_merging", "images_per_s", "speedup"]
+        for family in ("vit_s16", "deit_s_distilled"):
+            new = benchmark.token_merging_speed(counts, family, 8, args.repeats, args.device, args.amp)
+            add("token_merging", new)
+            print(markdown_table(new, columns), flush=True)
+        if args.model_name_or_path:
+            with tempfile.TemporaryDirectory() as directory:
+                results["token_merging_accuracy"] = benchmark.token_merging_accuracy(
+                    args.model_name_or_path, counts, directory, repeats=args.repeats
+                )
+            accuracy = results["token_merging_accuracy"]
+            print(markdown_table(accuracy, list(accuracy[0])), flush=True)
+            save()
     if "compile" in args.suite:
+        results["compile_cost"] = benchmark.compile_cost("vit_b16", 8, repeats=max(2, args.repeats // 2))
+        print(markdown_table(results["compile_cost"], list(results["compile_cost"][0])), flush=True)
         add(
             "compile",
             benchmark.compare_speed("vit_s16", ["hf_vit", "timm"], "inference", 8, compile_ours=True, **speed),

@@ -77,14 +77,15 @@ def last_stage_attention(config, attentions, batch: int, height: int, width: int
     window, _ = window_and_shift(height, width, config.window_size, 0)
     weights = attentions[-config.depths[-1]]  # (B * windows, heads, N, N)
     received = weights.float().mean(1).mean(1).view(batch, -1, window * window, 1)
-    padded_h, padded_w = height + (-height % window), width + (-width % window)
-    return window_reverse(received, padded_h, padded_w, window)[:, :height, :width, 0]
+    return window_reverse(received, height, width, window)[..., 0]
 
 
 @torch.inference_mode()
 def attention_heatmaps(model, pixel_values: torch.Tensor, **naflex) -> tuple[torch.Tensor, torch.Tensor | list]:
     """(logits (B, num_labels), heat maps (B, h, w)) of an hf_vit classifier, in one forward pass; for NaFlex
     patches (`naflex`: their `spatial_shapes` and `pixel_attention_mask`), one (h_i, w_i) map per picture."""
+    if getattr(model.config, "token_merging", 0):
+        raise ValueError("attention maps need every patch's own token: they are not drawn with token merging")
     with maps_from_sdpa(model):
         output = model(pixel_values, output_attentions=True, return_dict=True, **naflex)
     if hasattr(model.config, "window_size"):  # Swin

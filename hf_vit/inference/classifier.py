@@ -12,18 +12,20 @@ from PIL import Image
 from torchvision.transforms.v2.functional import to_pil_image
 from transformers import AutoModelForImageClassification
 
-from ..checkpoints import load_checkpoint
+from ..checkpoints import load_checkpoint, set_token_merging
 from ..data import decode_image
 from ..devices import batch_inputs, inference_device, inference_precision
 from ..processors import checkpoint_image_processor, processor_size
 from .attention import attention_heatmaps, overlay
 
 
-def load_classifier(name_or_path: str, trust_remote_code: bool = False):
-    """(model in eval mode, image processor) of an image-classification checkpoint. A checkpoint whose classifier
-    head is missing (a base model, a pretraining checkpoint) is a `CheckpointMismatchError` naming the missing
-    weights: its predictions would come from a head started at random."""
+def load_classifier(name_or_path: str, trust_remote_code: bool = False, token_merging: int = 0):
+    """(model in eval mode, image processor) of an image-classification checkpoint, merging `token_merging` tokens
+    per block (`set_token_merging`). A checkpoint whose classifier head is missing (a base model, a pretraining
+    checkpoint) is a `CheckpointMismatchError` naming the missing weights: its predictions would come from a head
+    started at random."""
     model = load_checkpoint(AutoModelForImageClassification, name_or_path, trust_remote_code=trust_remote_code)
+    set_token_merging(model, token_merging)
     processor = checkpoint_image_processor(name_or_path, model.config, trust_remote_code)
     return model.to(inference_device()).eval(), processor
 

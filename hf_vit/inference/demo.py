@@ -10,6 +10,7 @@ Gradio comes with the `demo` extra: pip install "hf_vit[demo]".
 import os
 from dataclasses import dataclass, field
 
+from ..checkpoints import TOKEN_MERGING_HELP
 from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..data import build_transforms, collate, model_inputs
 from ..guards import usage_errors
@@ -33,6 +34,7 @@ class DemoArguments:
     host: str = field(default="127.0.0.1", metadata={"help": "The address to serve on (0.0.0.0: every interface)."})
     port: int = field(default=7860, metadata={"help": "The port to serve on."})
     share: bool = field(default=False, metadata={"help": "Also open a public gradio.live link."})
+    token_merging: int = field(default=0, metadata={"help": TOKEN_MERGING_HELP + " No attention overlay then."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the checkpoint."})
 
 
@@ -45,10 +47,14 @@ def import_gradio():
     return gradio
 
 
-def build_demo(model_name_or_path: str, top_k: int = 5, examples=None, trust_remote_code: bool = False):
-    """The Gradio app of a checkpoint: a picture in; its top-k labels and attention overlay out."""
+def build_demo(
+    model_name_or_path: str, top_k: int = 5, examples=None, trust_remote_code: bool = False, token_merging: int = 0
+):
+    """The Gradio app of a checkpoint: a picture in; its top-k labels and attention overlay out (no overlay with
+    `token_merging`: a merged token is no one patch)."""
     gr = import_gradio()
-    model, image_processor = load_classifier(model_name_or_path, trust_remote_code)
+    model, image_processor = load_classifier(model_name_or_path, trust_remote_code, token_merging)
+    overlaid = not token_merging
     channels, names = model.config.num_channels, model.config.id2label
     transform = build_transforms(image_processor, channels, train=False)
     examples = picture_paths(examples) if examples else []
@@ -60,8 +66,8 @@ def build_demo(model_name_or_path: str, top_k: int = 5, examples=None, trust_rem
             picture = read_picture(path, channels)  # the uploaded file itself, read as every job reads it
         except ValueError as error:
             raise gr.Error(str(error)) from error
-        scores, heat = classify(model, collate([model_inputs(transform(picture))]), attention=True)
-        overlay = attention_overlay(picture, heat[0], image_processor)
+        scores, heat = classify(model, collate([model_inputs(transform(picture))]), attention=overlaid)
+        overlay = attention_overlay(picture, heat[0], image_processor) if overlaid else None
         return {names[i]: float(score) for i, score in enumerate(scores[0])}, overlay
 
     name = os.path.basename(os.path.normpath(model_name_or_path))
@@ -75,7 +81,11 @@ def build_demo(model_name_or_path: str, top_k: int = 5, examples=None, trust_rem
             picture = gr.Image(type="filepath", image_mode=None, label="picture", elem_id=ELEMENT_IDS["picture"])
             with gr.Column():
                 labels = gr.Label(num_top_classes=top_k, label="prediction", elem_id=ELEMENT_IDS["labels"])
-                heat = gr.Image(label="where it looks", elem_id=ELEMENT_IDS["overlay"], interactive=False)
+                heat = gr.Image(
+                    label="where it looks" if overlaid else "where it looks (not drawn with token merging)",
+                    elem_id=ELEMENT_IDS["overlay"],
+                    interactive=False,
+                )
         button = gr.Button("Classify", variant="primary", elem_id=ELEMENT_IDS["button"])
         button.click(predict, inputs=picture, outputs=[labels, heat])
         if examples:
@@ -94,7 +104,9 @@ def parse_args(argv=None):
 def launch(args: DemoArguments) -> None:
     """Build the app (bad input: a `UsageError`) and serve it until interrupted."""
     with usage_errors():
-        demo = build_demo(args.model_name_or_path, args.top_k, args.examples, args.trust_remote_code)
+        demo = build_demo(
+            args.model_name_or_path, args.top_k, args.examples, args.trust_remote_code, args.token_merging
+        )
     demo.launch(server_name=args.host, server_port=args.port, share=args.share)
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..checkpoints import TOKEN_MERGING_HELP
 from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..data import DataArguments, evaluation_loader, is_multi_label, label_names, load_splits
 from ..data.metrics import multi_label_metrics
@@ -59,6 +60,7 @@ class EvaluateArguments:
     batch_size: int = field(default=64, metadata={"help": "Images per batch."})
     num_mistakes: int = field(default=16, metadata={"help": "Mistakes shown in mistakes.png."})
     seed: int = field(default=42, metadata={"help": "The seed that split the data (finetune's --seed; default 42)."})
+    token_merging: int = field(default=0, metadata={"help": TOKEN_MERGING_HELP})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the checkpoint."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Write over a report already there."})
 
@@ -268,7 +270,9 @@ def evaluate_checkpoint(evaluate_args: EvaluateArguments, data_args: DataArgumen
             if getattr(data_args, flag) is not None:
                 raise ValueError(f"--{flag} does not apply: the checkpoint's image processor sets the size")
         check_output_dir(evaluate_args.output_dir, evaluate_args.overwrite_output_dir, False)
-        model, image_processor = load_classifier(evaluate_args.model_name_or_path, evaluate_args.trust_remote_code)
+        model, image_processor = load_classifier(
+            evaluate_args.model_name_or_path, evaluate_args.trust_remote_code, evaluate_args.token_merging
+        )
         if evaluate_args.tta is not None and is_naflex(image_processor):
             raise ValueError(
                 f"--tta {evaluate_args.tta} takes fixed-size pictures; this checkpoint's are NaFlex patches"

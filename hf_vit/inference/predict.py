@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from ..checkpoints import TOKEN_MERGING_HELP
 from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..data import build_transforms, collate, image_files, is_image_file, model_inputs
 from ..devices import loader_settings
@@ -47,6 +48,7 @@ class PredictArguments:
     attention_maps: str | None = field(
         default=None, metadata={"help": "A directory for one attention overlay per picture (<name>.png)."}
     )
+    token_merging: int = field(default=0, metadata={"help": TOKEN_MERGING_HELP})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the checkpoint."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing table and overlays."})
 
@@ -129,6 +131,8 @@ def check_arguments(args: PredictArguments) -> str:
     if os.path.exists(args.output_file) and not args.overwrite:
         raise FileExistsError(f"--output_file {args.output_file!r} exists; pass --overwrite to replace it")
     if args.attention_maps is not None:
+        if args.token_merging:
+            raise ValueError("--attention_maps needs every patch's own token: leave out --token_merging")
         check_output_dir(args.attention_maps, args.overwrite, False)
     return kind
 
@@ -138,7 +142,7 @@ def predict(args: PredictArguments) -> dict:
     with usage_errors():
         kind = check_arguments(args)
         paths = picture_paths(args.inputs)
-        model, image_processor = load_classifier(args.model_name_or_path, args.trust_remote_code)
+        model, image_processor = load_classifier(args.model_name_or_path, args.trust_remote_code, args.token_merging)
     channels, names = model.config.num_channels, model.config.id2label
     transform = build_transforms(image_processor, channels, train=False)
     top_k = min(args.top_k, model.config.num_labels)

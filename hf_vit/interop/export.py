@@ -4,11 +4,12 @@
 
 Every family exports with a dynamic batch. Image height and width are dynamic too where the graph can follow
 them: ViT, DeiT and the hybrid resample their position embeddings inside the graph (any multiple of the patch
-size, or of the backbone's stride); Swin takes multiples of its padding-free size, patch_size * 2**(stages - 1)
-* window_size (224 for Swin-T), where every window is whole. A NaFlex checkpoint (its processor cuts pictures
-into patches) exports its patch input instead: `pixel_values` (B, N, p * p * C), `pixel_attention_mask` (B, N)
-and `spatial_shapes` (B, 2), with a dynamic patch count N, so one graph serves every budget. onnx, onnxscript and
-onnxruntime are imported when an export runs (`pip install hf_vit[export]`).
+size, or of the backbone's stride); Swin takes every size its eager model takes from a small minimum up (36 px for
+Swin-T), each stage's map padded to whole windows, and windows shrunk on small maps, inside the graph. A NaFlex
+checkpoint (its processor cuts pictures into patches) exports its patch input instead: `pixel_values` (B, N, p * p
+* C), `pixel_attention_mask` (B, N) and `spatial_shapes` (B, 2), with a dynamic patch count N, so one graph serves
+every budget. `--quantize` adds an int8 or fp16 copy (`quantization`). onnx, onnxscript and onnxruntime are
+imported when an export runs (`pip install hf_vit[export]`).
 """
 
 import argparse
@@ -20,11 +21,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from ..checkpoints import load_checkpoint
+from ..checkpoints import TOKEN_MERGING_HELP, load_checkpoint, set_token_merging
 from ..cli import command, grouped_parser, parse_into_dataclasses
 from ..guards import OVERWRITE_HELP, check_local_path, check_output_dir, usage_errors
 from ..models.configuration_utils import to_2tuple
 from ..processors import checkpoint_image_processor, is_naflex
+from .quantization import PRECISIONS, QUANTIZED_FILES, calibration_pictures, compare_exports, quantize_export
 
 ONNX_FILE, PROGRAM_FILE, REPORT_FILE = "model.onnx", "model.pt2", "export_report.json"
 TOLERANCE = 1e-4  # the largest |onnxruntime - PyTorch| an export may show
@@ -103,31 +105,58 @@ def naflex_example(model, batch_size: int, budget: int) -> dict:
     return dict(pixel_values=patches, pixel_attention_mask=present.to(torch.int32), spatial_shapes=spatial_shapes)
 
 
+def is_swin(model) -> bool:
+    return getattr(model.config, "window_size", None) is not None
+
+
 def size_step(model) -> tuple[int, int]:
-    """(h, w) the exported image sides are multiples of."""
-    config = model.config
-    if getattr(config, "window_size", None) is not None:  # Swin: whole windows at every stage
-        step = config.total_stride * config.window_size
-        return step, step
+    """(h, w) the exported image sides are multiples of: the patch size (ViT, DeiT), one pixel (the hybrid's CNN;
+    Swin, which pads every stage's map as its eager forward does)."""
+    if is_swin(model):
+        return 1, 1
     return tuple(model.base_model.patch_embeddings.input_multiple)
 
 
-def example_size(model) -> tuple[int, int]:
-    """The traced image size: the config's, rounded down to a multiple of the export step (Swin's may not be one),
-    and at least two steps (torch.export fixes a dimension traced at one step to that size)."""
+def smallest_swin_side(config) -> int:
+    """The smallest image side a Swin export takes: its last stage's map at least 2 wide, as torch.export can tell
+    from the side alone (each patch merging halves the map, rounding up)."""
+    side = config.patch_size
+    while True:
+        size = side // config.patch_size
+        for _ in config.depths[1:]:
+            size = (size + 1) // 2
+        if size >= 2:
+            return side
+        side += 1
+
+
+def example_size(model, dynamic_image_size: bool = True) -> tuple[int, int]:
+    """The traced image size: the config's, rounded down to a multiple of the export step and at least two steps
+    (torch.export fixes a dimension traced at one step to that size). Swin is traced where every stage's map is
+    padded and holds several windows (2 * window + 1 at the last stage; one side a half-stride shorter), so that no
+    branch of the general case is fixed in the graph."""
+    config = model.config
+    if is_swin(model) and dynamic_image_size:
+        side = (2 * config.window_size + 1) * config.total_stride
+        return side, side - config.total_stride // 2
     step_h, step_w = size_step(model)
-    height, width = to_2tuple(model.config.image_size)
+    height, width = to_2tuple(config.image_size)
     return max(2 * step_h, height // step_h * step_h), max(2 * step_w, width // step_w * step_w)
 
 
 def dynamic_shapes(model, dynamic_image_size: bool) -> dict:
-    """torch.export's dynamic dimensions: the batch, and the sides as multiples of the step (a step of one pixel,
-    the hybrid's CNN: any side the CNN takes, its range found by torch.export)."""
+    """torch.export's dynamic dimensions: the batch, and the sides as multiples of the step (a step of one pixel:
+    Swin, from its smallest side up; the hybrid's CNN, any side the CNN takes, its range found by torch.export)."""
     step_h, step_w = size_step(model)
     axes = {0: torch.export.Dim("batch", min=1, max=4096)}
     if dynamic_image_size:
         for axis, step, name in ((2, step_h, "rows"), (3, step_w, "columns")):
-            axes[axis] = torch.export.Dim.AUTO if step == 1 else step * torch.export.Dim(name, min=1, max=4096 // step)
+            if is_swin(model):
+                axes[axis] = torch.export.Dim(name, min=smallest_swin_side(model.config), max=4096)
+            elif step == 1:
+                axes[axis] = torch.export.Dim.AUTO
+            else:
+                axes[axis] = step * torch.export.Dim(name, min=1, max=4096 // step)
     return {"pixel_values": axes}
 
 
@@ -170,7 +199,7 @@ def export_model(model, output_dir: str, dynamic_image_size: bool = True, max_nu
         }
     else:
         forward = ExportedForward(model).eval()
-        height, width = example_size(model)
+        height, width = example_size(model, dynamic_image_size)
         example = dict(pixel_values=torch.randn(2, model.config.num_channels, height, width))
         shapes = dynamic_shapes(model, dynamic_image_size)
     arguments = tuple(example[name] for name in forward.input_names)
@@ -244,7 +273,8 @@ def check_sizes(model, sizes, dynamic_image_size: bool) -> list[tuple[int, int]]
     """The (h, w) sizes to check: `sizes` (each a side or "HxW"), every one a multiple of the export step, or the
     traced size and, with dynamic sides, one step more."""
     step_h, step_w = size_step(model)
-    traced = example_size(model)
+    traced = example_size(model, dynamic_image_size)
+    smallest = smallest_swin_side(model.config) if is_swin(model) else 1
     if not sizes:
         return [traced, (traced[0] + step_h, traced[1] + step_w)] if dynamic_image_size else [traced]
     checked = []
@@ -253,13 +283,48 @@ def check_sizes(model, sizes, dynamic_image_size: bool) -> list[tuple[int, int]]
         if len(parts) > 2 or not all(part.isdigit() for part in parts):
             raise ValueError(f"--check_sizes {size}: expected a side (224) or HEIGHTxWIDTH (224x320)")
         height, width = int(parts[0]), int(parts[-1])
-        if height % step_h or width % step_w or (not dynamic_image_size and (height, width) != traced):
-            allowed = (
-                f"multiples of {step_h}x{step_w}" if dynamic_image_size else f"{traced[0]}x{traced[1]} (static sizes)"
-            )
+        outside = height % step_h or width % step_w or min(height, width) < smallest
+        if outside or (not dynamic_image_size and (height, width) != traced):
+            allowed = f"multiples of {step_h}x{step_w}" if step_h > 1 else f"sides of at least {smallest}"
+            allowed = allowed if dynamic_image_size else f"{traced[0]}x{traced[1]} (static sizes)"
             raise ValueError(f"--check_sizes {size}: this export takes {allowed}")
         checked.append((height, width))
     return checked
+
+
+def check_quantization(quantize: str | None, calibration_dir: str | None) -> None:
+    if quantize is not None and quantize not in PRECISIONS:
+        raise ValueError(f"--quantize must be one of {list(PRECISIONS)}, got {quantize!r}")
+    if calibration_dir is not None:
+        if quantize != "int8":
+            raise ValueError(f"--calibration_dir calibrates --quantize int8; got --quantize {quantize}")
+        if not os.path.isdir(calibration_dir):
+            raise ValueError(f"--calibration_dir {calibration_dir!r}: no such directory")
+
+
+def quantized_copy(forward, output_dir: str, precision: str, calibration, labels, sizes) -> dict:
+    """Write the int8 or fp16 copy of the export beside it and compare the two in onnxruntime: on the calibration
+    pictures, or without them on the random inputs the export was checked on. The report's `quantization` entry."""
+    fp32_path, path = os.path.join(output_dir, ONNX_FILE), os.path.join(output_dir, QUANTIZED_FILES[precision])
+    method = quantize_export(fp32_path, path, precision, calibration)
+    if calibration is None:
+        inputs = [
+            {name: value.numpy() for name, value in case.items()} for case in check_cases(forward, sizes).values()
+        ]
+        compared_on = "the random inputs of the export check"
+    else:
+        inputs, compared_on = calibration, "the calibration pictures"
+    fp32_bytes, quantized_bytes = os.path.getsize(fp32_path), os.path.getsize(path)
+    return dict(
+        precision=precision,
+        method=method,
+        file=QUANTIZED_FILES[precision],
+        size_mb=quantized_bytes / 1e6,
+        fp32_size_mb=fp32_bytes / 1e6,
+        size_ratio=quantized_bytes / fp32_bytes,
+        compared_on=compared_on,
+        **compare_exports(fp32_path, path, inputs, labels),
+    )
 
 
 def export_checkpoint(
@@ -269,32 +334,52 @@ def export_checkpoint(
     sizes=None,
     trust_remote_code: bool = False,
     overwrite_output_dir: bool = False,
+    token_merging: int = 0,
+    quantize: str | None = None,
+    calibration_dir: str | None = None,
 ) -> dict:
     """Export a checkpoint (directory or Hub id) to `output_dir`: model.onnx, model.pt2, its image processor, and
     export_report.json (dynamic axes, onnxruntime's largest difference per checked size). Bad input (a `UsageError`:
     the checkpoint, the sizes, an `output_dir` that holds files without `overwrite_output_dir`) is found before
-    anything is written; an export that does not match PyTorch raises a ValueError."""
+    anything is written; an export that does not match PyTorch raises a ValueError. `token_merging`: the graph merges
+    that many tokens per block (ToMe). `quantize` ("int8", "fp16") adds a copy in that precision (int8: static,
+    calibrated on `calibration_dir`'s pictures, or dynamic without them), compared with the fp32 export in the
+    report."""
     with usage_errors():
+        check_quantization(quantize, calibration_dir)
         check_output_dir(output_dir, overwrite_output_dir)
         model = load_model(model_name_or_path, trust_remote_code)
+        set_token_merging(model, token_merging)
         processor = checkpoint_image_processor(model_name_or_path, model.config, trust_remote_code)
         budget = processor.max_num_patches if is_naflex(processor) else None
         if budget is None:
             sizes = check_sizes(model, sizes, dynamic_image_size)
         else:
             sizes = check_budgets(sizes, budget, dynamic_image_size)
+        calibration, labels = (
+            calibration_pictures(calibration_dir, processor, model.config.num_channels, model.config.id2label)
+            if calibration_dir
+            else (None, None)
+        )
     forward, program = export_model(model, output_dir, dynamic_image_size, budget)
     differences = check_with_onnxruntime(forward, os.path.join(output_dir, ONNX_FILE), sizes)
     processor.save_pretrained(output_dir)
+    files = [ONNX_FILE, PROGRAM_FILE]
+    quantization = None
+    if quantize:
+        quantization = quantized_copy(forward, output_dir, quantize, calibration, labels, sizes)
+        files.append(quantization["file"])
     report = dict(
         source=model_name_or_path,
         model_type=model.config.model_type,
+        token_merging=token_merging,
         inputs=list(forward.input_names),
         outputs=forward.output_names,
         dynamic_axes=dynamic_axes(program),
         **({"size_step": list(size_step(model))} if budget is None else {"max_num_patches": budget}),
         max_abs_difference=differences,
-        files=[ONNX_FILE, PROGRAM_FILE],
+        files=files,
+        **({"quantization": quantization} if quantization else {}),
     )
     with open(os.path.join(output_dir, REPORT_FILE), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
@@ -309,7 +394,7 @@ onnxruntime.
     python scripts/export.py --model_name_or_path runs/digits-vit --output_dir out --static_image_size
 
 Every export has a dynamic batch; height and width are dynamic too (ViT, DeiT, hybrid: multiples of the patch
-size, or any size the CNN takes; Swin: multiples of patch_size * 2**(stages - 1) * window_size) unless
+size, or any size the CNN takes; Swin: any side from a small minimum, 36 px for Swin-T) unless
 --static_image_size. A NaFlex checkpoint exports its patch input (pixel_values, pixel_attention_mask,
 spatial_shapes) with a dynamic patch count; its --check_sizes are patch budgets. onnxruntime must match PyTorch
 within 1e-4 at two batch sizes and every checked size, or the export fails. export_report.json records the
@@ -330,6 +415,21 @@ class ExportArguments:
         metadata={
             "help": "Image sizes (a side or HxW) onnxruntime is checked at (default: the traced size and one more); "
             "for a NaFlex checkpoint, patch budgets (default: its own and half of it)."
+        },
+    )
+    token_merging: int = field(default=0, metadata={"help": TOKEN_MERGING_HELP})
+    quantize: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Also write an {' or '.join(PRECISIONS)} copy ({', '.join(QUANTIZED_FILES.values())}): int8 for "
+            "CPUs (static, calibrated on --calibration_dir; dynamic without it), fp16 for GPUs."
+        },
+    )
+    calibration_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Pictures that calibrate --quantize int8 (at most 256 read; in folders named as the model's "
+            "classes, the report gives accuracies too)."
         },
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the checkpoint."})
@@ -354,6 +454,9 @@ def export(args: ExportArguments) -> dict:
         sizes=args.check_sizes,
         trust_remote_code=args.trust_remote_code,
         overwrite_output_dir=args.overwrite_output_dir,
+        token_merging=args.token_merging,
+        quantize=args.quantize,
+        calibration_dir=args.calibration_dir,
     )
     worst = max(report["max_abs_difference"].values())
     print(
@@ -361,7 +464,23 @@ def export(args: ExportArguments) -> dict:
         f"outputs {report['outputs']}, dynamic axes {report['dynamic_axes']}; onnxruntime vs PyTorch at most "
         f"{worst:.1e} over {list(report['max_abs_difference'])}"
     )
+    if "quantization" in report:
+        print(quantization_line(report["quantization"]))
     return report
+
+
+def quantization_line(quantization: dict) -> str:
+    """The quantized copy in one line: its method, size, and how close it is to the fp32 export."""
+    agreement = quantization.get("top1_agreement")
+    accuracy = quantization.get("accuracy")
+    return (
+        f"{quantization['file']}: {quantization['method']}; {quantization['size_mb']:.1f} MB, "
+        f"{quantization['size_ratio']:.0%} of fp32; against fp32 on {quantization['pictures']} of "
+        f"{quantization['compared_on']}: "
+        + (f"top-1 agreement {agreement:.1%}, " if agreement is not None else "")
+        + (f"accuracy {accuracy:.2%} (fp32 {quantization['fp32_accuracy']:.2%}), " if accuracy is not None else "")
+        + f"largest difference {quantization['max_abs_difference']:.2e}"
+    )
 
 
 main = command(parse_args, export)

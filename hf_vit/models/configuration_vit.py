@@ -145,6 +145,11 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
         pooling_prefix_tokens (`bool`, defaults to `True`): `"map"` pooling's probe attends to the prefix tokens
             (CLS, registers) as well as the grid tokens; `False`: the grid tokens only (timm's default
             `pool_include_prefix=False`).
+        token_merging (`int`, defaults to 0): token merging (ToMe, Bolya et al. 2023), an inference speed-up for a
+            trained model: each block merges this many pairs of similar tokens (bipartite soft matching on its keys,
+            size-weighted averages, attention and pooling proportional to how many patches a token stands for); the
+            prefix tokens (CLS, distillation, registers) are never merged. 0: off. Not with `rope` (a merged token
+            has no single position), NaFlex patches, masked image modeling or the `AutoBackbone`'s maps.
 
     The options of the ViTs after 2023 (DINOv3, EVA02, Perception Encoder, AIMv2, CLIP), each off by default:
 
@@ -209,6 +214,7 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
     position_aspect_preserving: bool = False
     factorized_positions: bool = False
     pooling_prefix_tokens: bool = True
+    token_merging: int = 0
     feature_pyramid_channels: int | None = None
     absolute_position_embeddings: bool = True
     rope: str | None = None
@@ -296,12 +302,24 @@ class ViTEncoderConfig(DefaultStagesMixin, BackboneConfigMixin, PreTrainedConfig
                 f"pooling_prefix_tokens=False keeps the prefix tokens from 'map' pooling's probe; got pooling="
                 f"{self.pooling!r}, which reads the grid tokens only or the CLS token by definition"
             )
+        self.check_token_merging()
         if self.pooled_norm_only and self.pooling != "cls":
             raise ValueError(
                 f"pooled_norm_only normalises the pooled CLS token; it needs pooling='cls', got {self.pooling!r}"
             )
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
         self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
+
+    def check_token_merging(self) -> None:
+        """`token_merging` is a count of tokens, and the model has no rotary positions to lose by merging."""
+        merging = self.token_merging
+        if isinstance(merging, bool) or not isinstance(merging, int) or merging < 0:
+            raise ValueError(f"token_merging must be a non-negative integer (tokens per block), got {merging!r}")
+        if merging and self.rope is not None:
+            raise ValueError(
+                f"token_merging cannot merge tokens whose rope={self.rope!r} positions are one patch's each: a merged "
+                "token has no single position"
+            )
 
     def check_positions(self) -> None:
         """The position options fit together: rotary settings only with `rope`, resampling settings only with

@@ -274,6 +274,22 @@ class MultiHeadSelfAttention(AttentionKernel):
         self.proj_dropout = nn.Dropout(proj_dropout)
         self.rope_layout = rope_layout
 
+    def project(self, hidden_states: torch.Tensor, num_queries: int | None = None, rope=None):
+        """(B, N, dim) -> query (B, heads, num_queries or N, head_dim), key and value (B, heads, N, head_dim)."""
+        batch_size, seq_len, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states)  # through the module, so that what wraps it (LoRA's adapters) takes part
+        qkv = qkv.reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        query, key = self.q_norm(query[:, :, :num_queries]), self.k_norm(key)
+        if rope is not None:
+            query, key = apply_rotary(query, rope, self.rope_layout), apply_rotary(key, rope, self.rope_layout)
+        return query, key, value
+
+    def output(self, attn_output: torch.Tensor) -> torch.Tensor:
+        """The heads' output (B, Nq, heads, head_dim) -> (B, Nq, dim)."""
+        attn_output = self.norm(attn_output.flatten(2))
+        return self.proj_dropout(self.proj(attn_output))
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -281,17 +297,9 @@ class MultiHeadSelfAttention(AttentionKernel):
         num_queries: int | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
-        batch_size, seq_len, dim = hidden_states.shape
-        qkv = self.qkv(hidden_states)  # through the module, so that what wraps it (LoRA's adapters) takes part
-        qkv = qkv.reshape(batch_size, seq_len, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        query, key = self.q_norm(query[:, :, :num_queries]), self.k_norm(key)
-        if rope is not None:
-            query, key = apply_rotary(query, rope, self.rope_layout), apply_rotary(key, rope, self.rope_layout)
+        query, key, value = self.project(hidden_states, num_queries, rope)
         attn_output, attn_weights = self.attend(query, key, value, attention_mask)
-        attn_output = self.norm(attn_output.reshape(batch_size, -1, dim))
-        attn_output = self.proj_dropout(self.proj(attn_output))
-        return attn_output, attn_weights
+        return self.output(attn_output), attn_weights
 
 
 class Mlp(nn.Module):
@@ -446,11 +454,65 @@ class PreNormBlock(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, **attention_kwargs):
         branch, attn_weights = self.attention(self.norm1(hidden_states), **attention_kwargs)
-        # The attention may answer for a prefix of the tokens only (`num_queries`); the residual keeps those.
-        hidden_states = hidden_states[:, : branch.shape[1]] + self.drop_path(self.layer_scale1(branch))
+        hidden_states = self.add_attention(hidden_states, branch)
         del branch  # frees the attention output before the MLP allocates its buffers
-        hidden_states = hidden_states + self.drop_path(self.layer_scale2(self.mlp(self.norm2(hidden_states))))
-        return hidden_states, attn_weights
+        return self.add_mlp(hidden_states), attn_weights
+
+    def add_attention(self, hidden_states: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        # The attention may answer for a prefix of the tokens only (`num_queries`); the residual keeps those.
+        return hidden_states[:, : branch.shape[1]] + self.drop_path(self.layer_scale1(branch))
+
+    def add_mlp(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states + self.drop_path(self.layer_scale2(self.mlp(self.norm2(hidden_states))))
+
+
+def merge_tokens(hidden_states, token_sizes, metric, count: int, num_protected: int):
+    """Token merging (ToMe, Bolya et al. 2023): bipartite soft matching of the unprotected tokens, then the matched
+    pairs averaged, weighted by how many patches each already stands for.
+
+    hidden_states (B, N, C); token_sizes (B, N, 1) the patches each token stands for; metric (B, N, c) what
+    similarity is measured on (the block's keys, averaged over heads). The first `num_protected` tokens (CLS,
+    distillation, registers) are never merged. The rest alternate between sets A and B by their place in the whole
+    sequence (as the reference code splits it); each A token's edge is its most similar (cosine) B token, and the
+    `count` A tokens with the strongest edges are merged into their B tokens (at most half the unprotected tokens).
+    Returns (B, N - count, C) and (B, N - count, 1): the protected tokens, the unmerged A tokens, then the B tokens.
+    """
+    count = min(count, (hidden_states.shape[1] - num_protected) // 2)
+    if count <= 0:
+        return hidden_states, token_sizes
+    first_a = num_protected % 2  # sequence positions 0, 2, 4 ... are A's, counting the protected tokens
+    with torch.no_grad():
+        metric = metric[:, num_protected:]
+        metric = metric / metric.norm(dim=-1, keepdim=True)
+        scores = metric[:, first_a::2] @ metric[:, 1 - first_a :: 2].transpose(-1, -2)
+        best, partner = scores.max(dim=-1)
+        edges = best.argsort(dim=-1, descending=True)[..., None]
+        kept, merged = edges[:, count:], edges[:, :count]
+        # The reference code puts the kept A tokens back in sequence order only when there is a prefix to keep
+        # first; without one they stay in edge order, which decides the next block's A / B split: as it does.
+        kept = kept.sort(dim=1).values if num_protected else kept
+        partner = partner[..., None].gather(1, merged)
+
+    def merge(tokens):  # sums the merged tokens into their partners
+        protected, rest = tokens[:, :num_protected], tokens[:, num_protected:]
+        side_a, side_b = rest[:, first_a::2], rest[:, 1 - first_a :: 2]
+        width = tokens.shape[-1]
+        unmerged = side_a.gather(1, kept.expand(-1, -1, width))
+        sources = side_a.gather(1, merged.expand(-1, -1, width))
+        side_b = side_b.scatter_reduce(1, partner.expand(-1, -1, width), sources, reduce="sum")
+        return torch.cat([protected, unmerged, side_b], dim=1)
+
+    if token_sizes is None:  # fp32 whatever the activations' dtype: sizes grow past what bf16 counts exactly
+        token_sizes = hidden_states.new_ones(hidden_states.shape[:2] + (1,), dtype=torch.float32)
+    summed = merge(hidden_states * token_sizes)
+    token_sizes = merge(token_sizes)
+    return (summed / token_sizes).to(hidden_states.dtype), token_sizes
+
+
+def proportional_attention_bias(token_sizes: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """ToMe's proportional attention: log(size) added to every key's logit, so a token that stands for s patches
+    draws the attention s of them would. (B, N, 1) sizes -> additive mask (B, 1, 1, N); None before any merge."""
+    return None if token_sizes is None else token_sizes.log().to(dtype).transpose(1, 2)[:, None]
 
 
 class AttentionPooling(AttentionKernel):
@@ -614,11 +676,12 @@ def patches_present(spatial_shapes: torch.Tensor, length: int) -> torch.Tensor:
     return index[None] < spatial_shapes.prod(-1)[:, None]
 
 
-def grid_mean(tokens: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """The mean of (B, N, C) tokens over those `valid` (B, N) marks (all without it): (B, C)."""
-    if valid is None:
+def grid_mean(tokens: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean of (B, N, C) tokens weighted by `weights` (B, N): the NaFlex patches `valid` marks, or the patches
+    each merged token stands for (all alike without it): (B, C)."""
+    if weights is None:
         return tokens.mean(dim=1)
-    weights = valid[..., None].to(tokens.dtype)
+    weights = weights[..., None].to(tokens.dtype)
     return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 

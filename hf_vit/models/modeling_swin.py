@@ -51,10 +51,10 @@ def window_and_shift(height, width, window_size: int, shift_size: int):
     plain test: `torch.compile` may turn `shift_size` itself into a symbol, and `sym_ite` needs both its branches of
     one type."""
     smaller_side = torch.sym_min(height, width)
+    if torch.compiler.is_exporting():
+        return torch.sym_min(smaller_side, window_size), torch.sym_ite(smaller_side > window_size, shift_size, 0)
     if smaller_side < window_size:
         return smaller_side, 0
-    if torch.compiler.is_exporting():
-        return window_size, torch.sym_ite(smaller_side > window_size, shift_size, 0)
     return window_size, shift_size if smaller_side > window_size else 0
 
 
@@ -74,38 +74,57 @@ def exportable_cache(function):
     return wrapper
 
 
+def whole_windows(size, window):
+    """How many windows cover `size` (the last one padded): ceil(size / window), as one symbol in an export."""
+    return (size + window - 1) // window
+
+
+def remainder(values: torch.Tensor, divisor):
+    """`values % divisor` spelt out (ONNX's exporter takes only plain numbers as divisors of `%`)."""
+    return values - torch.div(values, divisor, rounding_mode="floor") * divisor
+
+
 @exportable_cache
 def window_order(height, width, window: int, shift, device: torch.device):
-    """Where each window token comes from: flat (H * W,) positions of the map, cyclically shifted by `shift`, read
-    window by window (row-major), row-major inside each window; and the inverse permutation."""
+    """Where the window tokens come from and where they go back: the (H, W) map padded with zeros at the bottom and
+    right to whole windows, cyclically shifted by `shift`, read window by window (row-major), row-major inside each
+    window. Returns `gather` (Hp * Wp,): indices into the flat map with one zero token appended at H * W (the
+    padding); and `scatter` (H * W,): where each map position is among the window tokens.
 
-    # Arithmetic on one arange rather than view / permute, so symbolic sizes need no divisibility proofs; a
-    # remainder by a size is spelt out (ONNX's exporter takes only plain numbers as divisors of `%`).
-    def remainder(values: torch.Tensor, divisor):
-        return values - torch.div(values, divisor, rounding_mode="floor") * divisor
-
-    index = torch.arange(height * width, device=device)
-    window_index, inside = index // (window * window), index % (window * window)
-    windows_per_row = width // window
-    rows = torch.div(window_index, windows_per_row, rounding_mode="floor") * window + inside // window
-    columns = remainder(window_index, windows_per_row) * window + inside % window
-    positions = remainder(rows + shift, height) * width + remainder(columns + shift, width)
-    return positions, torch.argsort(positions)
+    Arithmetic on aranges rather than pad / view / permute, so symbolic sizes (an export at any size) need no
+    divisibility proofs: the padded sides are whole windows times the window by construction."""
+    rows_of_windows, columns_of_windows = whole_windows(height, window), whole_windows(width, window)
+    padded_h, padded_w = rows_of_windows * window, columns_of_windows * window
+    index = torch.arange(padded_h * padded_w, device=device)
+    window_index, inside = index // (window * window), remainder(index, window * window)
+    rows = torch.div(window_index, columns_of_windows, rounding_mode="floor") * window + inside // window
+    columns = remainder(window_index, columns_of_windows) * window + remainder(inside, window)
+    rows, columns = remainder(rows + shift, padded_h), remainder(columns + shift, padded_w)
+    gather = torch.where((rows < height) & (columns < width), rows * width + columns, height * width)
+    position = torch.arange(height * width, device=device)
+    rows = remainder(torch.div(position, width, rounding_mode="floor") - shift, padded_h)
+    columns = remainder(remainder(position, width) - shift, padded_w)
+    window_index = (rows // window) * columns_of_windows + columns // window
+    scatter = window_index * (window * window) + remainder(rows, window) * window + remainder(columns, window)
+    return gather, scatter
 
 
 def window_partition(hidden_states: torch.Tensor, window: int, shift=0) -> torch.Tensor:
-    """(B, H, W, C) -> (B, H / w * W / w, w * w, C): the cyclic shift and the cut into windows in one gather."""
+    """(B, H, W, C) -> (B, num_windows, w * w, C): the padding to whole windows, the cyclic shift and the cut into
+    windows in one gather."""
     batch_size, height, width, channels = hidden_states.shape
-    order, _ = window_order(height, width, window, shift, hidden_states.device)
-    windows = hidden_states.reshape(batch_size, height * width, channels).index_select(1, order)
-    return windows.view(batch_size, -1, window * window, channels)
+    gather, _ = window_order(height, width, window, shift, hidden_states.device)
+    tokens = hidden_states.reshape(batch_size, height * width, channels)
+    if torch.compiler.is_exporting() or height % window or width % window:  # the zero token the padding reads
+        tokens = torch.cat([tokens, tokens.new_zeros(batch_size, 1, channels)], 1)
+    return tokens.index_select(1, gather).view(batch_size, -1, window * window, channels)
 
 
 def window_reverse(windows: torch.Tensor, height, width, window: int, shift=0) -> torch.Tensor:
-    """Inverse of `window_partition`: (B, num_windows, w * w, C) -> (B, H, W, C)."""
+    """Inverse of `window_partition`, the padding dropped: (B, num_windows, w * w, C) -> (B, H, W, C)."""
     batch_size, _, _, channels = windows.shape
-    _, inverse = window_order(height, width, window, shift, windows.device)
-    return windows.reshape(batch_size, -1, channels).index_select(1, inverse).view(batch_size, height, width, channels)
+    _, scatter = window_order(height, width, window, shift, windows.device)
+    return windows.reshape(batch_size, -1, channels).index_select(1, scatter).view(batch_size, height, width, channels)
 
 
 @exportable_cache
@@ -206,21 +225,15 @@ class WindowAttention(MultiHeadSelfAttention):
     def forward(self, hidden_states: torch.Tensor):
         batch_size, height, width, channels = hidden_states.shape
         window, shift = window_and_shift(height, width, self.window_size, self.shift_size)
-        pad_h, pad_w = -height % window, -width % window
-        if torch.compiler.is_exporting() or pad_h or pad_w:  # symbolic pads cannot be tested, only applied
-            hidden_states = F.pad(hidden_states, (0, 0, 0, pad_w, 0, pad_h))
-        padded_h, padded_w = height + pad_h, width + pad_w
-
-        windows = window_partition(hidden_states, window, shift)  # (B, nW, N, C)
+        windows = window_partition(hidden_states, window, shift)  # (B, nW, N, C), padded to whole windows
         num_windows, tokens = windows.shape[1:3]
         qkv = self.qkv(windows).view(batch_size, num_windows, tokens, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, batch_size, -1, tokens, self.head_dim)
+        padded_h, padded_w = whole_windows(height, window) * window, whole_windows(width, window) * window
         bias = self.attention_bias(padded_h, padded_w, window, shift)
         attn_output, attn_weights = self.attend(query, key, value, bias)  # (B, N, nW * heads, head_dim)
         attn_output = attn_output.reshape(batch_size, tokens, num_windows, channels).transpose(1, 2).contiguous()
-        hidden_states = window_reverse(self.proj(attn_output), padded_h, padded_w, window, shift)
-
-        hidden_states = self.proj_dropout(hidden_states[:, :height, :width])
+        hidden_states = self.proj_dropout(window_reverse(self.proj(attn_output), height, width, window, shift))
         if attn_weights is not None:  # (B * nW, heads, N, N), the layout of the reference implementations
             attn_weights = attn_weights.reshape(-1, self.num_heads, tokens, tokens)
         return hidden_states, attn_weights
@@ -239,13 +252,11 @@ class PatchMerging(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch_size, height, width, channels = hidden_states.shape
-        hidden_states = F.pad(hidden_states, (0, 0, 0, width % 2, 0, height % 2))
-        height, width = hidden_states.shape[1:3]
+        half_h, half_w = (height + 1) // 2, (width + 1) // 2  # halves as symbols, so an export needs no proof
+        hidden_states = F.pad(hidden_states, (0, 0, 0, 2 * half_w - width, 0, 2 * half_h - height))
         # Concatenation order (0,0), (1,0), (0,1), (1,1) as the original code, so its weights load unchanged.
-        hidden_states = hidden_states.view(batch_size, height // 2, 2, width // 2, 2, channels)
-        hidden_states = hidden_states.permute(0, 1, 3, 4, 2, 5).reshape(
-            batch_size, height // 2, width // 2, 4 * channels
-        )
+        hidden_states = hidden_states.view(batch_size, half_h, 2, half_w, 2, channels)
+        hidden_states = hidden_states.permute(0, 1, 3, 4, 2, 5).reshape(batch_size, half_h, half_w, 4 * channels)
         return self.reduction(self.norm(hidden_states))
 
 

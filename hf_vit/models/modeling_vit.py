@@ -7,6 +7,7 @@ pooling.
 """
 
 import re
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,8 +33,10 @@ from .layers import (
     grid_mean,
     init_transformer_weights,
     key_padding_bias,
+    merge_tokens,
     naflex_position_weights,
     patches_present,
+    proportional_attention_bias,
     resample_grid,
     resample_position_embeddings,
     vit_block_parts,
@@ -260,13 +263,43 @@ class TokenEmbeddings(nn.Module):
 
 
 class EncoderLayer(PreNormBlock):
-    """The ViT block: global multi-head self-attention over all tokens, (B, N, C) -> (B, N, C)."""
+    """The ViT block: global multi-head self-attention over all tokens, (B, N, C) -> (B, N, C); with token merging,
+    (B, N, C) -> (B, N - merge_count, C)."""
 
     def __init__(self, config, drop_path_rate: float = 0.0):
         parts = vit_block_parts(
             config, config.hidden_size, config.num_attention_heads, config.intermediate_size, config.qk_norm
         )
         super().__init__(**parts, drop_path_rate=drop_path_rate, layer_scale_init_value=config.layer_scale_init_value)
+
+    def forward(
+        self, hidden_states, token_sizes=None, merge_count: int = 0, num_protected: int = 0, **attention_kwargs
+    ):
+        """Returns the tokens, the attention weights (eager) and `token_sizes`. Token merging (ToMe): the attention
+        is proportional to `token_sizes` (B, N, 1), the patches each token stands for (None: one each), then
+        `merge_count` tokens are merged into others (`merge_tokens`, on the keys; never the first `num_protected`)
+        before the MLP."""
+        if token_sizes is None and not merge_count:
+            return *super().forward(hidden_states, **attention_kwargs), None
+        num_queries = attention_kwargs.get("num_queries")
+        attention = self.attention
+        query, key, value = attention.project(self.norm1(hidden_states), num_queries)
+        bias = proportional_attention_bias(token_sizes, query.dtype)
+        attn_output, attn_weights = attention.attend(query, key, value, bias)
+        hidden_states = self.add_attention(hidden_states, attention.output(attn_output))
+        if num_queries is None:  # a last block that computes the prefix only has nothing left to merge
+            hidden_states, token_sizes = merge_tokens(
+                hidden_states, token_sizes, key.mean(1), merge_count, num_protected
+            )
+        return self.add_mlp(hidden_states), attn_weights, token_sizes
+
+
+@dataclass
+class ViTEncoderOutput(BaseModelOutput):
+    """`BaseModelOutput` and, with token merging, `token_sizes` (B, N, 1): how many patches each token of
+    `last_hidden_state` stands for."""
+
+    token_sizes: torch.FloatTensor | None = None
 
 
 class ViTEncoder(nn.Module):
@@ -285,23 +318,38 @@ class ViTEncoder(nn.Module):
         last_layer_queries: int | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
-    ) -> BaseModelOutput:
+        token_merging: int = 0,
+        num_protected: int = 0,
+    ) -> ViTEncoderOutput:
         """`last_layer_queries`: the last layer computes only the first this many tokens, so `last_hidden_state` is
         (B, last_layer_queries, C); for heads that read nothing else. `rope`: the rotary positions of the tokens.
-        `attention_mask`: additive, (B, 1, 1, N), hides padding tokens (NaFlex) from every query."""
+        `attention_mask`: additive, (B, 1, 1, N), hides padding tokens (NaFlex) from every query.
+        `token_merging`: tokens each block merges (ToMe), never the first `num_protected`."""
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
+        token_sizes = None
         for layer in self.layers:
             num_queries = last_layer_queries if layer is self.layers[-1] else None
-            hidden_states, attn_weights = layer(
-                hidden_states, num_queries=num_queries, rope=rope, attention_mask=attention_mask
+            hidden_states, attn_weights, token_sizes = layer(
+                hidden_states,
+                token_sizes,
+                token_merging,
+                num_protected,
+                num_queries=num_queries,
+                rope=rope,
+                attention_mask=attention_mask,
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
                 all_attentions += (attn_weights,)
-        return BaseModelOutput(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        if token_sizes is not None:
+            token_sizes = token_sizes[:, : hidden_states.shape[1]]
+        return ViTEncoderOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+            token_sizes=token_sizes,
         )
 
 
@@ -529,6 +577,19 @@ class HfViTModel(HfViTPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.patch_embeddings
 
+    def check_token_merging(self, masked_or_naflex: bool) -> None:
+        """Token merging needs an attention kernel that takes its size bias, and every patch's token at the start."""
+        kernel = self.config._attn_implementation
+        if kernel.startswith(("flash", "flex")):
+            raise ValueError(
+                f"token_merging needs attention that adds ToMe's size bias ('sdpa' or 'eager'), got {kernel!r}"
+            )
+        if masked_or_naflex:
+            raise ValueError(
+                "token_merging takes (B, C, H, W) images without masking: NaFlex padding and masked image modeling "
+                "need every patch's own token"
+            )
+
     def embed_naflex(self, patches, spatial_shapes, pixel_attention_mask):
         """NaFlex patches (B, N, p * p * C) -> the tokens (B, prefix + N, C), which grid tokens are pictures' (B, N)
         and the rotary positions of each picture's grid (None without `rope`)."""
@@ -582,6 +643,10 @@ class HfViTModel(HfViTPreTrainedModel):
                 f"every token of the last block); got pooling={config.pooling!r}, output_attentions="
                 f"{output_attentions}, output_hidden_states={output_hidden_states}"
             )
+        if config.token_merging:
+            self.check_token_merging(
+                spatial_shapes is not None or bool_masked_pos is not None or kept_positions is not None
+            )
         attention_mask, grid_valid = None, None
         if spatial_shapes is not None:  # NaFlex patches
             if bool_masked_pos is not None or kept_positions is not None:
@@ -603,11 +668,21 @@ class HfViTModel(HfViTPreTrainedModel):
         hidden_states = self.pre_norm(hidden_states)
         last_layer_queries = self.num_prefix_tokens if prefix_tokens_only else None
         encoded = self.encoder(
-            hidden_states, output_attentions, output_hidden_states, last_layer_queries, rope, attention_mask
+            hidden_states,
+            output_attentions,
+            output_hidden_states,
+            last_layer_queries,
+            rope,
+            attention_mask,
+            config.token_merging,
+            self.num_prefix_tokens,
         )
         raw = encoded.last_hidden_state
         last_hidden_state = raw if config.pooled_norm_only else self.layernorm(raw)
         grid_tokens = slice(self.num_prefix_tokens, None)
+        if encoded.token_sizes is not None:  # merged tokens weigh in pooling as the patches they stand for
+            grid_valid = encoded.token_sizes[:, grid_tokens, 0]
+            attention_mask = proportional_attention_bias(encoded.token_sizes, hidden_states.dtype)
         if config.pooling == "mean":
             # timm's global_pool="avg": average the un-normalised patch tokens, then normalise.
             pooled = self.layernorm(grid_mean(raw[:, grid_tokens], grid_valid))
@@ -618,7 +693,7 @@ class HfViTModel(HfViTPreTrainedModel):
         elif config.pooling == "map" and config.pooling_prefix_tokens:
             pooled = self.pooler(last_hidden_state, attention_mask)
         elif config.pooling == "map":  # timm's pool_include_prefix=False: the probe reads the grid tokens only
-            grid_mask = None if grid_valid is None else key_padding_bias(grid_valid, hidden_states.dtype)
+            grid_mask = None if attention_mask is None else attention_mask[..., grid_tokens]
             pooled = self.pooler(last_hidden_state[:, grid_tokens], grid_mask)
         elif config.pooled_norm_only:  # CLIP: the final norm on the pooled CLS token only
             pooled = self.layernorm(raw[:, 0])
@@ -807,6 +882,11 @@ class HfViTBackbone(BackboneForwardMixin, BackboneMixin, HfViTPreTrainedModel):
     def feature_maps(self, pixel_values: torch.Tensor, output_attentions: bool | None):
         """The chosen blocks' tokens, normalised, as (B, C, H / p, W / p) maps (or the pyramid of the last one), the
         hidden states and attentions."""
+        if self.config.token_merging:
+            raise ValueError(
+                f"the backbone's feature maps need every patch's token; token_merging={self.config.token_merging} "
+                "merges them: set it to 0"
+            )
         encoder = self.base_model
         outputs = encoder(
             pixel_values,

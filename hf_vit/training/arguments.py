@@ -201,6 +201,13 @@ class HfViTTrainingArguments(TrainingArguments):
             "between processes; `accelerate launch` alone would pin 1)."
         },
     )
+    torch_compile_whole_model: bool = field(
+        default=False,
+        metadata={
+            "help": "With --torch_compile, compile the whole model as one graph; by default its repeated blocks are "
+            "compiled once and reused (regional compilation: the same steady speed, compiled several times faster)."
+        },
+    )
 
     def __post_init__(self):
         for flag in ("per_device_train_batch_size", "per_device_eval_batch_size"):

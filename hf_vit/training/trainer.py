@@ -104,6 +104,7 @@ class HfViTTrainer(Trainer):
       processes too (`shard_on_cpu`); checkpoints are FSDP's sharded ones, the final model one whole file;
     - `layer_decay` < 1 lowers each layer's learning rate with its distance from the head (`layer_ids`);
     - `args.backbone_learning_rate` (where the arguments have it) gives a hybrid's backbone its own learning rate;
+    - `--torch_compile` compiles the repeated blocks once (regional compilation), unless `torch_compile_whole_model`;
     - the model card (also the one `push_to_hub` uploads) comes from hf_vit's `card_template`, with the
       recipe's choices (`recipe_summary`: one line each) and `card_fields` for the template.
     """
@@ -131,6 +132,15 @@ class HfViTTrainer(Trainer):
         super().__init__(model, args, *positional, **kwargs)
         self.layer_decay = layer_decay
         self.card_template, self.recipe_summary, self.card_fields = card_template, recipe_summary, card_fields
+
+    def _build_accelerator_args(self, **kwargs) -> dict:
+        """The Trainer's, with `--torch_compile` compiling the model's repeated blocks once (accelerate's regional
+        compilation) unless the arguments ask for the whole model as one graph."""
+        accelerator_args = super()._build_accelerator_args(**kwargs)
+        if "dynamo_plugin" in accelerator_args:
+            whole = getattr(self.args, "torch_compile_whole_model", False)
+            accelerator_args["dynamo_plugin"].use_regional_compilation = not whole
+        return accelerator_args
 
     def create_accelerator_and_postprocess(self):
         check_fsdp_version()

@@ -117,3 +117,25 @@ def test_the_demo_of_a_naflex_checkpoint_sees_a_tall_picture_at_its_shape(tmp_pa
     )
     assert height == 3 * width
     demo.close()
+
+
+def test_the_demo_with_token_merging_gives_the_merged_models_scores_and_no_overlay(trained, pictures):
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from hf_vit.checkpoints import set_token_merging
+    from hf_vit.inference.demo import build_demo
+
+    checkpoint, _ = trained
+    demo = build_demo(str(checkpoint), token_merging=2)
+    classify = next(block.fn for block in demo.fns.values() if block.name == "predict")
+    scores, overlay = classify(str(pictures / "colour.png"))
+    model = AutoModelForImageClassification.from_pretrained(checkpoint).eval()
+    set_token_merging(model, 2)
+    inputs = AutoImageProcessor.from_pretrained(checkpoint)(PILImage.open(pictures / "colour.png"), return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.softmax(model(**inputs).logits, -1)[0]
+    names = model.config.id2label
+    assert [scores[names[i]] for i in range(len(names))] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert overlay is None
+    demo.close()

@@ -1,6 +1,7 @@
 """The evaluation report (`hf_vit.inference.evaluation`): it matches the run's own evaluation, its pictures, the
 calibration error, and a checkpoint without a head refused."""
 
+import json
 import subprocess
 import sys
 
@@ -29,6 +30,11 @@ def test_the_report_matches_the_runs_own_evaluation_and_draws_its_pictures(tmp_p
     tta = evaluate_checkpoint(*evaluate_args([*flags, "--output_dir", str(tmp_path / "tta"), "--tta", "flip_crops"]))
     assert tta["tta"]["views"] == 10 and tta["accuracy"] == report["accuracy"]
     assert tta["tta"]["gain"] == pytest.approx(tta["tta"]["accuracy"] - report["accuracy"])
+    merged = evaluate_checkpoint(
+        *evaluate_args([*flags, "--output_dir", str(tmp_path / "tome"), "--token_merging", "2"])
+    )
+    assert json.loads((tmp_path / "tome" / "metrics.json").read_text())["arguments"]["token_merging"] == 2
+    assert merged["expected_calibration_error"] != report["expected_calibration_error"]  # other scores: it merged
 
 
 def test_calibration_error_is_zero_when_confidence_is_accuracy():

@@ -44,6 +44,7 @@ def test_predict_a_folder_of_every_kind_of_picture_like_the_pipeline(tmp_path, t
 @pytest.mark.parametrize("flags, message", [
     (("--output_file", "out.txt"), r"must end in one of \['.csv', '.jsonl'\]"),
     (("--inputs", "missing/"), "'missing/': no such file or directory"),
+    (("--token_merging", "2", "--attention_maps", "maps"), "--attention_maps needs every patch's own token"),
 ])  # fmt: skip
 def test_predict_refuses_bad_arguments_before_writing(tmp_path, trained, pictures, flags, message, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -53,7 +53,7 @@ MODELS = {
             num_labels=3,
         )
     ),
-    # one stage of two blocks (regular and shifted windows): traced at 16 px, exported for every multiple of 8
+    # one stage of two blocks (regular and shifted windows): exported for every side from 4 px
     "hf_swin": lambda: hf_vit.HfSwinForImageClassification(
         hf_vit.HfSwinConfig(
             image_size=16, patch_size=2, window_size=4, embed_dim=16, depths=[2], num_heads=[2], num_labels=3
@@ -78,10 +78,10 @@ def test_every_family_exports_with_dynamic_batch_and_size_and_matches_pytorch(tm
     dims = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [bool(dim.dim_param) for dim in dims] == [True, False, True, True]  # batch, channels fixed, height, width
     assert (tmp_path / "onnx" / "preprocessor_config.json").is_file()
-    # the torch.export program serves a third size, as the model does
+    # the torch.export program serves a third size, as the model does (Swin: sides no window divides)
     step = report["size_step"][0]
-    size = model.config.image_size + 3 * step if model_type != "hf_swin" else 5 * step
-    pixels = torch.randn(2, 3, size, size)
+    size = (model.config.image_size + 3 * step,) * 2 if model_type != "hf_swin" else (27, 21)
+    pixels = torch.randn(2, 3, *size)
     program = torch.export.load(str(tmp_path / "onnx" / PROGRAM_FILE))
     kwargs = {} if model_type == "hf_swin" else {"interpolate_pos_encoding": True}
     with torch.no_grad():
@@ -107,6 +107,20 @@ def test_a_base_model_exports_its_hidden_states_and_the_script_reports(tmp_path)
     assert list(report["max_abs_difference"]) == ["1 x 32 x 32", "3 x 32 x 32", "1 x 24 x 40", "3 x 24 x 40"]
 
 
+def test_a_deit_merging_tokens_exports_the_merging_at_every_size(tmp_path):
+    model = MODELS["hf_deit"]()
+    report = export_checkpoint(str(saved(model, tmp_path / "model")), str(tmp_path / "onnx"), token_merging=3)
+    assert report["token_merging"] == 3 and max(report["max_abs_difference"].values()) <= 1e-4
+    program = torch.export.load(str(tmp_path / "onnx" / PROGRAM_FILE)).module()
+    pixels = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        plain = model.eval()(pixels, interpolate_pos_encoding=True).logits
+        model.config.token_merging = 3
+        merged = model(pixels, interpolate_pos_encoding=True).logits
+    assert (merged - plain).abs().max() > 1e-3
+    torch.testing.assert_close(program(pixels), merged, atol=1e-4, rtol=0)
+
+
 def test_what_cannot_be_exported_is_named_and_nothing_is_written(tmp_path):
     model = MODELS["hf_vit"]()
     model.config._attn_implementation = "flex_attention"
@@ -119,11 +133,11 @@ def test_what_cannot_be_exported_is_named_and_nothing_is_written(tmp_path):
         check_exportable(model.train())
     source = saved(MODELS["hf_swin"](), tmp_path / "swin")
     result = run_script(
-        ["--model_name_or_path", str(source), "--output_dir", str(tmp_path / "out"), "--check_sizes", "20"],
+        ["--model_name_or_path", str(source), "--output_dir", str(tmp_path / "out"), "--check_sizes", "3x20"],
         script="export.py",
         expect_success=False,
     )
-    assert result.returncode == 2 and "--check_sizes 20: this export takes multiples of 8x8" in result.stderr
+    assert result.returncode == 2 and "--check_sizes 3x20: this export takes sides of at least 4" in result.stderr
     with pytest.raises(UsageError, match=r"this export takes 16x16 \(static sizes\)"):
         with hf_vit.cli.usage_errors():
             export_checkpoint(str(source), str(tmp_path / "out"), dynamic_image_size=False, sizes=["24"])

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from hf_vit.data import DataArguments
 from hf_vit_lessons import benchmark
 
 from conftest import run_script
@@ -39,6 +40,28 @@ def test_compare_speed_gives_one_row_per_implementation_with_ratios():
     assert [row["hf_vit_ratio"] for row in rows] == pytest.approx(
         [1.0] + [ours / row["images_per_s"] for row in rows[1:]]
     )
+
+
+def test_token_merging_is_timed_against_timm_and_its_accuracy_measured_through_evaluate(tmp_path, trained):
+    rows = benchmark.token_merging_speed([0, 4], "vit_cifar", 2, repeats=1)
+    assert [(row["implementation"], row["token_merging"]) for row in rows] == [
+        ("timm", None),
+        ("hf_vit", 0),
+        ("hf_vit", 4),
+    ]
+    assert all(row["images_per_s"] > 0 for row in rows) and rows[1]["speedup"] == 1.0
+    subset = DataArguments(max_train_samples=200, max_eval_samples=60)  # the data `trained` evaluated on
+    rows = benchmark.token_merging_accuracy(str(trained[0]), [0, 2], str(tmp_path), 8, repeats=1, data_args=subset)
+    assert rows[0]["accuracy"] == pytest.approx(trained[1]["eval_accuracy"], abs=1e-6)  # evaluate's own figure
+    assert rows[1]["accuracy_change"] == pytest.approx(rows[1]["accuracy"] - rows[0]["accuracy"])
+    assert all(row["images_per_s"] > 0 for row in rows)
+
+
+def test_compile_cost_times_the_first_compiled_step_of_whole_and_regional_compilation():
+    rows = benchmark.compile_cost("vit_cifar", 2, repeats=1, backend="aot_eager")
+    assert [row["compilation"] for row in rows] == ["eager", "whole model", "regional"]
+    assert rows[0]["compile_s"] is None and all(row["compile_s"] > 0 for row in rows[1:])
+    assert rows[1]["whole_model_step_ratio"] == 1.0 and all(row["images_per_s"] > 0 for row in rows)
 
 
 def test_naflex_speed_times_both_inputs_of_both_implementations_on_the_same_patches():

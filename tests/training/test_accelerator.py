@@ -7,10 +7,13 @@ import json
 
 import pytest
 import torch
-from transformers import PretrainedConfig
+from accelerate.utils import has_compiled_regions
+from torch._dynamo.eval_frame import OptimizedModule
+from transformers import AutoModelForImageClassification, PretrainedConfig
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
 
 import hf_vit
+from hf_vit.checkpoints import load_checkpoint
 from hf_vit.models.modeling_utils import image_classification_loss
 from hf_vit.training.arguments import FinetuneTrainingArguments
 from hf_vit.training.trainer import ImageClassificationTrainer
@@ -87,6 +90,27 @@ def test_bf16_and_compile_fine_tune_end_to_end_on_the_cpu(tmp_path):
     run_script(args)
     metrics = json.loads((output_dir / "all_results.json").read_text())
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    load_checkpoint(AutoModelForImageClassification, str(output_dir))  # every key in place, no compiled wrappers
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_torch_compile_compiles_the_repeated_blocks_unless_the_whole_model_is_asked(tmp_path, whole):
+    args = FinetuneTrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        eval_strategy="no",
+        torch_compile=True,
+        torch_compile_whole_model=whole,
+        **OPTIMIZATION,
+    )
+    trainer = ImageClassificationTrainer(model=family_classifier("hf_vit"), args=args)
+    assert trainer.accelerator.state.dynamo_plugin.use_regional_compilation is not whole
+    prepared = trainer.accelerator.prepare_model(trainer.model)
+    if whole:  # one graph of the whole model
+        assert isinstance(prepared, OptimizedModule)
+    else:  # a copy of the model whose every block is compiled, one compiled graph they reuse
+        assert has_compiled_regions(prepared) and not isinstance(prepared, OptimizedModule)
+        assert all(isinstance(layer, OptimizedModule) for layer in prepared.vit.encoder.layers)
 
 
 def test_pinned_batches_are_copied_without_blocking_and_adamw_is_fused(tmp_path):
