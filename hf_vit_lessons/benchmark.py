@@ -34,10 +34,12 @@ from transformers import AutoConfig, AutoModelForImageClassification, DeiTForIma
 
 from hf_vit.checkpoints import set_token_merging
 from hf_vit.data import DataArguments, evaluation_loader, load_splits
+from hf_vit.figures import new_figure, save_plot
 from hf_vit.inference.classifier import load_classifier
 from hf_vit.inference.evaluation import EvaluateArguments, evaluate_checkpoint
 from hf_vit.interop.convert import from_timm
 from hf_vit.interop.export import ONNX_FILE, export_model
+from hf_vit.interop.quantization import quantize_export
 from hf_vit.models.configuration_deit import DEIT_PRESETS
 from hf_vit.models.configuration_vit import VIT_PRESETS
 from hf_vit.processors import naflex_image_processor
@@ -580,39 +582,67 @@ def reset_peak_resident_memory() -> int:
     return resident_memory("VmRSS")
 
 
+def compiled_model(family: str, compilation: str, backend: str = "inductor", device="cpu") -> torch.nn.Module:
+    """hf_vit's `family` eager, compiled whole (`torch.compile`) or by regions (`compile_repeated_blocks`: the
+    blocks compiled in place, one graph they share, as `--torch_compile` trains)."""
+    model = build(family, "hf_vit", device)
+    if compilation == "whole model":
+        return torch.compile(model, backend=backend)
+    if compilation == "regional":
+        model.compile_repeated_blocks(backend=backend)
+    return model
+
+
+def first_training_step_seconds(family: str, compilation: str, batch_size: int, backend: str = "inductor") -> float:
+    """The seconds of a fresh model's first training step (compiling, for a compiled one), in this process: run it
+    in a fresh one (`compile_cost`), so that nothing compiled before is reused."""
+    torch._inductor.config.force_disable_caches = True
+    model = compiled_model(family, compilation, backend)
+    step = step_on(
+        model, lambda model: model(torch.randn(batch_size, 3, *(MODELS[family][0],) * 2)), batch_size, "train"
+    )
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+COMPILATIONS = ("eager", "whole model", "regional")
+
+
 def compile_cost(
     family: str = "vit_b16", batch_size: int = 8, repeats: int = 3, device="cpu", amp=None, backend: str = "inductor"
 ) -> list[dict]:
-    """hf_vit's training step eager, compiled whole (`torch.compile`) and compiled by regions (accelerate's
-    `compile_regions`: each repeated block compiled once and reused, as `--torch_compile` trains): the seconds the
-    first compiled step takes beyond a steady one, and the steady images/s, timed interleaved. Inductor's caches are
-    off, so each compiles from scratch."""
-    torch._inductor.config.force_disable_caches = True
-    compilers = {
-        "eager": None,
-        "whole model": partial(torch.compile, backend=backend),
-        "regional": partial(compile_regions, backend=backend),
-    }
+    """hf_vit's training step eager, compiled whole and compiled by regions (`compiled_model`): the seconds the first
+    step takes beyond a steady one, measured in fresh processes taken in turn (`repeats` each, medians; the
+    label-finding forward `step_on` runs first compiles the inference graph, not timed), and the steady images/s,
+    timed interleaved in this one."""
+    firsts = {name: [] for name in COMPILATIONS}
+    for _ in tqdm(range(repeats), desc=f"{family} first steps", leave=False):
+        for name in COMPILATIONS:
+            code = (
+                "from hf_vit_lessons.benchmark import first_training_step_seconds as f; "
+                f"print(f({family!r}, {name!r}, {batch_size}, {backend!r}))"
+            )
+            result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            firsts[name].append(float(result.stdout.split()[-1]))
     image_size = MODELS[family][0]
-    steps, first = {}, {}
-    for name, compiler in compilers.items():
-        model = build(family, "hf_vit", device)
-        steps[name] = training_step(model if compiler is None else compiler(model), batch_size, image_size, device, amp)
-        start = time.perf_counter()
-        steps[name]()
-        first[name] = time.perf_counter() - start
-    seconds = interleaved_medians(steps, repeats, warmup=0, desc=f"{family} compile")
+    steps = {
+        name: training_step(compiled_model(family, name, backend, device), batch_size, image_size, device, amp)
+        for name in COMPILATIONS
+    }
+    seconds = interleaved_medians(steps, repeats, desc=f"{family} compiled steps")
     return [
         dict(
             family=family,
             mode="train",
             batch_size=batch_size,
             compilation=name,
-            compile_s=None if compilers[name] is None else first[name] - seconds[name],
+            first_step_s=statistics.median(firsts[name]),
+            compile_s=statistics.median(firsts[name]) - seconds[name],
             images_per_s=batch_size / seconds[name],
             whole_model_step_ratio=seconds["whole model"] / seconds[name],
         )
-        for name in compilers
+        for name in COMPILATIONS
     ]
 
 
@@ -649,15 +679,16 @@ def token_merging_speed(counts, family: str = "vit_s16", batch_size: int = 8, re
 
 
 def token_merging_accuracy(
-    model_name_or_path: str, counts, directory: str, batch_size: int = 64, repeats: int = 5, data_args=None
+    model_name_or_path: str, counts, directory: str, batch_size: int = 64, repeats: int = 5, data_args=None, seed=42
 ) -> list[dict]:
     """A fine-tuned checkpoint at each of `counts` tokens merged per block: its accuracy on its evaluation split
-    (`data_args`'s; default the digits') through `evaluate`, and its images/s on a batch of those pictures, timed
-    interleaved."""
+    (`data_args`'s, split by the run's `seed`; default the digits') through `evaluate`, and its images/s on a batch
+    of those pictures, timed interleaved."""
     data_args = data_args or DataArguments()
     accuracy, steps = {}, {}
     for count in counts:
-        arguments = EvaluateArguments(model_name_or_path, os.path.join(directory, str(count)), token_merging=count)
+        output_dir = os.path.join(directory, str(count))
+        arguments = EvaluateArguments(model_name_or_path, output_dir, seed=seed, token_merging=count)
         with contextlib.redirect_stdout(None):
             accuracy[count] = evaluate_checkpoint(arguments, data_args)["accuracy"]
         model, processor = load_classifier(model_name_or_path, token_merging=count)
@@ -679,21 +710,44 @@ def token_merging_accuracy(
     ]
 
 
+def draw_token_merging(rows: list[dict], path: str) -> None:
+    """The speed / accuracy curve of `token_merging_accuracy`'s rows: accuracy against speed-up, each point its r."""
+    figure, axes = new_figure(figsize=(6, 4))
+    speedups, accuracies = [row["speedup"] for row in rows], [100 * row["accuracy"] for row in rows]
+    axes.plot(speedups, accuracies, marker="o")
+    for row, x, y in zip(rows, speedups, accuracies):
+        axes.annotate(f"r={row['token_merging']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes.set(xlabel="speed-up over r = 0 (images/s)", ylabel="accuracy (%)", title="token merging: speed and accuracy")
+    save_plot(figure, path, axes)
+
+
 def export_speed(batch_sizes=(1, 8), repeats: int = 7, family: str = "vit_s16") -> list[dict]:
-    """Inference images/s of hf_vit's ONNX export (dynamic batch and size) in onnxruntime on the CPU against the same
-    model in PyTorch eager, timed interleaved; rows with the ratio onnxruntime / PyTorch."""
+    """Inference images/s of hf_vit's ONNX export (dynamic batch and size) in onnxruntime on the CPU, in fp32 and as
+    its int8 copies (`export.py --quantize int8`: dynamic, and static calibrated on 16 random pictures), against the
+    same model in PyTorch eager, timed interleaved; rows with each one's file size and its speed as a multiple of
+    PyTorch's and of the fp32 export's."""
     import onnxruntime
 
     model = build(family, "hf_vit" if family.startswith("vit") else next(iter(MODELS[family][1]))).eval()
     image_size = MODELS[family][0]
+    generator = torch.Generator().manual_seed(0)
+    calibration = [{"pixel_values": torch.randn(1, 3, image_size, image_size, generator=generator).numpy()}] * 16
+    sessions, sizes = {}, {}
     with tempfile.TemporaryDirectory() as directory:
         export_model(model, directory)
-        session = onnxruntime.InferenceSession(os.path.join(directory, ONNX_FILE), providers=["CPUExecutionProvider"])
+        files = {"onnxruntime": os.path.join(directory, ONNX_FILE)}
+        for name, inputs in (("onnxruntime int8 dynamic", None), ("onnxruntime int8 static", calibration)):
+            files[name] = os.path.join(directory, f"{name.split()[-1]}.onnx")
+            quantize_export(files["onnxruntime"], files[name], "int8", inputs)
+        for name, path in files.items():
+            sessions[name] = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            sizes[name] = os.path.getsize(path) / 1e6
     steps = {}
     for batch_size in batch_sizes:
         pixels = torch.randn(batch_size, 3, image_size, image_size).numpy()
         steps[("pytorch eager", batch_size)] = inference_step(model, batch_size, image_size)
-        steps[("onnxruntime", batch_size)] = partial(session.run, None, {"pixel_values": pixels})
+        for name, session in sessions.items():
+            steps[(name, batch_size)] = partial(session.run, None, {"pixel_values": pixels})
     seconds = interleaved_medians(steps, repeats, desc=f"{family} export")
     return [
         dict(
@@ -701,8 +755,10 @@ def export_speed(batch_sizes=(1, 8), repeats: int = 7, family: str = "vit_s16") 
             mode="inference",
             batch_size=batch_size,
             implementation=name,
+            file_mb=sizes.get(name),
             images_per_s=batch_size / seconds[(name, batch_size)],
-            onnxruntime_ratio=seconds[("pytorch eager", batch_size)] / seconds[("onnxruntime", batch_size)],
+            pytorch_ratio=seconds[("pytorch eager", batch_size)] / seconds[(name, batch_size)],
+            fp32_onnx_ratio=seconds[("onnxruntime", batch_size)] / seconds[(name, batch_size)],
         )
         for name, batch_size in steps
     ]

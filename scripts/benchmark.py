@@ -4,20 +4,21 @@ onnxruntime against PyTorch eager, the input pipeline, and the time to the first
 
     python scripts/benchmark.py                       # CPU fp32, every suite but compile, export, data and startup
     python scripts/benchmark.py --suite compile       # ViT-B/16's training compiled whole and by regions; graph breaks
-    python scripts/benchmark.py --suite export        # ViT-S/16 in onnxruntime vs PyTorch eager, batch 1 and 8
+    python scripts/benchmark.py --suite export        # ViT-S/16 in onnxruntime, fp32 and int8, vs PyTorch eager
     python scripts/benchmark.py --suite data          # the 224 px input pipeline at 0, 1, 2 workers vs a ViT-S/16 step
     python scripts/benchmark.py --suite startup       # finetune.py's first steps on 1,000 and 100,000 images
     python scripts/benchmark.py --suite naflex        # NaFlex batches against 224 px images at 196 patches a picture
     python scripts/benchmark.py --suite logit_cache   # a student's training, teacher computed against cache read
     python scripts/benchmark.py --suite token_merging --token_merging 0 4 8 13 [--model_name_or_path runs/digits-vit]
         # ViT-S/16 and DeiT-S at batch 8 merging tokens (ToMe), against timm; with a fine-tuned checkpoint, its
-        # accuracy on its evaluation data beside its speed, per count
+        # accuracy on its evaluation data beside its speed, per count (with --json, a picture of the curve beside it)
     python scripts/benchmark.py --suite gpu --device cuda --amp bf16 --json gpu.json   # the accelerator suite
     python scripts/benchmark.py --suite gpu --smoke   # the same code on the CPU, tiny (the test suite runs this)
 """
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     merging = parser.add_argument_group("the token_merging suite")
     merging.add_argument("--token_merging", nargs="+", type=int, default=[0, 4, 8, 13], help="tokens merged per block")
     merging.add_argument("--model_name_or_path", default=None, help="a fine-tuned checkpoint to measure accuracy on")
+    merging.add_argument("--seed", type=int, default=42, help="the checkpoint's run's --seed (its evaluation split)")
     gpu = parser.add_argument_group("the gpu suite")
     gpu.add_argument("--families", nargs="+", choices=list(benchmark.MODELS), default=list(benchmark.GPU_FAMILIES))
     gpu.add_argument("--modes", nargs="+", choices=["train", "inference"], default=["train", "inference"])
@@ -154,10 +156,12 @@ def main(argv=None) -> int:
         if args.model_name_or_path:
             with tempfile.TemporaryDirectory() as directory:
                 results["token_merging_accuracy"] = benchmark.token_merging_accuracy(
-                    args.model_name_or_path, counts, directory, repeats=args.repeats
+                    args.model_name_or_path, counts, directory, repeats=args.repeats, seed=args.seed
                 )
             accuracy = results["token_merging_accuracy"]
             print(markdown_table(accuracy, list(accuracy[0])), flush=True)
+            if args.json:
+                benchmark.draw_token_merging(accuracy, os.path.splitext(args.json)[0] + "_token_merging.png")
             save()
     if "compile" in args.suite:
         results["compile_cost"] = benchmark.compile_cost("vit_b16", 8, repeats=max(2, args.repeats // 2))
@@ -189,7 +193,8 @@ def main(argv=None) -> int:
         results["export"] = benchmark.export_speed(repeats=args.repeats)
         print(
             markdown_table(
-                results["export"], ["family", "batch_size", "implementation", "images_per_s", "onnxruntime_ratio"]
+                results["export"],
+                ["batch_size", "implementation", "file_mb", "images_per_s", "pytorch_ratio", "fp32_onnx_ratio"],
             )
         )
     if "data" in args.suite:

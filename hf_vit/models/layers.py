@@ -481,10 +481,13 @@ def merge_tokens(hidden_states, token_sizes, metric, count: int, num_protected: 
     if count <= 0:
         return hidden_states, token_sizes
     first_a = num_protected % 2  # sequence positions 0, 2, 4 ... are A's, counting the protected tokens
+    # the two sets by index rather than by strided slices, so an export at any token count needs no even one
+    positions = torch.arange(hidden_states.shape[1] - num_protected, device=hidden_states.device)
+    set_a, set_b = positions[first_a::2], positions[1 - first_a :: 2]
     with torch.no_grad():
         metric = metric[:, num_protected:]
         metric = metric / metric.norm(dim=-1, keepdim=True)
-        scores = metric[:, first_a::2] @ metric[:, 1 - first_a :: 2].transpose(-1, -2)
+        scores = metric.index_select(1, set_a) @ metric.index_select(1, set_b).transpose(-1, -2)
         best, partner = scores.max(dim=-1)
         edges = best.argsort(dim=-1, descending=True)[..., None]
         kept, merged = edges[:, count:], edges[:, :count]
@@ -495,7 +498,7 @@ def merge_tokens(hidden_states, token_sizes, metric, count: int, num_protected: 
 
     def merge(tokens):  # sums the merged tokens into their partners
         protected, rest = tokens[:, :num_protected], tokens[:, num_protected:]
-        side_a, side_b = rest[:, first_a::2], rest[:, 1 - first_a :: 2]
+        side_a, side_b = rest.index_select(1, set_a), rest.index_select(1, set_b)
         width = tokens.shape[-1]
         unmerged = side_a.gather(1, kept.expand(-1, -1, width))
         sources = side_a.gather(1, merged.expand(-1, -1, width))

@@ -379,6 +379,10 @@ class HfSwinPreTrainedModel(PretrainingHeadLoading, ImagePreTrainedModel):
     def num_blocks(self) -> int:
         return sum(self.config.depths)
 
+    def repeated_blocks(self) -> list:
+        """Every stage's blocks (one graph per stage's width, and per regular or shifted windows)."""
+        return [block for stage in self.base_model.stages for block in stage.blocks]
+
     def set_window_size(self, window_size: int) -> None:
         """Attend in windows of this side from now on (Swin at a higher resolution: 12 at 384 px): every relative
         position bias table is resampled (`resize_relative_position_bias_table`) and saved at the new size, and

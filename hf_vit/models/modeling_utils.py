@@ -238,6 +238,17 @@ class ParameterGroupsMixin:
         """The parameters of a CNN backbone the model runs (a hybrid's), which may learn at a rate of their own."""
         return []
 
+    def repeated_blocks(self) -> list:
+        """The transformer blocks regional compilation compiles (`compile_repeated_blocks`)."""
+        raise NotImplementedError
+
+    def compile_repeated_blocks(self, **compile_kwargs) -> None:
+        """Regional compilation: each of `repeated_blocks()` compiled in place (`nn.Module.compile`; the weights and
+        their names stay as they are). Blocks of one class and shape share one compiled graph, so compiling costs
+        about one block's, not the whole model's; what lies between the blocks runs eager."""
+        for block in self.repeated_blocks():
+            block.compile(**compile_kwargs)
+
 
 class ImagePreTrainedModel(ParameterGroupsMixin, PreTrainedModel):
     """What every hf_vit model declares to transformers beside its config: pixel inputs, gradient checkpointing,

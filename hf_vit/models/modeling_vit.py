@@ -450,6 +450,13 @@ class HfViTPreTrainedModel(PretrainingHeadLoading, ImagePreTrainedModel):
     def num_blocks(self) -> int:
         return self.config.num_hidden_layers
 
+    def repeated_blocks(self) -> list:
+        """The encoder's layers; a classifier's last one left out where it computes the prefix tokens only
+        (`head_reads_prefix_only`): another graph, which would double the compiling for one cheap layer."""
+        layers = list(self.base_model.encoder.layers)
+        prefix_only = hasattr(self, "classifier") and self.head_reads_prefix_only(None, None)
+        return layers[:-1] if prefix_only else layers
+
     def head_reads_prefix_only(self, output_attentions: bool | None, output_hidden_states: bool | None) -> bool:
         """Whether a classifier call needs the prefix tokens only from the last block (`prefix_tokens_only`): CLS
         pooling, and no per-token output asked for by the call or the config."""

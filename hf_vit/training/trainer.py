@@ -14,6 +14,7 @@ import shutil
 from functools import partial
 
 import torch
+from accelerate.utils import TorchDynamoPlugin
 from datasets import IterableDataset
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from transformers import Trainer, TrainerCallback
@@ -104,7 +105,8 @@ class HfViTTrainer(Trainer):
       processes too (`shard_on_cpu`); checkpoints are FSDP's sharded ones, the final model one whole file;
     - `layer_decay` < 1 lowers each layer's learning rate with its distance from the head (`layer_ids`);
     - `args.backbone_learning_rate` (where the arguments have it) gives a hybrid's backbone its own learning rate;
-    - `--torch_compile` compiles the repeated blocks once (regional compilation), unless `torch_compile_whole_model`;
+    - `--torch_compile` compiles the model's repeated blocks in place (regional compilation, one graph they share),
+      unless `torch_compile_whole_model` (accelerate then compiles the whole model);
     - the model card (also the one `push_to_hub` uploads) comes from hf_vit's `card_template`, with the
       recipe's choices (`recipe_summary`: one line each) and `card_fields` for the template.
     """
@@ -129,17 +131,26 @@ class HfViTTrainer(Trainer):
         if args is not None and not has_accelerator() and hasattr(args, "cpu_threads"):
             # the cores split between the processes (`accelerate launch` alone would leave each with one)
             torch.set_num_threads(args.cpu_threads)
+        # regional compilation (--torch_compile without --torch_compile_whole_model): the model's repeated blocks
+        whole = getattr(args, "torch_compile_whole_model", False)
+        self.compiled_blocks = (
+            args is not None
+            and args.torch_compile
+            and not whole
+            and hasattr(hf_vit_model(model), "compile_repeated_blocks")
+        )
         super().__init__(model, args, *positional, **kwargs)
+        if self.compiled_blocks:
+            options = dict(backend=self.args.torch_compile_backend or "inductor", mode=self.args.torch_compile_mode)
+            hf_vit_model(self.model).compile_repeated_blocks(**options)
         self.layer_decay = layer_decay
         self.card_template, self.recipe_summary, self.card_fields = card_template, recipe_summary, card_fields
 
     def _build_accelerator_args(self, **kwargs) -> dict:
-        """The Trainer's, with `--torch_compile` compiling the model's repeated blocks once (accelerate's regional
-        compilation) unless the arguments ask for the whole model as one graph."""
+        """The Trainer's; accelerate compiles nothing where the model's own blocks are compiled (`__init__`)."""
         accelerator_args = super()._build_accelerator_args(**kwargs)
-        if "dynamo_plugin" in accelerator_args:
-            whole = getattr(self.args, "torch_compile_whole_model", False)
-            accelerator_args["dynamo_plugin"].use_regional_compilation = not whole
+        if self.compiled_blocks:
+            accelerator_args["dynamo_plugin"] = TorchDynamoPlugin(backend="no")
         return accelerator_args
 
     def create_accelerator_and_postprocess(self):

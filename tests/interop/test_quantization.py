@@ -3,13 +3,14 @@ through the checkpoint's processor, the report's comparison with the fp32 export
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 
 import hf_vit
 from hf_vit.guards import UsageError
 from hf_vit.interop.export import export_checkpoint
-from hf_vit.interop.quantization import full_precision_nodes
+from hf_vit.interop.quantization import compare_exports, full_precision_nodes, quantize_export
 from hf_vit.processors import make_image_processor
 
 from conftest import TINY_VIT, make_imagefolder, randomize, run_script
@@ -62,14 +63,15 @@ def test_int8_calibrated_on_an_imagefolder_keeps_the_heads_and_attention_in_fp32
 
 
 def test_dynamic_int8_and_fp16_are_compared_on_the_check_inputs(tmp_path):
-    source = saved_deit(tmp_path / "deit")
-    report = export_checkpoint(source, str(tmp_path / "int8"), quantize="int8", sizes=["32"])
+    report = export_checkpoint(saved_deit(tmp_path / "deit"), str(tmp_path / "int8"), quantize="int8", sizes=["32"])
     assert report["quantization"]["method"].startswith("dynamic int8")
     assert report["quantization"]["compared_on"] == "the random inputs of the export check"
     assert report["quantization"]["pictures"] == 2 and "accuracy" not in report["quantization"]
-    report = export_checkpoint(source, str(tmp_path / "fp16"), quantize="fp16", sizes=["32"])
-    assert report["quantization"]["max_abs_difference"] < 1e-2
-    weights = onnx.load(str(tmp_path / "fp16" / "model_fp16.onnx")).graph.initializer
+    fp32, fp16 = str(tmp_path / "int8" / "model.onnx"), str(tmp_path / "model_fp16.onnx")
+    quantize_export(fp32, fp16, "fp16")
+    inputs = [{"pixel_values": np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32)}]
+    assert compare_exports(fp32, fp16, inputs)["max_abs_difference"] < 1e-2
+    weights = onnx.load(fp16).graph.initializer
     assert {weight.data_type for weight in weights if len(weight.dims) == 2} == {onnx.TensorProto.FLOAT16}
 
 

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from transformers import AutoModelForImageClassification
 
 import hf_vit
 from hf_vit.checkpoints import set_token_merging
@@ -103,6 +104,14 @@ def test_token_merging_matches_the_reference_on_converted_timm_models(tmp_path, 
             ours.config._attn_implementation = "sdpa"
         ours.config.token_merging = 0
         assert torch.equal(ours(pixels).logits, plain)
+
+
+def test_a_config_with_token_merging_builds_a_merging_model_through_the_auto_classes():
+    config = hf_vit.HfViTConfig(**TINY_VIT, num_labels=3, num_register_tokens=2, token_merging=3)
+    model = AutoModelForImageClassification.from_config(config).eval()
+    with torch.no_grad():
+        hidden = model.vit(torch.randn(1, 3, 32, 32), output_hidden_states=True).hidden_states
+    assert [h.shape[1] for h in hidden] == [3 + 16, 3 + 13, 3 + 10]  # CLS and registers kept, 3 merged per block
 
 
 def test_prefix_tokens_are_never_merged_and_sizes_add_up():

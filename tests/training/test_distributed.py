@@ -52,6 +52,7 @@ def test_fsdp_shards_parameters_gradients_and_optimizer_on_cpu_resumes_and_saves
     assert (output_dir / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir()
 
 
+@pytest.mark.slow  # 10 s: a two-process launch to see one refusal
 def test_fsdp1_on_cpu_is_refused_rather_than_run_as_data_parallel(tmp_path):
     result = run_script(
         ["--output_dir", str(tmp_path / "out"), *FAST, "--num_train_epochs", "1"],

@@ -70,6 +70,7 @@ def test_a_second_run_reads_the_cache_without_the_teacher_and_learns_the_same(tm
     assert (cache / "epoch1.rank0.safetensors").exists()
 
 
+@pytest.mark.slow  # 12 s of two-process launches; the cache's files per process are tested in one process above
 def test_two_processes_fill_one_cache_that_a_single_process_reads(tmp_path):
     """Each process writes the rows it computed; a later run with another number of processes reads them all."""
     teacher = make_resnet_teacher(tmp_path / "teacher", [str(digit) for digit in range(10)])
