@@ -63,6 +63,7 @@ def test_an_output_dir_that_is_a_file_is_refused_before_training(tmp_path):
         finetune(*parse_args(["--output_dir", str(tmp_path / "file"), *QUICK]))
 
 
+@pytest.mark.slow  # 11 s: two runs started together; a directory holding a run is refused below
 def test_a_second_run_into_the_same_directory_at_the_same_time_is_refused(tmp_path):
     held = claim_output_dir(str(tmp_path / "run"))  # another process's run, writing there now
     assert (tmp_path / "run" / LOCK_FILE).exists()

@@ -192,6 +192,7 @@ def test_push_to_hub_and_load_back_with_a_fresh_cache(tmp_path, hub):
     )
 
 
+@pytest.mark.slow  # 7 s: a whole run to see the Hub refuse its token; pushing itself is tested above
 def test_push_with_a_wrong_token_fails_clearly(tmp_path, hub):
     args = ["--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1", *FAST, "--push_to_hub",
             "--hub_model_id", "user/never-created"]  # fmt: skip
