@@ -11,11 +11,11 @@ from safetensors import SafetensorError
 from .guards import UsageError, check_local_path
 from .models.configuration_utils import CheckpointMismatchError
 
-SHOWN_KEYS = 6
+SHOWN_KEYS = 6  # keys named in a refusal; the count says how many more
 TOKEN_MERGING_HELP = (
     "Token merging (ToMe): tokens merged per block, for speed (hf_vit, hf_deit, hf_vit_hybrid; 0: off). "
     "Serving fast in the docs has the speed and accuracy per value."
-)  # keys named in a refusal; the count says how many more
+)
 
 
 def head_prefixes(model) -> tuple[str, ...]:

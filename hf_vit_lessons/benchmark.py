@@ -42,7 +42,7 @@ from hf_vit.interop.export import ONNX_FILE, export_model
 from hf_vit.interop.quantization import quantize_export
 from hf_vit.models.configuration_deit import DEIT_PRESETS
 from hf_vit.models.configuration_vit import VIT_PRESETS
-from hf_vit.processors import naflex_image_processor
+from hf_vit.processors import checkpoint_image_processor, naflex_image_processor
 from hf_vit.registry import FAMILIES
 
 from .loop import logits_of
@@ -685,17 +685,19 @@ def token_merging_accuracy(
     (`data_args`'s, split by the run's `seed`; default the digits') through `evaluate`, and its images/s on a batch
     of those pictures, timed interleaved."""
     data_args = data_args or DataArguments()
+    config = AutoConfig.from_pretrained(model_name_or_path)
+    processor = checkpoint_image_processor(model_name_or_path, config)
+    split = load_splits(data_args, seed, evaluation_only=True)["validation"].select(range(batch_size))
+    loader = evaluation_loader(split, processor, config.num_channels, data_args, batch_size)
+    pixels = next(iter(loader))["pixel_values"]
     accuracy, steps = {}, {}
-    for count in counts:
+    for count in counts:  # one model each, so that their steps interleave
         output_dir = os.path.join(directory, str(count))
         arguments = EvaluateArguments(model_name_or_path, output_dir, seed=seed, token_merging=count)
         with contextlib.redirect_stdout(None):
             accuracy[count] = evaluate_checkpoint(arguments, data_args)["accuracy"]
-        model, processor = load_classifier(model_name_or_path, token_merging=count)
-        split = load_splits(data_args, arguments.seed, evaluation_only=True)["validation"].select(range(batch_size))
-        loader = evaluation_loader(split, processor, model.config.num_channels, data_args, batch_size)
-        pixels = next(iter(loader))["pixel_values"]
-        steps[count] = step_on(model, lambda model, pixels=pixels: model(pixels), batch_size, "inference")
+        model, _ = load_classifier(model_name_or_path, token_merging=count)
+        steps[count] = step_on(model, lambda model: model(pixels), batch_size, "inference")
     seconds = interleaved_medians(steps, repeats, desc="token merging accuracy")
     return [
         dict(

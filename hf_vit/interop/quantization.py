@@ -95,10 +95,10 @@ def quantize_export(onnx_path: str, output_path: str, precision: str, calibratio
 
 def calibration_pictures(directory: str, image_processor, num_channels: int, id2label: dict | None) -> tuple:
     """The pictures under `directory` (at most `MAX_CALIBRATION_PICTURES`, spread evenly over its sorted files, so over
-    all its class folders), read as every job reads them and prepared
-    as the checkpoint evaluates them: a list of one-picture input dicts (numpy), and their labels when every picture
-    sits in a folder named as one of the model's classes (an imagefolder of its labels), else None. A folder without
-    readable pictures is a ValueError naming it."""
+    all its class folders), read as every job reads them and prepared as the checkpoint evaluates them: a list of
+    one-picture input dicts (numpy), and their labels when every picture sits in a folder named as one of the
+    model's classes (an imagefolder of its labels), else None. A folder without readable pictures is a ValueError
+    naming it."""
     transform = build_transforms(image_processor, num_channels, train=False)
     label_ids = {name: int(index) for index, name in (id2label or {}).items()}
     paths = list(image_files(directory))
